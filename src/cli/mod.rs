@@ -1,0 +1,1 @@
+//! `clockctl`, the command-line client (SPEC 5).

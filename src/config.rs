@@ -1,0 +1,617 @@
+//! Configuration from environment variables (SPEC 3): typed, validated, secrets wrapped.
+//!
+//! [`Config::from_lookup`] reads every variable, collects *every* problem, and reports them
+//! together — one line per variable, naming it, its value (secrets redacted) and what is
+//! accepted. A set-but-invalid value never falls back to the default. An empty value counts
+//! as unset (as with the Go service, which read variables with `os.Getenv`).
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::security::{Credential, parse_credentials};
+
+/// A value that must never be printed: `Debug` and `Display` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is sent to its destination.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The transports that can be enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Mqtt,
+    Rest,
+}
+
+/// `text` (default) or `json` log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub read_header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// PEM certificate chain and key; both or neither.
+    pub tls: Option<TlsFiles>,
+    pub require_tls: bool,
+    pub trust_proxy_tls: bool,
+    pub max_body_bytes: usize,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// MQTT transport settings (SPEC 4.1).
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub broker: Url,
+    pub use_tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `None`: a unique id is generated at start-up.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub topic_prefix: String,
+    pub qos: u8,
+    pub retained: bool,
+    pub connect_retry: bool,
+    pub insecure_skip_verify: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<TlsFiles>,
+    pub publish_timeout: Duration,
+    pub max_inflight: u16,
+    pub keep_alive: Duration,
+}
+
+/// REST transport settings (SPEC 4.2).
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    pub base_url: Url,
+    pub token: Option<Secret>,
+    pub timeout: Duration,
+    pub health_path: Option<String>,
+    pub health_interval: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth_fail_limit_per_min: u32,
+    pub readiness_require_auth: bool,
+    pub credentials: Vec<Credential>,
+    /// True when the credential came from the legacy `API_AUTH_TOKEN`.
+    pub legacy_token: bool,
+    pub senders: Vec<Sender>,
+    pub mqtt: Option<MqttConfig>,
+    pub rest: Option<RestConfig>,
+    pub log_format: LogFormat,
+    pub log_level: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Every invalid variable, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Variables whose values are never echoed in errors.
+const SECRET_VARS: &[&str] = &[
+    "API_AUTH_CREDENTIALS",
+    "API_AUTH_TOKEN",
+    "MQTT_PASSWORD",
+    "CLOCK_REST_TOKEN",
+];
+
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Reads variables through a lookup function and records problems as it goes.
+struct Reader<F> {
+    lookup: F,
+    errors: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The raw value; empty counts as unset.
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.is_empty())
+    }
+
+    fn shown(name: &str, value: &str) -> String {
+        if SECRET_VARS.contains(&name) {
+            format!("{name}=<redacted>")
+        } else {
+            format!("{name}={:?}", redact_userinfo(value))
+        }
+    }
+
+    fn invalid(&mut self, name: &str, value: &str, accepted: &str) {
+        self.errors.push(format!(
+            "{} is invalid: {accepted}",
+            Self::shown(name, value)
+        ));
+    }
+
+    fn string(&self, name: &str) -> Option<String> {
+        self.raw(name)
+    }
+
+    fn bool(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name) {
+            None => default,
+            Some(v) => match v.as_str() {
+                "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
+                _ => {
+                    self.invalid(
+                        name,
+                        &v,
+                        "expected a boolean: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False",
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn int(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.raw(name) {
+            None => default,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    self.invalid(
+                        name,
+                        &v,
+                        &format!("expected an integer from {min} to {max}"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn millis(&mut self, name: &str, default: u64, min: u64) -> Duration {
+        Duration::from_millis(self.int(name, default, min, MAX_TIMEOUT_MS))
+    }
+
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        self.raw(name).map(PathBuf::from)
+    }
+
+    /// Two variables that must be set together.
+    fn pair(&mut self, cert: &str, key: &str) -> Option<TlsFiles> {
+        match (self.path(cert), self.path(key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.errors.push(format!(
+                    "{key} is not set: {cert} and {key} must be set together"
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                self.errors.push(format!(
+                    "{cert} is not set: {cert} and {key} must be set together"
+                ));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, name: &str, value: &str) -> Option<SocketAddr> {
+        match parse_listen_addr(value) {
+            Some(a) => Some(a),
+            None => {
+                self.invalid(
+                    name,
+                    value,
+                    "expected host:port, e.g. :8080 (all interfaces), 127.0.0.1:8080 or [::]:8080",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Hides `user:password@` in a URL-like value before it is printed.
+pub fn redact_userinfo(value: &str) -> String {
+    match (value.find("://"), value.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}<redacted>{}", &value[..scheme_end + 3], &value[at..])
+        }
+        _ => value.to_owned(),
+    }
+}
+
+/// `:8080` (all interfaces), `127.0.0.1:8080`, `[::]:8080` or `localhost:8080`.
+pub fn parse_listen_addr(value: &str) -> Option<SocketAddr> {
+    let v = value.trim();
+    if let Some(port) = v.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
+    }
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    v.to_socket_addrs().ok()?.next()
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup,
+            errors: Vec::new(),
+        };
+
+        let addr_raw = r.string("HTTP_ADDR").unwrap_or_else(|| ":8080".to_owned());
+        let addr = r
+            .socket_addr("HTTP_ADDR", &addr_raw)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let tls = r.pair("TLS_CERT_FILE", "TLS_KEY_FILE");
+        let require_tls = r.bool("REQUIRE_TLS", true);
+        let trust_proxy_tls = r.bool("TRUST_PROXY_TLS", false);
+        if require_tls && tls.is_none() && !trust_proxy_tls && r.raw("TLS_CERT_FILE").is_none() {
+            r.errors.push(
+                "REQUIRE_TLS=true needs TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY_TLS=true behind a TLS-terminating proxy; set REQUIRE_TLS=false only for local development"
+                    .to_owned(),
+            );
+        }
+        let http = HttpConfig {
+            addr,
+            read_timeout: r.millis("HTTP_READ_TIMEOUT_MS", 10_000, 1),
+            write_timeout: r.millis("HTTP_WRITE_TIMEOUT_MS", 10_000, 1),
+            idle_timeout: r.millis("HTTP_IDLE_TIMEOUT_MS", 60_000, 1),
+            read_header_timeout: r.millis("HTTP_READ_HEADER_TIMEOUT_MS", 5_000, 1),
+            shutdown_timeout: r.millis("HTTP_SHUTDOWN_TIMEOUT_MS", 15_000, 0),
+            tls,
+            require_tls,
+            trust_proxy_tls,
+            max_body_bytes: r.int("MAX_BODY_BYTES", 65_536, 1024, 10_485_760) as usize,
+        };
+        let auth_fail_limit_per_min = r.int("AUTH_FAIL_LIMIT_PER_MIN", 60, 1, 10_000) as u32;
+        let readiness_require_auth = r.bool("READINESS_REQUIRE_AUTH", true);
+
+        let (credentials, legacy_token) = read_credentials(&mut r);
+        let senders = read_senders(&mut r);
+        let mqtt = read_mqtt(&mut r, senders.contains(&Sender::Mqtt));
+        let rest = read_rest(&mut r, senders.contains(&Sender::Rest));
+
+        let log_format = match r.raw("LOG_FORMAT").as_deref().map(str::trim) {
+            None => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(v) => {
+                let v = v.to_owned();
+                r.invalid("LOG_FORMAT", &v, "expected text or json");
+                LogFormat::Text
+            }
+        };
+        let log_level = r.string("LOG_LEVEL");
+        if let Some(level) = &log_level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            let level = level.clone();
+            r.invalid(
+                "LOG_LEVEL",
+                &level,
+                "expected error, warn, info, debug, trace or a filter like clock_server=debug",
+            );
+        }
+        let metrics_addr = r
+            .string("METRICS_ADDR")
+            .and_then(|v| r.socket_addr("METRICS_ADDR", &v));
+
+        if !r.errors.is_empty() {
+            return Err(ConfigError(r.errors));
+        }
+        Ok(Self {
+            http,
+            auth_fail_limit_per_min,
+            readiness_require_auth,
+            credentials,
+            legacy_token,
+            senders,
+            mqtt,
+            rest,
+            log_format,
+            log_level,
+            metrics_addr,
+        })
+    }
+}
+
+fn read_credentials<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> (Vec<Credential>, bool) {
+    if let Some(raw) = r.raw("API_AUTH_CREDENTIALS") {
+        match parse_credentials(&raw) {
+            Ok(c) if !c.is_empty() => return (c, false),
+            Ok(_) => r.errors.push(
+                "API_AUTH_CREDENTIALS=<redacted> is invalid: it holds no credential; expected id|token|scope1,scope2;id2|token2|*".to_owned(),
+            ),
+            Err(e) => r
+                .errors
+                .push(format!("API_AUTH_CREDENTIALS=<redacted> is invalid: {e}")),
+        }
+        return (Vec::new(), false);
+    }
+    if let Some(token) = r.raw("API_AUTH_TOKEN") {
+        let token = token.trim();
+        if token.is_empty() {
+            r.errors
+                .push("API_AUTH_TOKEN=<redacted> is invalid: the token is blank".to_owned());
+            return (Vec::new(), true);
+        }
+        return (vec![Credential::legacy(token)], true);
+    }
+    r.errors.push(
+        "API_AUTH_CREDENTIALS is not set: at least one credential is required, e.g. API_AUTH_CREDENTIALS='ops|<token>|*' (or the legacy API_AUTH_TOKEN)"
+            .to_owned(),
+    );
+    (Vec::new(), false)
+}
+
+fn read_senders<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Vec<Sender> {
+    let raw = r
+        .raw("ENABLED_SENDERS")
+        .unwrap_or_else(|| "mqtt,rest".to_owned());
+    let mut senders = Vec::new();
+    for part in raw.split(',') {
+        let name: String = part.chars().filter(|c| !c.is_whitespace()).collect();
+        let sender = match name.to_ascii_lowercase().as_str() {
+            "" => continue,
+            "mqtt" => Sender::Mqtt,
+            "rest" => Sender::Rest,
+            _ => {
+                r.invalid(
+                    "ENABLED_SENDERS",
+                    &raw,
+                    &format!("unknown sender {name:?}; expected a comma list of mqtt, rest"),
+                );
+                return senders;
+            }
+        };
+        if !senders.contains(&sender) {
+            senders.push(sender);
+        }
+    }
+    if senders.is_empty() {
+        r.invalid(
+            "ENABLED_SENDERS",
+            &raw,
+            "expected at least one of mqtt, rest",
+        );
+    }
+    senders
+}
+
+fn read_mqtt<F: Fn(&str) -> Option<String>>(
+    r: &mut Reader<F>,
+    enabled: bool,
+) -> Option<MqttConfig> {
+    let allow_insecure = r.bool("ALLOW_INSECURE_MQTT", false);
+    let skip_verify = r.bool("MQTT_TLS_INSECURE_SKIP_VERIFY", false);
+    let allow_skip = r.bool("ALLOW_INSECURE_TLS_VERIFY", false);
+    if skip_verify && !allow_skip {
+        r.errors.push(
+            "MQTT_TLS_INSECURE_SKIP_VERIFY=true is refused: it turns off broker certificate checks; set ALLOW_INSECURE_TLS_VERIFY=true as well if you really mean it, or trust a private CA with MQTT_CA_FILE"
+                .to_owned(),
+        );
+    }
+    let qos = r.int("MQTT_QOS", 1, 0, 2) as u8;
+    let retained = r.bool("MQTT_RETAINED", false);
+    let connect_retry = r.bool("MQTT_CONNECT_RETRY", true);
+    let publish_timeout = r.millis("MQTT_PUBLISH_TIMEOUT_MS", 5_000, 1);
+    let max_inflight = r.int("MQTT_MAX_INFLIGHT", 256, 1, 65_535) as u16;
+    let keep_alive = Duration::from_secs(r.int("MQTT_KEEP_ALIVE_SECS", 15, 1, 65_535));
+    let ca_file = r.path("MQTT_CA_FILE");
+    let client_cert = r.pair("MQTT_CLIENT_CERT_FILE", "MQTT_CLIENT_KEY_FILE");
+    let topic_prefix = r
+        .string("MQTT_TOPIC_PREFIX")
+        .unwrap_or_else(|| "clocks/commands".to_owned());
+    let topic_prefix = topic_prefix
+        .trim_matches(|c: char| c == ' ' || c == '/')
+        .to_owned();
+    if topic_prefix.contains(['+', '#']) || topic_prefix.contains('\0') {
+        let v = topic_prefix.clone();
+        r.invalid(
+            "MQTT_TOPIC_PREFIX",
+            &v,
+            "a topic prefix must not contain the wildcards + or #",
+        );
+    }
+    let client_id = r.string("MQTT_CLIENT_ID");
+    let username = r.string("MQTT_USERNAME");
+    let password = r.raw("MQTT_PASSWORD").map(Secret::new);
+
+    let url_raw = r.raw("MQTT_BROKER_URL");
+    if !enabled {
+        return None;
+    }
+    let Some(url_raw) = url_raw else {
+        r.errors.push(
+            "MQTT_BROKER_URL is not set: it is required when mqtt is in ENABLED_SENDERS; expected mqtts://host[:8883] (or mqtt://host[:1883] with ALLOW_INSECURE_MQTT=true)"
+                .to_owned(),
+        );
+        return None;
+    };
+    let accepted = "expected mqtts://host[:8883] or mqtt://host[:1883]";
+    let url = match Url::parse(url_raw.trim()) {
+        Ok(u) => u,
+        Err(e) => {
+            r.invalid("MQTT_BROKER_URL", &url_raw, &format!("{e}; {accepted}"));
+            return None;
+        }
+    };
+    let use_tls = match url.scheme() {
+        "mqtts" | "ssl" => true,
+        "mqtt" | "tcp" => {
+            if !allow_insecure {
+                let shown = Reader::<F>::shown("MQTT_BROKER_URL", &url_raw);
+                r.errors.push(format!(
+                    "{shown} is refused: plain mqtt:// sends commands and credentials unencrypted; use mqtts:// or set ALLOW_INSECURE_MQTT=true"
+                ));
+            }
+            false
+        }
+        _ => {
+            r.invalid("MQTT_BROKER_URL", &url_raw, accepted);
+            return None;
+        }
+    };
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        r.invalid(
+            "MQTT_BROKER_URL",
+            &url_raw,
+            &format!("the host is missing; {accepted}"),
+        );
+        return None;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        r.invalid(
+            "MQTT_BROKER_URL",
+            &url_raw,
+            &format!("a path or query is not allowed; {accepted}"),
+        );
+    }
+    let port = url.port().unwrap_or(if use_tls { 8883 } else { 1883 });
+    Some(MqttConfig {
+        broker: url,
+        use_tls,
+        host,
+        port,
+        client_id,
+        username,
+        password,
+        topic_prefix,
+        qos,
+        retained,
+        connect_retry,
+        insecure_skip_verify: skip_verify && allow_skip,
+        ca_file,
+        client_cert,
+        publish_timeout,
+        max_inflight,
+        keep_alive,
+    })
+}
+
+fn read_rest<F: Fn(&str) -> Option<String>>(
+    r: &mut Reader<F>,
+    enabled: bool,
+) -> Option<RestConfig> {
+    let allow_insecure = r.bool("ALLOW_INSECURE_DOWNSTREAM_HTTP", false);
+    let timeout = r.millis("CLOCK_REST_TIMEOUT_MS", 5_000, 1);
+    let health_interval = r.millis("CLOCK_REST_HEALTH_INTERVAL_MS", 5_000, 100);
+    let token = r.raw("CLOCK_REST_TOKEN").map(|t| Secret::new(t.trim()));
+    let ca_file = r.path("CLOCK_REST_CA_FILE");
+    let health_path = r
+        .string("CLOCK_REST_HEALTH_PATH")
+        .map(|p| p.trim().to_owned());
+    if let Some(p) = &health_path
+        && !p.starts_with('/')
+    {
+        let p = p.clone();
+        r.invalid(
+            "CLOCK_REST_HEALTH_PATH",
+            &p,
+            "expected a path starting with /, e.g. /healthz",
+        );
+    }
+    let url_raw = r.raw("CLOCK_REST_BASE_URL");
+    if !enabled {
+        return None;
+    }
+    let Some(url_raw) = url_raw else {
+        r.errors.push(
+            "CLOCK_REST_BASE_URL is not set: it is required when rest is in ENABLED_SENDERS; expected https://host[:port][/path]"
+                .to_owned(),
+        );
+        return None;
+    };
+    let base_url = match Url::parse(url_raw.trim()) {
+        Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => u,
+        Ok(_) | Err(_) => {
+            r.invalid(
+                "CLOCK_REST_BASE_URL",
+                &url_raw,
+                "expected an absolute URL like https://clocks.example.com/api",
+            );
+            return None;
+        }
+    };
+    match base_url.scheme() {
+        "https" => {}
+        "http" if allow_insecure => {}
+        "http" => {
+            let shown = Reader::<F>::shown("CLOCK_REST_BASE_URL", &url_raw);
+            r.errors.push(format!(
+                "{shown} is refused: plain http:// would send commands and CLOCK_REST_TOKEN unencrypted; use https:// or set ALLOW_INSECURE_DOWNSTREAM_HTTP=true"
+            ))
+        }
+        _ => r.invalid("CLOCK_REST_BASE_URL", &url_raw, "expected an https:// URL"),
+    }
+    if !base_url.username().is_empty() || base_url.password().is_some() {
+        r.errors.push(
+            "CLOCK_REST_BASE_URL must not carry user:password; use CLOCK_REST_TOKEN".to_owned(),
+        );
+    }
+    Some(RestConfig {
+        base_url,
+        token,
+        timeout,
+        health_path,
+        health_interval,
+        ca_file,
+    })
+}

@@ -1,0 +1,78 @@
+//! The dispatcher: a validated command goes to the transports, and every attempt is audited.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::domain::Envelope;
+use crate::transport::{Transport, TransportError};
+
+/// Who asked for a dispatch, for the audit record (SPEC 2.1 step 12).
+pub struct AuditContext<'a> {
+    pub principal: &'a str,
+    pub client_ip: IpAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// Sends commands through the configured transport (a single one or a fan-out).
+#[derive(Clone)]
+pub struct Dispatcher {
+    transport: Arc<dyn Transport>,
+}
+
+impl Dispatcher {
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Self { transport }
+    }
+
+    /// Delivers `envelope` and writes one audit record, accepted or failed.
+    pub async fn dispatch(
+        &self,
+        envelope: &Envelope,
+        ctx: &AuditContext<'_>,
+    ) -> Result<(), TransportError> {
+        let result = self.transport.send(envelope).await;
+        let command_type = envelope.command.command_type().as_str();
+        match &result {
+            Ok(()) => tracing::info!(
+                target: "audit",
+                principal = ctx.principal,
+                client_ip = %ctx.client_ip,
+                method = ctx.method,
+                path = ctx.path,
+                device_id = envelope.device_id.as_str(),
+                command_type,
+                result = "accepted",
+                request_id = envelope.request_id.as_str(),
+                command_id = envelope.command_id.as_str(),
+                "command dispatched"
+            ),
+            Err(err) => tracing::warn!(
+                target: "audit",
+                principal = ctx.principal,
+                client_ip = %ctx.client_ip,
+                method = ctx.method,
+                path = ctx.path,
+                device_id = envelope.device_id.as_str(),
+                command_type,
+                result = "failed",
+                request_id = envelope.request_id.as_str(),
+                command_id = envelope.command_id.as_str(),
+                failed_transports = %err.transports().join(","),
+                error = %err,
+                "command dispatch failed"
+            ),
+        }
+        result
+    }
+
+    /// Whether every transport can deliver now.
+    pub fn is_ready(&self) -> bool {
+        self.transport.is_ready()
+    }
+
+    /// Closes the transports (after the HTTP server has drained).
+    pub async fn close(&self) {
+        self.transport.close().await;
+    }
+}

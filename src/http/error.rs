@@ -1,0 +1,97 @@
+//! `ApiError`: the one place where failures become status codes and JSON bodies.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Every error the API can answer with (SPEC 2.1).
+#[derive(Debug)]
+pub enum ApiError {
+    HttpsRequired,
+    TooManyAuthFailures { retry_after: Duration },
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed { allow: &'static str },
+    BodyTooLarge { limit: usize },
+    RequestTimeout,
+    InvalidBody(String),
+    InvalidCommand(String),
+    AlarmTimeNotRfc3339,
+    Forbidden,
+    DispatchFailed,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::HttpsRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::InvalidBody(_) | Self::InvalidCommand(_) | Self::AlarmTimeNotRfc3339 => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::DispatchFailed => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let error = match self {
+            Self::HttpsRequired => "https required".to_owned(),
+            Self::TooManyAuthFailures { .. } => "too many auth failures".to_owned(),
+            Self::Unauthorized => "unauthorized".to_owned(),
+            Self::NotFound => "not found".to_owned(),
+            Self::MethodNotAllowed { .. } => "method not allowed".to_owned(),
+            Self::BodyTooLarge { limit } => {
+                format!("request body too large (limit {limit} bytes)")
+            }
+            Self::RequestTimeout => "request timeout".to_owned(),
+            Self::InvalidBody(why) => format!("invalid request body: {why}"),
+            Self::InvalidCommand(detail) => {
+                return serde_json::json!({"error": "invalid command", "detail": detail});
+            }
+            Self::AlarmTimeNotRfc3339 => "alarmTime must be RFC3339".to_owned(),
+            Self::Forbidden => "forbidden for target device".to_owned(),
+            Self::DispatchFailed => "command dispatch failed".to_owned(),
+        };
+        serde_json::json!({ "error": error })
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = json_response(self.status(), &self.body());
+        match self {
+            Self::TooManyAuthFailures { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Self::MethodNotAllowed { allow } => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthorized => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}

@@ -1,0 +1,206 @@
+//! Route handlers: probes and the three commands (SPEC 2.1 steps 7–11).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState, ConnInfo, Principal, RequestId, json_response, status_response};
+use crate::dispatch::AuditContext;
+use crate::domain::{Command, DeviceId, Envelope, ValidationError};
+
+pub async fn health() -> Response {
+    status_response(StatusCode::OK, "ok")
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.dispatcher.is_ready() {
+        status_response(StatusCode::OK, "ready")
+    } else {
+        status_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AlarmRequest {
+    device_id: Option<String>,
+    alarm_time: Option<String>,
+    label: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MessageRequest {
+    device_id: Option<String>,
+    message: Option<String>,
+    duration_seconds: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BrightnessRequest {
+    device_id: Option<String>,
+    level: Option<i64>,
+}
+
+pub async fn alarm(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body): (Ctx, AlarmRequest) = read(&state, req).await?;
+    let device = parts.device(body.device_id.as_deref())?;
+    let command = Command::alarm(
+        body.alarm_time.as_deref().unwrap_or_default(),
+        body.label,
+        chrono::Utc::now(),
+    );
+    parts.dispatch(&state, device, command, "scheduled").await
+}
+
+pub async fn message(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body): (Ctx, MessageRequest) = read(&state, req).await?;
+    let device = parts.device(body.device_id.as_deref())?;
+    let command = Command::message(body.message, body.duration_seconds);
+    parts.dispatch(&state, device, command, "sent").await
+}
+
+pub async fn brightness(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body): (Ctx, BrightnessRequest) = read(&state, req).await?;
+    let device = parts.device(body.device_id.as_deref())?;
+    let command = Command::brightness(body.level);
+    parts.dispatch(&state, device, command, "updated").await
+}
+
+/// What a command handler needs from the request besides its body.
+struct Ctx {
+    principal: Principal,
+    request_id: String,
+    conn: Option<ConnInfo>,
+    method: String,
+    path: String,
+}
+
+impl Ctx {
+    /// Steps 8 and 9: a valid device id the caller may address.
+    fn device(&self, raw: Option<&str>) -> Result<DeviceId, ApiError> {
+        let device = DeviceId::parse(raw.unwrap_or_default())
+            .map_err(|e| ApiError::InvalidCommand(e.to_string()))?;
+        if !self.principal.0.covers(&device) {
+            tracing::info!(principal = %self.principal.0.id, device_id = %device, "device outside the caller's scopes");
+            return Err(ApiError::Forbidden);
+        }
+        Ok(device)
+    }
+
+    /// Steps 10–12.
+    async fn dispatch(
+        &self,
+        state: &AppState,
+        device_id: DeviceId,
+        command: Result<Command, ValidationError>,
+        result: &'static str,
+    ) -> Result<Response, ApiError> {
+        let command = command.map_err(|e| match e {
+            ValidationError::AlarmTimeNotRfc3339 => ApiError::AlarmTimeNotRfc3339,
+            ValidationError::Invalid(detail) => ApiError::InvalidCommand(detail.to_owned()),
+        })?;
+        let envelope = Envelope {
+            command_id: uuid::Uuid::now_v7().to_string(),
+            request_id: self.request_id.clone(),
+            device_id,
+            command,
+        };
+        let ctx = AuditContext {
+            principal: &self.principal.0.id,
+            client_ip: self
+                .conn
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip()),
+            method: &self.method,
+            path: &self.path,
+        };
+        state
+            .dispatcher
+            .dispatch(&envelope, &ctx)
+            .await
+            .map_err(|_| ApiError::DispatchFailed)?;
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "result": result,
+                "commandId": envelope.command_id,
+                "deviceId": envelope.device_id.as_str(),
+            }),
+        ))
+    }
+}
+
+/// Step 7: a body of at most `MAX_BODY_BYTES`, read within `HTTP_READ_TIMEOUT_MS`,
+/// holding exactly one JSON object with only the command's fields.
+async fn read<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<(Ctx, T), ApiError> {
+    let (parts, body) = req.into_parts();
+    let limit = state.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let bytes = read_limited(body, limit, state.read_timeout).await?;
+    let ctx = Ctx {
+        principal: parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?,
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        conn: parts.extensions.get::<ConnInfo>().copied(),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+    };
+    Ok((ctx, decode(&bytes)?))
+}
+
+async fn read_limited(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Ok(Err(e)) => Err(ApiError::InvalidBody(format!("cannot read body: {e}"))),
+    }
+}
+
+/// Decodes exactly one JSON object; serde's messages say what is wrong and where.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => {
+            return Err(ApiError::InvalidBody(
+                "body is empty; expected a JSON object".into(),
+            ));
+        }
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::InvalidBody("expected a JSON object".into())),
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))
+}

@@ -1,0 +1,228 @@
+//! The HTTP API (SPEC 2): the router, the front checks every request passes (request id,
+//! TLS policy, public probes, throttle, authentication), the command handlers and the
+//! connection-level server.
+
+mod error;
+mod handlers;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+pub use error::ApiError;
+pub use error::json_response;
+
+use crate::dispatch::Dispatcher;
+use crate::security::{AuthThrottle, Credential, PresentedToken, authenticate};
+
+/// What the handlers share.
+pub struct AppState {
+    pub dispatcher: Dispatcher,
+    pub credentials: Vec<Credential>,
+    pub throttle: AuthThrottle,
+    pub require_tls: bool,
+    pub trust_proxy_tls: bool,
+    pub readiness_require_auth: bool,
+    pub max_body_bytes: usize,
+    pub read_timeout: std::time::Duration,
+}
+
+/// Facts about the connection a request arrived on, set by the server per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The request id (SPEC 2.1 step 1), available to handlers as an extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal(pub Credential);
+
+/// The API router with all front checks applied.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(handlers::health).fallback(not_allowed_get))
+        .route("/ready", get(handlers::ready).fallback(not_allowed_get))
+        .route(
+            "/commands/alarms",
+            post(handlers::alarm).fallback(not_allowed_post),
+        )
+        .route(
+            "/commands/messages",
+            post(handlers::message).fallback(not_allowed_post),
+        )
+        .route(
+            "/commands/brightness",
+            put(handlers::brightness).fallback(not_allowed_put),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), front))
+        .with_state(state)
+}
+
+async fn not_allowed_get() -> ApiError {
+    ApiError::MethodNotAllowed { allow: "GET, HEAD" }
+}
+async fn not_allowed_post() -> ApiError {
+    ApiError::MethodNotAllowed { allow: "POST" }
+}
+async fn not_allowed_put() -> ApiError {
+    ApiError::MethodNotAllowed { allow: "PUT" }
+}
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Steps 1–5 of SPEC 2.1, then the route; finally the common response headers.
+async fn front(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let request_id = request_id(req.headers());
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let mut res = match check(&state, &mut req, conn) {
+        Ok(()) => {
+            req.extensions_mut().insert(RequestId(request_id.clone()));
+            next.run(req).await
+        }
+        Err(early) => early.into_response(),
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    res
+}
+
+/// Steps 2–5; `Err` carries the early answer, `Ok` lets the request through to routing.
+fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<(), ApiError> {
+    let over_tls = conn.is_some_and(|c| c.tls);
+    if state.require_tls && !over_tls && !(state.trust_proxy_tls && forwarded_https(req.headers()))
+    {
+        return Err(ApiError::HttpsRequired);
+    }
+    let path = req.uri().path();
+    if path == "/health" || (path == "/ready" && !state.readiness_require_auth) {
+        return Ok(());
+    }
+    let ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+    let token = bearer_token(req.headers()).map(PresentedToken::new);
+    let key = match &token {
+        Some(t) => t.throttle_key(ip),
+        None => ip.to_string(),
+    };
+    if let Some(retry_after) = state.throttle.blocked(&key) {
+        tracing::warn!(client_ip = %ip, "auth-failure limit reached; request refused");
+        return Err(ApiError::TooManyAuthFailures { retry_after });
+    }
+    match token
+        .as_ref()
+        .and_then(|t| authenticate(&state.credentials, t))
+    {
+        Some(credential) => {
+            req.extensions_mut().insert(Principal(credential.clone()));
+            Ok(())
+        }
+        None => {
+            state.throttle.record_failure(&key);
+            tracing::info!(client_ip = %ip, path, token_presented = token.is_some(), "authentication failed");
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// `X-Forwarded-Proto: https`, case-insensitive, surrounding spaces ignored.
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The caller's `X-Request-Id` without control characters, cut to 64 characters; or a new
+/// unique one (`req-` + UUIDv7: time-ordered and random, so unique across replicas).
+fn request_id(headers: &HeaderMap) -> String {
+    let given: String = headers
+        .get("x-request-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let trimmed = given.trim();
+    if trimmed.is_empty() {
+        format!("req-{}", uuid::Uuid::now_v7().simple())
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// A JSON answer with a fixed status (probes).
+pub(crate) fn status_response(status: StatusCode, value: &str) -> Response {
+    json_response(status, &serde_json::json!({ "status": value }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_cleaned_cut_or_generated() {
+        let mut h = HeaderMap::new();
+        assert!(request_id(&h).starts_with("req-"));
+        assert_ne!(request_id(&h), request_id(&h));
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(100)).unwrap(),
+        );
+        assert_eq!(request_id(&h).len(), 64);
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_bytes(b"ab\tc\td").unwrap(),
+        );
+        assert_eq!(request_id(&h), "abcd");
+        h.insert("x-request-id", HeaderValue::from_bytes(b"\t\t").unwrap());
+        assert!(request_id(&h).starts_with("req-"));
+    }
+
+    #[test]
+    fn bearer_tokens_and_forwarded_proto_are_parsed_leniently() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  tok "),
+        );
+        assert_eq!(bearer_token(&h), Some("tok"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic tok"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert("x-forwarded-proto", HeaderValue::from_static("  HTTPS "));
+        assert!(forwarded_https(&h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        assert!(!forwarded_https(&h));
+    }
+}

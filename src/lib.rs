@@ -1,0 +1,25 @@
+//! clock-server: a secure HTTP gateway that authenticates callers, validates commands for
+//! smart clocks and delivers them over MQTT and/or a downstream REST service.
+//!
+//! Where things live:
+//! - [`domain`]: `DeviceId`, `Scope`, `Command`, `Envelope` — valid by construction, no I/O.
+//! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once.
+//! - [`security`]: credentials, constant-time token lookup, the auth-failure throttle.
+//! - [`http`]: the router, the front checks of every request, handlers, the HTTP(S) server.
+//! - [`dispatch`]: `Dispatcher` — validated command to transports, plus the audit record.
+//! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
+//! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
+//! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
+//! - [`telemetry`]: log set-up (text or JSON).
+//! - [`cli`]: `clockctl`, the command-line client.
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod http;
+pub mod security;
+pub mod startup;
+pub mod telemetry;
+pub mod tls;
+pub mod transport;
