@@ -1,0 +1,122 @@
+//! A real Mosquitto on a free loopback port, started and stopped by the test.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Mosquitto process with its own config; killed on drop. `stop`/`start` keep the port,
+/// for outage tests.
+pub struct Mosquitto {
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    if let Ok(p) = std::env::var("MOSQUITTO") {
+        return p;
+    }
+    for p in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_owned();
+        }
+    }
+    "mosquitto".to_owned()
+}
+
+impl Mosquitto {
+    /// Plain anonymous listener on 127.0.0.1.
+    pub fn start_plain() -> Self {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// A listener on 127.0.0.1:<free port>; `listener_conf` follows the `listener` line
+    /// (e.g. `allow_anonymous true`, TLS or password settings).
+    pub fn start_with(listener_conf: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let port = super::free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener {port} 127.0.0.1\n{listener_conf}\n"
+            ),
+        )
+        .unwrap();
+        let mut m = Self {
+            port,
+            conf,
+            child: None,
+            _dir: dir,
+        };
+        m.start();
+        m
+    }
+
+    /// The directory holding the config; put password files etc. here.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// `mqtt://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the broker on the same port and waits until it accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(binary())
+                .arg("-c")
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
+                .spawn()
+                .expect("start mosquitto (install it: make test-deps)");
+            // Wait until it listens, or until it exits (e.g. the port is still in TIME_WAIT use).
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "mosquitto did not start on {}", self.port);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(Instant::now() < deadline, "mosquitto kept exiting on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the broker (SIGKILL: an outage, not a clean shutdown) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The broker's process id (e.g. to SIGSTOP it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
