@@ -52,7 +52,8 @@ impl TestPki {
 
         let client_key = KeyPair::generate().unwrap();
         let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
-        cp.distinguished_name.push(DnType::CommonName, "clock-server-client");
+        cp.distinguished_name
+            .push(DnType::CommonName, "clock-server-client");
         let client = cp.signed_by(&client_key, &issuer).unwrap();
 
         let d = dir.path().to_owned();

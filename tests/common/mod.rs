@@ -2,6 +2,7 @@
 //! a real Mosquitto on a free port, and polling with a bound.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod app;
 pub mod certs;
 pub mod mosquitto;
 
@@ -28,7 +29,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -17,7 +17,11 @@ fn binary() -> String {
     if let Ok(p) = std::env::var("MOSQUITTO") {
         return p;
     }
-    for p in ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"] {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ] {
         if std::path::Path::new(p).exists() {
             return p.to_owned();
         }
@@ -93,10 +97,18 @@ impl Mosquitto {
                 if child.try_wait().unwrap().is_some() {
                     break;
                 }
-                assert!(Instant::now() < deadline, "mosquitto did not start on {}", self.port);
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not start on {}",
+                    self.port
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "mosquitto kept exiting on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto kept exiting on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
