@@ -296,9 +296,16 @@ impl Config {
             .socket_addr("HTTP_ADDR", &addr_raw)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080)));
         let tls = r.pair("TLS_CERT_FILE", "TLS_KEY_FILE");
+        let errors_before = r.errors.len();
         let require_tls = r.bool("REQUIRE_TLS", true);
+        let require_tls_valid = r.errors.len() == errors_before;
         let trust_proxy_tls = r.bool("TRUST_PROXY_TLS", false);
-        if require_tls && tls.is_none() && !trust_proxy_tls && r.raw("TLS_CERT_FILE").is_none() {
+        if require_tls_valid
+            && require_tls
+            && tls.is_none()
+            && !trust_proxy_tls
+            && r.raw("TLS_CERT_FILE").is_none()
+        {
             r.errors.push(
                 "REQUIRE_TLS=true needs TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY_TLS=true behind a TLS-terminating proxy; set REQUIRE_TLS=false only for local development"
                     .to_owned(),
