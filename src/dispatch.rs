@@ -31,6 +31,11 @@ impl Dispatcher {
         envelope: &Envelope,
         ctx: &AuditContext<'_>,
     ) -> Result<(), TransportError> {
+        tracing::debug!(
+            command_id = envelope.command_id.as_str(),
+            request_id = envelope.request_id.as_str(),
+            "dispatching command"
+        );
         let result = self.transport.send(envelope).await;
         let command_type = envelope.command.command_type().as_str();
         match &result {
