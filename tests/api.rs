@@ -742,3 +742,91 @@ async fn a_request_in_flight_at_shutdown_completes_while_new_connections_are_ref
         .unwrap();
     assert!(app.transport.closed.load(SeqCst));
 }
+
+// The API description
+
+/// Every `$ref` in `v` points at something that exists in `doc`.
+fn check_refs(doc: &Value, v: &Value, at: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                if k == "$ref" {
+                    let r = child.as_str().unwrap();
+                    let ptr = r
+                        .strip_prefix('#')
+                        .unwrap_or_else(|| panic!("external $ref {r} at {at}"));
+                    assert!(doc.pointer(ptr).is_some(), "dangling $ref {r} at {at}");
+                } else {
+                    check_refs(doc, child, &format!("{at}/{k}"));
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| check_refs(doc, c, at)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one_and_is_well_formed() {
+    let app = spawn_app(&[]).await;
+    let res = app.get("/openapi.json", None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let served = res.text().await.unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
+    assert_eq!(served, committed, "rebuild after editing docs/openapi.json");
+
+    let doc: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    check_refs(&doc, &doc, "#");
+    let ops = [
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/openapi.json", "get"),
+        ("/commands/alarms", "post"),
+        ("/commands/messages", "post"),
+        ("/commands/brightness", "put"),
+    ];
+    for (path, method) in ops {
+        let op = &doc["paths"][path][method];
+        assert!(op["responses"].is_object(), "{method} {path} undocumented");
+    }
+    for path in [
+        "/commands/alarms",
+        "/commands/messages",
+        "/commands/brightness",
+    ] {
+        let responses = doc["paths"][path]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["responses"]
+            .as_object()
+            .unwrap();
+        for code in [
+            "202", "400", "401", "403", "405", "413", "426", "429", "502",
+        ] {
+            assert!(responses.contains_key(code), "{path} lacks {code}");
+        }
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_public_but_still_under_the_tls_policy() {
+    let app = spawn_app(&[("REQUIRE_TLS", "true"), ("TRUST_PROXY_TLS", "true")]).await;
+    assert_eq!(app.get("/openapi.json", None).await.status(), 426);
+    let res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -18,6 +18,18 @@ pub async fn health() -> Response {
     status_response(StatusCode::OK, "ok")
 }
 
+/// The committed OpenAPI document, served as is.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+pub async fn openapi() -> Response {
+    let mut res = Response::new(axum::body::Body::from(OPENAPI_JSON));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.dispatcher.is_ready() {
         status_response(StatusCode::OK, "ready")

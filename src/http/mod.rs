@@ -55,6 +55,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(handlers::health).fallback(not_allowed_get))
         .route("/ready", get(handlers::ready).fallback(not_allowed_get))
         .route(
+            "/openapi.json",
+            get(handlers::openapi).fallback(not_allowed_get),
+        )
+        .route(
             "/commands/alarms",
             post(handlers::alarm).fallback(not_allowed_post),
         )
@@ -118,7 +122,10 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
         return Err(ApiError::HttpsRequired);
     }
     let path = req.uri().path();
-    if path == "/health" || (path == "/ready" && !state.readiness_require_auth) {
+    if path == "/health"
+        || path == "/openapi.json"
+        || (path == "/ready" && !state.readiness_require_auth)
+    {
         return Ok(());
     }
     let ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
