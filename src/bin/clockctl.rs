@@ -1,1 +1,34 @@
-fn main() {}
+//! The `clockctl` binary: parse the arguments, call the library, print, exit 0/1/2 (SPEC 5).
+
+use std::process::ExitCode;
+
+use clock_server::cli::{self, Cli};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse_go_style(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        }
+    };
+    match cli::run(&cli, cli::settings::process_env).await {
+        Ok(out) => {
+            println!("{}", out.stdout);
+            if let Some(note) = out.note {
+                eprintln!("clockctl: {note}");
+            }
+            if out.success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("clockctl: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,1 +1,29 @@
-//! `clockctl`, the command-line client (SPEC 5).
+//! `clockctl`, the command-line client (SPEC 5): argument types, environment, validation and
+//! the HTTP call, all testable without the binary.
+//!
+//! - [`args`]: the clap types and the rewrite of Go-style `-flag` arguments.
+//! - [`settings`]: the environment (`CLOCK_SERVER_*`, `CLOCKCTL_*`) and base-URL resolution.
+//! - [`request`]: subcommand arguments turned into a validated API request (nothing sent yet).
+//! - [`client`]: the token-safety rule, the HTTP call and what to print.
+//! - [`error`]: [`CliError`], each variant with its exit code.
+
+pub mod args;
+pub mod client;
+pub mod error;
+pub mod request;
+pub mod settings;
+
+pub use args::Cli;
+pub use client::Output;
+pub use error::CliError;
+
+use request::ApiRequest;
+use settings::Settings;
+
+/// Runs one parsed invocation: validate the input, read the environment via `env`, then call
+/// the server. Nothing is sent unless every check passes.
+pub async fn run(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Output, CliError> {
+    let request = ApiRequest::from_command(&cli.command)?;
+    let settings = Settings::from_lookup(env)?;
+    client::send(&settings, &request, cli.json).await
+}

@@ -1,0 +1,274 @@
+//! `clockctl`'s command line: the clap types, plus the rewrite that lets the Go tool's
+//! single-dash flags (`-device clock-1`, `-device=clock-1`) keep working.
+
+use std::ffi::OsString;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shown under every `--help`: the environment, the exit codes and the accepted flag forms.
+pub const AFTER_HELP: &str = "\
+Environment:
+  CLOCK_SERVER_BASE_URL         server URL, default http://localhost:8080 (trailing / dropped);
+                                wins over CLOCK_SERVER_HOST
+  CLOCK_SERVER_HOST             Docker style: http(s)://... is used as is; tcp://host:port or
+                                host:port become http:// for localhost, 127.*, ::1 and https://
+                                otherwise
+  CLOCK_SERVER_TOKEN            bearer token; never sent over http:// to a non-local host
+  CLOCKCTL_TIMEOUT_MS           whole-request timeout in milliseconds, default 5000
+  CLOCKCTL_ALLOW_INSECURE_HTTP  true: allow the token over http:// to a non-local host
+                                (default false; 1 t T TRUE true True 0 f F FALSE false False)
+  SSL_CERT_FILE, SSL_CERT_DIR   CA certificates to trust instead of the system store
+
+Exit status:
+  0  the server accepted the command (ready: the server is ready)
+  1  the server answered non-2xx (ready: not ready), could not be reached or timed out, or
+     the token was refused for a plain-http non-local URL (nothing sent)
+  2  bad usage, invalid input or invalid environment (nothing sent)
+
+Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1.";
+
+/// Flags that take a value: after one of these (without `=`), the next argument is its value
+/// and is never rewritten, so `--message -json` shows the text `-json`.
+const VALUE_FLAGS: &[&str] = &["device", "time", "label", "message", "duration", "level"];
+/// Flags without a value.
+const SWITCH_FLAGS: &[&str] = &["json", "help", "version"];
+
+/// `clockctl`: send commands to smart clocks through a clock-server gateway.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clockctl",
+    version,
+    about = "Send commands to smart clocks through a clock-server gateway",
+    after_help = AFTER_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Print the server's JSON answer (with its commandId) instead of the success line
+    #[arg(long, global = true, display_order = 100)]
+    pub json: bool,
+
+    /// What to send.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands; a new one is a new variant here and in [`crate::cli::request`].
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set an alarm on a device (POST /commands/alarms)
+    #[command(after_help = AFTER_HELP)]
+    Alarm(AlarmArgs),
+    /// Show a message on a device for some seconds (POST /commands/messages)
+    #[command(after_help = AFTER_HELP)]
+    Message(MessageArgs),
+    /// Set a device's display brightness (PUT /commands/brightness)
+    #[command(after_help = AFTER_HELP)]
+    Brightness(BrightnessArgs),
+    /// Ask whether the server is ready (GET /ready); prints ready or not_ready
+    #[command(after_help = AFTER_HELP)]
+    Ready,
+}
+
+/// `clockctl alarm`.
+#[derive(Debug, Args)]
+pub struct AlarmArgs {
+    /// Target device id: 1-64 of A-Z a-z 0-9 _ -
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Alarm time, RFC 3339, e.g. 2030-01-02T07:30:00+01:00
+    #[arg(long, value_name = "RFC3339")]
+    pub time: String,
+    /// Label shown with the alarm (default empty)
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub label: Option<String>,
+}
+
+/// `clockctl message`.
+#[derive(Debug, Args)]
+pub struct MessageArgs {
+    /// Target device id: 1-64 of A-Z a-z 0-9 _ -
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Text to show; must not be blank
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub message: String,
+    /// How long to show it, 1-3600 seconds
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
+    pub duration: i64,
+}
+
+/// `clockctl brightness`.
+#[derive(Debug, Args)]
+pub struct BrightnessArgs {
+    /// Target device id: 1-64 of A-Z a-z 0-9 _ -
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Brightness, 0-100
+    #[arg(long, value_name = "0-100", allow_negative_numbers = true)]
+    pub level: i64,
+}
+
+impl Cli {
+    /// Parses a full argv (program name first), accepting the Go flag forms as well.
+    pub fn try_parse_go_style<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_from(normalize_go_flags(argv))
+    }
+}
+
+/// Rewrites Go-style single-dash long flags (`-device`, `-device=x`, `-json`, `-help`, ...)
+/// to the double-dash form clap understands. Values of value-taking flags and everything
+/// after `--` are left alone; unknown arguments pass through for clap to report.
+pub fn normalize_go_flags<I, T>(argv: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut out = Vec::new();
+    let mut next_is_value = false;
+    let mut after_terminator = false;
+    for (i, arg) in argv.into_iter().enumerate() {
+        let arg: OsString = arg.into();
+        if i == 0 || after_terminator || std::mem::take(&mut next_is_value) {
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            after_terminator = true;
+            out.push(arg);
+            continue;
+        }
+        let (body, single_dash) = if let Some(rest) = text.strip_prefix("--") {
+            (rest, false)
+        } else if let Some(rest) = text.strip_prefix('-') {
+            (rest, true)
+        } else {
+            out.push(arg);
+            continue;
+        };
+        let (name, inline_value) = match body.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (body, false),
+        };
+        let takes_value = VALUE_FLAGS.contains(&name);
+        if takes_value && !inline_value {
+            next_is_value = true;
+        }
+        if single_dash && (takes_value || SWITCH_FLAGS.contains(&name)) {
+            out.push(format!("-{text}").into());
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_go_flags(std::iter::once("clockctl").chain(args.iter().copied()))
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn single_dash_long_flags_become_double_dash() {
+        assert_eq!(
+            norm(&[
+                "alarm",
+                "-device",
+                "clock-1",
+                "-time=2030-01-01T00:00:00Z",
+                "-json"
+            ]),
+            [
+                "alarm",
+                "--device",
+                "clock-1",
+                "--time=2030-01-01T00:00:00Z",
+                "--json"
+            ]
+        );
+        assert_eq!(norm(&["-help"]), ["--help"]);
+        assert_eq!(norm(&["message", "-h"]), ["message", "-h"]);
+    }
+
+    #[test]
+    fn values_and_arguments_after_the_terminator_are_left_alone() {
+        assert_eq!(
+            norm(&["message", "-message", "-json", "-device=-x", "--", "-level"]),
+            [
+                "message",
+                "--message",
+                "-json",
+                "--device=-x",
+                "--",
+                "-level"
+            ]
+        );
+        assert_eq!(
+            norm(&["brightness", "-level", "-5", "-unknown"]),
+            ["brightness", "--level", "-5", "-unknown"]
+        );
+    }
+
+    #[test]
+    fn every_go_flag_form_parses_to_the_same_arguments() {
+        for form in [
+            &["-device", "clock-1"][..],
+            &["--device", "clock-1"],
+            &["-device=clock-1"],
+            &["--device=clock-1"],
+        ] {
+            let argv = ["clockctl", "brightness"]
+                .into_iter()
+                .chain(form.iter().copied())
+                .chain(["-level", "40"]);
+            let cli = Cli::try_parse_go_style(argv).unwrap();
+            match cli.command {
+                Command::Brightness(b) => {
+                    assert_eq!(b.device, "clock-1");
+                    assert_eq!(b.level, 40);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_is_accepted_before_or_after_the_subcommand() {
+        let before = Cli::try_parse_go_style(["clockctl", "-json", "ready"]).unwrap();
+        let after = Cli::try_parse_go_style(["clockctl", "ready", "--json"]).unwrap();
+        assert!(before.json && after.json);
+    }
+
+    #[test]
+    fn missing_required_flags_are_usage_errors_with_exit_code_2() {
+        let err = Cli::try_parse_go_style(["clockctl", "brightness", "--device", "c"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--level"), "{err}");
+    }
+
+    #[test]
+    fn clap_configuration_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

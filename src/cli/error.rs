@@ -1,0 +1,111 @@
+//! `clockctl`'s errors, each mapped to the exit code scripts rely on (SPEC 5).
+
+use std::fmt;
+
+/// Why a `clockctl` invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Invalid input or environment; nothing was sent (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// A bearer token would travel in clear text to a non-local host; nothing was sent (exit 1).
+    #[error(
+        "refusing to send bearer token over plain http to non-local host {host}: use an https:// \
+         CLOCK_SERVER_BASE_URL, or set CLOCKCTL_ALLOW_INSECURE_HTTP=true if the network path is trusted"
+    )]
+    InsecureToken {
+        /// The host the token would have gone to.
+        host: String,
+    },
+    /// The server could not be reached, or did not answer within the timeout (exit 1).
+    #[error("call server: {0}")]
+    Call(String),
+    /// The server answered with a status other than 2xx (exit 1).
+    #[error("{0}")]
+    Status(ServerError),
+}
+
+impl CliError {
+    /// The process exit code: 2 for bad usage or input, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Invalid(_) => 2,
+            Self::InsecureToken { .. } | Self::Call(_) | Self::Status(_) => 1,
+        }
+    }
+}
+
+/// A non-2xx answer: the status and the server's `error` (and `detail`) texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The server's `error` text, or a sanitised excerpt of a non-JSON body.
+    pub error: String,
+    /// The server's `detail` text, when present.
+    pub detail: Option<String>,
+    /// For a redirect: where it pointed (not followed, so the token stays put).
+    pub location: Option<String>,
+}
+
+impl ServerError {
+    /// A hint for the statuses an operator can fix from the client side.
+    fn hint(&self) -> Option<&'static str> {
+        Some(match self.status {
+            300..=399 => "redirects are not followed; point CLOCK_SERVER_BASE_URL at the final URL",
+            401 => "check CLOCK_SERVER_TOKEN",
+            403 => "the token's scopes do not cover this device",
+            404 => "check CLOCK_SERVER_BASE_URL (is it the clock-server?)",
+            426 => "the server requires TLS; use an https:// CLOCK_SERVER_BASE_URL",
+            429 => "too many failed authentications; wait a minute and check CLOCK_SERVER_TOKEN",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Debug-quoting escapes control characters, so a hostile body cannot drive the terminal.
+        write!(
+            f,
+            "server answered status={} error={:?}",
+            self.status, self.error
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, " detail={detail:?}")?;
+        }
+        if let Some(location) = &self.location {
+            write!(f, " location={location:?}")?;
+        }
+        if let Some(hint) = self.hint() {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_problems_exit_2_and_everything_else_exits_1() {
+        assert_eq!(CliError::Invalid("x".into()).exit_code(), 2);
+        assert_eq!(CliError::Call("x".into()).exit_code(), 1);
+        assert_eq!(CliError::InsecureToken { host: "h".into() }.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_server_error_shows_status_error_and_detail_with_control_characters_escaped() {
+        let e = ServerError {
+            status: 400,
+            error: "invalid command".into(),
+            detail: Some("bad\u{1b}[31m".into()),
+            location: None,
+        };
+        let text = e.to_string();
+        assert!(text.contains("status=400"), "{text}");
+        assert!(text.contains("error=\"invalid command\""), "{text}");
+        assert!(text.contains("detail=\"bad\\u{1b}[31m\""), "{text}");
+    }
+}

@@ -1,0 +1,916 @@
+//! End-to-end tests of the `clockctl` binary against real HTTP(S) servers on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::ServerConfig;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "s3cr3t-t0ken-value";
+const ACCEPTED: &str =
+    r#"{"result":"scheduled","commandId":"0190c2a4-7c1e-7b2a-9f00-000000000001"}"#;
+
+// ---------------------------------------------------------------------------------------
+// A recording HTTP(S) server.
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Recorded {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// What the server answers to every request.
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            body: body.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A server on 127.0.0.1, port 0, in its own thread and runtime; stops when dropped.
+struct TestServer {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestServer {
+    fn start(reply: Reply) -> Self {
+        Self::start_inner(reply, None)
+    }
+
+    fn start_tls(reply: Reply, tls: Arc<ServerConfig>) -> Self {
+        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let recorded = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let reply = reply.clone();
+                            let recorded = Arc::clone(&recorded);
+                            let tls = tls.clone();
+                            tokio::spawn(async move {
+                                match tls {
+                                    None => serve(TokioIo::new(stream), reply, recorded).await,
+                                    Some(acceptor) => {
+                                        if let Ok(s) = acceptor.accept(stream).await {
+                                            serve(TokioIo::new(s), reply, recorded).await;
+                                        }
+                                    }
+                                }
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        Self {
+            addr,
+            requests,
+            _stop: stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn only_request(&self) -> Recorded {
+        let all = self.requests();
+        assert_eq!(all.len(), 1, "expected exactly one request, got {all:#?}");
+        all.into_iter().next().unwrap()
+    }
+}
+
+async fn serve<IO>(io: IO, reply: Reply, recorded: Arc<Mutex<Vec<Recorded>>>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let reply = reply.clone();
+        let recorded = Arc::clone(&recorded);
+        async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let headers = req
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            recorded.lock().unwrap().push(Recorded {
+                method,
+                path,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            let mut response = Response::builder()
+                .status(reply.status)
+                .header("content-type", "application/json");
+            for (name, value) in &reply.headers {
+                response = response.header(name, value);
+            }
+            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+/// A CA written to a PEM file (for `SSL_CERT_FILE`) and a server config whose certificate
+/// it signed, for `127.0.0.1` and `localhost`.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    server: Arc<ServerConfig>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "clockctl test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let server =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+    Pki {
+        _dir: dir,
+        ca_file,
+        server: Arc::new(server),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the binary.
+
+/// The outcome of one `clockctl` run.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `clockctl` with exactly `env` as its environment, so the developer's cannot leak in.
+fn clockctl(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// `clockctl` pointed at `server` with the test token.
+fn against(server: &TestServer, args: &[&str]) -> Run {
+    clockctl(
+        args,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &server.url()),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+        ],
+    )
+}
+
+fn assert_code(run: &Run, code: i32) {
+    assert_eq!(run.code, code, "unexpected exit code: {run:#?}");
+}
+
+fn assert_no_token(run: &Run) {
+    assert!(
+        !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+        "the token leaked: {run:#?}"
+    );
+}
+
+/// A 127.0.0.1 port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+const ALARM: &[&str] = &[
+    "alarm",
+    "--device",
+    "clock-1",
+    "--time",
+    "2030-01-02T07:30:00+01:00",
+    "--label",
+    "wake up",
+];
+
+// ---------------------------------------------------------------------------------------
+// Request shapes and success output.
+
+#[test]
+fn alarm_posts_the_server_json_shape_with_the_bearer_token_and_prints_the_success_line() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = against(&server, ALARM);
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "alarm command dispatched\n");
+    assert_eq!(run.stderr, "");
+    let req = server.only_request();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/commands/alarms")
+    );
+    assert_eq!(
+        req.body,
+        r#"{"deviceId":"clock-1","alarmTime":"2030-01-02T07:30:00+01:00","label":"wake up"}"#
+    );
+    assert_eq!(
+        req.header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(req.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn an_alarm_without_a_label_sends_an_empty_label() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = against(
+        &server,
+        &[
+            "alarm",
+            "--device",
+            "clock-1",
+            "--time",
+            "2030-01-02T06:30:00Z",
+        ],
+    );
+    assert_code(&run, 0);
+    let body = server.only_request().json();
+    assert_eq!(
+        body,
+        serde_json::json!({"deviceId":"clock-1","alarmTime":"2030-01-02T06:30:00Z","label":""})
+    );
+}
+
+#[test]
+fn message_posts_device_text_and_a_duration_that_defaults_to_ten_seconds() {
+    let server = TestServer::start(Reply::new(202, r#"{"result":"sent"}"#));
+    let run = against(
+        &server,
+        &[
+            "message",
+            "--device",
+            "clock-1",
+            "--message",
+            "Tea is ready",
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "display-message command dispatched\n");
+    let req = server.only_request();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/commands/messages")
+    );
+    assert_eq!(
+        req.body,
+        r#"{"deviceId":"clock-1","message":"Tea is ready","durationSeconds":10}"#
+    );
+
+    let server = TestServer::start(Reply::new(202, r#"{"result":"sent"}"#));
+    let run = against(
+        &server,
+        &[
+            "message",
+            "--device",
+            "clock-1",
+            "--message",
+            "hi",
+            "--duration",
+            "3600",
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(server.only_request().json()["durationSeconds"], 3600);
+}
+
+#[test]
+fn brightness_puts_device_and_level() {
+    let server = TestServer::start(Reply::new(202, r#"{"result":"updated"}"#));
+    let run = against(
+        &server,
+        &["brightness", "--device", "clock-1", "--level", "0"],
+    );
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "brightness command dispatched\n");
+    let req = server.only_request();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("PUT", "/commands/brightness")
+    );
+    assert_eq!(req.body, r#"{"deviceId":"clock-1","level":0}"#);
+}
+
+#[test]
+fn the_go_flag_forms_all_send_the_same_request() {
+    for form in [
+        &["-device", "clock-1", "-level", "55"][..],
+        &["--device", "clock-1", "--level", "55"],
+        &["-device=clock-1", "-level=55"],
+        &["--device=clock-1", "--level=55"],
+    ] {
+        let server = TestServer::start(Reply::new(202, r#"{"result":"updated"}"#));
+        let args: Vec<&str> = std::iter::once("brightness")
+            .chain(form.iter().copied())
+            .collect();
+        let run = against(&server, &args);
+        assert_code(&run, 0);
+        assert_eq!(
+            server.only_request().body,
+            r#"{"deviceId":"clock-1","level":55}"#,
+            "{form:?}"
+        );
+    }
+}
+
+#[test]
+fn a_message_text_that_starts_with_a_dash_is_sent_as_text() {
+    let server = TestServer::start(Reply::new(202, r#"{"result":"sent"}"#));
+    let run = against(
+        &server,
+        &[
+            "message",
+            "-device",
+            "clock-1",
+            "-message",
+            "-json",
+            "-duration",
+            "5",
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "display-message command dispatched\n");
+    let body = server.only_request().json();
+    assert_eq!(body["message"], "-json");
+    assert_eq!(body["durationSeconds"], 5);
+}
+
+#[test]
+fn json_prints_the_server_body_with_its_command_id_in_every_flag_position() {
+    for args in [
+        &["--json", "alarm"][..],
+        &["alarm", "--json"],
+        &["-json", "alarm"],
+        &["alarm", "-json"],
+    ] {
+        let server = TestServer::start(Reply::new(202, ACCEPTED));
+        let mut argv = args.to_vec();
+        argv.extend(&ALARM[1..]);
+        let run = against(&server, &argv);
+        assert_code(&run, 0);
+        assert_eq!(run.stdout, format!("{ACCEPTED}\n"), "{args:?}");
+        let parsed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert!(parsed["commandId"].is_string());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures reported by the server or the network.
+
+#[test]
+fn a_502_answer_exits_1_with_the_status_and_the_server_error_text() {
+    let server = TestServer::start(Reply::new(502, r#"{"error":"command dispatch failed"}"#));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("status=502"), "{run:#?}");
+    assert!(run.stderr.contains("command dispatch failed"), "{run:#?}");
+    assert_no_token(&run);
+}
+
+#[test]
+fn a_400_answer_shows_the_error_and_its_detail() {
+    let server = TestServer::start(Reply::new(
+        400,
+        r#"{"error":"invalid command","detail":"alarmTime must not be more than one minute in the past"}"#,
+    ));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("status=400"), "{run:#?}");
+    assert!(run.stderr.contains("invalid command"), "{run:#?}");
+    assert!(run.stderr.contains("one minute in the past"), "{run:#?}");
+}
+
+#[test]
+fn a_401_answer_suggests_checking_the_token_without_printing_it() {
+    let server = TestServer::start(Reply::new(401, r#"{"error":"unauthorized"}"#));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("status=401"), "{run:#?}");
+    assert!(run.stderr.contains("CLOCK_SERVER_TOKEN"), "{run:#?}");
+    assert_no_token(&run);
+}
+
+#[test]
+fn a_non_json_error_body_is_shown_as_an_excerpt() {
+    let server = TestServer::start(Reply::new(503, "<html>upstream down</html>"));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("status=503"), "{run:#?}");
+    assert!(run.stderr.contains("upstream down"), "{run:#?}");
+}
+
+#[test]
+fn a_redirect_is_not_followed_so_the_token_stays_with_the_configured_server() {
+    let elsewhere = TestServer::start(Reply::new(202, ACCEPTED));
+    let location = format!("{}/commands/alarms", elsewhere.url());
+    let server =
+        TestServer::start(Reply::new(307, r#"{"error":"moved"}"#).header("location", &location));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("status=307"), "{run:#?}");
+    assert!(run.stderr.contains(&location), "{run:#?}");
+    assert_eq!(server.requests().len(), 1);
+    assert!(elsewhere.requests().is_empty());
+}
+
+#[test]
+fn a_refused_connection_exits_1_with_call_server() {
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &url),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+        ],
+    );
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("call server"), "{run:#?}");
+    assert_no_token(&run);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_after_clockctl_timeout_ms() {
+    // Bound but never accepted: the kernel completes the handshake, then nothing comes back.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &url),
+            ("CLOCKCTL_TIMEOUT_MS", "300"),
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("call server"), "{run:#?}");
+    assert!(run.stderr.contains("CLOCKCTL_TIMEOUT_MS"), "{run:#?}");
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    drop(silent);
+}
+
+// ---------------------------------------------------------------------------------------
+// Token transport safety and HTTPS.
+
+#[test]
+fn a_token_is_refused_over_plain_http_to_a_remote_host_before_any_connection() {
+    // Were clockctl to connect, the proxy (our recorder) would see the request.
+    let proxy = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", "http://example.invalid"),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+            ("HTTP_PROXY", &proxy.url()),
+            ("http_proxy", &proxy.url()),
+        ],
+    );
+    assert_code(&run, 1);
+    assert!(
+        run.stderr.contains("refusing to send bearer token"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("CLOCKCTL_ALLOW_INSECURE_HTTP"),
+        "{run:#?}"
+    );
+    assert!(proxy.requests().is_empty());
+    assert_no_token(&run);
+}
+
+#[test]
+fn clockctl_allow_insecure_http_true_lets_the_token_go_to_a_remote_http_host() {
+    let proxy = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", "http://example.invalid"),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+            ("CLOCKCTL_ALLOW_INSECURE_HTTP", "true"),
+            ("HTTP_PROXY", &proxy.url()),
+            ("http_proxy", &proxy.url()),
+        ],
+    );
+    assert_code(&run, 0);
+    let req = proxy.only_request();
+    assert_eq!(req.path, "/commands/alarms");
+    assert_eq!(req.header("host"), Some("example.invalid"));
+    assert_eq!(
+        req.header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+}
+
+#[test]
+fn without_a_token_a_remote_http_host_is_called() {
+    let proxy = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", "http://example.invalid"),
+            ("HTTP_PROXY", &proxy.url()),
+            ("http_proxy", &proxy.url()),
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(proxy.only_request().header("authorization"), None);
+}
+
+#[test]
+fn a_token_is_sent_over_https_to_a_server_trusted_through_ssl_cert_file() {
+    let pki = pki();
+    let server = TestServer::start_tls(Reply::new(202, ACCEPTED), Arc::clone(&pki.server));
+    let url = format!("https://{}", server.addr);
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &url),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+            ("SSL_CERT_FILE", pki.ca_file.to_str().unwrap()),
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "alarm command dispatched\n");
+    let req = server.only_request();
+    assert_eq!(
+        req.header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+}
+
+#[test]
+fn an_https_server_whose_certificate_is_not_trusted_fails_with_call_server() {
+    let trusted = pki();
+    let other = pki();
+    let server = TestServer::start_tls(Reply::new(202, ACCEPTED), Arc::clone(&other.server));
+    let url = format!("https://{}", server.addr);
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &url),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+            ("SSL_CERT_FILE", trusted.ca_file.to_str().unwrap()),
+        ],
+    );
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("call server"), "{run:#?}");
+    assert!(server.requests().is_empty());
+    assert_no_token(&run);
+}
+
+// ---------------------------------------------------------------------------------------
+// Base URL resolution (the pure cases are unit tests in src/cli/settings.rs).
+
+#[test]
+fn clock_server_host_as_host_and_port_reaches_a_local_server_over_plain_http() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let host = server.addr.to_string();
+    for value in [host.clone(), format!("tcp://{host}")] {
+        let run = clockctl(
+            ALARM,
+            &[("CLOCK_SERVER_HOST", &value), ("CLOCK_SERVER_TOKEN", TOKEN)],
+        );
+        assert_code(&run, 0);
+    }
+    assert_eq!(server.requests().len(), 2);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.path == "/commands/alarms")
+    );
+}
+
+#[test]
+fn clock_server_base_url_wins_over_clock_server_host_and_loses_its_trailing_slash() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let base = format!("{}/", server.url());
+    let elsewhere = format!("127.0.0.1:{}", closed_port());
+    let run = clockctl(
+        ALARM,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &base),
+            ("CLOCK_SERVER_HOST", &elsewhere),
+        ],
+    );
+    assert_code(&run, 0);
+    assert_eq!(server.only_request().path, "/commands/alarms");
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage errors: exit 2, nothing sent.
+
+#[test]
+fn invalid_input_exits_2_with_a_hint_and_sends_nothing() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let t = "2030-01-02T07:30:00Z";
+    let cases: &[(&[&str], &str)] = &[
+        (&["alarm", "--time", t], "--device"),
+        (&["alarm", "--device", "clock/1", "--time", t], "--device"),
+        (&["alarm", "--device", "a#b", "--time", t], "--device"),
+        (&["alarm", "--device", "clock-1"], "--time"),
+        (
+            &["alarm", "--device", "clock-1", "--time", "tomorrow 7am"],
+            "RFC 3339",
+        ),
+        (
+            &["alarm", "--device", "clock-1", "--time", "2030-01-02 07:30"],
+            "RFC 3339",
+        ),
+        (
+            &["message", "--device", "clock-1", "--message", "   "],
+            "--message",
+        ),
+        (&["message", "--device", "clock-1"], "--message"),
+        (
+            &[
+                "message",
+                "--device",
+                "clock-1",
+                "--message",
+                "x",
+                "--duration",
+                "0",
+            ],
+            "--duration",
+        ),
+        (
+            &[
+                "message",
+                "--device",
+                "clock-1",
+                "--message",
+                "x",
+                "--duration",
+                "3601",
+            ],
+            "--duration",
+        ),
+        (
+            &[
+                "message",
+                "--device",
+                "clock-1",
+                "--message",
+                "x",
+                "--duration",
+                "ten",
+            ],
+            "--duration",
+        ),
+        (
+            &["brightness", "--device", "clock-1", "--level", "101"],
+            "--level",
+        ),
+        (
+            &["brightness", "--device", "clock-1", "--level", "-1"],
+            "--level",
+        ),
+        (&["brightness", "--device", "clock-1"], "--level"),
+        (
+            &["brightness", "--device", "clock-1", "--level", "bright"],
+            "--level",
+        ),
+        (&["reboot", "--device", "clock-1"], "reboot"),
+        (
+            &[
+                "alarm", "--device", "clock-1", "--time", t, "--colour", "red",
+            ],
+            "--colour",
+        ),
+        (&[], "Usage"),
+    ];
+    for (args, hint) in cases {
+        let run = against(&server, args);
+        assert_code(&run, 2);
+        assert!(
+            run.stderr.contains(hint),
+            "{args:?} should mention {hint}: {run:#?}"
+        );
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn invalid_environment_values_exit_2_naming_the_variable_and_send_nothing() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    for (var, value) in [
+        ("CLOCKCTL_TIMEOUT_MS", "soon"),
+        ("CLOCKCTL_TIMEOUT_MS", "0"),
+        ("CLOCKCTL_ALLOW_INSECURE_HTTP", "yes"),
+        ("CLOCK_SERVER_HOST", "unix:///run/clock.sock"),
+    ] {
+        let run = clockctl(
+            ALARM,
+            &[
+                ("CLOCK_SERVER_HOST", &server.addr.to_string()),
+                (var, value),
+            ],
+        );
+        assert_code(&run, 2);
+        assert!(run.stderr.contains(var), "{var}={value}: {run:#?}");
+    }
+    let run = clockctl(
+        ALARM,
+        &[("CLOCK_SERVER_BASE_URL", "ftp://clock.example.com")],
+    );
+    assert_code(&run, 2);
+    assert!(run.stderr.contains("CLOCK_SERVER_BASE_URL"), "{run:#?}");
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn every_go_boolean_spelling_is_accepted_for_clockctl_allow_insecure_http() {
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    for value in [
+        "1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False",
+    ] {
+        let run = clockctl(
+            ALARM,
+            &[
+                ("CLOCK_SERVER_BASE_URL", &server.url()),
+                ("CLOCKCTL_ALLOW_INSECURE_HTTP", value),
+            ],
+        );
+        assert_code(&run, 0);
+    }
+}
+
+#[test]
+fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
+    for args in [
+        &["--help"][..],
+        &["-help"],
+        &["alarm", "--help"],
+        &["message", "-help"],
+        &["brightness", "-h"],
+        &["ready", "--help"],
+    ] {
+        let run = clockctl(args, &[]);
+        assert_code(&run, 0);
+        for var in [
+            "CLOCK_SERVER_BASE_URL",
+            "CLOCK_SERVER_HOST",
+            "CLOCK_SERVER_TOKEN",
+            "CLOCKCTL_TIMEOUT_MS",
+            "CLOCKCTL_ALLOW_INSECURE_HTTP",
+        ] {
+            assert!(run.stdout.contains(var), "{args:?} lacks {var}: {run:#?}");
+        }
+        assert!(run.stdout.contains("Exit status"), "{args:?}");
+    }
+    let run = clockctl(&["alarm", "--help"], &[]);
+    for flag in ["--device", "--time", "--label", "--json"] {
+        assert!(run.stdout.contains(flag), "{flag}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `ready`.
+
+#[test]
+fn ready_prints_ready_and_exits_0_when_the_server_is_ready() {
+    let server = TestServer::start(Reply::new(200, r#"{"status":"ready"}"#));
+    let run = against(&server, &["ready"]);
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "ready\n");
+    let req = server.only_request();
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/ready"));
+    assert_eq!(
+        req.header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+}
+
+#[test]
+fn ready_prints_not_ready_and_exits_1_when_the_server_answers_503() {
+    let body = r#"{"status":"not_ready"}"#;
+    let server = TestServer::start(Reply::new(503, body));
+    let run = against(&server, &["ready"]);
+    assert_code(&run, 1);
+    assert_eq!(run.stdout, "not_ready\n");
+    assert!(run.stderr.contains("status=503"), "{run:#?}");
+
+    let run = against(&server, &["ready", "--json"]);
+    assert_code(&run, 1);
+    assert_eq!(run.stdout, format!("{body}\n"));
+}
+
+#[test]
+fn ready_reports_a_401_like_any_other_error() {
+    let server = TestServer::start(Reply::new(401, r#"{"error":"unauthorized"}"#));
+    let run = against(&server, &["ready"]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("status=401"), "{run:#?}");
+    assert!(run.stderr.contains("unauthorized"), "{run:#?}");
+}
