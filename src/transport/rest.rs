@@ -264,6 +264,7 @@ impl RestTransport {
                     transport = NAME,
                     %method,
                     path,
+                    request_id = envelope.request_id.as_str(),
                     command_id = envelope.command_id.as_str(),
                     error = reason,
                     "downstream request failed"
@@ -295,6 +296,7 @@ impl RestTransport {
             transport = NAME,
             %method,
             path,
+            request_id = envelope.request_id.as_str(),
             command_id = envelope.command_id.as_str(),
             status = status.as_u16(),
             location = location.as_deref(),
