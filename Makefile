@@ -2,10 +2,36 @@
 
 CARGO ?= cargo
 
+# Container image and registry (Dockerfile, docs/containers.md). Every variable can be
+# overridden on the command line, e.g. `make docker-push REGISTRY=reg.example:5000 IMAGE_TAG=1.2.3`.
+DOCKER ?= docker
+RUST_IMAGE ?= rust:1.95-alpine
+RUNTIME_IMAGE ?= alpine:3.21
+IMAGE_NAME ?= clock-server
+IMAGE_TAG ?= 0.0.1
+REGISTRY ?= 192.168.2.201:32000
+HOST_PORT ?= 8080
+CONTAINER_PORT ?= 8080
+# Extra `docker run` options for docker-run, e.g. DOCKER_RUN_ARGS="--env-file clock-server.env".
+DOCKER_RUN_ARGS ?=
+# Platforms for docker-buildx-push.
+PLATFORMS ?= linux/amd64,linux/arm64
+HADOLINT ?= hadolint
+# The Compose v2 plugin when it is installed, else the standalone docker-compose
+# (a recursive variable: only looked up when a Compose target runs).
+COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo '$(DOCKER) compose' || echo docker-compose)
+
 .PHONY: help run test test-deps fmt lint build build-clockctl clean
+.PHONY: docker-build docker-run docker-stop docker-clean docker-login docker-push docker-buildx-push
+.PHONY: compose-test lint-containers
+
+# The Dockerfile needs BuildKit (cache mounts, COPY --chmod): the default since Docker 23,
+# switched on here for older engines and for the standalone docker-compose v1.
+docker-build compose-test: export DOCKER_BUILDKIT = 1
+compose-test: export COMPOSE_DOCKER_CLI_BUILD = 1
 
 help: ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 run: ## run the server (configure with environment variables, see README)
 	$(CARGO) run --release --bin clock-server
@@ -34,3 +60,42 @@ build-clockctl: ## build clockctl into bin/clockctl
 clean: ## remove build output
 	$(CARGO) clean
 	rm -rf bin
+
+docker-build: ## build the container image IMAGE_NAME:IMAGE_TAG (needs BuildKit)
+	$(DOCKER) build --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) -t $(IMAGE_NAME):$(IMAGE_TAG) .
+
+docker-run: docker-build ## build, then run the image detached on HOST_PORT (options: DOCKER_RUN_ARGS)
+	$(DOCKER) run --rm -d --name $(IMAGE_NAME) -p $(HOST_PORT):$(CONTAINER_PORT) $(if $(strip $(DOCKER_RUN_ARGS)),$(strip $(DOCKER_RUN_ARGS)) )$(IMAGE_NAME):$(IMAGE_TAG)
+
+docker-stop: ## stop the container started by docker-run
+	$(DOCKER) stop $(IMAGE_NAME)
+
+docker-clean: ## stop the container (if running) and remove the image
+	-$(DOCKER) stop $(IMAGE_NAME)
+	$(DOCKER) rmi $(IMAGE_NAME):$(IMAGE_TAG)
+
+docker-login: ## log in to REGISTRY
+	$(DOCKER) login $(REGISTRY)
+
+docker-push: docker-build ## build, tag as REGISTRY/IMAGE_NAME:IMAGE_TAG and :latest, push both
+	$(DOCKER) tag $(IMAGE_NAME):$(IMAGE_TAG) $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG)
+	$(DOCKER) tag $(IMAGE_NAME):$(IMAGE_TAG) $(REGISTRY)/$(IMAGE_NAME):latest
+	$(DOCKER) push $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG)
+	$(DOCKER) push $(REGISTRY)/$(IMAGE_NAME):latest
+
+docker-buildx-push: ## multi-arch build for PLATFORMS with buildx, push IMAGE_TAG and latest
+	$(DOCKER) buildx build --platform $(PLATFORMS) --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) -t $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG) -t $(REGISTRY)/$(IMAGE_NAME):latest --push .
+
+compose-test: ## run the Compose stack; passes only if the subscriber got clockctl's message
+	$(COMPOSE) up --build --abort-on-container-exit --exit-code-from subscriber; \
+	status=$$?; \
+	$(COMPOSE) down --remove-orphans; \
+	if [ "$$status" -ne 0 ]; then \
+		echo "compose-test: FAILED: subscriber exit code $$status (see the logs above)" >&2; \
+		exit "$$status"; \
+	fi; \
+	echo "compose-test: OK: the message reached an MQTT subscriber"
+
+lint-containers: ## hadolint the Dockerfile and validate docker-compose.yml
+	$(HADOLINT) --failure-threshold warning Dockerfile
+	$(COMPOSE) config -q
