@@ -87,6 +87,8 @@ fn all_logs() -> String {
 
 #[derive(Debug, Clone)]
 struct Recorded {
+    /// The client's address: the same for requests that reused a pooled connection.
+    peer: SocketAddr,
     method: String,
     path: String,
     headers: HeaderMap,
@@ -157,18 +159,18 @@ impl Downstream {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_conn(stream, st).await,
+                        None => serve_conn(stream, peer, st).await,
                         Some(acceptor) => {
                             // A client that rejects our certificate fails the handshake here.
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                serve_conn(stream, st).await;
+                                serve_conn(stream, peer, st).await;
                             }
                         }
                     }
@@ -221,11 +223,11 @@ impl Drop for Downstream {
     }
 }
 
-async fn serve_conn<S>(stream: S, state: Arc<DownstreamState>)
+async fn serve_conn<S>(stream: S, peer: SocketAddr, state: Arc<DownstreamState>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let service = hyper::service::service_fn(move |req| respond(state.clone(), req));
+    let service = hyper::service::service_fn(move |req| respond(state.clone(), peer, req));
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -233,6 +235,7 @@ where
 
 async fn respond(
     state: Arc<DownstreamState>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -242,6 +245,7 @@ async fn respond(
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
     let recorded = Recorded {
+        peer,
         method: parts.method.to_string(),
         path: parts
             .uri
@@ -515,6 +519,25 @@ async fn without_a_downstream_token_no_authorization_header_is_sent() {
     let r = &downstream.requests()[0];
     assert_eq!(r.path, "/clocks/Clock_2-b/brightness");
     assert_eq!(r.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn consecutive_commands_reuse_one_pooled_connection() {
+    let downstream = Downstream::start().await;
+    let base = downstream.url("");
+    let app = spawn_app(&[("CLOCK_REST_BASE_URL", &base)]).await;
+
+    for case in [alarm("clock-1"), message("clock-1"), brightness("clock-1")] {
+        let (status, body) = app.send(&case, &request_id("pool")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+
+    let peers: Vec<_> = downstream.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 3);
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one connection expected: {peers:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

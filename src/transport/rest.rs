@@ -31,6 +31,9 @@ const NAME: &str = "rest";
 /// How much of a failed answer's body goes into the log.
 const LOGGED_BODY_LIMIT: usize = 1024;
 
+/// How much of an answer is read just to keep its connection reusable.
+const DRAINED_BODY_LIMIT: usize = 64 * 1024;
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -176,8 +179,15 @@ async fn poll_health(client: Client, url: Url, interval: Duration, ready: Arc<At
     loop {
         ticker.tick().await;
         let outcome = match client.get(url.clone()).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(format!("status {}", response.status().as_u16())),
+            Ok(response) => {
+                let status = response.status();
+                discard_body(response).await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("status {}", status.as_u16()))
+                }
+            }
             Err(e) => Err(describe(&e)),
         };
         let now_ready = outcome.is_ok();
@@ -197,8 +207,8 @@ async fn poll_health(client: Client, url: Url, interval: Duration, ready: Arc<At
     }
 }
 
-/// A reqwest error with its cause chain, without the URL's query (none is ever secret here,
-/// but the chain is what explains a TLS or connect failure).
+/// What went wrong, from the error's cause chain (that is what explains a TLS or connect
+/// failure); reqwest's own message is left out because it only repeats the URL.
 fn describe(err: &reqwest::Error) -> String {
     let mut text = if err.is_timeout() {
         "timed out".to_owned()
@@ -214,6 +224,18 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Reads and drops a small answer body so its connection can go back to the pool (an
+/// unread body closes it); a large or failing body is simply abandoned.
+async fn discard_body(mut response: Response) {
+    let mut read = 0;
+    while read < DRAINED_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => break,
+        }
+    }
 }
 
 /// Reads at most [`LOGGED_BODY_LIMIT`] bytes of `response`'s body, for the log.
@@ -284,6 +306,9 @@ impl RestTransport {
         };
         let status = response.status();
         if status.is_success() {
+            // Read before answering so the connection is back in the pool for the next
+            // command; bounded by the same per-request timeout.
+            discard_body(response).await;
             return Ok(());
         }
         let location = response
