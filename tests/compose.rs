@@ -787,3 +787,112 @@ fn compose_stack_replay_delivers_message_to_subscriber() {
         Some(flag("--duration"))
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// .dockerignore
+// ---------------------------------------------------------------------------------------
+
+/// One path segment against one pattern segment: `*` any run of characters, `?` one.
+fn segment_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            segment_matches(&pattern[1..], name)
+                || (!name.is_empty() && segment_matches(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => segment_matches(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => segment_matches(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// Docker's .dockerignore matching: root-relative, `**` spans any number of directories.
+fn path_matches(pattern: &[&str], path: &[&str]) -> bool {
+    match (pattern.first(), path.first()) {
+        (None, None) => true,
+        (Some(&"**"), _) => {
+            path_matches(&pattern[1..], path)
+                || (!path.is_empty() && path_matches(pattern, &path[1..]))
+        }
+        (Some(p), Some(n)) => {
+            segment_matches(p.as_bytes(), n.as_bytes()) && path_matches(&pattern[1..], &path[1..])
+        }
+        _ => false,
+    }
+}
+
+/// Whether `.dockerignore` keeps `path` (repository-relative) out of the build context: a
+/// pattern excludes a file when it matches the file or one of its parent directories.
+fn docker_ignores(patterns: &[String], path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    patterns.iter().any(|pattern| {
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        (1..=segments.len()).any(|n| path_matches(&pattern, &segments[..n]))
+    })
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every file `cargo build` reads inside the image must be in the build context: the
+/// manifest, the lock file, the sources and what they `include_str!`/`include_bytes!`.
+#[test]
+fn docker_context_keeps_every_file_the_build_reads() {
+    let root = repo();
+    let patterns: Vec<String> = fs::read_to_string(root.join(".dockerignore"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        patterns.iter().all(|p| !p.starts_with('!')),
+        "exceptions (!) are not modelled here: extend docker_ignores"
+    );
+    // The matcher itself, on patterns of the kinds used above.
+    assert!(docker_ignores(&["target/".into()], "target/debug/x"));
+    assert!(!docker_ignores(&["target/".into()], "src/target.rs"));
+    assert!(docker_ignores(&["**/*.pem".into()], "tests/data/ca.pem"));
+    assert!(docker_ignores(&["*.pem".into()], "ca.pem"));
+    assert!(!docker_ignores(&["*.pem".into()], "tests/ca.pem"));
+
+    let mut needed = vec![root.join("Cargo.toml"), root.join("Cargo.lock")];
+    if root.join("build.rs").exists() {
+        needed.push(root.join("build.rs"));
+    }
+    let mut sources = Vec::new();
+    rust_files(&root.join("src"), &mut sources);
+    for file in &sources {
+        let text = fs::read_to_string(file).unwrap();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (i, _) in text.match_indices(macro_name) {
+                let rest = &text[i + macro_name.len()..];
+                let target = &rest[..rest.find('"').unwrap()];
+                needed.push(file.parent().unwrap().join(target));
+            }
+        }
+    }
+    needed.extend(sources);
+    for path in needed {
+        let path = fs::canonicalize(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let relative = path
+            .strip_prefix(fs::canonicalize(&root).unwrap())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !docker_ignores(&patterns, &relative),
+            ".dockerignore keeps {relative} out of the image build, but the build reads it"
+        );
+    }
+}
