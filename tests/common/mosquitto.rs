@@ -121,6 +121,26 @@ impl Mosquitto {
         }
     }
 
+    /// Stops the broker with SIGTERM (a clean shutdown: it saves its persistence database
+    /// when `persistence true` is configured) and waits for it to exit.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+    }
+
     /// The broker's process id (e.g. to SIGSTOP it).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
