@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -235,8 +236,9 @@ fn published_container_ports(service: &Service) -> Vec<u16> {
 // Local processes
 // ---------------------------------------------------------------------------------------
 
-/// A started service. Killed (and reaped) when dropped, so a failing assertion never leaves
-/// a broker or server behind.
+/// A started service, in its own process group. The group is killed (and the child reaped)
+/// when dropped, so a failing assertion leaves no broker, server or `mosquitto_sub` (a
+/// child of the subscriber's shell) behind.
 struct Proc {
     name: String,
     child: Child,
@@ -248,7 +250,8 @@ impl Proc {
     fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
         let stdout = logs.join(format!("{name}.stdout"));
         let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
+        cmd.process_group(0)
+            .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap());
         let child = cmd
@@ -275,9 +278,19 @@ impl Proc {
             }
             sleep(Duration::from_millis(50));
         }
+        self.kill();
+        None
+    }
+
+    /// Kills the whole process group, then reaps the child.
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        None
     }
 
     fn stdout(&self) -> String {
@@ -297,10 +310,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // Also when the leader has exited: a grandchild may still run in its group.
+        self.kill();
     }
 }
 
