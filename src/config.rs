@@ -352,9 +352,22 @@ impl Config {
                 "expected error, warn, info, debug, trace or a filter like clock_server=debug",
             );
         }
-        let metrics_addr = r
-            .string("METRICS_ADDR")
-            .and_then(|v| r.socket_addr("METRICS_ADDR", &v));
+        let metrics_raw = r.string("METRICS_ADDR");
+        let metrics_addr = metrics_raw
+            .as_deref()
+            .and_then(|v| r.socket_addr("METRICS_ADDR", v));
+        if let (Some(raw), Some(m)) = (&metrics_raw, metrics_addr)
+            && m.port() != 0
+            && m.port() == addr.port()
+            && (m.ip() == addr.ip() || m.ip().is_unspecified() || addr.ip().is_unspecified())
+        {
+            let raw = raw.clone();
+            r.invalid(
+                "METRICS_ADDR",
+                &raw,
+                "it must not share HTTP_ADDR's port; expected another host:port, e.g. :9090 or 127.0.0.1:9090 (unset: no metrics listener)",
+            );
+        }
 
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));

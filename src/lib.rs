@@ -11,6 +11,7 @@
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
+//! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
 //! - [`cli`]: `clockctl`, the command-line client.
 
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod security;
 pub mod startup;
 pub mod telemetry;

@@ -1,9 +1,10 @@
-//! Wiring: config -> transports -> state -> listener. Bind first, then serve until the
-//! shutdown future resolves.
+//! Wiring: config -> transports (each wrapped in its metrics decorator) -> state ->
+//! listeners. Bind first, then serve until the shutdown future resolves.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -12,6 +13,7 @@ use crate::config::{Config, Sender};
 use crate::dispatch::Dispatcher;
 use crate::http::server::{Timeouts, serve};
 use crate::http::{AppState, router};
+use crate::metrics::Metrics;
 use crate::security::AuthThrottle;
 use crate::tls;
 use crate::transport::fanout::Fanout;
@@ -29,6 +31,11 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("METRICS_ADDR={addr}: cannot listen: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Transport(#[from] TransportError),
 }
@@ -39,10 +46,17 @@ pub struct Application {
     tls: Option<TlsAcceptor>,
     state: Arc<AppState>,
     timeouts: Timeouts,
+    /// The `/metrics` listener, when `METRICS_ADDR` is set.
+    metrics_listener: Option<TcpListener>,
 }
 
-/// Builds the configured transports (one, or a fan-out over several).
+/// Builds the configured transports (one, or a fan-out over several), without metrics.
 pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, StartupError> {
+    Ok(combine(build_transports(config).await?))
+}
+
+/// Each enabled transport on its own, in `ENABLED_SENDERS` order.
+async fn build_transports(config: &Config) -> Result<Vec<Arc<dyn Transport>>, StartupError> {
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
     for sender in &config.senders {
         match sender {
@@ -58,23 +72,46 @@ pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, Star
             }
         }
     }
-    Ok(match transports.len() {
+    Ok(transports)
+}
+
+/// One transport as is, several behind a fan-out.
+fn combine(mut transports: Vec<Arc<dyn Transport>>) -> Arc<dyn Transport> {
+    match transports.len() {
         1 => transports.remove(0),
         _ => Arc::new(Fanout::new(transports)),
-    })
+    }
 }
 
 impl Application {
     /// Builds the transports from `config`, then binds.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let transport = build_transport(&config).await?;
-        Self::build_with_transport(config, transport).await
+        let metrics = Arc::new(Metrics::new());
+        // Each transport is measured on its own (latency, outcome, in-flight, readiness),
+        // so the decorator goes around each one before the fan-out.
+        let transports = build_transports(&config)
+            .await?
+            .into_iter()
+            .map(|t| metrics.instrument(t))
+            .collect();
+        Self::bind(config, combine(transports), metrics).await
     }
 
-    /// Binds with a given transport (tests use this to plug in a fake).
+    /// Binds with a given transport (tests use this to plug in a fake); it is measured
+    /// under its own name.
     pub async fn build_with_transport(
         config: Config,
         transport: Arc<dyn Transport>,
+    ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new());
+        let transport = metrics.instrument(transport);
+        Self::bind(config, transport, metrics).await
+    }
+
+    async fn bind(
+        config: Config,
+        transport: Arc<dyn Transport>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StartupError> {
         let tls = match &config.http.tls {
             Some(files) => Some(TlsAcceptor::from(tls::server_config(files)?)),
@@ -84,6 +121,14 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::MetricsBind { addr, source })?,
+            ),
+            None => None,
+        };
         if config.legacy_token {
             tracing::warn!(
                 "using the legacy API_AUTH_TOKEN (one token, scope *); prefer API_AUTH_CREDENTIALS with per-caller ids and scopes"
@@ -98,6 +143,7 @@ impl Application {
             readiness_require_auth: config.readiness_require_auth,
             max_body_bytes: config.http.max_body_bytes,
             read_timeout: config.http.read_timeout,
+            metrics,
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,
@@ -110,6 +156,7 @@ impl Application {
             tls,
             state,
             timeouts,
+            metrics_listener,
         })
     }
 
@@ -120,13 +167,46 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The address the metrics listener actually bound, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The application's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
     /// Serves until `shutdown` resolves, drains in-flight requests, then closes the transports.
+    /// The metrics listener keeps answering during the drain and stops last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let addr = self.local_addr();
+        let metrics_task = self.metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics listening (GET /metrics)");
+            }
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let app = self.state.metrics.clone().router();
+            let timeouts = Timeouts {
+                // A scrape is one small GET; no need to wait long for it at shutdown.
+                shutdown: self.timeouts.shutdown.min(Duration::from_secs(1)),
+                ..self.timeouts
+            };
+            let task = tokio::spawn(serve(listener, None, app, timeouts, async move {
+                let _ = stopped.await;
+            }));
+            (stop, task)
+        });
         tracing::info!(%addr, tls = self.tls.is_some(), "listening");
         let app = router(self.state.clone());
         serve(self.listener, self.tls, app, self.timeouts, shutdown).await;
         self.state.dispatcher.close().await;
+        if let Some((stop, task)) = metrics_task {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         tracing::info!("stopped");
     }
 }

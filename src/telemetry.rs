@@ -1,5 +1,5 @@
 //! Logging set-up: `tracing` with text (default) or JSON lines, level from `LOG_LEVEL`
-//! or `RUST_LOG` (default `info`).
+//! or `RUST_LOG` (default `info`), written to stderr.
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,15 +11,21 @@ pub fn init(format: LogFormat, level: Option<&str>) {
         .and_then(|l| EnvFilter::try_new(l).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // No colour codes: logs go to files and shippers, not to a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+        // One JSON object per line; the event's fields (the audit record's principal,
+        // client_ip, ..., command_id) sit at the top level next to timestamp, level,
+        // target and message, so shippers can index them without parsing a message.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_span_list(false)
             .try_init(),
     };
 }

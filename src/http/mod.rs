@@ -20,6 +20,7 @@ pub use error::ApiError;
 pub use error::json_response;
 
 use crate::dispatch::Dispatcher;
+use crate::metrics::{self, Metrics};
 use crate::security::{AuthThrottle, Credential, PresentedToken, authenticate};
 
 /// What the handlers share.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub readiness_require_auth: bool,
     pub max_body_bytes: usize,
     pub read_timeout: std::time::Duration,
+    /// Request, auth-failure and throttle counters (served on `METRICS_ADDR`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -88,10 +91,14 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// Steps 1–5 of SPEC 2.1, then the route; finally the common response headers.
+/// Steps 1–5 of SPEC 2.1, then the route; finally the common response headers and the
+/// request counter.
 async fn front(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let request_id = request_id(req.headers());
     let conn = req.extensions().get::<ConnInfo>().copied();
+    // Both `&'static str`: labels for the request counter, taken before the request moves on.
+    let route = metrics::route_label(req.uri().path());
+    let method = metrics::method_label(req.method());
     let mut res = match check(&state, &mut req, conn) {
         Ok(()) => {
             req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -111,6 +118,7 @@ async fn front(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.entry(header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("application/json"));
+    state.metrics.record_request(route, method, res.status());
     res
 }
 
@@ -135,6 +143,7 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
         None => ip.to_string(),
     };
     if let Some(retry_after) = state.throttle.blocked(&key) {
+        state.metrics.record_throttled();
         tracing::warn!(client_ip = %ip, "auth-failure limit reached; request refused");
         return Err(ApiError::TooManyAuthFailures { retry_after });
     }
@@ -148,6 +157,7 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
         }
         None => {
             state.throttle.record_failure(&key);
+            state.metrics.record_auth_failure();
             tracing::info!(client_ip = %ip, path, token_presented = token.is_some(), "authentication failed");
             Err(ApiError::Unauthorized)
         }

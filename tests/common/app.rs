@@ -88,6 +88,8 @@ pub fn base_env() -> HashMap<String, String> {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when the test set `METRICS_ADDR` (e.g. `127.0.0.1:0`).
+    pub metrics_addr: Option<SocketAddr>,
     pub transport: Arc<FakeTransport>,
     pub client: reqwest::Client,
     pub scheme: &'static str,
@@ -170,12 +172,14 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         .await
         .unwrap();
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
         addr,
+        metrics_addr,
         transport,
         client: client(ca.as_deref()),
         scheme: if tls { "https" } else { "http" },

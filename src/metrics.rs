@@ -1,0 +1,390 @@
+//! Prometheus metrics: the registry, the per-transport instrumenting decorator and the
+//! `/metrics` endpoint served on its own listener (`METRICS_ADDR`).
+//!
+//! One [`Metrics`] per application, no global recorder: two applications in one process
+//! (the integration tests) never mix their numbers. Label values are `&'static str` or
+//! integers, so recording a request or a dispatch does not allocate; the per-transport
+//! handles are resolved once, when the transport is wrapped.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::domain::Envelope;
+use crate::transport::{BoxFuture, Transport, TransportError};
+
+/// Upper bounds (seconds) of the dispatch latency buckets: from a local broker's sub-
+/// millisecond PUBACK up to the longest publish or downstream timeout worth telling apart.
+pub const DISPATCH_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The route templates of the API; anything else is counted as `unmatched`, so a scanner
+/// probing random paths cannot blow up the number of series. The API has no path
+/// parameters, so a request matched a route exactly when its path is one of these (the
+/// router matches the raw path, as [`route_label`] does).
+const ROUTES: [&str; 6] = [
+    "/health",
+    "/ready",
+    "/openapi.json",
+    "/commands/alarms",
+    "/commands/messages",
+    "/commands/brightness",
+];
+
+/// `route` label of a request that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DispatchLabels {
+    transport: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+type HistogramFamily = Family<DispatchLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric of one application.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    dispatch_duration: HistogramFamily,
+    inflight: Family<TransportLabels, Gauge>,
+    auth_failures: Counter,
+    throttled: Counter,
+    transports: Arc<ReadyCollector>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every family registered (and no series yet).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clock_server");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template (or \"unmatched\"), method and status",
+            http_requests.clone(),
+        );
+        let dispatch_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(DISPATCH_BUCKETS));
+        registry.register(
+            "dispatch_duration_seconds",
+            "Time for one transport to accept (or fail) one command, by transport and outcome (accepted/failed)",
+            dispatch_duration.clone(),
+        );
+        let inflight = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "inflight_dispatches",
+            "Commands handed to a transport and not yet accepted or failed (in-flight publishes/deliveries)",
+            inflight.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused with 401 (missing or unknown bearer token)",
+            auth_failures.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled_requests",
+            "Requests refused with 429 by the auth-failure throttle",
+            throttled.clone(),
+        );
+        let transports = Arc::new(ReadyCollector::default());
+        registry.register_collector(Box::new(transports.clone()));
+        Self {
+            registry,
+            http_requests,
+            dispatch_duration,
+            inflight,
+            auth_failures,
+            throttled,
+            transports,
+        }
+    }
+
+    /// Counts one answered request; `route` and `method` come from [`route_label`] and
+    /// [`method_label`].
+    pub fn record_request(&self, route: &'static str, method: &'static str, status: StatusCode) {
+        let labels = HttpLabels {
+            route,
+            method,
+            status: status.as_u16(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one 401.
+    pub fn record_auth_failure(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// Counts one 429 from the auth-failure throttle.
+    pub fn record_throttled(&self) {
+        self.throttled.inc();
+    }
+
+    /// Wraps `inner` so that its latency, outcome, in-flight count and readiness are
+    /// measured under its own name. Wrap each transport before fanning out.
+    pub fn instrument(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        let name = inner.name();
+        let handles = |outcome| {
+            self.dispatch_duration.get_or_create_owned(&DispatchLabels {
+                transport: name,
+                outcome,
+            })
+        };
+        let accepted = handles("accepted");
+        let failed = handles("failed");
+        let inflight = self
+            .inflight
+            .get_or_create_owned(&TransportLabels { transport: name });
+        self.transports.add(name, inner.clone());
+        Arc::new(Instrumented {
+            inner,
+            accepted,
+            failed,
+            inflight,
+        })
+    }
+
+    /// The whole registry in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A router answering `GET /metrics` (and 404 elsewhere), for the metrics listener.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+            .with_state(self)
+    }
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    let mut res = Response::new(axum::body::Body::from(metrics.render()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+    );
+    res
+}
+
+/// The `route` label of a request path: its route template, or `unmatched`.
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|known| **known == path)
+        .copied()
+        .unwrap_or(UNMATCHED)
+}
+
+/// The `method` label: standard methods by name; anything else (a fuzzer's `FOO`) is `other`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// `clock_server_transport_ready{transport}`: asks each transport at scrape time (its
+/// `is_ready` is cheap by contract), so the gauge is never stale.
+#[derive(Default)]
+struct ReadyCollector {
+    transports: RwLock<Vec<(&'static str, Arc<dyn Transport>)>>,
+}
+
+impl ReadyCollector {
+    fn add(&self, name: &'static str, transport: Arc<dyn Transport>) {
+        let mut all = self
+            .transports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|(n, _)| *n != name);
+        all.push((name, transport));
+    }
+}
+
+impl fmt::Debug for ReadyCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let all = self
+            .transports
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut metric = encoder.encode_descriptor(
+            "transport_ready",
+            "1 when the transport can deliver now (MQTT: connected to the broker; REST: health check passing), else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, transport) in all.iter() {
+            let ready = i64::from(transport.is_ready());
+            metric
+                .encode_family(&TransportLabels { transport: name })?
+                .encode_gauge(&ready)?;
+        }
+        Ok(())
+    }
+}
+
+/// The decorator [`Metrics::instrument`] puts around one transport.
+struct Instrumented {
+    inner: Arc<dyn Transport>,
+    accepted: Histogram,
+    failed: Histogram,
+    inflight: Gauge,
+}
+
+/// Decrements the in-flight gauge however the send ends (also when the request is
+/// cancelled because its caller went away).
+struct InflightGuard<'a>(&'a Gauge);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Transport for Instrumented {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn send<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), TransportError>> {
+        Box::pin(async move {
+            self.inflight.inc();
+            let _guard = InflightGuard(&self.inflight);
+            let started = Instant::now();
+            let result = self.inner.send(envelope).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            match &result {
+                Ok(()) => self.accepted.observe(elapsed),
+                Err(_) => self.failed.observe(elapsed),
+            }
+            result
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_outside_the_api_and_odd_methods_share_one_label_value() {
+        assert_eq!(route_label("/commands/alarms"), "/commands/alarms");
+        assert_eq!(route_label("/etc/passwd"), UNMATCHED);
+        assert_eq!(route_label("/health/"), UNMATCHED);
+        assert_eq!(method_label(&Method::PUT), "PUT");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"FOO").unwrap_or_default()),
+            "other"
+        );
+    }
+
+    /// Accepts everything; never ready.
+    struct Null;
+
+    impl Transport for Null {
+        fn name(&self) -> &'static str {
+            "null"
+        }
+        fn send<'a>(&'a self, _: &'a Envelope) -> BoxFuture<'a, Result<(), TransportError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn is_ready(&self) -> bool {
+            false
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[test]
+    fn every_family_is_rendered_in_the_text_format_once_a_transport_is_wrapped() {
+        let m = Metrics::new();
+        let _wrapped = m.instrument(Arc::new(Null));
+        m.record_request(route_label("/health"), "GET", StatusCode::OK);
+        m.record_auth_failure();
+        let text = m.render();
+        for line in [
+            "# TYPE clock_server_http_requests_total counter",
+            "clock_server_http_requests_total{route=\"/health\",method=\"GET\",status=\"200\"} 1",
+            "# TYPE clock_server_dispatch_duration_seconds histogram",
+            "clock_server_dispatch_duration_seconds_count{transport=\"null\",outcome=\"failed\"} 0",
+            "clock_server_dispatch_duration_seconds_bucket{transport=\"null\",outcome=\"accepted\",le=\"0.0005\"} 0",
+            "clock_server_inflight_dispatches{transport=\"null\"} 0",
+            "clock_server_auth_failures_total 1",
+            "clock_server_throttled_requests_total 0",
+            "clock_server_transport_ready{transport=\"null\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
+}
