@@ -87,12 +87,15 @@ docker-buildx-push: ## multi-arch build for PLATFORMS with buildx, push IMAGE_TA
 	$(DOCKER) buildx build --platform $(PLATFORMS) --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) -t $(REGISTRY)/$(IMAGE_NAME):$(IMAGE_TAG) -t $(REGISTRY)/$(IMAGE_NAME):latest --push .
 
 compose-test: ## run the Compose stack; passes only if the subscriber got clockctl's message
-	$(COMPOSE) up --build --abort-on-container-exit --exit-code-from subscriber; \
-	status=$$?; \
+	$(COMPOSE) build
+	$(COMPOSE) up -d mosquitto subscriber server
+	$(COMPOSE) run --rm clockctl; sent=$$?; \
+	received=$$(docker wait "$$($(COMPOSE) ps -q subscriber)"); \
+	$(COMPOSE) logs subscriber; \
 	$(COMPOSE) down --remove-orphans; \
-	if [ "$$status" -ne 0 ]; then \
-		echo "compose-test: FAILED: subscriber exit code $$status (see the logs above)" >&2; \
-		exit "$$status"; \
+	if [ "$$sent" -ne 0 ] || [ "$$received" != 0 ]; then \
+		echo "compose-test: FAILED: clockctl exit $$sent, subscriber exit $$received" >&2; \
+		exit 1; \
 	fi; \
 	echo "compose-test: OK: the message reached an MQTT subscriber"
 
