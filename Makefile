@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-# Container image and registry (Dockerfile, docs/containers.md). Every variable can be
+# Container image and registry (Dockerfile; README "Containers"). Every variable can be
 # overridden on the command line, e.g. `make docker-push REGISTRY=reg.example:5000 IMAGE_TAG=1.2.3`.
 DOCKER ?= docker
 RUST_IMAGE ?= rust:1.95-alpine
