@@ -63,12 +63,13 @@ work=$(mktemp -d)
 chmod 755 "$work" # Debian's mosquitto drops privileges and must read its config
 broker_pid=""
 server_pid=""
+fuzzer_pid=""
 cleanup() {
     status=$?
-    for pid in $server_pid $broker_pid; do
+    for pid in $fuzzer_pid $server_pid $broker_pid; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $server_pid $broker_pid; do
+    for pid in $fuzzer_pid $server_pid $broker_pid; do
         wait "$pid" 2>/dev/null || true
     done
     if [ "$status" -ne 0 ] && [ -s "$work/server.log" ]; then
@@ -151,7 +152,11 @@ log "schemathesis $SCHEMATHESIS_VERSION against $base, seed $seed, at most $max_
 # decoder, while JSON Schema's "integer" accepts it), so "schema-valid" data may get 400.
 # stateful needs OpenAPI links (the document has none); the other phases cover the
 # documented examples, boundary values and negative inputs, and random inputs.
-"$venv/bin/schemathesis" --no-color run docs/openapi.json \
+# It runs inside the temp dir (its crash cache, .schemathesis/, stays out of the tree),
+# in the background so that a signal reaches the trap at once, not after the run.
+document="$(pwd)/docs/openapi.json"
+cd "$work"
+"$venv/bin/schemathesis" --no-color run "$document" \
     --url "$base" \
     -H "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection,unsupported_method,allow_header_conformance,missing_required_header,ignored_auth \
@@ -161,7 +166,10 @@ log "schemathesis $SCHEMATHESIS_VERSION against $base, seed $seed, at most $max_
     --request-timeout 10 \
     --workers 2 \
     --generation-database none \
-    --output-sanitize true
+    --output-sanitize true &
+fuzzer_pid=$!
+wait "$fuzzer_pid"
+fuzzer_pid=""
 
 # The server must have survived the whole run; its own tally must show commands
 # delivered (202: MQTT really took part) and no 5xx.
