@@ -194,9 +194,12 @@ impl Application {
                 shutdown: self.timeouts.shutdown.min(Duration::from_secs(1)),
                 ..self.timeouts
             };
-            let task = tokio::spawn(serve(listener, None, app, timeouts, async move {
+            // The span tells its connection and shutdown lines apart from the API's.
+            let server = serve(listener, None, app, timeouts, async move {
                 let _ = stopped.await;
-            }));
+            });
+            let server = tracing::Instrument::instrument(server, tracing::info_span!("metrics"));
+            let task = tokio::spawn(server);
             (stop, task)
         });
         tracing::info!(%addr, tls = self.tls.is_some(), "listening");

@@ -21,10 +21,11 @@ pub fn init(format: LogFormat, level: Option<&str>) {
         // One JSON object per line; the event's fields (the audit record's principal,
         // client_ip, ..., command_id) sit at the top level next to timestamp, level,
         // target and message, so shippers can index them without parsing a message.
+        // Lines from the metrics listener carry "span":{"name":"metrics"}.
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
             .with_span_list(false)
             .try_init(),
     };
