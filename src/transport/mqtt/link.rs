@@ -290,7 +290,7 @@ impl Link {
 }
 
 /// `[::1]` for IPv6 literals, as a URL needs.
-fn bracketed(host: &str) -> String {
+pub(super) fn bracketed(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use mqtt5::{ConnectOptions, MqttError, PublishOptions, PublishResult, QoS};
 use tokio::sync::Semaphore;
 
-use self::link::{Link, Target};
+use self::link::{Link, Target, bracketed};
 use super::{BoxFuture, Transport, TransportError};
 use crate::config::MqttConfig;
 use crate::domain::Envelope;
@@ -60,13 +60,8 @@ impl MqttTransport {
             None
         };
         let scheme = if config.use_tls { "mqtts" } else { "mqtt" };
-        let host = if config.host.contains(':') {
-            format!("[{}]", config.host)
-        } else {
-            config.host.clone()
-        };
         let target = Target {
-            display: format!("{scheme}://{host}:{}", config.port),
+            display: format!("{scheme}://{}:{}", bracketed(&config.host), config.port),
             host: config.host.clone(),
             port: config.port,
             tls,

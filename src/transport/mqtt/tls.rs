@@ -20,6 +20,10 @@ use crate::tls::{self, ClientTls, TlsError};
 /// The TLS settings for the broker in `config`. The address is a placeholder: each
 /// connection attempt resolves the host again and fills it in.
 pub(super) fn broker_tls(config: &MqttConfig) -> Result<TlsConfig, TlsError> {
+    // `mqtt5` builds its rustls configuration with the process-wide default provider. Make
+    // that ring, as everywhere else here, so that a second provider linked in one day
+    // cannot make rustls panic (rustls/rustls#2070). An already installed default stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let ca_file = config.ca_file.as_deref().map(|p| (p, "MQTT_CA_FILE"));
     let client_cert = config
         .client_cert
