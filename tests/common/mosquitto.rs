@@ -88,9 +88,19 @@ impl Mosquitto {
                 })
                 .spawn()
                 .expect("start mosquitto (install it: make test-deps)");
-            // Wait until it listens, or until it exits (e.g. the port is still in TIME_WAIT use).
+            // Wait until every listener accepts (a config may add more listeners), or until
+            // it exits (e.g. a port is still in use).
+            let ports: Vec<u16> = std::fs::read_to_string(&self.conf)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.strip_prefix("listener "))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect();
             loop {
-                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                if ports
+                    .iter()
+                    .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                {
                     self.child = Some(child);
                     return;
                 }
