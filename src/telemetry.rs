@@ -7,10 +7,16 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber, writing to stderr. Safe to call once per process.
 pub fn init(format: LogFormat, level: Option<&str>) {
-    let filter = level
-        .and_then(|l| EnvFilter::try_new(l).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let directives = level
+        .map(str::to_owned)
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(quiet_mqtt_client(&directives))
+        .unwrap_or_else(|_| EnvFilter::new(quiet_mqtt_client("info")));
     // No colour codes: logs go to files and shippers, not to a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -29,4 +35,26 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// The MQTT client library logs every connection loss (even a clean shutdown) at ERROR;
+/// our transport logs connection changes itself, with hints. So the library is silenced
+/// unless the filter names it (e.g. `LOG_LEVEL=info,mqtt5=debug` when troubleshooting).
+fn quiet_mqtt_client(directives: &str) -> String {
+    if directives.contains("mqtt5") {
+        directives.to_owned()
+    } else {
+        format!("{directives},mqtt5=off")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_mqtt_client;
+
+    #[test]
+    fn the_mqtt_client_library_is_silenced_unless_named() {
+        assert_eq!(quiet_mqtt_client("info"), "info,mqtt5=off");
+        assert_eq!(quiet_mqtt_client("debug,mqtt5=trace"), "debug,mqtt5=trace");
+    }
 }
