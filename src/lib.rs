@@ -13,9 +13,13 @@
 //! - [`telemetry`]: log set-up (text or JSON).
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
 //! - [`cli`]: `clockctl`, the command-line client.
+//! - [`clock`]: the virtual clock (MQTT subscriber and terminal view) of `clockctl watch` and the demo.
+//! - [`demo`]: `clock-server demo` — embedded broker (feature `demo`), API and virtual clock on loopback.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod http;

@@ -1,13 +1,49 @@
 //! The `clock-server` binary: read the environment, set up logging, serve until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM. `clock-server demo` runs the self-contained demo instead.
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use clock_server::config::Config;
+use clock_server::demo::{Demo, DemoArgs};
 use clock_server::startup::Application;
+
+/// Only parsed when there are arguments: without any, this is the server, configured by
+/// the environment, as it always was.
+#[derive(Debug, Parser)]
+#[command(
+    name = "clock-server",
+    version,
+    about = "Secure HTTP gateway that delivers commands to smart clocks over MQTT and REST",
+    after_help = "Without a subcommand it runs the server, configured by environment variables \
+                  (see the README's configuration table)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Try it locally: an embedded MQTT broker, the API on plain HTTP with the token
+    /// dev-token, and a virtual clock printing what it receives (loopback only)
+    Demo(DemoArgs),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args_os().len() > 1 {
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(err) => {
+                // Help and version go to stdout with 0; usage errors to stderr with 2.
+                let _ = err.print();
+                return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+            }
+        };
+        let Sub::Demo(args) = cli.command;
+        return demo(&args).await;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -28,6 +64,25 @@ async fn main() -> ExitCode {
     };
     app.run_until_stopped(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// `clock-server demo`.
+async fn demo(args: &DemoArgs) -> ExitCode {
+    let demo = match Demo::prepare(args, |k| std::env::var(k).ok()) {
+        Ok(demo) => demo,
+        Err(e) => {
+            eprintln!("clock-server demo: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    clock_server::telemetry::init(demo.log_format(), Some(&demo.log_filter()));
+    match demo.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clock-server demo: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use clock_server::cli::args::Command;
 use clock_server::cli::{self, Cli};
 
 #[tokio::main(flavor = "current_thread")]
@@ -14,6 +15,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
     };
+    if let Command::Watch(args) = &cli.command {
+        return match cli::watch::run(args, cli.json, cli::watch::interrupted()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("clockctl: {err}");
+                ExitCode::from(err.exit_code())
+            }
+        };
+    }
     match cli::run(&cli, cli::settings::process_env).await {
         Ok(out) => {
             println!("{}", out.stdout);

@@ -29,9 +29,18 @@ Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1.";
 
 /// Flags that take a value: after one of these (without `=`), the next argument is its value
 /// and is never rewritten, so `--message -json` shows the text `-json`.
-const VALUE_FLAGS: &[&str] = &["device", "time", "label", "message", "duration", "level"];
+const VALUE_FLAGS: &[&str] = &[
+    "device",
+    "time",
+    "label",
+    "message",
+    "duration",
+    "level",
+    "broker",
+    "topic-prefix",
+];
 /// Flags without a value.
-const SWITCH_FLAGS: &[&str] = &["json", "help", "version"];
+const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
 
 /// `clockctl`: send commands to smart clocks through a clock-server gateway.
 #[derive(Debug, Parser)]
@@ -68,6 +77,63 @@ pub enum Command {
     /// Ask whether the server is ready (GET /ready); prints ready or not_ready
     #[command(after_help = AFTER_HELP)]
     Ready,
+    /// Be a virtual clock: show the commands clocks receive from the MQTT broker
+    #[command(after_help = WATCH_AFTER_HELP)]
+    Watch(WatchArgs),
+}
+
+/// Shown under `clockctl watch --help`.
+pub const WATCH_AFTER_HELP: &str = "\
+Environment (a flag wins over its variable):
+  CLOCKCTL_BROKER_URL    broker, default mqtt://127.0.0.1:1883; mqtt://user:password@host:port
+                         for a broker with passwords (keeps the password out of `ps`)
+  CLOCKCTL_TOPIC_PREFIX  topic prefix, default clocks/commands (the server's MQTT_TOPIC_PREFIX)
+
+It subscribes to <prefix>/<device>/+ for each --device, or <prefix>/+/+ for every device.
+On a terminal it shows a live view, redrawn every second: the time, the message being shown
+with its seconds left, the scheduled alarms with their labels, the brightness. Otherwise (or
+with --plain) it prints `watching <filters> on <broker>` once subscribed, then one line per
+command, flushed at once:
+  clock-1 set_alarm alarmTime=2030-01-01T07:00:00+01:00 label=\"wake up\" commandId=0199...
+  clock-1 display_message message=\"hello\" durationSeconds=10 commandId=0199...
+  clock-1 set_brightness level=40 commandId=0199...
+  clock-1 invalid_command type=\"...\" error=\"...\"   (a payload a clock would reject)
+With --json: one JSON object per command, {\"topic\",\"retained\",\"payload\"}, and the
+`watching` line on stderr. If the broker goes away it reconnects (and says so on stderr).
+
+Exit status:
+  0  stopped by Ctrl-C or SIGTERM, or the reader of its output went away
+  1  the broker could not be reached at start, or refused the subscription
+  2  bad usage or invalid input
+
+Go-style flags work too: -device clock-1, -broker=mqtt://host:1883.";
+
+/// `clockctl watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// MQTT broker the clocks subscribe to: mqtt://host[:port]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CLOCKCTL_BROKER_URL",
+        hide_env_values = true,
+        default_value = crate::clock::watch::DEFAULT_BROKER_URL
+    )]
+    pub broker: String,
+    /// Show only this device (repeat, or separate with commas); default: every device
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// Topic prefix the server publishes under (its MQTT_TOPIC_PREFIX)
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        env = "CLOCKCTL_TOPIC_PREFIX",
+        default_value = crate::clock::watch::DEFAULT_TOPIC_PREFIX
+    )]
+    pub topic_prefix: String,
+    /// One plain line per command even on a terminal (no live view)
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `clockctl alarm`.

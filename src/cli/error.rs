@@ -23,6 +23,9 @@ pub enum CliError {
     /// The server answered with a status other than 2xx (exit 1).
     #[error("{0}")]
     Status(ServerError),
+    /// `watch`: the MQTT broker could not be reached or refused the subscription (exit 1).
+    #[error(transparent)]
+    Watch(#[from] crate::clock::WatchError),
 }
 
 impl CliError {
@@ -30,7 +33,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Invalid(_) => 2,
-            Self::InsecureToken { .. } | Self::Call(_) | Self::Status(_) => 1,
+            Self::InsecureToken { .. } | Self::Call(_) | Self::Status(_) | Self::Watch(_) => 1,
         }
     }
 }

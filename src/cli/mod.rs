@@ -6,12 +6,14 @@
 //! - [`request`]: subcommand arguments turned into a validated API request (nothing sent yet).
 //! - [`client`]: the token-safety rule, the HTTP call and what to print.
 //! - [`error`]: [`CliError`], each variant with its exit code.
+//! - [`watch`]: `clockctl watch`, the virtual clock (see [`crate::clock`]).
 
 pub mod args;
 pub mod client;
 pub mod error;
 pub mod request;
 pub mod settings;
+pub mod watch;
 
 pub use args::Cli;
 pub use client::Output;

@@ -70,6 +70,9 @@ impl ApiRequest {
                 body: None,
                 kind: Kind::Ready,
             }),
+            Command::Watch(_) => Err(CliError::Invalid(
+                "watch talks to the MQTT broker, not the API: run it with cli::watch::run".into(),
+            )),
         }
     }
 }

@@ -1,0 +1,154 @@
+//! `clockctl watch`: the virtual clock on the command line — arguments to [`WatchOptions`],
+//! the choice of view (live on a terminal, plain lines otherwise), and running until
+//! Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+
+use super::CliError;
+use super::args::WatchArgs;
+use crate::clock::watch::{Broker, normalize_prefix};
+use crate::clock::{View, WatchOptions, Watcher};
+use crate::domain::DeviceId;
+
+/// Validates the arguments; nothing is connected yet.
+pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
+    let broker = Broker::parse(&args.broker)
+        .map_err(|e| CliError::Invalid(format!("invalid --broker / CLOCKCTL_BROKER_URL: {e}")))?;
+    let topic_prefix = normalize_prefix(&args.topic_prefix).map_err(|e| {
+        CliError::Invalid(format!(
+            "invalid --topic-prefix / CLOCKCTL_TOPIC_PREFIX: {e}"
+        ))
+    })?;
+    let devices = args
+        .device
+        .iter()
+        .filter(|d| !d.trim().is_empty())
+        .map(|raw| {
+            DeviceId::parse(raw).map_err(|e| {
+                CliError::Invalid(format!(
+                    "invalid --device {raw:?}: {e}; pass an id like clock-1 \
+                     (1-64 characters of A-Z a-z 0-9 _ -), or leave it out to watch every device"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WatchOptions {
+        broker,
+        devices,
+        topic_prefix,
+    })
+}
+
+/// The view for this invocation: JSON lines with `--json`, plain lines with `--plain` or when
+/// stdout is not a terminal, the live view otherwise.
+pub fn view(args: &WatchArgs, json: bool, stdout_is_terminal: bool) -> View {
+    if json {
+        View::Json
+    } else if args.plain || !stdout_is_terminal {
+        View::Plain
+    } else {
+        View::Live
+    }
+}
+
+/// Connects, subscribes, announces it, then shows commands on stdout until `shutdown`.
+pub async fn run(
+    args: &WatchArgs,
+    json: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CliError> {
+    let options = options(args)?;
+    let mut stdout = std::io::stdout();
+    let view = view(args, json, stdout.is_terminal());
+    let watcher = Watcher::connect(&options).await?;
+    match view {
+        // Scripts wait for this line before they publish.
+        View::Plain => {
+            writeln!(stdout, "{}", watcher.description())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError::Watch(e.into()))?;
+        }
+        // Keep stdout pure JSON lines.
+        View::Json => eprintln!("{}", watcher.description()),
+        View::Live => {}
+    }
+    watcher.run(view, &mut stdout, shutdown).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn interrupted() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::cli::args::Command;
+
+    fn watch_args(argv: &[&str]) -> WatchArgs {
+        let cli = Cli::try_parse_go_style(["clockctl", "watch"].iter().chain(argv)).unwrap();
+        match cli.command {
+            Command::Watch(w) => w,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn devices_can_be_repeated_or_comma_separated_and_are_validated() {
+        let o = options(&watch_args(&[
+            "--device",
+            "clock-1,clock-2",
+            "-device",
+            "k",
+        ]))
+        .unwrap();
+        let ids: Vec<&str> = o.devices.iter().map(DeviceId::as_str).collect();
+        assert_eq!(ids, ["clock-1", "clock-2", "k"]);
+        let err = options(&watch_args(&["--device", "a/b"])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn bad_brokers_and_prefixes_are_usage_errors_naming_flag_and_variable() {
+        for (argv, name) in [
+            (&["--broker", "http://h"][..], "CLOCKCTL_BROKER_URL"),
+            (&["--topic-prefix", "a/#"], "CLOCKCTL_TOPIC_PREFIX"),
+        ] {
+            let err = options(&watch_args(argv)).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_live_view_is_only_for_terminals_without_plain_or_json() {
+        let args = watch_args(&[]);
+        assert_eq!(view(&args, false, true), View::Live);
+        assert_eq!(view(&args, false, false), View::Plain);
+        assert_eq!(view(&args, true, true), View::Json);
+        assert_eq!(view(&watch_args(&["-plain"]), false, true), View::Plain);
+    }
+}

@@ -1,0 +1,320 @@
+//! What a clock receives: the MQTT topic and JSON payload of SPEC 4.1, read the way a device
+//! would (validated, nothing assumed), and the one plain line printed per command.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, FixedOffset, SecondsFormat};
+use serde_json::{Map, Value};
+
+use crate::domain::DeviceId;
+
+/// One command as a clock received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The device level of the topic (`<prefix>/<device>/<type>`).
+    pub device_id: String,
+    /// What to do, or why the command cannot be shown.
+    pub action: Action,
+    /// `commandId` from the payload, when present (traces the command to the audit log).
+    pub command_id: Option<String>,
+    /// The broker delivered a retained message (sent before this clock subscribed).
+    pub retained: bool,
+}
+
+/// The three commands of SPEC 4.1, plus what a device does with anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `set_alarm`: ring at `alarm_time`.
+    SetAlarm {
+        alarm_time: DateTime<FixedOffset>,
+        label: String,
+    },
+    /// `display_message`: show `message` for `duration_seconds`.
+    DisplayMessage {
+        message: String,
+        duration_seconds: u32,
+    },
+    /// `set_brightness`: display brightness 0–100.
+    SetBrightness { level: u8 },
+    /// A payload a device would reject; `kind` is the type it claimed (or the topic's).
+    Invalid { kind: String, reason: String },
+}
+
+impl Action {
+    /// The wire name shown first on the plain line.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::SetAlarm { .. } => "set_alarm",
+            Self::DisplayMessage { .. } => "display_message",
+            Self::SetBrightness { .. } => "set_brightness",
+            Self::Invalid { .. } => "invalid_command",
+        }
+    }
+}
+
+/// Reads one delivery on `topic`. `None` when the topic is not `<prefix>/<device>/<type>`
+/// (the subscription filters make that impossible unless a broker misbehaves).
+pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Option<Received> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (device, topic_type) = rest.split_once('/')?;
+    if device.is_empty() || topic_type.is_empty() || topic_type.contains('/') {
+        return None;
+    }
+    let (action, command_id) = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(fields)) => {
+            let command_id = fields
+                .get("commandId")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            (action(device, topic_type, &fields), command_id)
+        }
+        Ok(_) => (
+            invalid(topic_type, "the payload is not a JSON object".to_owned()),
+            None,
+        ),
+        Err(e) => (
+            invalid(topic_type, format!("the payload is not JSON: {e}")),
+            None,
+        ),
+    };
+    Some(Received {
+        device_id: device.to_owned(),
+        action,
+        command_id,
+        retained,
+    })
+}
+
+fn invalid(kind: &str, reason: String) -> Action {
+    Action::Invalid {
+        kind: kind.to_owned(),
+        reason,
+    }
+}
+
+fn action(device: &str, topic_type: &str, fields: &Map<String, Value>) -> Action {
+    let kind = match fields.get("type") {
+        None => topic_type,
+        Some(Value::String(t)) if t == topic_type => t.as_str(),
+        Some(Value::String(t)) => {
+            return invalid(
+                t,
+                format!("type {t:?} does not match the topic's {topic_type:?}"),
+            );
+        }
+        Some(_) => return invalid(topic_type, "type is not a string".to_owned()),
+    };
+    match fields.get("deviceId") {
+        None => {}
+        Some(Value::String(d)) if d == device => {}
+        Some(other) => {
+            return invalid(
+                kind,
+                format!("deviceId {other} does not match the topic's {device:?}"),
+            );
+        }
+    }
+    let result = match kind {
+        "set_alarm" => set_alarm(fields),
+        "display_message" => display_message(fields),
+        "set_brightness" => set_brightness(fields),
+        _ => Err(format!("unknown type {kind:?}")),
+    };
+    result.unwrap_or_else(|reason| invalid(kind, reason))
+}
+
+fn set_alarm(fields: &Map<String, Value>) -> Result<Action, String> {
+    let raw = fields
+        .get("alarmTime")
+        .and_then(Value::as_str)
+        .ok_or("alarmTime is missing or not a string")?;
+    let alarm_time = DateTime::parse_from_rfc3339(raw)
+        .map_err(|_| format!("alarmTime {raw:?} is not RFC 3339"))?;
+    let label = match fields.get("label") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(l)) => l.clone(),
+        Some(_) => return Err("label is not a string".to_owned()),
+    };
+    Ok(Action::SetAlarm { alarm_time, label })
+}
+
+fn display_message(fields: &Map<String, Value>) -> Result<Action, String> {
+    let message = fields
+        .get("message")
+        .and_then(Value::as_str)
+        .ok_or("message is missing or not a string")?;
+    if message.trim().is_empty() {
+        return Err("message is blank".to_owned());
+    }
+    let duration_seconds = fields
+        .get("durationSeconds")
+        .and_then(Value::as_u64)
+        .filter(|d| (1..=3600).contains(d))
+        .ok_or("durationSeconds is not an integer between 1 and 3600")?;
+    Ok(Action::DisplayMessage {
+        message: message.to_owned(),
+        // At most 3600, checked above.
+        duration_seconds: u32::try_from(duration_seconds).unwrap_or(3600),
+    })
+}
+
+fn set_brightness(fields: &Map<String, Value>) -> Result<Action, String> {
+    let level = fields
+        .get("level")
+        .and_then(Value::as_u64)
+        .and_then(|l| u8::try_from(l).ok())
+        .filter(|l| *l <= 100)
+        .ok_or("level is not an integer between 0 and 100")?;
+    Ok(Action::SetBrightness { level })
+}
+
+/// The alarm time as the server sends it: RFC 3339, offset as given, `Z` for UTC.
+pub fn format_alarm_time(t: &DateTime<FixedOffset>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A token printed bare when it is a plain word, quoted and escaped otherwise, so that a
+/// hostile device id or command id can neither split the line nor drive the terminal.
+fn word(s: &str) -> String {
+    if DeviceId::parse(s).is_ok_and(|d| d.as_str() == s) {
+        s.to_owned()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+impl Received {
+    /// The stable, greppable line for scripts, e.g.
+    /// `clock-1 display_message message="hello" durationSeconds=10 commandId=0199...`.
+    /// Text fields are quoted with control characters escaped.
+    pub fn plain_line(&self) -> String {
+        let mut line = format!("{} {}", word(&self.device_id), self.action.name());
+        // Writing to a String cannot fail.
+        let _ = match &self.action {
+            Action::SetAlarm { alarm_time, label } => write!(
+                line,
+                " alarmTime={} label={label:?}",
+                format_alarm_time(alarm_time)
+            ),
+            Action::DisplayMessage {
+                message,
+                duration_seconds,
+            } => write!(
+                line,
+                " message={message:?} durationSeconds={duration_seconds}"
+            ),
+            Action::SetBrightness { level } => write!(line, " level={level}"),
+            Action::Invalid { kind, reason } => {
+                write!(line, " type={kind:?} error={reason:?}")
+            }
+        };
+        if let Some(id) = &self.command_id {
+            let _ = write!(line, " commandId={}", word(id));
+        }
+        if self.retained {
+            line.push_str(" retained=true");
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(topic: &str, payload: &str) -> Received {
+        parse("clocks/commands", topic, payload.as_bytes(), false).unwrap()
+    }
+
+    #[test]
+    fn the_three_payloads_of_the_spec_become_one_plain_line_each() {
+        let alarm = received(
+            "clocks/commands/clock-1/set_alarm",
+            r#"{"deviceId":"clock-1","type":"set_alarm","alarmTime":"2030-01-01T07:00:00+01:00","label":"wake up","commandId":"0199-a"}"#,
+        );
+        assert_eq!(
+            alarm.plain_line(),
+            r#"clock-1 set_alarm alarmTime=2030-01-01T07:00:00+01:00 label="wake up" commandId=0199-a"#
+        );
+        let message = received(
+            "clocks/commands/clock-1/display_message",
+            r#"{"deviceId":"clock-1","type":"display_message","message":"hello \"you\"","durationSeconds":10,"commandId":"c2"}"#,
+        );
+        assert_eq!(
+            message.plain_line(),
+            r#"clock-1 display_message message="hello \"you\"" durationSeconds=10 commandId=c2"#
+        );
+        let brightness = received(
+            "clocks/commands/clock-1/set_brightness",
+            r#"{"deviceId":"clock-1","type":"set_brightness","level":40}"#,
+        );
+        assert_eq!(brightness.plain_line(), "clock-1 set_brightness level=40");
+    }
+
+    #[test]
+    fn a_prefix_with_several_levels_is_stripped_whole() {
+        let r = parse(
+            "site/a/clocks",
+            "site/a/clocks/k/set_brightness",
+            br#"{"level":0}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.plain_line(), "k set_brightness level=0 retained=true");
+        assert!(parse("site/a/clocks", "site/b/clocks/k/x", b"{}", false).is_none());
+        assert!(parse("p", "p/k/x/y", b"{}", false).is_none());
+    }
+
+    #[test]
+    fn payloads_a_device_would_reject_are_shown_as_invalid_with_the_reason() {
+        for (topic_type, payload, reason) in [
+            ("set_brightness", r#"{"level":101}"#, "level"),
+            ("set_brightness", "not json", "not JSON"),
+            ("set_brightness", "[1]", "not a JSON object"),
+            (
+                "display_message",
+                r#"{"message":" ","durationSeconds":5}"#,
+                "blank",
+            ),
+            (
+                "display_message",
+                r#"{"message":"m","durationSeconds":0}"#,
+                "durationSeconds",
+            ),
+            ("set_alarm", r#"{"alarmTime":"tomorrow"}"#, "RFC 3339"),
+            ("reboot", r#"{"type":"reboot"}"#, "unknown type"),
+            (
+                "set_alarm",
+                r#"{"type":"set_brightness","level":1}"#,
+                "does not match",
+            ),
+            (
+                "set_brightness",
+                r#"{"deviceId":"other","level":1}"#,
+                "does not match",
+            ),
+        ] {
+            let r = received(&format!("clocks/commands/clock-1/{topic_type}"), payload);
+            let line = r.plain_line();
+            assert!(
+                line.starts_with("clock-1 invalid_command type=") && line.contains(reason),
+                "{payload}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal_or_split_the_line() {
+        let r = received(
+            "clocks/commands/bad\u{1b}id/display_message",
+            "{\"message\":\"a\\nb\\u001b[2J\",\"durationSeconds\":1,\"commandId\":\"x y\"}",
+        );
+        let line = r.plain_line();
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        assert!(
+            line.starts_with("\"bad\\u{1b}id\" display_message"),
+            "{line}"
+        );
+        assert!(line.ends_with("commandId=\"x y\""), "{line}");
+    }
+}

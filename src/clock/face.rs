@@ -1,0 +1,344 @@
+//! What each virtual clock shows: its current message with the seconds left, its scheduled
+//! alarms, its brightness — the state the live view draws. Pure: time is passed in.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
+
+use super::command::{Action, Received, format_alarm_time};
+
+/// How long an alarm is shown as ringing before it is dropped.
+const RINGING_FOR: TimeDelta = TimeDelta::seconds(60);
+/// Alarms listed per clock; the rest are counted.
+const MAX_ALARMS_SHOWN: usize = 5;
+/// Longest text shown on one line of the view (longer text is cut with `…`).
+const MAX_TEXT_CHARS: usize = 48;
+
+/// Every clock seen so far, by device id.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    faces: BTreeMap<String, Face>,
+}
+
+/// One clock's display.
+#[derive(Debug, Default)]
+struct Face {
+    message: Option<Shown>,
+    /// Keyed by the instant, so the same alarm sent twice is listed once (with the new label).
+    alarms: BTreeMap<DateTime<Utc>, Alarm>,
+    brightness: Option<u8>,
+    last: Option<Last>,
+}
+
+#[derive(Debug)]
+struct Shown {
+    text: String,
+    until: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Alarm {
+    at: DateTime<FixedOffset>,
+    label: String,
+}
+
+#[derive(Debug)]
+struct Last {
+    at: DateTime<Utc>,
+    what: String,
+    command_id: Option<String>,
+}
+
+impl Clocks {
+    /// Applies one received command at `now`.
+    pub fn apply(&mut self, received: &Received, now: DateTime<Utc>) {
+        let face = self.faces.entry(received.device_id.clone()).or_default();
+        match &received.action {
+            Action::SetAlarm { alarm_time, label } => {
+                face.alarms.insert(
+                    alarm_time.to_utc(),
+                    Alarm {
+                        at: *alarm_time,
+                        label: label.clone(),
+                    },
+                );
+            }
+            Action::DisplayMessage {
+                message,
+                duration_seconds,
+            } => {
+                // A clock shows one message at a time: the newest replaces the current one.
+                face.message = Some(Shown {
+                    text: message.clone(),
+                    until: now + TimeDelta::seconds(i64::from(*duration_seconds)),
+                });
+            }
+            Action::SetBrightness { level } => face.brightness = Some(*level),
+            Action::Invalid { .. } => {}
+        }
+        let what = match &received.action {
+            Action::Invalid { kind, reason } => format!("rejected {}: {reason}", printable(kind)),
+            other => other.name().to_owned(),
+        };
+        face.last = Some(Last {
+            at: now,
+            what,
+            command_id: received.command_id.clone(),
+        });
+    }
+
+    /// Drops expired messages and alarms that have finished ringing.
+    pub fn expire(&mut self, now: DateTime<Utc>) {
+        for face in self.faces.values_mut() {
+            if face.message.as_ref().is_some_and(|m| m.until <= now) {
+                face.message = None;
+            }
+            face.alarms.retain(|at, _| now - *at < RINGING_FOR);
+        }
+    }
+
+    /// Whether no clock has received anything yet.
+    pub fn is_empty(&self) -> bool {
+        self.faces.is_empty()
+    }
+
+    /// The lines of the live view at `now` (local time), without terminal escapes.
+    pub fn render(&self, now: DateTime<FixedOffset>) -> Vec<String> {
+        let now_utc = now.to_utc();
+        let mut out = Vec::new();
+        if self.faces.is_empty() {
+            out.push(format!(
+                "{}  waiting for the first command...",
+                now.format("%H:%M:%S")
+            ));
+            return out;
+        }
+        for (device, face) in &self.faces {
+            out.push(format!(
+                "┌ {}  {}",
+                printable(device),
+                now.format("%a %Y-%m-%d %H:%M:%S")
+            ));
+            out.push(match &face.message {
+                Some(m) if m.until > now_utc => format!(
+                    "│ message     {:?}  ({} s left)",
+                    cut(&m.text),
+                    seconds_until(m.until, now_utc)
+                ),
+                _ => "│ message     -".to_owned(),
+            });
+            if face.alarms.is_empty() {
+                out.push("│ alarms      -".to_owned());
+            }
+            for (i, (at_utc, alarm)) in face.alarms.iter().take(MAX_ALARMS_SHOWN).enumerate() {
+                let head = if i == 0 {
+                    "│ alarms   "
+                } else {
+                    "│          "
+                };
+                let when = if *at_utc <= now_utc {
+                    "RINGING".to_owned()
+                } else {
+                    format!("in {}", human(*at_utc - now_utc))
+                };
+                let label = if alarm.label.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {:?}", cut(&alarm.label))
+                };
+                out.push(format!(
+                    "{head}  {}  {when}{label}",
+                    format_alarm_time(&alarm.at)
+                ));
+            }
+            if face.alarms.len() > MAX_ALARMS_SHOWN {
+                out.push(format!(
+                    "│             (and {} more)",
+                    face.alarms.len() - MAX_ALARMS_SHOWN
+                ));
+            }
+            out.push(match face.brightness {
+                Some(level) => format!("│ brightness  {level:>3} %  {}", bar(level)),
+                None => "│ brightness  -".to_owned(),
+            });
+            if let Some(last) = &face.last {
+                let id = last
+                    .command_id
+                    .as_deref()
+                    .map(|id| format!("  commandId={}", cut(&printable(id))))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "└ last        {} at {}{id}",
+                    last.what,
+                    last.at.with_timezone(now.offset()).format("%H:%M:%S")
+                ));
+            }
+            out.push(String::new());
+        }
+        out
+    }
+}
+
+/// Whole seconds from `now` to `until`, rounded up (a message with 0.2 s left shows 1).
+fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let ms = (until - now).num_milliseconds();
+    (ms + 999) / 1000
+}
+
+/// `3d 4h`, `2h 05m`, `4m 09s`, `12s`.
+fn human(d: TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m {seconds:02}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// A ten-cell bar for a brightness level.
+fn bar(level: u8) -> String {
+    let full = usize::from(level.div_ceil(10));
+    format!("{}{}", "█".repeat(full), "░".repeat(10 - full))
+}
+
+/// Control characters replaced, so text from the broker cannot drive the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '�' } else { c })
+        .collect()
+}
+
+/// At most [`MAX_TEXT_CHARS`] characters, so one entry stays on one line.
+fn cut(s: &str) -> String {
+    let s = printable(s);
+    if s.chars().count() <= MAX_TEXT_CHARS {
+        return s;
+    }
+    let mut out: String = s.chars().take(MAX_TEXT_CHARS - 1).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::command::parse;
+
+    fn at(s: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(s).unwrap()
+    }
+
+    fn apply(clocks: &mut Clocks, topic_type: &str, payload: &str, now: DateTime<FixedOffset>) {
+        let topic = format!("clocks/commands/clock-1/{topic_type}");
+        let r = parse("clocks/commands", &topic, payload.as_bytes(), false).unwrap();
+        clocks.apply(&r, now.to_utc());
+    }
+
+    #[test]
+    fn a_message_counts_down_and_disappears_when_its_time_is_up() {
+        let t0 = at("2030-01-01T12:00:00+01:00");
+        let mut clocks = Clocks::default();
+        assert!(clocks.render(t0)[0].contains("waiting for the first command"));
+        apply(
+            &mut clocks,
+            "display_message",
+            r#"{"message":"hello","durationSeconds":10,"commandId":"c1"}"#,
+            t0,
+        );
+        let view = clocks.render(t0 + TimeDelta::milliseconds(3500)).join("\n");
+        assert!(
+            view.contains("┌ clock-1  Tue 2030-01-01 12:00:03"),
+            "{view}"
+        );
+        assert!(
+            view.contains(r#"message     "hello"  (7 s left)"#),
+            "{view}"
+        );
+        assert!(
+            view.contains("display_message at 12:00:00  commandId=c1"),
+            "{view}"
+        );
+        clocks.expire((t0 + TimeDelta::seconds(10)).to_utc());
+        let view = clocks.render(t0 + TimeDelta::seconds(10)).join("\n");
+        assert!(view.contains("│ message     -"), "{view}");
+    }
+
+    #[test]
+    fn alarms_are_listed_in_time_order_then_ring_then_go() {
+        let t0 = at("2030-01-01T06:00:00Z");
+        let mut clocks = Clocks::default();
+        for (time, label) in [
+            ("2030-01-01T09:00:00+01:00", "late"),
+            ("2030-01-01T07:00:00Z", "early"),
+            ("2030-01-01T08:00:00+01:00", "same instant, new label"),
+        ] {
+            apply(
+                &mut clocks,
+                "set_alarm",
+                &format!(r#"{{"alarmTime":"{time}","label":"{label}"}}"#),
+                t0,
+            );
+        }
+        let view = clocks.render(t0).join("\n");
+        assert!(!view.contains("\"early\""), "{view}");
+        let new = view.find("in 1h 00m  \"same instant, new label\"").unwrap();
+        let late = view
+            .find("2030-01-01T09:00:00+01:00  in 2h 00m  \"late\"")
+            .unwrap();
+        assert!(new < late, "{view}");
+
+        let ringing = t0 + TimeDelta::minutes(60) + TimeDelta::seconds(30);
+        clocks.expire(ringing.to_utc());
+        assert!(clocks.render(ringing).join("\n").contains("RINGING"));
+        let later = t0 + TimeDelta::minutes(61);
+        clocks.expire(later.to_utc());
+        let view = clocks.render(later).join("\n");
+        assert!(!view.contains("2030-01-01T08:00:00+01:00"), "{view}");
+        assert!(view.contains("in 59m 00s"), "{view}");
+    }
+
+    #[test]
+    fn brightness_is_shown_as_a_level_and_a_bar() {
+        let t0 = at("2030-01-01T06:00:00Z");
+        let mut clocks = Clocks::default();
+        apply(&mut clocks, "set_brightness", r#"{"level":40}"#, t0);
+        let view = clocks.render(t0).join("\n");
+        assert!(view.contains("brightness   40 %  ████░░░░░░"), "{view}");
+        apply(&mut clocks, "set_brightness", r#"{"level":101}"#, t0);
+        let view = clocks.render(t0).join("\n");
+        assert!(view.contains("brightness   40 %"), "{view}");
+        assert!(view.contains("rejected set_brightness: level"), "{view}");
+    }
+
+    #[test]
+    fn long_or_hostile_text_stays_on_one_line() {
+        let t0 = at("2030-01-01T06:00:00Z");
+        let mut clocks = Clocks::default();
+        let long = "x".repeat(200);
+        apply(
+            &mut clocks,
+            "display_message",
+            &format!(r#"{{"message":"{long}\u001b[2J\n","durationSeconds":5}}"#),
+            t0,
+        );
+        let view = clocks.render(t0);
+        let line = view.iter().find(|l| l.contains("message ")).unwrap();
+        assert!(line.contains('…') && !line.contains('\u{1b}'), "{line}");
+        assert!(line.chars().count() < 100, "{line}");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human(TimeDelta::seconds(12)), "12s");
+        assert_eq!(human(TimeDelta::seconds(249)), "4m 09s");
+        assert_eq!(human(TimeDelta::seconds(2 * 3600 + 300)), "2h 05m");
+        assert_eq!(human(TimeDelta::seconds(3 * 86_400 + 4 * 3600)), "3d 4h");
+        assert_eq!(bar(0), "░".repeat(10));
+        assert_eq!(bar(100), "█".repeat(10));
+    }
+}

@@ -1,0 +1,15 @@
+//! The virtual clock: what a smart clock would show for the commands it receives over MQTT.
+//! `clockctl watch` and `clock-server demo` both run it.
+//!
+//! - [`command`]: a delivered topic and payload (SPEC 4.1) read as a device would, and the
+//!   one plain line printed per command.
+//! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
+//!   live view's lines; pure, time is passed in.
+//! - [`watch`]: connecting, subscribing, re-connecting, and showing commands as plain lines,
+//!   JSON lines or a live terminal view.
+
+pub mod command;
+pub mod face;
+pub mod watch;
+
+pub use watch::{Broker, View, WatchError, WatchOptions, Watcher};

@@ -1,0 +1,541 @@
+//! The virtual clock's MQTT side: connect, subscribe to `<prefix>/<device or +>/+`, and show
+//! each command as it arrives — a plain line, a JSON line, or a live terminal view.
+//!
+//! The `mqtt5` client re-connects on its own after a loss (with back-off) and re-subscribes
+//! when the broker kept no session, so a watcher survives a broker restart; only the first
+//! connection must succeed.
+
+use std::future::Future;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{Local, Utc};
+use mqtt5::{ConnectOptions, ConnectionEvent, DisconnectReason, MqttClient, QoS, SubscribeOptions};
+use reqwest::Url;
+use tokio::sync::mpsc;
+
+use super::command;
+use super::face::Clocks;
+use crate::config::Secret;
+use crate::domain::DeviceId;
+
+/// The broker `clockctl watch` uses when none is given.
+pub const DEFAULT_BROKER_URL: &str = "mqtt://127.0.0.1:1883";
+/// The topic prefix when none is given (the server's `MQTT_TOPIC_PREFIX` default).
+pub const DEFAULT_TOPIC_PREFIX: &str = "clocks/commands";
+
+/// Bound on the first connection (TCP connect and CONNACK).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the live view is redrawn.
+const REDRAW_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a virtual clock connects.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<Secret>,
+}
+
+impl Broker {
+    /// Parses `mqtt://[user[:password]@]host[:port]` (port 1883 by default) or a bare
+    /// `host:port`. The error says what is accepted.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let accepted = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883";
+        let with_scheme = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            format!("mqtt://{raw}")
+        };
+        let url = Url::parse(&with_scheme)
+            .map_err(|e| format!("broker URL {raw:?} is not valid ({e}): {accepted}"))?;
+        match url.scheme() {
+            "mqtt" | "tcp" => {}
+            "mqtts" | "ssl" => {
+                return Err(format!(
+                    "broker URL {raw:?}: TLS (mqtts://) is not supported by the virtual clock yet; \
+                     {accepted}"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "broker URL {raw:?} has the scheme {other:?}: {accepted}"
+                ));
+            }
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("broker URL {raw:?} has no host: {accepted}"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if !url.path().trim_matches('/').is_empty() || url.query().is_some() {
+            return Err(format!(
+                "broker URL {raw:?} must not have a path or query: {accepted}"
+            ));
+        }
+        let username = Some(url.username()).filter(|u| !u.is_empty()).map(decode);
+        let password = url.password().map(|p| Secret::new(decode(p)));
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(1883),
+            username,
+            password,
+        })
+    }
+
+    /// `mqtt://host:port`, without credentials: safe to print.
+    pub fn display(&self) -> String {
+        if self.host.contains(':') {
+            format!("mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            format!("mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Percent-decoding for the user info of a URL (`%40` is `@`).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The topic prefix as the server normalises it: surrounding spaces and slashes removed;
+/// no wildcards.
+pub fn normalize_prefix(raw: &str) -> Result<String, String> {
+    let prefix = raw.trim().trim_matches('/').trim();
+    if prefix.is_empty() {
+        return Err(format!(
+            "topic prefix {raw:?} is empty: use the server's MQTT_TOPIC_PREFIX, default {DEFAULT_TOPIC_PREFIX}"
+        ));
+    }
+    if prefix.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "topic prefix {raw:?} must not contain the wildcards + or #"
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// The broker the devices subscribe to.
+    pub broker: Broker,
+    /// The devices to show; empty means every device.
+    pub devices: Vec<DeviceId>,
+    /// Already normalised (see [`normalize_prefix`]).
+    pub topic_prefix: String,
+}
+
+impl WatchOptions {
+    /// One filter per device, or `<prefix>/+/+` for all of them.
+    pub fn topic_filters(&self) -> Vec<String> {
+        if self.devices.is_empty() {
+            return vec![format!("{}/+/+", self.topic_prefix)];
+        }
+        let mut filters: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| format!("{}/{d}/+", self.topic_prefix))
+            .collect();
+        filters.dedup();
+        filters
+    }
+}
+
+/// How received commands are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// One stable line per command (see [`command::Received::plain_line`]).
+    Plain,
+    /// One JSON object per command: `{"topic","retained","payload"}`.
+    Json,
+    /// A view of every clock redrawn about once a second with ANSI escapes (for terminals).
+    Live,
+}
+
+/// Why watching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The first connection did not succeed.
+    #[error(
+        "cannot connect to the MQTT broker at {broker}: {reason}; is a broker running there? \
+         (clock-server demo starts one on 127.0.0.1:1883; otherwise set --broker or CLOCKCTL_BROKER_URL)"
+    )]
+    Connect { broker: String, reason: String },
+    /// The broker refused a subscription.
+    #[error("the MQTT broker at {broker} refused the subscription to {filter}: {reason}")]
+    Subscribe {
+        broker: String,
+        filter: String,
+        reason: String,
+    },
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+enum Event {
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retained: bool,
+    },
+    Connected,
+    Lost(String),
+}
+
+/// A virtual clock connected to its broker and subscribed; [`Watcher::run`] shows commands.
+pub struct Watcher {
+    client: MqttClient,
+    events: mpsc::UnboundedReceiver<Event>,
+    prefix: String,
+    filters: Vec<String>,
+    broker: String,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// Connects and subscribes; returns once the broker has acknowledged every
+    /// subscription (SUBACK), so nothing published afterwards is missed.
+    pub async fn connect(options: &WatchOptions) -> Result<Self, WatchError> {
+        let broker = options.broker.display();
+        let client_id = format!("clock-watch-{}", uuid::Uuid::now_v7().simple());
+        let mut connect = ConnectOptions::new(client_id)
+            .with_clean_start(true)
+            .with_keep_alive(Duration::from_secs(30))
+            .with_automatic_reconnect(true)
+            .with_reconnect_delay(Duration::from_millis(500), Duration::from_secs(10));
+        if let Some(user) = &options.broker.username {
+            let password = options
+                .broker
+                .password
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or_default();
+            connect = connect.with_credentials(user.clone(), password);
+        }
+        let client = MqttClient::with_options(connect.clone());
+        let (tx, events) = mpsc::unbounded_channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (conn_tx, conn_stopping) = (tx.clone(), stopping.clone());
+        // Fails only if the callback list is inaccessible, which cannot happen before use.
+        let _ = client
+            .on_connection_event(move |event| {
+                let event = match event {
+                    ConnectionEvent::Connected { .. } => Event::Connected,
+                    ConnectionEvent::Disconnected { reason } => {
+                        if conn_stopping.load(Ordering::SeqCst)
+                            || matches!(reason, DisconnectReason::ClientInitiated)
+                        {
+                            return;
+                        }
+                        Event::Lost(describe(&reason))
+                    }
+                    _ => return,
+                };
+                let _ = conn_tx.send(event);
+            })
+            .await;
+
+        let host = if options.broker.host.contains(':') {
+            format!("[{}]", options.broker.host)
+        } else {
+            options.broker.host.clone()
+        };
+        let address = format!("mqtt://{host}:{}", options.broker.port);
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.connect_with_options(&address, connect),
+        )
+        .await;
+        let failure = match attempt {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        };
+        if let Some(reason) = failure {
+            // The client retries a failed first connection in the background; stop that.
+            stopping.store(true, Ordering::SeqCst);
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
+            return Err(WatchError::Connect { broker, reason });
+        }
+
+        let filters = options.topic_filters();
+        for filter in &filters {
+            let tx = tx.clone();
+            let subscribe = SubscribeOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscribeOptions::default()
+            };
+            let result = client
+                .subscribe_with_options(filter.clone(), subscribe, move |m| {
+                    let _ = tx.send(Event::Message {
+                        topic: m.topic,
+                        payload: m.payload,
+                        retained: m.retain,
+                    });
+                })
+                .await;
+            if let Err(e) = result {
+                stopping.store(true, Ordering::SeqCst);
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
+                return Err(WatchError::Subscribe {
+                    broker,
+                    filter: filter.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(Self {
+            client,
+            events,
+            prefix: options.topic_prefix.clone(),
+            filters,
+            broker,
+            stopping,
+        })
+    }
+
+    /// `watching clocks/commands/+/+ on mqtt://127.0.0.1:1883`: the first line of the plain
+    /// output, printed once subscribed so that scripts can wait for it.
+    pub fn description(&self) -> String {
+        format!("watching {} on {}", self.filters.join(" "), self.broker)
+    }
+
+    /// Shows every received command on `out` until `shutdown` resolves (or, for a pipe, until
+    /// the reader goes away), then disconnects. Connection losses and recoveries are reported
+    /// on stderr (plain and JSON views) or in the header (live view).
+    pub async fn run(
+        mut self,
+        view: View,
+        out: &mut (dyn Write + Send),
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WatchError> {
+        let result = self.show(view, out, shutdown).await;
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+        match result {
+            // The reader of a pipe has gone (e.g. `| head -3`): that ends watching, quietly.
+            Err(WatchError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn show(
+        &mut self,
+        view: View,
+        out: &mut (dyn Write + Send),
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), WatchError> {
+        tokio::pin!(shutdown);
+        let mut clocks = Clocks::default();
+        let mut up = true;
+        let mut redraw = tokio::time::interval(REDRAW_EVERY);
+        redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        if view == View::Live {
+            // Hide the cursor and start from a clean screen.
+            write!(out, "\x1b[?25l\x1b[2J")?;
+        }
+        let result = loop {
+            let event = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                _ = redraw.tick(), if view == View::Live => None,
+                event = self.events.recv() => match event {
+                    Some(event) => Some(event),
+                    None => break Ok(()),
+                },
+            };
+            let step = match event {
+                None => Ok(()),
+                Some(Event::Message {
+                    topic,
+                    payload,
+                    retained,
+                }) => self.on_message(view, out, &mut clocks, &topic, &payload, retained),
+                Some(Event::Lost(reason)) => {
+                    up = false;
+                    if view != View::Live {
+                        eprintln!(
+                            "lost the connection to {}: {reason}; reconnecting",
+                            self.broker
+                        );
+                    }
+                    Ok(())
+                }
+                Some(Event::Connected) => {
+                    if !up && view != View::Live {
+                        eprintln!("reconnected to {}", self.broker);
+                    }
+                    up = true;
+                    Ok(())
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+            if view == View::Live
+                && let Err(e) = self.draw(out, &mut clocks, up)
+            {
+                break Err(e);
+            }
+        };
+        if view == View::Live {
+            // Show the cursor again, below the view.
+            let _ = writeln!(out, "\x1b[?25h");
+            let _ = out.flush();
+        }
+        result.map_err(WatchError::from)
+    }
+
+    fn on_message(
+        &self,
+        view: View,
+        out: &mut (dyn Write + Send),
+        clocks: &mut Clocks,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+    ) -> io::Result<()> {
+        match view {
+            View::Json => {
+                let payload = serde_json::from_slice::<serde_json::Value>(payload)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(payload).into_owned().into());
+                let line = serde_json::json!({
+                    "topic": topic,
+                    "retained": retained,
+                    "payload": payload,
+                });
+                writeln!(out, "{line}")?;
+                out.flush()
+            }
+            View::Plain | View::Live => {
+                let Some(received) = command::parse(&self.prefix, topic, payload, retained) else {
+                    return Ok(());
+                };
+                if view == View::Plain {
+                    writeln!(out, "{}", received.plain_line())?;
+                    out.flush()
+                } else {
+                    clocks.apply(&received, Utc::now());
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn draw(&self, out: &mut (dyn Write + Send), clocks: &mut Clocks, up: bool) -> io::Result<()> {
+        clocks.expire(Utc::now());
+        let status = if up {
+            "connected"
+        } else {
+            "connection lost, reconnecting..."
+        };
+        let mut frame = format!(
+            "\x1b[H\x1b[1mvirtual clock\x1b[0m  {}  [{status}]  Ctrl-C to quit\x1b[K\n\x1b[K\n",
+            self.description()
+        );
+        for line in clocks.render(Local::now().fixed_offset()) {
+            frame.push_str(&line);
+            // Clear what a longer line of the previous frame left behind.
+            frame.push_str("\x1b[K\n");
+        }
+        // And everything below the last line.
+        frame.push_str("\x1b[J");
+        out.write_all(frame.as_bytes())?;
+        out.flush()
+    }
+}
+
+fn describe(reason: &DisconnectReason) -> String {
+    match reason {
+        DisconnectReason::ClientInitiated => "disconnected".to_owned(),
+        DisconnectReason::ServerDisconnect(code) => {
+            format!("the broker disconnected us ({code:?})")
+        }
+        DisconnectReason::NetworkError(e) => format!("network error: {e}"),
+        DisconnectReason::ProtocolError(e) => format!("protocol error: {e}"),
+        DisconnectReason::KeepAliveTimeout => "no answer to keep-alive pings".to_owned(),
+        DisconnectReason::AuthFailure => "re-authentication failed".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_default_to_port_1883_and_keep_credentials_out_of_the_display() {
+        let b = Broker::parse("mqtt://user:p%40ss@broker.local").unwrap();
+        assert_eq!(b.display(), "mqtt://broker.local:1883");
+        assert_eq!(b.username.as_deref(), Some("user"));
+        assert_eq!(b.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert!(!format!("{b:?}").contains("p@ss"));
+        assert_eq!(
+            Broker::parse("127.0.0.1:1884").unwrap().display(),
+            "mqtt://127.0.0.1:1884"
+        );
+        assert_eq!(
+            Broker::parse("mqtt://[::1]:1885").unwrap().display(),
+            "mqtt://[::1]:1885"
+        );
+        for bad in [
+            "http://h:1",
+            "mqtts://h",
+            "mqtt://",
+            "mqtt://h/x",
+            "not a url",
+        ] {
+            assert!(Broker::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalised_like_the_servers() {
+        assert_eq!(
+            normalize_prefix(" /clocks/commands/ ").unwrap(),
+            "clocks/commands"
+        );
+        assert!(normalize_prefix("//").is_err());
+        assert!(normalize_prefix("clocks/+").is_err());
+    }
+
+    #[test]
+    fn one_filter_per_device_or_one_for_all() {
+        let mut o = WatchOptions {
+            broker: Broker::parse(DEFAULT_BROKER_URL).unwrap(),
+            devices: vec![],
+            topic_prefix: "clocks/commands".into(),
+        };
+        assert_eq!(o.topic_filters(), ["clocks/commands/+/+"]);
+        o.devices = vec![
+            DeviceId::parse("clock-1").unwrap(),
+            DeviceId::parse("clock-2").unwrap(),
+        ];
+        assert_eq!(
+            o.topic_filters(),
+            ["clocks/commands/clock-1/+", "clocks/commands/clock-2/+"]
+        );
+    }
+}

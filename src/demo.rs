@@ -1,0 +1,524 @@
+//! `clock-server demo`: everything a newcomer needs in one process, on loopback only — an
+//! MQTT broker (in memory, anonymous), the API over plain HTTP with the well-known
+//! credential `demo|dev-token|*`, and a virtual clock ([`crate::clock`]) printing what it
+//! receives.
+//!
+//! The API is the real one: the configuration is built by [`Config::from_lookup`] from demo
+//! values and served by [`Application`], exactly as `clock-server` does from the
+//! environment. Only the broker is extra; it sits behind the cargo feature `demo` (on by
+//! default) so that production builds (`--no-default-features`) do not carry it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::config::{Config, LogFormat};
+use crate::domain::DeviceId;
+
+/// The demo's bearer token. Well known on purpose: the demo binds loopback only.
+pub const DEMO_TOKEN: &str = "dev-token";
+/// The demo's one credential: id `demo`, token [`DEMO_TOKEN`], every device.
+pub const DEMO_CREDENTIALS: &str = "demo|dev-token|*";
+/// Log filter when neither `LOG_LEVEL` nor `RUST_LOG` is set: the server's own lines
+/// (start-up, one audit record per command), only warnings from the broker and MQTT client.
+pub const DEFAULT_LOG_FILTER: &str = "warn,clock_server=info,audit=info";
+
+/// `clock-server demo`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Where the embedded MQTT broker listens; loopback only
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1883")]
+    pub mqtt_addr: String,
+    /// Where the API listens (plain HTTP); loopback only
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Device ids the virtual clock shows (comma-separated); default: every device
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub devices: Vec<String>,
+}
+
+/// Why the demo did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad flags or environment (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// This binary was built without the `demo` feature (exit 2).
+    #[error(
+        "this clock-server was built without the `demo` feature (a production build), so it \
+         has no embedded broker; build it with the default features, e.g. `cargo run -- demo`"
+    )]
+    NotBuilt,
+    /// A listener or the virtual clock could not start (exit 1).
+    #[error("{0}")]
+    Start(String),
+}
+
+impl DemoError {
+    /// 2 for usage problems, 1 when something could not start.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::NotBuilt => 2,
+            Self::Start(_) => 1,
+        }
+    }
+}
+
+/// A checked demo set-up: loopback addresses, devices, logging. Nothing is bound yet.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    devices: Vec<DeviceId>,
+    log_format: LogFormat,
+    log_level: Option<String>,
+}
+
+impl Demo {
+    /// Checks the flags; reads `LOG_LEVEL` and `LOG_FORMAT` (and `RUST_LOG`) through `env`.
+    /// Every other setting is the demo's own.
+    pub fn prepare(
+        args: &DemoArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, DemoError> {
+        let mqtt_addr = loopback_addr("--mqtt-addr", &args.mqtt_addr)?;
+        let http_addr = loopback_addr("--http-addr", &args.http_addr)?;
+        let mut devices = Vec::new();
+        for raw in args.devices.iter().filter(|d| !d.trim().is_empty()) {
+            let id = DeviceId::parse(raw).map_err(|e| {
+                DemoError::Usage(format!(
+                    "invalid --devices entry {raw:?}: {e}; pass ids like clock-1,clock-2"
+                ))
+            })?;
+            if !devices.contains(&id) {
+                devices.push(id);
+            }
+        }
+        // A dry run of the real configuration, so a bad LOG_LEVEL/LOG_FORMAT stops us here.
+        let config = demo_config(http_addr, mqtt_addr, &env)
+            .map_err(|e| DemoError::Usage(e.0.join("; ")))?;
+        let log_level = config.log_level.or_else(|| env("RUST_LOG"));
+        Ok(Self {
+            mqtt_addr,
+            http_addr,
+            devices,
+            log_format: config.log_format,
+            log_level,
+        })
+    }
+
+    /// `LOG_FORMAT`, default text.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// `LOG_LEVEL`, else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`].
+    pub fn log_filter(&self) -> String {
+        self.log_level
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned())
+    }
+}
+
+/// The configuration the demo serves with: what `clock-server` would read from these
+/// environment variables. `LOG_LEVEL` and `LOG_FORMAT` come from `env`.
+pub fn demo_config(
+    http_addr: SocketAddr,
+    mqtt_addr: SocketAddr,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, crate::config::ConfigError> {
+    let vars = demo_vars(http_addr, mqtt_addr);
+    Config::from_lookup(|name| match name {
+        "LOG_LEVEL" | "LOG_FORMAT" => env(name),
+        _ => vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone()),
+    })
+}
+
+/// The demo's settings as environment variables.
+pub fn demo_vars(http_addr: SocketAddr, mqtt_addr: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("HTTP_ADDR", http_addr.to_string()),
+        // Plain HTTP is acceptable only because the listener is loopback (checked before).
+        ("REQUIRE_TLS", "false".to_owned()),
+        ("READINESS_REQUIRE_AUTH", "false".to_owned()),
+        ("API_AUTH_CREDENTIALS", DEMO_CREDENTIALS.to_owned()),
+        ("ENABLED_SENDERS", "mqtt".to_owned()),
+        ("MQTT_BROKER_URL", format!("mqtt://{mqtt_addr}")),
+        ("ALLOW_INSECURE_MQTT", "true".to_owned()),
+    ]
+}
+
+/// A loopback socket address from a flag: `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`.
+/// Anything else is refused: the demo's token is public.
+pub fn loopback_addr(flag: &str, raw: &str) -> Result<SocketAddr, DemoError> {
+    let raw = raw.trim();
+    let addr = match raw.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => match raw.rsplit_once(':') {
+            Some((host, port)) if host.eq_ignore_ascii_case("localhost") => {
+                let port = port.parse::<u16>().map_err(|_| {
+                    DemoError::Usage(format!("{flag} {raw:?}: the port is not a number 0-65535"))
+                })?;
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+            }
+            _ => {
+                return Err(DemoError::Usage(format!(
+                    "{flag} {raw:?} is not an address: use 127.0.0.1:<port> or [::1]:<port>"
+                )));
+            }
+        },
+    };
+    if !addr.ip().is_loopback() {
+        return Err(DemoError::Usage(format!(
+            "{flag} {addr} is not a loopback address: the demo serves plain HTTP with the \
+             well-known token {DEMO_TOKEN} and an anonymous broker, so it listens on loopback \
+             only (127.0.0.1:<port> or [::1]:<port>). To serve other machines, run clock-server \
+             without `demo`, configured by environment variables (README, Configuration)."
+        )));
+    }
+    Ok(addr)
+}
+
+/// How to run `clockctl` from here: the binary next to this one (e.g. `target/debug/clockctl`
+/// after `cargo run`), relative to the working directory when it is below it.
+fn clockctl_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("clockctl")))
+        .filter(|p| p.is_file());
+    let Some(path) = beside else {
+        return "clockctl".to_owned();
+    };
+    let shown: PathBuf = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(PathBuf::from))
+        .unwrap_or(path);
+    shown.display().to_string()
+}
+
+/// The start-up banner: what runs where, the token and that it is for local use only, and
+/// the commands to try.
+pub fn banner(
+    http_addr: SocketAddr,
+    mqtt_addr: SocketAddr,
+    devices: &[DeviceId],
+    clockctl: &str,
+) -> String {
+    let rule = "=".repeat(78);
+    let device = devices.first().map_or("clock-1", DeviceId::as_str);
+    let clocks = if devices.is_empty() {
+        "one virtual clock for every device id".to_owned()
+    } else {
+        let ids: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+        format!("virtual clock for {}", ids.join(", "))
+    };
+    let base_url = if http_addr == SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))
+        || http_addr == SocketAddr::from((IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 8080))
+    {
+        String::new()
+    } else {
+        format!("CLOCK_SERVER_BASE_URL=http://{http_addr} ")
+    };
+    let broker_flag = if mqtt_addr == SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)) {
+        String::new()
+    } else {
+        format!(" --broker mqtt://{mqtt_addr}")
+    };
+    format!(
+        "{rule}
+ clock-server DEMO -- FOR LOCAL USE ONLY: plain HTTP, a public token, no broker auth
+   API     http://{http_addr}   (loopback only)
+   token   {DEMO_TOKEN}   (credential {DEMO_CREDENTIALS}: every device)
+   broker  mqtt://{mqtt_addr}   (embedded, anonymous, in memory)
+   clock   {clocks}; its lines follow below
+ Try in a second terminal:
+   {base_url}CLOCK_SERVER_TOKEN={DEMO_TOKEN} {clockctl} message --device {device} --message hello
+ Watch the clock live in a third:
+   {clockctl} watch{broker_flag}
+ Ctrl-C stops the demo.
+{rule}"
+    )
+}
+
+#[cfg(feature = "demo")]
+mod running {
+    use std::future::Future;
+    use std::io::Write;
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use mqtt5::broker::config::{AuthConfig, StorageBackend, StorageConfig};
+    use mqtt5::broker::{BrokerConfig, MqttBroker};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    use super::{Demo, DemoError, banner, clockctl_command, demo_config};
+    use crate::clock::watch::Broker;
+    use crate::clock::{View, WatchOptions, Watcher};
+    use crate::startup::Application;
+
+    /// How long the API may take to report ready before the banner is shown anyway.
+    const READY_WITHIN: Duration = Duration::from_secs(10);
+
+    impl Demo {
+        /// Starts the broker, the API and the virtual clock; prints the banner and then the
+        /// clock's lines on stdout; stops everything when `shutdown` resolves (the API drains
+        /// first, then the clock, then the broker).
+        pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+            let (mut broker, mqtt_addr) = self.start_broker().await?;
+            let broker_stop = broker.shutdown_handle();
+            let mut broker_ready = broker.ready_receiver();
+            let broker_task = tokio::spawn(async move { broker.run().await });
+            let result = self.serve(mqtt_addr, &mut broker_ready, shutdown).await;
+            broker_stop.shutdown();
+            match tokio::time::timeout(Duration::from_secs(5), broker_task).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "embedded MQTT broker"),
+                Err(_) => tracing::warn!("the embedded MQTT broker did not stop within 5 s"),
+                _ => {}
+            }
+            result
+        }
+
+        async fn start_broker(&self) -> Result<(MqttBroker, SocketAddr), DemoError> {
+            let config = BrokerConfig::default()
+                // Only this address: the default also listens on every interface.
+                .with_bind_address(self.mqtt_addr)
+                .with_auth(AuthConfig {
+                    allow_anonymous: true,
+                    ..AuthConfig::default()
+                })
+                // Nothing on disk: sessions and queues live in memory, for this run only.
+                .with_storage(
+                    StorageConfig::new()
+                        .with_backend(StorageBackend::Memory)
+                        .with_persistence(false),
+                )
+                .with_sys_topics_enabled(false);
+            let broker = MqttBroker::with_config(config).await.map_err(|e| {
+                DemoError::Start(format!(
+                    "cannot start the embedded MQTT broker on {}: {e}; is another broker \
+                     (Mosquitto?) using that port? Pick another with --mqtt-addr 127.0.0.1:<port>",
+                    self.mqtt_addr
+                ))
+            })?;
+            let addr = broker.local_addr().unwrap_or(self.mqtt_addr);
+            Ok((broker, addr))
+        }
+
+        async fn serve(
+            &self,
+            mqtt_addr: SocketAddr,
+            broker_ready: &mut watch::Receiver<bool>,
+            shutdown: impl Future<Output = ()>,
+        ) -> Result<(), DemoError> {
+            if tokio::time::timeout(Duration::from_secs(5), broker_ready.wait_for(|r| *r))
+                .await
+                .is_err()
+            {
+                return Err(DemoError::Start(
+                    "the embedded MQTT broker did not start within 5 s".to_owned(),
+                ));
+            }
+            let config = demo_config(self.http_addr, mqtt_addr, crate::cli::settings::process_env)
+                .map_err(|e| DemoError::Start(e.0.join("; ")))?;
+            tracing::warn!(
+                "demo mode: plain HTTP, the public token {}, an anonymous broker; for local use only",
+                super::DEMO_TOKEN
+            );
+            let app = Application::build(config).await.map_err(|e| {
+                DemoError::Start(format!(
+                    "cannot start the API: {e}; is something else listening there? Pick \
+                     another address with --http-addr 127.0.0.1:<port>"
+                ))
+            })?;
+            let http_addr = app.local_addr();
+
+            let options = WatchOptions {
+                broker: Broker::parse(&format!("mqtt://{mqtt_addr}")).map_err(DemoError::Start)?,
+                devices: self.devices.clone(),
+                topic_prefix: crate::clock::watch::DEFAULT_TOPIC_PREFIX.to_owned(),
+            };
+            let watcher = Watcher::connect(&options)
+                .await
+                .map_err(|e| DemoError::Start(format!("virtual clock: {e}")))?;
+
+            let (stop, stopped) = watch::channel(false);
+            let wait = |mut rx: watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let mut server = tokio::spawn(app.run_until_stopped(wait(stopped.clone())));
+            if !wait_until_ready(http_addr).await {
+                tracing::warn!(
+                    "the API is not ready after {} s; commands fail with 502 until it is",
+                    READY_WITHIN.as_secs()
+                );
+            }
+
+            let mut stdout = std::io::stdout();
+            let intro = format!(
+                "{}\n{}",
+                banner(http_addr, mqtt_addr, &self.devices, &clockctl_command()),
+                watcher.description()
+            );
+            if let Err(e) = writeln!(stdout, "{intro}").and_then(|()| stdout.flush()) {
+                tracing::warn!(error = %e, "cannot write to stdout");
+            }
+            let clock_stopped = stopped.clone();
+            let clock = tokio::spawn(async move {
+                let mut out = std::io::stdout();
+                watcher
+                    .run(View::Plain, &mut out, wait(clock_stopped))
+                    .await
+            });
+
+            tokio::select! {
+                () = shutdown => {}
+                // The server only returns by itself if it failed; stop the rest too.
+                _ = &mut server => tracing::error!("the API stopped unexpectedly"),
+            }
+            let _ = stop.send(true);
+            let _ = server.await;
+            match clock.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "virtual clock"),
+                Err(e) => tracing::warn!(error = %e, "virtual clock task"),
+                Ok(Ok(())) => {}
+            }
+            Ok(())
+        }
+    }
+
+    /// Polls `GET /ready` (public in the demo) until it answers 200, for at most
+    /// [`READY_WITHIN`].
+    async fn wait_until_ready(addr: SocketAddr) -> bool {
+        let deadline = Instant::now() + READY_WITHIN;
+        while Instant::now() < deadline {
+            if ready_once(addr).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn ready_once(addr: SocketAddr) -> bool {
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            stream
+                .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.ok()?;
+            Some(head.starts_with(b"HTTP/1.1 200"))
+        };
+        tokio::time::timeout(Duration::from_secs(1), attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(not(feature = "demo"))]
+impl Demo {
+    /// Without the `demo` feature there is no embedded broker: always [`DemoError::NotBuilt`].
+    pub async fn run(
+        self,
+        _shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DemoError> {
+        Err(DemoError::NotBuilt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(http: &str, mqtt: &str, devices: &[&str]) -> DemoArgs {
+        DemoArgs {
+            http_addr: http.to_owned(),
+            mqtt_addr: mqtt.to_owned(),
+            devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_accepted() {
+        for ok in ["127.0.0.1:0", "[::1]:8080", "localhost:9", "127.1.2.3:80"] {
+            assert!(loopback_addr("--http-addr", ok).is_ok(), "{ok}");
+        }
+        for bad in ["0.0.0.0:0", "[::]:8080", "192.168.1.2:80", ":8080"] {
+            let err = loopback_addr("--http-addr", bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("--http-addr"), "{err}");
+        }
+        let err = loopback_addr("--mqtt-addr", "0.0.0.0:1883").unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+    }
+
+    #[test]
+    fn the_demo_configuration_is_the_real_one_with_demo_values() {
+        let http = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], 1883));
+        let config = demo_config(http, mqtt, |_| None).unwrap();
+        assert_eq!(config.http.addr, http);
+        assert!(!config.http.require_tls && !config.readiness_require_auth);
+        assert_eq!(config.credentials.len(), 1);
+        let mqtt = config.mqtt.unwrap();
+        assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
+        assert!(config.rest.is_none());
+    }
+
+    #[test]
+    fn devices_are_validated_and_bad_log_settings_stop_the_demo() {
+        let demo = Demo::prepare(
+            &args("127.0.0.1:0", "127.0.0.1:0", &["a", "b", "a"]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(demo.devices.len(), 2);
+        assert_eq!(demo.log_filter(), DEFAULT_LOG_FILTER);
+        let err =
+            Demo::prepare(&args("127.0.0.1:0", "127.0.0.1:0", &["a/b"]), |_| None).unwrap_err();
+        assert!(err.to_string().contains("--devices"), "{err}");
+        let err = Demo::prepare(&args("127.0.0.1:0", "127.0.0.1:0", &[]), |k| {
+            (k == "LOG_FORMAT").then(|| "xml".to_owned())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn the_banner_names_the_token_says_local_only_and_gives_runnable_commands() {
+        let http = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], 1883));
+        let text = banner(http, mqtt, &[], "target/debug/clockctl");
+        assert!(text.contains("FOR LOCAL USE ONLY"), "{text}");
+        assert!(text.contains("token   dev-token"), "{text}");
+        assert!(
+            text.contains(
+                "\n   CLOCK_SERVER_TOKEN=dev-token target/debug/clockctl message --device clock-1 --message hello\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n   target/debug/clockctl watch\n"),
+            "{text}"
+        );
+
+        let http = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], 11883));
+        let devices = [DeviceId::parse("kitchen").unwrap()];
+        let text = banner(http, mqtt, &devices, "clockctl");
+        assert!(
+            text.contains("CLOCK_SERVER_BASE_URL=http://127.0.0.1:18080 CLOCK_SERVER_TOKEN=dev-token clockctl message --device kitchen"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clockctl watch --broker mqtt://127.0.0.1:11883"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! `clock-server demo` as a newcomer runs it: the real binary on free loopback ports, the
+//! real `clockctl` sending each command, and the virtual clock's plain lines on stdout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::free_port;
+
+/// How long any one expected line may take.
+const LINE_WITHIN: Duration = Duration::from_secs(15);
+
+/// A running `clock-server demo`; killed on drop. Its stdout is read line by line.
+struct DemoProcess {
+    child: Child,
+    http_port: u16,
+    mqtt_port: u16,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line read so far (for failure messages and negative checks).
+    seen: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl DemoProcess {
+    /// Starts the demo in an empty working directory and waits until the virtual clock
+    /// announces that it is subscribed (printed after the API reported ready).
+    fn start(extra: &[&str]) -> Self {
+        let (http_port, mqtt_port) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clock-server"))
+            .arg("demo")
+            .args(["--mqtt-addr", &format!("127.0.0.1:{mqtt_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(extra)
+            .env_clear()
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut demo = Self {
+            child,
+            http_port,
+            mqtt_port,
+            lines,
+            seen: Vec::new(),
+            dir,
+        };
+        let watching = format!("on mqtt://127.0.0.1:{mqtt_port}");
+        demo.wait_for_line(|l| l.starts_with("watching ") && l.ends_with(&watching));
+        demo
+    }
+
+    /// The next stdout line that satisfies `want`, within [`LINE_WITHIN`].
+    fn wait_for_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LINE_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no matching line within {LINE_WITHIN:?}; stdout so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Runs the real `clockctl` against the demo's API with the demo token.
+    fn clockctl(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .args(args)
+            .env_clear()
+            .env(
+                "CLOCK_SERVER_BASE_URL",
+                format!("http://127.0.0.1:{}", self.http_port),
+            )
+            .env("CLOCK_SERVER_TOKEN", "dev-token")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "clockctl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// SIGTERM, then the exit code (bounded wait).
+    fn terminate(&mut self) -> Option<i32> {
+        common::process::signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `clock-server demo` with `args` and expects it to exit by itself: (code, stderr).
+fn demo_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clock-server"))
+        .arg("demo")
+        .args(args)
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("clock-server demo {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[test]
+fn every_command_sent_with_clockctl_reaches_the_demos_virtual_clock() {
+    let mut demo = DemoProcess::start(&[]);
+    assert_eq!(demo.clockctl(&["ready"]).trim(), "ready");
+
+    // The banner said how to use it, and loudly that it is for local use only.
+    let banner = demo.seen.join("\n");
+    assert!(banner.contains("FOR LOCAL USE ONLY"), "{banner}");
+    assert!(banner.contains("dev-token"), "{banner}");
+    assert!(
+        banner.contains("CLOCK_SERVER_TOKEN=dev-token") && banner.contains("message --device"),
+        "{banner}"
+    );
+    let watch = format!("watch --broker mqtt://127.0.0.1:{}", demo.mqtt_port);
+    assert!(banner.contains(&watch), "{banner}");
+
+    let answer = demo.clockctl(&[
+        "message",
+        "--device",
+        "clock-1",
+        "--message",
+        "hello demo",
+        "--duration",
+        "7",
+        "--json",
+    ]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let command_id = answer["commandId"].as_str().unwrap().to_owned();
+    let line = demo.wait_for_line(|l| l.starts_with("clock-1 display_message "));
+    assert_eq!(
+        line,
+        format!(
+            "clock-1 display_message message=\"hello demo\" durationSeconds=7 commandId={command_id}"
+        )
+    );
+
+    let at = (Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let out = demo.clockctl(&[
+        "alarm", "--device", "clock-1", "--time", &at, "--label", "wake up",
+    ]);
+    assert_eq!(out.trim(), "alarm command dispatched");
+    let line = demo.wait_for_line(|l| l.starts_with("clock-1 set_alarm "));
+    assert!(
+        line.starts_with(&format!(
+            "clock-1 set_alarm alarmTime={at} label=\"wake up\" commandId="
+        )),
+        "{line}"
+    );
+
+    let out = demo.clockctl(&["brightness", "--device", "clock-2", "--level", "40"]);
+    assert_eq!(out.trim(), "brightness command dispatched");
+    let line = demo.wait_for_line(|l| l.starts_with("clock-2 set_brightness "));
+    assert!(
+        line.starts_with("clock-2 set_brightness level=40 commandId="),
+        "{line}"
+    );
+
+    // Stops cleanly, and the broker kept everything in memory.
+    assert_eq!(demo.terminate(), Some(0));
+    assert!(
+        is_empty_dir(demo.dir.path()),
+        "the demo wrote files into its working directory"
+    );
+}
+
+#[test]
+fn the_demos_clock_shows_only_the_devices_it_was_given() {
+    let mut demo = DemoProcess::start(&["--devices", "kitchen,hall"]);
+    assert!(
+        demo.seen
+            .iter()
+            .any(|l| l.starts_with("watching clocks/commands/kitchen/+ clocks/commands/hall/+ ")),
+        "{:?}",
+        demo.seen
+    );
+    demo.clockctl(&["brightness", "--device", "clock-1", "--level", "10"]);
+    demo.clockctl(&["brightness", "--device", "hall", "--level", "20"]);
+    let line = demo.wait_for_line(|l| l.contains(" set_brightness "));
+    assert!(line.starts_with("hall set_brightness level=20 "), "{line}");
+}
+
+#[test]
+fn the_demo_refuses_to_listen_beyond_loopback() {
+    for (args, flag) in [
+        (
+            &["--http-addr", "0.0.0.0:0", "--mqtt-addr", "127.0.0.1:0"][..],
+            "--http-addr",
+        ),
+        (
+            &["--http-addr", "127.0.0.1:0", "--mqtt-addr", "0.0.0.0:0"],
+            "--mqtt-addr",
+        ),
+        (&["--http-addr", "[::]:0"], "--http-addr"),
+    ] {
+        let (code, stderr) = demo_exit(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("is not a loopback address"), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+}
+
+#[test]
+fn the_demo_says_which_port_is_taken() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let (code, stderr) = demo_exit(&[
+        "--mqtt-addr",
+        &format!("127.0.0.1:{port}"),
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("--mqtt-addr"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_arguments_the_binary_is_still_the_server_configured_by_the_environment() {
+    // No credential configured: the server (not the demo) refuses to start, as before.
+    let out = Command::new(env!("CARGO_BIN_EXE_clock-server"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("API_AUTH_CREDENTIALS"), "{stderr}");
+    let help = Command::new(env!("CARGO_BIN_EXE_clock-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("demo"));
+}

@@ -1,0 +1,462 @@
+//! `clockctl watch` as a virtual clock on a real Mosquitto, fed by a real clock-server: it
+//! sees every command, filters by device, survives a broker restart, and fails clearly
+//! when there is no broker.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::mosquitto::Mosquitto;
+use common::process::ServerProcess;
+
+/// How long any one expected line may take.
+const LINE_WITHIN: Duration = Duration::from_secs(15);
+
+/// A running `clockctl watch` (stdout is a pipe, so plain lines); killed on drop.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    /// Starts `clockctl watch <args>` and waits for its `watching ... on <broker>` line.
+    fn start(broker: &str, args: &[&str]) -> Self {
+        let mut w = Self::spawn(broker, args);
+        let expected = format!(" on {broker}");
+        let first = w.next_line();
+        assert!(
+            first.starts_with("watching ") && first.ends_with(&expected),
+            "first line: {first:?}; stderr: {}",
+            w.stderr()
+        );
+        w
+    }
+
+    fn spawn(broker: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .arg("watch")
+            .args(args)
+            .env_clear()
+            .env("CLOCKCTL_BROKER_URL", broker)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn next_line(&mut self) -> String {
+        self.line_within(LINE_WITHIN).unwrap_or_else(|| {
+            panic!(
+                "no line within {LINE_WITHIN:?}; stdout so far: {:?}; stderr: {}",
+                self.seen,
+                self.stderr()
+            )
+        })
+    }
+
+    fn line_within(&mut self, limit: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(limit).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) for a child to exit by itself.
+fn exit_code(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "clockctl watch did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A clock-server publishing to `broker`, ready (connected to the broker).
+async fn server(broker: &Mosquitto) -> ServerProcess {
+    let url = broker.url();
+    let server = ServerProcess::start(&[
+        ("REQUIRE_TLS", "false"),
+        ("API_AUTH_CREDENTIALS", "ops|tok|*"),
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", &url),
+        ("ALLOW_INSECURE_MQTT", "true"),
+    ])
+    .await;
+    common::eventually(Duration::from_secs(15), "the server to be ready", || {
+        let ready = clockctl(&server, &["ready"]);
+        async move { ready.then_some(()) }
+    })
+    .await;
+    server
+}
+
+/// Runs the real `clockctl` against `server`; whether it succeeded.
+fn clockctl(server: &ServerProcess, args: &[&str]) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_clockctl"))
+        .args(args)
+        .env_clear()
+        .env("CLOCK_SERVER_BASE_URL", server.url(""))
+        .env("CLOCK_SERVER_TOKEN", "tok")
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn send(server: &ServerProcess, args: &[&str]) {
+    assert!(clockctl(server, args), "clockctl {args:?} failed");
+}
+
+#[tokio::test]
+async fn watch_prints_one_plain_line_for_each_command_the_server_publishes() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    let mut watch = Watch::start(&broker.url(), &[]);
+    assert_eq!(
+        watch.seen[0],
+        format!("watching clocks/commands/+/+ on {}", broker.url())
+    );
+
+    send(
+        &server,
+        &[
+            "alarm",
+            "--device",
+            "clock-1",
+            "--time",
+            "2099-01-02T07:30:00+01:00",
+            "--label",
+            "wake \"up\"",
+        ],
+    );
+    let line = watch.next_line();
+    assert!(
+        line.starts_with(
+            "clock-1 set_alarm alarmTime=2099-01-02T07:30:00+01:00 label=\"wake \\\"up\\\"\" commandId="
+        ),
+        "{line}"
+    );
+    send(
+        &server,
+        &[
+            "message",
+            "--device",
+            "clock-7",
+            "--message",
+            "tea is ready",
+        ],
+    );
+    let line = watch.next_line();
+    assert!(
+        line.starts_with(
+            "clock-7 display_message message=\"tea is ready\" durationSeconds=10 commandId="
+        ),
+        "{line}"
+    );
+    send(
+        &server,
+        &["brightness", "--device", "clock-1", "--level", "0"],
+    );
+    let line = watch.next_line();
+    assert!(
+        line.starts_with("clock-1 set_brightness level=0 commandId="),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn watch_with_a_device_shows_only_that_device() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    let mut only = Watch::start(&broker.url(), &["--device", "clock-2"]);
+    assert_eq!(
+        only.seen[0],
+        format!("watching clocks/commands/clock-2/+ on {}", broker.url())
+    );
+    let mut all = Watch::start(&broker.url(), &["--plain"]);
+
+    send(
+        &server,
+        &["brightness", "--device", "clock-1", "--level", "11"],
+    );
+    send(
+        &server,
+        &["brightness", "--device", "clock-2", "--level", "22"],
+    );
+
+    let line = all.next_line();
+    assert!(
+        line.starts_with("clock-1 set_brightness level=11 "),
+        "{line}"
+    );
+    let line = all.next_line();
+    assert!(
+        line.starts_with("clock-2 set_brightness level=22 "),
+        "{line}"
+    );
+    // The filtered clock's first command line is clock-2's: clock-1's never reached it.
+    let line = only.next_line();
+    assert!(
+        line.starts_with("clock-2 set_brightness level=22 "),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn watch_with_json_prints_the_topic_and_payload_of_each_command() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    // The `watching` line goes to stderr, so stdout is only JSON.
+    let mut watch = Watch::spawn(&broker.url(), &["--json"]);
+    common::eventually(Duration::from_secs(15), "the watching line", || {
+        let subscribed = watch.stderr().contains("watching clocks/commands/+/+");
+        async move { subscribed.then_some(()) }
+    })
+    .await;
+    send(
+        &server,
+        &["brightness", "--device", "clock-3", "--level", "33"],
+    );
+    let line: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(line["topic"], "clocks/commands/clock-3/set_brightness");
+    assert_eq!(line["retained"], false);
+    assert_eq!(line["payload"]["level"], 33);
+    assert_eq!(line["payload"]["deviceId"], "clock-3");
+    assert!(line["payload"]["commandId"].is_string());
+}
+
+#[tokio::test]
+async fn watch_keeps_watching_after_the_broker_restarts() {
+    let mut broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    let mut watch = Watch::start(&broker.url(), &[]);
+
+    broker.stop();
+    common::eventually(Duration::from_secs(15), "the loss to be reported", || {
+        let lost = watch.stderr().contains("lost the connection to");
+        async move { lost.then_some(()) }
+    })
+    .await;
+    broker.start();
+
+    // Both the server and the watcher reconnect with back-off; a command published before
+    // the watcher has re-subscribed is (correctly) not seen, so keep sending until one is.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut n = 0;
+    let line = loop {
+        assert!(
+            Instant::now() < deadline,
+            "nothing seen after the restart; stderr: {}",
+            watch.stderr()
+        );
+        n += 1;
+        let text = format!("after restart {n}");
+        if !clockctl(
+            &server,
+            &["message", "--device", "clock-1", "--message", &text],
+        ) {
+            // The server has not reconnected yet (502); its back-off decides when it has.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if let Some(line) = watch.line_within(Duration::from_millis(500)) {
+            break line;
+        }
+    };
+    assert!(
+        line.starts_with("clock-1 display_message message=\"after restart "),
+        "{line}"
+    );
+    assert!(
+        watch.stderr().contains("reconnected to"),
+        "{}",
+        watch.stderr()
+    );
+}
+
+#[test]
+fn watch_exits_1_with_a_clear_message_when_no_broker_listens() {
+    let port = common::free_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let mut watch = Watch::spawn(&broker, &[]);
+    assert_eq!(exit_code(&mut watch.child), Some(1));
+    // The reader thread has the rest of stderr once the process is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !watch.stderr().contains('\n') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = watch.stderr();
+    assert!(
+        stderr.contains(&format!("cannot connect to the MQTT broker at {broker}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CLOCKCTL_BROKER_URL"), "{stderr}");
+}
+
+#[test]
+fn watch_refuses_bad_input_with_exit_2_before_connecting() {
+    for args in [
+        &["--broker", "http://127.0.0.1:1"][..],
+        &["--device", "a/b"],
+        &["--topic-prefix", "clocks/#"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .arg("watch")
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn on_a_terminal_watch_draws_a_live_view_of_the_clock() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    // `script` gives clockctl a pseudo-terminal as stdout; its output is the screen.
+    let mut child = Command::new("script")
+        .args(["-qfec"])
+        .arg(format!(
+            "{} watch --broker {}",
+            env!("CARGO_BIN_EXE_clockctl"),
+            broker.url()
+        ))
+        .arg("/dev/null")
+        .env_clear()
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let screen = Arc::new(Mutex::new(String::new()));
+    let sink = screen.clone();
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let kill = KillOnDrop(child);
+    let screen_has = |text: &'static str| {
+        let screen = screen.clone();
+        move || {
+            let found = screen.lock().unwrap().contains(text);
+            async move { found.then_some(()) }
+        }
+    };
+    common::eventually(
+        Duration::from_secs(15),
+        "the live view's header",
+        screen_has("[connected]"),
+    )
+    .await;
+
+    send(
+        &server,
+        &[
+            "message",
+            "--device",
+            "clock-1",
+            "--message",
+            "live hello",
+            "--duration",
+            "30",
+        ],
+    );
+    send(
+        &server,
+        &["brightness", "--device", "clock-1", "--level", "70"],
+    );
+    common::eventually(
+        Duration::from_secs(15),
+        "the message in the live view",
+        screen_has("\"live hello\"  (3"),
+    )
+    .await;
+    common::eventually(
+        Duration::from_secs(15),
+        "the brightness in the live view",
+        screen_has("brightness   70 %"),
+    )
+    .await;
+    let text = screen.lock().unwrap().clone();
+    assert!(
+        text.contains("\x1b[?25l"),
+        "the cursor is hidden while drawing"
+    );
+    assert!(
+        text.contains("\x1b[H"),
+        "frames are drawn from the top left"
+    );
+    drop(kill);
+}
+
+/// Kills the child when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
