@@ -181,9 +181,14 @@ pub fn loopback_addr(flag: &str, raw: &str) -> Result<SocketAddr, DemoError> {
     Ok(addr)
 }
 
-/// How to run `clockctl` from here: the binary next to this one (e.g. `target/debug/clockctl`
-/// after `cargo run`), relative to the working directory when it is below it.
+/// How to run `clockctl` from here: under `cargo run` (which sets `CARGO_MANIFEST_DIR`),
+/// `cargo run --bin clockctl --`, which builds it if needed (`cargo run` builds only this
+/// binary); else the binary next to this one, relative to the working directory when it is
+/// below it; else plain `clockctl`.
 fn clockctl_command() -> String {
+    if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        return "cargo run --bin clockctl --".to_owned();
+    }
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.join("clockctl")))

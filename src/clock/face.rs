@@ -132,9 +132,9 @@ impl Clocks {
             }
             for (i, (at_utc, alarm)) in face.alarms.iter().take(MAX_ALARMS_SHOWN).enumerate() {
                 let head = if i == 0 {
-                    "│ alarms   "
+                    "│ alarms      "
                 } else {
-                    "│          "
+                    "│             "
                 };
                 let when = if *at_utc <= now_utc {
                     "RINGING".to_owned()
@@ -147,7 +147,7 @@ impl Clocks {
                     format!("  {:?}", cut(&alarm.label))
                 };
                 out.push(format!(
-                    "{head}  {}  {when}{label}",
+                    "{head}{}  {when}{label}",
                     format_alarm_time(&alarm.at)
                 ));
             }
