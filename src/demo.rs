@@ -65,6 +65,8 @@ impl DemoError {
 
 /// A checked demo set-up: loopback addresses, devices, logging. Nothing is bound yet.
 #[derive(Debug, Clone)]
+// Without the `demo` feature only the checks run; the addresses are then unused.
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
 pub struct Demo {
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -185,6 +187,7 @@ pub fn loopback_addr(flag: &str, raw: &str) -> Result<SocketAddr, DemoError> {
 /// `cargo run --bin clockctl --`, which builds it if needed (`cargo run` builds only this
 /// binary); else the binary next to this one, relative to the working directory when it is
 /// below it; else plain `clockctl`.
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
 fn clockctl_command() -> String {
     if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
         return "cargo run --bin clockctl --".to_owned();

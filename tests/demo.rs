@@ -1,6 +1,8 @@
 //! `clock-server demo` as a newcomer runs it: the real binary on free loopback ports, the
 //! real `clockctl` sending each command, and the virtual clock's plain lines on stdout.
 #![allow(clippy::unwrap_used)]
+// Without the feature there is no embedded broker: only the last test below applies.
+#![cfg_attr(not(feature = "demo"), allow(dead_code, unused_imports))]
 
 mod common;
 
@@ -172,6 +174,7 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn every_command_sent_with_clockctl_reaches_the_demos_virtual_clock() {
     let mut demo = DemoProcess::start(&[]);
@@ -237,6 +240,7 @@ fn every_command_sent_with_clockctl_reaches_the_demos_virtual_clock() {
     );
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn the_demos_clock_shows_only_the_devices_it_was_given() {
     let mut demo = DemoProcess::start(&["--devices", "kitchen,hall"]);
@@ -273,6 +277,7 @@ fn the_demo_refuses_to_listen_beyond_loopback() {
     }
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn the_demo_says_which_port_is_taken() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -306,4 +311,12 @@ fn without_arguments_the_binary_is_still_the_server_configured_by_the_environmen
         .unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("demo"));
+}
+
+#[cfg(not(feature = "demo"))]
+#[test]
+fn a_build_without_the_demo_feature_says_how_to_get_it() {
+    let (code, stderr) = demo_exit(&["--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("without the `demo` feature"), "{stderr}");
 }
