@@ -190,12 +190,18 @@ fn compose_test_waits_for_the_subscribers_exit_code_after_clockctl() {
     assert_eq!(lines[0], "docker compose build");
     assert_eq!(lines[1], "docker compose up -d mosquitto subscriber server");
     let script = lines[2..].join("\n");
-    assert!(script.starts_with("docker compose run --rm clockctl; sent=$?;"), "{script}");
+    assert!(
+        script.starts_with("docker compose run --rm clockctl; sent=$?;"),
+        "{script}"
+    );
     assert!(
         script.contains("received=$(docker wait \"$(docker compose ps -q subscriber)\")"),
         "{script}"
     );
-    assert!(script.contains("docker compose down --remove-orphans"), "{script}");
+    assert!(
+        script.contains("docker compose down --remove-orphans"),
+        "{script}"
+    );
     assert!(script.contains("exit 1"), "{script}");
 }
 
