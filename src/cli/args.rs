@@ -53,7 +53,8 @@ const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Print the server's JSON answer (with its commandId) instead of the success line
+    /// Print the server's JSON answer (with its commandId) instead of the success line;
+    /// for watch, one JSON object per received command
     #[arg(long, global = true, display_order = 100)]
     pub json: bool,
 

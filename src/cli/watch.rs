@@ -7,15 +7,24 @@ use std::io::{IsTerminal, Write};
 
 use super::CliError;
 use super::args::WatchArgs;
-use crate::clock::watch::{Broker, normalize_prefix};
+use crate::clock::watch::{Broker, DEFAULT_BROKER_URL, DEFAULT_TOPIC_PREFIX, normalize_prefix};
 use crate::clock::{View, WatchOptions, Watcher};
 use crate::domain::DeviceId;
 
-/// Validates the arguments; nothing is connected yet.
+/// Validates the arguments; nothing is connected yet. An empty broker or prefix (e.g. an
+/// empty variable) counts as unset, as everywhere in this project.
 pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
-    let broker = Broker::parse(&args.broker)
+    let or_default = |value: &str, default: &'static str| {
+        if value.trim().is_empty() {
+            default.to_owned()
+        } else {
+            value.to_owned()
+        }
+    };
+    let broker = Broker::parse(&or_default(&args.broker, DEFAULT_BROKER_URL))
         .map_err(|e| CliError::Invalid(format!("invalid --broker / CLOCKCTL_BROKER_URL: {e}")))?;
-    let topic_prefix = normalize_prefix(&args.topic_prefix).map_err(|e| {
+    let prefix = or_default(&args.topic_prefix, DEFAULT_TOPIC_PREFIX);
+    let topic_prefix = normalize_prefix(&prefix).map_err(|e| {
         CliError::Invalid(format!(
             "invalid --topic-prefix / CLOCKCTL_TOPIC_PREFIX: {e}"
         ))
@@ -129,6 +138,13 @@ mod tests {
         let err = options(&watch_args(&["--device", "a/b"])).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let o = options(&watch_args(&["--broker", " ", "--topic-prefix", ""])).unwrap();
+        assert_eq!(o.broker.display(), "mqtt://127.0.0.1:1883");
+        assert_eq!(o.topic_prefix, "clocks/commands");
     }
 
     #[test]
