@@ -57,8 +57,8 @@ async fn main() -> ExitCode {
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
+            // Logging is set up by now, so this line follows LOG_FORMAT (JSON stays JSON).
             tracing::error!("cannot start: {e:#}");
-            eprintln!("clock-server: cannot start: {e:#}");
             return ExitCode::FAILURE;
         }
     };
