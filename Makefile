@@ -21,7 +21,7 @@ HADOLINT ?= hadolint
 # (a recursive variable: only looked up when a Compose target runs).
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo '$(DOCKER) compose' || echo docker-compose)
 
-.PHONY: help run test test-deps fmt lint build build-clockctl clean
+.PHONY: help run test test-deps fmt lint build build-clockctl clean bench
 .PHONY: docker-build docker-run docker-stop docker-clean docker-login docker-push docker-buildx-push
 .PHONY: compose-test lint-containers
 
@@ -48,6 +48,9 @@ fmt: ## format the code
 lint: ## formatting and clippy checks, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+bench: ## benchmark the release server against its own Mosquitto (BENCH_RUNS, BENCH_SECONDS; README "Performance")
+	./scripts/bench.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked
