@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use clock_server::config::Config;
 use clock_server::demo::{Demo, DemoArgs};
-use clock_server::startup::Application;
+use clock_server::startup::{Application, shutdown_signal};
 
 /// Only parsed when there are arguments: without any, this is the server, configured by
 /// the environment, as it always was.
@@ -82,29 +82,5 @@ async fn demo(args: &DemoArgs) -> ExitCode {
             eprintln!("clock-server demo: {e}");
             ExitCode::from(e.exit_code())
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }
