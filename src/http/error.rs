@@ -64,8 +64,12 @@ impl ApiError {
 }
 
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut res = (status, body.to_string()).into_response();
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    // Sized for the usual small answers, so the body is written without regrowing.
+    let mut bytes = Vec::with_capacity(128);
+    // Writing plain structs and JSON values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, body);
+    let mut res = (status, bytes).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

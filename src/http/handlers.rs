@@ -7,12 +7,13 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, ConnInfo, Principal, RequestId, json_response, status_response};
 use crate::dispatch::AuditContext;
 use crate::domain::{Command, DeviceId, Envelope, ValidationError};
+use crate::metrics;
 
 pub async fn health() -> Response {
     status_response(StatusCode::OK, "ok")
@@ -97,8 +98,17 @@ struct Ctx {
     principal: Principal,
     request_id: String,
     conn: Option<ConnInfo>,
-    method: String,
-    path: String,
+    method: &'static str,
+    path: &'static str,
+}
+
+/// The `202` body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    result: &'static str,
+    command_id: &'a str,
+    device_id: &'a str,
 }
 
 impl Ctx {
@@ -136,8 +146,8 @@ impl Ctx {
             client_ip: self
                 .conn
                 .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip()),
-            method: &self.method,
-            path: &self.path,
+            method: self.method,
+            path: self.path,
         };
         state
             .dispatcher
@@ -146,11 +156,11 @@ impl Ctx {
             .map_err(|_| ApiError::DispatchFailed)?;
         Ok(json_response(
             StatusCode::ACCEPTED,
-            &serde_json::json!({
-                "result": result,
-                "commandId": envelope.command_id,
-                "deviceId": envelope.device_id.as_str(),
-            }),
+            &Accepted {
+                result,
+                command_id: &envelope.command_id,
+                device_id: envelope.device_id.as_str(),
+            },
         ))
     }
 }
@@ -158,7 +168,7 @@ impl Ctx {
 /// Step 7: a body of at most `MAX_BODY_BYTES`, read within `HTTP_READ_TIMEOUT_MS`,
 /// holding exactly one JSON object with only the command's fields.
 async fn read<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<(Ctx, T), ApiError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let limit = state.max_body_bytes;
     let declared = parts
         .headers
@@ -169,20 +179,21 @@ async fn read<T: DeserializeOwned>(state: &AppState, req: Request) -> Result<(Ct
         return Err(ApiError::BodyTooLarge { limit });
     }
     let bytes = read_limited(body, limit, state.read_timeout).await?;
+    // Taken out of the request rather than cloned: nothing reads them after this.
     let ctx = Ctx {
         principal: parts
             .extensions
-            .get::<Principal>()
-            .cloned()
+            .remove::<Principal>()
             .ok_or(ApiError::Unauthorized)?,
         request_id: parts
             .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
+            .remove::<RequestId>()
+            .map(|r| r.0)
             .unwrap_or_default(),
         conn: parts.extensions.get::<ConnInfo>().copied(),
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
+        // Only the command routes get here, so these are their own method and path.
+        method: metrics::method_label(&parts.method),
+        path: metrics::route_label(parts.uri.path()),
     };
     Ok((ctx, decode(&bytes)?))
 }

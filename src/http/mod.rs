@@ -199,9 +199,15 @@ fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
+/// `{"status": ...}`, the probes' body.
+#[derive(serde::Serialize)]
+struct Status<'a> {
+    status: &'a str,
+}
+
 /// A JSON answer with a fixed status (probes).
 pub(crate) fn status_response(status: StatusCode, value: &str) -> Response {
-    json_response(status, &serde_json::json!({ "status": value }))
+    json_response(status, &Status { status: value })
 }
 
 #[cfg(test)]
