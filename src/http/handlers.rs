@@ -136,7 +136,7 @@ impl Ctx {
             ValidationError::Invalid(detail) => ApiError::InvalidCommand(detail.to_owned()),
         })?;
         let envelope = Envelope {
-            command_id: uuid::Uuid::now_v7().to_string(),
+            command_id: super::new_id().to_string(),
             request_id: self.request_id.clone(),
             device_id,
             command,

@@ -193,10 +193,36 @@ fn request_id(headers: &HeaderMap) -> String {
         .collect();
     let trimmed = given.trim();
     if trimmed.is_empty() {
-        format!("req-{}", uuid::Uuid::now_v7().simple())
+        format!("req-{}", new_id().simple())
     } else {
         trimmed.to_owned()
     }
+}
+
+/// A new UUIDv7 (Unix milliseconds, then 74 random bits) for request and command ids.
+///
+/// `Uuid::now_v7` asks the kernel for random bytes twice per id, so four system calls
+/// per command. Here the random bits are SipHash over a per-thread counter, keyed once per
+/// thread from the OS (std's `RandomState`): just as unique and unguessable, without a
+/// system call. Ids from one process are ordered by millisecond, not within one.
+pub(crate) fn new_id() -> uuid::Uuid {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+
+    thread_local! {
+        static RANDOM: (RandomState, Cell<u64>) = (RandomState::new(), Cell::new(0));
+    }
+    let random = RANDOM.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(1));
+        (u128::from(keys.hash_one((n, 0u8))) << 64) | u128::from(keys.hash_one((n, 1u8)))
+    });
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random.to_be_bytes()[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
 }
 
 /// `{"status": ...}`, the probes' body.
@@ -231,6 +257,23 @@ mod tests {
         assert_eq!(request_id(&h), "abcd");
         h.insert("x-request-id", HeaderValue::from_bytes(b"\t\t").unwrap());
         assert!(request_id(&h).starts_with("req-"));
+    }
+
+    #[test]
+    fn new_ids_are_distinct_version_7_uuids_of_the_current_millisecond() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(10) {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(millis >= before && millis <= before + 60_000, "{id}");
+        }
     }
 
     #[test]
