@@ -21,7 +21,9 @@
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2,
 # wrk threads), BENCH_LOG_LEVEL (info: the server's LOG_LEVEL; the audit line per request
-# is part of the real cost), BENCH_BUILD (1; 0 uses the binaries already built),
+# is part of the real cost), BENCH_CARGO_FLAGS (--no-default-features: the server as the
+# container image builds it, without the demo; set it empty for `make run`'s build),
+# BENCH_BUILD (1; 0 uses the binaries already built),
 # BENCH_KEEP (0; 1 keeps the temp dir with the logs), CARGO, CARGO_TARGET_DIR, MOSQUITTO.
 set -euo pipefail
 
@@ -33,6 +35,7 @@ CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
 LOG_LEVEL_=${BENCH_LOG_LEVEL:-info}
 CARGO=${CARGO:-cargo}
+CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 TOKEN=bench-token
@@ -63,7 +66,8 @@ if [ -n "$need" ]; then
 fi
 
 if [ "${BENCH_BUILD:-1}" = 1 ]; then
-	$CARGO build --release --locked --bin clock-server --example mqtt_ceiling
+	# shellcheck disable=SC2086
+	$CARGO build --release --locked $CARGO_FLAGS --bin clock-server --example mqtt_ceiling
 fi
 SERVER=$TARGET_DIR/release/clock-server
 CEILING=$TARGET_DIR/release/examples/mqtt_ceiling
@@ -282,7 +286,7 @@ server_phase() {
 	echo "  $name: $(sed 's/^BENCH //' "$wrkout") delivered=$DELIVERED"
 }
 
-echo "bench: $RUNS run(s) x ${DURATION}s, $CONNS connections, $THREADS wrk threads, server LOG_LEVEL=$LOG_LEVEL_"
+echo "bench: $RUNS run(s) x ${DURATION}s, $CONNS connections, $THREADS wrk threads, server LOG_LEVEL=$LOG_LEVEL_, built with '$CARGO_FLAGS'"
 echo "bench: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)), $(uname -sr)"
 for RUN in $(seq "$RUNS"); do
 	echo "run $RUN: load average $(cut -d' ' -f1-3 /proc/loadavg), $(pgrep -c rustc || true) rustc process(es) running"
