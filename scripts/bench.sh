@@ -102,11 +102,14 @@ stop() {
 	untrack "$1"
 }
 
+# A port below the kernel's ephemeral range (which wrk's and everybody's outgoing
+# connections use) that no TCP socket holds.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
-	local p
+	local p span=$((EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 10000 : 20000))
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 40000))
-		if ! ss -Hltn "sport = :$p" | grep -q .; then
+		p=$((10000 + RANDOM % span))
+		if ! ss -Htan "sport = :$p" | grep -q .; then
 			echo "$p"
 			return
 		fi
@@ -173,6 +176,16 @@ finish_sub() {
 HTTP_PORT=""
 SERVER_PID=""
 start_server() {
+	local attempt
+	# Another process may take the port between the check and the bind: try again.
+	for attempt in 1 2 3; do
+		if try_server "$@"; then return 0; fi
+		grep -q "Address already in use" "$3" || break
+		echo "bench: port $HTTP_PORT was taken, retrying ($attempt)" >&2
+	done
+	die "server did not become ready: $(tail -5 "$3")"
+}
+try_server() {
 	local qos=$1 prefix=$2 log=$3
 	HTTP_PORT=$(free_port)
 	env -i PATH="$PATH" \
@@ -196,7 +209,8 @@ start_server() {
 		kill -0 "$SERVER_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	die "server did not become ready: $(tail -5 "$log")"
+	stop "$SERVER_PID"
+	return 1
 }
 
 CLK_TCK=$(getconf CLK_TCK)
