@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    clock_server::telemetry::init(config.log_format, config.log_level.as_deref());
+    let _logs = clock_server::telemetry::init(config.log_format, config.log_level.as_deref());
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -75,7 +75,7 @@ async fn demo(args: &DemoArgs) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    clock_server::telemetry::init(demo.log_format(), Some(&demo.log_filter()));
+    let _logs = clock_server::telemetry::init(demo.log_format(), Some(&demo.log_filter()));
     match demo.run(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
