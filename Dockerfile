@@ -24,8 +24,9 @@ SHELL ["/bin/ash", "-eo", "pipefail", "-c"]
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
 
-# musl-dev provides the C runtime objects and headers that ring's C/assembly code and the
-# static link need. Versions are not pinned: they come with the pinned builder image tag.
+# musl-dev provides the C runtime objects and headers that ring's C/assembly code, the
+# mimalloc allocator (C, compiled by its -sys crate) and the static link need. Versions
+# are not pinned: they come with the pinned builder image tag.
 # hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev
 

@@ -23,6 +23,8 @@
 # wrk threads), BENCH_LOG_LEVEL (info: the server's LOG_LEVEL; the audit line per request
 # is part of the real cost), BENCH_CARGO_FLAGS (--no-default-features: the server as the
 # container image builds it, without the demo; set it empty for `make run`'s build),
+# BENCH_TARGET (unset: the host's toolchain; x86_64-unknown-linux-musl measures the static
+# binary of the image, needs `rustup target add` and musl-tools),
 # BENCH_BUILD (1; 0 uses the binaries already built),
 # BENCH_KEEP (0; 1 keeps the temp dir with the logs), CARGO, CARGO_TARGET_DIR, MOSQUITTO.
 set -euo pipefail
@@ -65,11 +67,14 @@ if [ -n "$need" ]; then
 	$sudo apt-get install -y -qq --no-install-recommends $need
 fi
 
+TRIPLE=${BENCH_TARGET:-}
 if [ "${BENCH_BUILD:-1}" = 1 ]; then
 	# shellcheck disable=SC2086
-	$CARGO build --release --locked $CARGO_FLAGS --bin clock-server --example mqtt_ceiling
+	$CARGO build --release --locked $CARGO_FLAGS ${TRIPLE:+--target "$TRIPLE"} --bin clock-server
+	# shellcheck disable=SC2086
+	$CARGO build --release --locked $CARGO_FLAGS --example mqtt_ceiling
 fi
-SERVER=$TARGET_DIR/release/clock-server
+SERVER=$TARGET_DIR/${TRIPLE:+$TRIPLE/}release/clock-server
 CEILING=$TARGET_DIR/release/examples/mqtt_ceiling
 if [ ! -x "$SERVER" ] || [ ! -x "$CEILING" ]; then die "build first: $SERVER, $CEILING"; fi
 
@@ -300,7 +305,7 @@ server_phase() {
 	echo "  $name: $(sed 's/^BENCH //' "$wrkout") delivered=$DELIVERED"
 }
 
-echo "bench: $RUNS run(s) x ${DURATION}s, $CONNS connections, $THREADS wrk threads, server LOG_LEVEL=$LOG_LEVEL_, built with '$CARGO_FLAGS'"
+echo "bench: $RUNS run(s) x ${DURATION}s, $CONNS connections, $THREADS wrk threads, server LOG_LEVEL=$LOG_LEVEL_, built with '$CARGO_FLAGS' for ${TRIPLE:-the host}"
 echo "bench: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)), $(uname -sr)"
 for RUN in $(seq "$RUNS"); do
 	echo "run $RUN: load average $(cut -d' ' -f1-3 /proc/loadavg), $(pgrep -c rustc || true) rustc process(es) running"
