@@ -16,7 +16,9 @@
 # delivered message, allowing only requests still in flight when wrk stopped.
 # It runs BENCH_RUNS times and prints every run, the medians and the targets of issue 8, and
 # where the CPU goes (per message: server, broker, subscriber, load generator, whole machine)
-# - on a small machine every process shares the same cores, so that explains the ratios.
+# - on a small machine every process shares the same cores, so that explains the ratios -
+# and the best QoS 0 / health ratio a server costing no more per command than /health
+# costs per request could reach in the same run ("bound").
 # The figures are for reading, not asserting: only a broken delivery promise fails the run.
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2,
@@ -361,6 +363,11 @@ END {
 			if ((i, phase[p] "_cpu") in v) t += v[i, phase[p] "_cpu"]
 			v[i, phase[p] "_total_us"] = t
 		}
+		# With every core busy, rate ~ cores / CPU per message of all processes. A command
+		# that cost the server only what GET /health costs would still add the work of the
+		# broker, the subscriber and the load generator for a POST: the best QoS 0 / health
+		# ratio any server could reach in this run.
+		v[i, "bound0"] = 100 * v[i, "health_total_us"] / (v[i, "qos0_total_us"] - v[i, "qos0_cpu"] + v[i, "health_cpu"])
 	}
 	head = sprintf("%-36s", "")
 	for (i = 1; i <= runs; i++) head = head sprintf("%10s", "run " i)
@@ -381,6 +388,7 @@ END {
 	row("GET /health (req/s)", "health_rate", "%d")
 	row("QoS 1 / ceiling (%)", "ratio1", "%.1f")
 	row("QoS 0 / health (%)", "ratio0", "%.1f")
+	row("  bound: server as cheap as /health (%)", "bound0", "%.1f")
 	print ""
 	print "where the CPU goes, us per message (medians)   ceiling      qos1      qos0    health"
 	cpu("  clock-server", "cpu")
@@ -398,7 +406,7 @@ END {
 	for (i = 1; i <= runs; i++) if (v[i, "errors1"] > worst) worst = v[i, "errors1"]
 	check("QoS 1 zero non-2xx (every run)", worst == 0, worst " in the worst run")
 	check("server CPU <= 50 us per QoS 1 request", median("qos1_cpu") <= 50, sprintf("%.1f us", median("qos1_cpu")))
-	check("QoS 0 >= 60% of the /health rate", median("ratio0") >= 60, sprintf("%.1f%%", median("ratio0")))
+	check("QoS 0 >= 60% of the /health rate", median("ratio0") >= 60, sprintf("%.1f%% (bound %.1f%%, see above)", median("ratio0"), median("bound0")))
 	check("server peak RSS <= 12 MiB", median("rss") <= 12, sprintf("%.1f MiB", median("rss")))
 }
 ' "$RESULTS"
