@@ -208,3 +208,44 @@ async fn log_level_filters_the_output_and_rust_log_is_the_fallback() {
         }
     }
 }
+
+/// Log lines are written by a background thread: the last one before the process exits
+/// (here the start-up failure) must still reach stderr.
+#[test]
+fn the_line_logged_just_before_a_failed_start_reaches_stderr() {
+    let mut broker = Mosquitto::start_plain();
+    let url = broker.url();
+    broker.stop(); // nothing listens on its port any more
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clock-server"))
+        .env_clear()
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("REQUIRE_TLS", "false")
+        .env("API_AUTH_CREDENTIALS", format!("ops|{GOOD}|*"))
+        .env("ENABLED_SENDERS", "mqtt")
+        .env("MQTT_BROKER_URL", &url)
+        .env("ALLOW_INSECURE_MQTT", "true")
+        .env("MQTT_CONNECT_RETRY", "false")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = json_lines(&stderr).pop().unwrap_or_default();
+    assert_eq!(last.get("level"), Some(&json!("ERROR")), "{stderr}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("cannot start"), "{stderr}");
+}
