@@ -25,7 +25,7 @@ Exit status:
      the token was refused for a plain-http non-local URL (nothing sent)
   2  bad usage, invalid input or invalid environment (nothing sent)
 
-Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1.";
+Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1, -json=true.";
 
 /// Flags that take a value: after one of these (without `=`), the next argument is its value
 /// and is never rewritten, so `--message -json` shows the text `-json`.
@@ -41,6 +41,17 @@ const VALUE_FLAGS: &[&str] = &[
 ];
 /// Flags without a value.
 const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
+/// Switches that Go's flag package also accepts as `-name=<bool>`.
+const BOOL_FLAGS: &[&str] = &["json", "plain"];
+
+/// A boolean as Go's `strconv.ParseBool` reads it.
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
 
 /// `clockctl`: send commands to smart clocks through a clock-server gateway.
 #[derive(Debug, Parser)]
@@ -234,6 +245,17 @@ where
         if takes_value && !inline_value {
             next_is_value = true;
         }
+        // Go's flag package takes a value for a boolean flag only after `=`
+        // (`-json=true`, `--json=0`, ...): true becomes the bare switch, false drops it,
+        // anything else goes on for clap to report as an unexpected value.
+        if let (true, Some((_, value))) = (BOOL_FLAGS.contains(&name), body.split_once('=')) {
+            match go_bool(value) {
+                Some(true) => out.push(format!("--{name}").into()),
+                Some(false) => {}
+                None => out.push(format!("--{body}").into()),
+            }
+            continue;
+        }
         if single_dash && (takes_value || SWITCH_FLAGS.contains(&name)) {
             out.push(format!("-{text}").into());
         } else {
@@ -324,6 +346,32 @@ mod tests {
         let before = Cli::try_parse_go_style(["clockctl", "-json", "ready"]).unwrap();
         let after = Cli::try_parse_go_style(["clockctl", "ready", "--json"]).unwrap();
         assert!(before.json && after.json);
+    }
+
+    #[test]
+    fn json_takes_a_go_boolean_after_an_equals_sign() {
+        for on in [
+            "-json=true",
+            "--json=1",
+            "-json=T",
+            "-json=TRUE",
+            "-json=True",
+        ] {
+            let cli = Cli::try_parse_go_style(["clockctl", on, "ready"]).unwrap();
+            assert!(cli.json, "{on}");
+        }
+        for off in ["-json=false", "--json=0", "-json=f", "-json=FALSE"] {
+            let cli = Cli::try_parse_go_style(["clockctl", "ready", off]).unwrap();
+            assert!(!cli.json, "{off}");
+        }
+        let err = Cli::try_parse_go_style(["clockctl", "ready", "-json=yes"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("yes"), "{err}");
+        // A value after `-message` is text, even if it looks like the flag.
+        assert_eq!(
+            norm(&["message", "-message", "-json=false"]),
+            ["message", "--message", "-json=false"]
+        );
     }
 
     #[test]
