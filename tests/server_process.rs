@@ -1,5 +1,5 @@
-//! The real binary against a real Mosquitto: graceful shutdown on SIGTERM, JSON logs with
-//! the audit fields, and no token in any log line.
+//! The real binary against a real Mosquitto: graceful shutdown on SIGTERM (ending the MQTT
+//! session with DISCONNECT), JSON logs with the audit fields, and no token in any log line.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -173,4 +173,36 @@ fn a_config_error_never_prints_tokens() {
     ] {
         assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
     }
+}
+
+/// On SIGTERM the server ends its MQTT session with a DISCONNECT packet. Mosquitto logs
+/// "Client <id> disconnected." for that, and "closed its connection" when a socket just
+/// drops (which would also fire a will, were one set).
+#[tokio::test]
+async fn sigterm_ends_the_mqtt_session_with_a_disconnect_packet() {
+    let logdir = tempfile::tempdir().unwrap();
+    {
+        // Mosquitto drops root privileges before it opens its log file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(logdir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let log = logdir.path().join("broker.log");
+    let broker = Mosquitto::start_with(&format!(
+        "allow_anonymous true\nlog_dest file {}\nlog_type notice\n",
+        log.display()
+    ));
+    let server = start(&broker, &[("MQTT_CLIENT_ID", "gw-sigterm")]).await;
+    server.signal("TERM");
+    let (code, logs) = server.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{logs}");
+    let broker_log = common::eventually(Duration::from_secs(10), "the broker's log line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let seen = text.contains("gw-sigterm disconnected") || text.contains("gw-sigterm closed");
+        async move { seen.then_some(text) }
+    })
+    .await;
+    assert!(
+        broker_log.contains("Client gw-sigterm disconnected."),
+        "{broker_log}"
+    );
 }
