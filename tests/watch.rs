@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use common::certs::TestPki;
 use common::mosquitto::Mosquitto;
 use common::process::ServerProcess;
 
@@ -123,7 +124,12 @@ fn exit_code(child: &mut Child) -> Option<i32> {
 
 /// A clock-server publishing to `broker`, ready (connected to the broker).
 async fn server(broker: &Mosquitto) -> ServerProcess {
-    let url = broker.url();
+    server_at(&broker.url()).await
+}
+
+/// A clock-server publishing to the broker at `url`, ready.
+async fn server_at(url: &str) -> ServerProcess {
+    let url = url.to_owned();
     let server = ServerProcess::start(&[
         ("REQUIRE_TLS", "false"),
         ("API_AUTH_CREDENTIALS", "ops|tok|*"),
@@ -459,4 +465,55 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A Mosquitto with a TLS listener (certificate from `pki`, for 127.0.0.1 and localhost)
+/// and a plain listener for the server. Returns the broker and the plain port.
+fn tls_broker(pki: &TestPki) -> (Mosquitto, u16) {
+    let plain = common::free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nlistener {plain} 127.0.0.1\n",
+        pki.ca_cert.display(),
+        pki.server_cert.display(),
+        pki.server_key.display(),
+    ));
+    (broker, plain)
+}
+
+#[tokio::test]
+async fn watch_over_mqtts_trusts_the_ca_file_and_shows_commands() {
+    let pki = TestPki::new();
+    let (broker, plain) = tls_broker(&pki);
+    let server = server_at(&format!("mqtt://127.0.0.1:{plain}")).await;
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let ca = pki.ca_cert.display().to_string();
+    let mut watch = Watch::start(&url, &["--ca-file", &ca]);
+    send(
+        &server,
+        &["brightness", "--device", "clock-3", "--level", "40"],
+    );
+    let line = watch.next_line();
+    assert!(
+        line.starts_with("clock-3 set_brightness level=40 commandId="),
+        "{line}"
+    );
+}
+
+#[test]
+fn watch_over_mqtts_without_the_ca_fails_on_the_certificate_with_exit_1() {
+    let pki = TestPki::new();
+    let (broker, _) = tls_broker(&pki);
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let mut watch = Watch::spawn(&url, &[]);
+    assert_eq!(exit_code(&mut watch.child), Some(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !watch.stderr().contains('\n') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = watch.stderr();
+    assert!(
+        stderr.contains(&format!("cannot connect to the MQTT broker at {url}")),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }

@@ -38,6 +38,7 @@ const VALUE_FLAGS: &[&str] = &[
     "level",
     "broker",
     "topic-prefix",
+    "ca-file",
 ];
 /// Flags without a value.
 const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
@@ -143,6 +144,10 @@ pub struct WatchArgs {
         default_value = crate::clock::watch::DEFAULT_TOPIC_PREFIX
     )]
     pub topic_prefix: String,
+    /// For an mqtts:// broker: trust only the CA certificate(s) in this PEM file (default:
+    /// the bundled Mozilla roots)
+    #[arg(long, value_name = "FILE", env = "CLOCKCTL_CA_FILE")]
+    pub ca_file: Option<String>,
     /// One plain line per command even on a terminal (no live view)
     #[arg(long)]
     pub plain: bool,

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use super::CliError;
 use super::args::WatchArgs;
@@ -21,8 +22,13 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
             value.to_owned()
         }
     };
-    let broker = Broker::parse(&or_default(&args.broker, DEFAULT_BROKER_URL))
+    let mut broker = Broker::parse(&or_default(&args.broker, DEFAULT_BROKER_URL))
         .map_err(|e| CliError::Invalid(format!("invalid --broker / CLOCKCTL_BROKER_URL: {e}")))?;
+    if let Some(path) = args.ca_file.as_deref().filter(|p| !p.trim().is_empty()) {
+        broker = broker
+            .trust_ca_file(Path::new(path))
+            .map_err(|e| CliError::Invalid(format!("invalid --ca-file / CLOCKCTL_CA_FILE: {e}")))?;
+    }
     let prefix = or_default(&args.topic_prefix, DEFAULT_TOPIC_PREFIX);
     let topic_prefix = normalize_prefix(&prefix).map_err(|e| {
         CliError::Invalid(format!(
@@ -138,6 +144,21 @@ mod tests {
             assert_eq!(err.exit_code(), 2);
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_needs_mqtts_and_is_a_usage_error_naming_flag_and_variable() {
+        for argv in [
+            &["--ca-file", "/nonexistent.pem", "--broker", "mqtts://h"][..],
+            &["--ca-file", "/nonexistent.pem"],
+        ] {
+            let err = options(&watch_args(argv)).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains("--ca-file / CLOCKCTL_CA_FILE"), "{text}");
+        }
+        // An empty value counts as unset.
+        assert!(options(&watch_args(&["--ca-file", ""])).is_ok());
     }
 
     #[test]

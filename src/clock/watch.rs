@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -36,16 +37,21 @@ const REDRAW_EVERY: Duration = Duration::from_secs(1);
 pub struct Broker {
     host: String,
     port: u16,
+    /// `mqtts://`: TLS, verified against the bundled public roots or [`Self::ca_pem`].
+    tls: bool,
+    /// The only CAs trusted for `mqtts://` when set (PEM, checked by [`Broker::trust_ca_file`]).
+    ca_pem: Option<Vec<u8>>,
     username: Option<String>,
     password: Option<Secret>,
 }
 
 impl Broker {
-    /// Parses `mqtt://[user[:password]@]host[:port]` (port 1883 by default) or a bare
-    /// `host:port`. The error says what is accepted.
+    /// Parses `mqtt://[user[:password]@]host[:port]` (port 1883 by default),
+    /// `mqtts://...` (TLS, port 8883 by default) or a bare `host:port`. The error says what
+    /// is accepted.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
-        let accepted = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883";
+        let accepted = "expected mqtt://host:port or mqtts://host:port, e.g. mqtt://127.0.0.1:1883";
         let with_scheme = if raw.contains("://") {
             raw.to_owned()
         } else {
@@ -53,20 +59,15 @@ impl Broker {
         };
         let url = Url::parse(&with_scheme)
             .map_err(|e| format!("broker URL {raw:?} is not valid ({e}): {accepted}"))?;
-        match url.scheme() {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" => {
-                return Err(format!(
-                    "broker URL {raw:?}: TLS (mqtts://) is not supported by the virtual clock yet; \
-                     {accepted}"
-                ));
-            }
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
             other => {
                 return Err(format!(
                     "broker URL {raw:?} has the scheme {other:?}: {accepted}"
                 ));
             }
-        }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -83,18 +84,37 @@ impl Broker {
         let password = url.password().map(|p| Secret::new(decode(p)));
         Ok(Self {
             host,
-            port: url.port().unwrap_or(1883),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+            ca_pem: None,
             username,
             password,
         })
     }
 
-    /// `mqtt://host:port`, without credentials: safe to print.
+    /// Trusts only the CA certificates in the PEM file at `path` for this `mqtts://`
+    /// broker (instead of the bundled public roots). The error says what is wrong with it.
+    pub fn trust_ca_file(mut self, path: &Path) -> Result<Self, String> {
+        if !self.tls {
+            return Err(format!(
+                "{} is plain MQTT; a CA file only applies to an mqtts:// broker",
+                self.display()
+            ));
+        }
+        crate::tls::load_certs(path, "CA file").map_err(|e| e.to_string())?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("CA file={}: cannot read it: {e}", path.display()))?;
+        self.ca_pem = Some(pem);
+        Ok(self)
+    }
+
+    /// `mqtt://host:port` or `mqtts://host:port`, without credentials: safe to print.
     pub fn display(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            format!("mqtt://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("mqtt://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -258,12 +278,16 @@ impl Watcher {
             })
             .await;
 
-        let host = if options.broker.host.contains(':') {
-            format!("[{}]", options.broker.host)
-        } else {
-            options.broker.host.clone()
-        };
-        let address = format!("mqtt://{host}:{}", options.broker.port);
+        if options.broker.tls {
+            // The client's rustls uses the process-wide provider: ring, as everywhere here.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(pem) = &options.broker.ca_pem {
+                // Kept by the client for its reconnects too.
+                client.set_tls_config(None, None, Some(pem.clone())).await;
+            }
+        }
+        // `display` is the address without credentials; they go in the CONNECT packet.
+        let address = options.broker.display();
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
             client.connect_with_options(&address, connect),
@@ -500,15 +524,35 @@ mod tests {
             Broker::parse("mqtt://[::1]:1885").unwrap().display(),
             "mqtt://[::1]:1885"
         );
-        for bad in [
-            "http://h:1",
-            "mqtts://h",
-            "mqtt://",
-            "mqtt://h/x",
-            "not a url",
-        ] {
+        let tls = Broker::parse("mqtts://broker.example").unwrap();
+        assert_eq!(tls.display(), "mqtts://broker.example:8883");
+        assert_eq!(
+            Broker::parse("ssl://[::1]:8884").unwrap().display(),
+            "mqtts://[::1]:8884"
+        );
+        for bad in ["http://h:1", "mqtt://", "mqtt://h/x", "not a url"] {
             assert!(Broker::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_is_only_for_mqtts_and_must_hold_certificates() {
+        let plain = Broker::parse("mqtt://h").unwrap();
+        let err = plain
+            .trust_ca_file(Path::new("/nonexistent.pem"))
+            .unwrap_err();
+        assert!(err.contains("mqtts://"), "{err}");
+        let tls = Broker::parse("mqtts://h").unwrap();
+        let err = tls
+            .clone()
+            .trust_ca_file(Path::new("/nonexistent.pem"))
+            .unwrap_err();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let err = tls.trust_ca_file(&not_pem).unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]
