@@ -581,24 +581,10 @@ async fn a_wrong_password_without_retry_stops_the_start_with_a_hint_and_no_passw
 // TLS
 // ---------------------------------------------------------------------------------------
 
-/// A Mosquitto with a TLS listener (certificate from `pki`) and a plain listener on a
-/// second port for the test's subscriber. Returns the broker and the plain port.
-fn tls_broker(pki: &TestPki, require_client_cert: bool) -> (Mosquitto, u16) {
-    let plain = common::free_port();
-    let broker = Mosquitto::start_with(&format!(
-        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\nlistener {plain} 127.0.0.1\n",
-        pki.ca_cert.display(),
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        require_client_cert,
-    ));
-    (broker, plain)
-}
-
 #[tokio::test]
 async fn mqtts_with_the_test_ca_in_mqtt_ca_file_connects_and_delivers() {
     let pki = TestPki::new();
-    let (broker, plain) = tls_broker(&pki, false);
+    let (broker, plain) = Mosquitto::start_tls(&pki, false);
     let sub = Subscriber::plain(plain).await;
     // `localhost` checks the name against the certificate and tries each address it has.
     let url = format!("mqtts://localhost:{}", broker.port);
@@ -614,7 +600,7 @@ async fn mqtts_with_the_test_ca_in_mqtt_ca_file_connects_and_delivers() {
 #[tokio::test]
 async fn mqtts_without_the_ca_is_rejected_so_the_server_is_not_ready_and_commands_get_502() {
     let pki = TestPki::new();
-    let (broker, _plain) = tls_broker(&pki, false);
+    let (broker, _plain) = Mosquitto::start_tls(&pki, false);
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let app = spawn(&url, &[]).await;
     assert_eq!(app.status_of("/health").await, 200);
@@ -630,7 +616,7 @@ async fn mqtts_without_the_ca_is_rejected_so_the_server_is_not_ready_and_command
 #[tokio::test]
 async fn mutual_tls_with_a_client_certificate_satisfies_a_broker_that_requires_one() {
     let pki = TestPki::new();
-    let (broker, plain) = tls_broker(&pki, true);
+    let (broker, plain) = Mosquitto::start_tls(&pki, true);
     let sub = Subscriber::plain(plain).await;
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let ca = pki.ca_cert.display().to_string();
@@ -664,7 +650,7 @@ async fn mutual_tls_with_a_client_certificate_satisfies_a_broker_that_requires_o
 async fn a_client_key_that_does_not_fit_its_certificate_stops_the_start_naming_the_variables() {
     let pki = TestPki::new();
     let other = TestPki::new();
-    let (broker, _plain) = tls_broker(&pki, true);
+    let (broker, _plain) = Mosquitto::start_tls(&pki, true);
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let cert = pki.client_cert.display().to_string();
     let key = other.client_key.display().to_string();
@@ -694,7 +680,7 @@ impl Drop for ChildGuard {
 #[tokio::test]
 async fn the_system_trust_store_of_the_server_binary_honours_ssl_cert_file() {
     let pki = TestPki::new();
-    let (broker, _plain) = tls_broker(&pki, false);
+    let (broker, _plain) = Mosquitto::start_tls(&pki, false);
     let http_port = common::free_port();
     let env = mqtt_env(
         &format!("mqtts://127.0.0.1:{}", broker.port),

@@ -86,6 +86,17 @@ impl Watch {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits for it to exit by itself with `code`; its stderr.
+    fn failure(mut self, code: i32) -> String {
+        assert_eq!(exit_code(&mut self.child), Some(code));
+        // The reader thread has the rest of stderr once the process is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stderr().contains('\n') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stderr()
+    }
+
     fn next_line(&mut self) -> String {
         self.line_within(LINE_WITHIN).unwrap_or_else(|| {
             panic!(
@@ -334,14 +345,7 @@ async fn watch_keeps_watching_after_the_broker_restarts() {
 fn watch_exits_1_with_a_clear_message_when_no_broker_listens() {
     let port = common::free_port();
     let broker = format!("mqtt://127.0.0.1:{port}");
-    let mut watch = Watch::spawn(&broker, &[]);
-    assert_eq!(exit_code(&mut watch.child), Some(1));
-    // The reader thread has the rest of stderr once the process is gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !watch.stderr().contains('\n') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stderr = watch.stderr();
+    let stderr = Watch::spawn(&broker, &[]).failure(1);
     assert!(
         stderr.contains(&format!("cannot connect to the MQTT broker at {broker}")),
         "{stderr}"
@@ -467,23 +471,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A Mosquitto with a TLS listener (certificate from `pki`, for 127.0.0.1 and localhost)
-/// and a plain listener for the server. Returns the broker and the plain port.
-fn tls_broker(pki: &TestPki) -> (Mosquitto, u16) {
-    let plain = common::free_port();
-    let broker = Mosquitto::start_with(&format!(
-        "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nlistener {plain} 127.0.0.1\n",
-        pki.ca_cert.display(),
-        pki.server_cert.display(),
-        pki.server_key.display(),
-    ));
-    (broker, plain)
-}
-
 #[tokio::test]
 async fn watch_over_mqtts_trusts_the_ca_file_and_shows_commands() {
     let pki = TestPki::new();
-    let (broker, plain) = tls_broker(&pki);
+    let (broker, plain) = Mosquitto::start_tls(&pki, false);
     let server = server_at(&format!("mqtt://127.0.0.1:{plain}")).await;
     let url = format!("mqtts://localhost:{}", broker.port);
     let ca = pki.ca_cert.display().to_string();
@@ -502,15 +493,9 @@ async fn watch_over_mqtts_trusts_the_ca_file_and_shows_commands() {
 #[test]
 fn watch_over_mqtts_without_the_ca_fails_on_the_certificate_with_exit_1() {
     let pki = TestPki::new();
-    let (broker, _) = tls_broker(&pki);
+    let (broker, _) = Mosquitto::start_tls(&pki, false);
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
-    let mut watch = Watch::spawn(&url, &[]);
-    assert_eq!(exit_code(&mut watch.child), Some(1));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !watch.stderr().contains('\n') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stderr = watch.stderr();
+    let stderr = Watch::spawn(&url, &[]).failure(1);
     assert!(
         stderr.contains(&format!("cannot connect to the MQTT broker at {url}")),
         "{stderr}"

@@ -62,6 +62,22 @@ impl Mosquitto {
         m
     }
 
+    /// A TLS listener (the server certificate of `pki`, for 127.0.0.1, ::1 and localhost;
+    /// client certificates signed by its CA required or not) and a plain listener on a
+    /// second port, e.g. for a subscriber or publisher that is not under test. Returns the
+    /// broker (its `port` is the TLS one) and the plain port.
+    pub fn start_tls(pki: &super::certs::TestPki, require_client_cert: bool) -> (Self, u16) {
+        let plain = super::free_port();
+        let broker = Self::start_with(&format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\nlistener {plain} 127.0.0.1\n",
+            pki.ca_cert.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            require_client_cert,
+        ));
+        (broker, plain)
+    }
+
     /// The directory holding the config; put password files etc. here.
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
