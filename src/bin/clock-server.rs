@@ -8,14 +8,14 @@ use clock_server::config::Config;
 use clock_server::demo::{Demo, DemoArgs};
 use clock_server::startup::{Application, shutdown_signal};
 
-/// Only parsed when there are arguments: without any, this is the server, configured by
-/// the environment, as it always was.
 /// musl's malloc serialises every allocation behind one lock and made the static image
 /// noticeably slower than the glibc build; see the README's Performance section.
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Only parsed when there are arguments: without any, this is the server, configured by
+/// the environment, as it always was.
 #[derive(Debug, Parser)]
 #[command(
     name = "clock-server",
