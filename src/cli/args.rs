@@ -243,17 +243,19 @@ where
             continue;
         };
         let (name, inline_value) = match body.split_once('=') {
-            Some((name, _)) => (name, true),
-            None => (body, false),
+            Some((name, value)) => (name, Some(value)),
+            None => (body, None),
         };
         let takes_value = VALUE_FLAGS.contains(&name);
-        if takes_value && !inline_value {
+        if takes_value && inline_value.is_none() {
             next_is_value = true;
         }
         // Go's flag package takes a value for a boolean flag only after `=`
         // (`-json=true`, `--json=0`, ...): true becomes the bare switch, false drops it,
         // anything else goes on for clap to report as an unexpected value.
-        if let (true, Some((_, value))) = (BOOL_FLAGS.contains(&name), body.split_once('=')) {
+        if BOOL_FLAGS.contains(&name)
+            && let Some(value) = inline_value
+        {
             match go_bool(value) {
                 Some(true) => out.push(format!("--{name}").into()),
                 Some(false) => {}
