@@ -2,20 +2,20 @@
 //! or `RUST_LOG` (default `info`), written to stderr.
 //!
 //! Lines are formatted where they happen and written by a background thread, which
-//! writes whatever has queued up in one go: under load that is one `write(2)` for many
-//! audit lines instead of one each, off the request path. Nothing is dropped (a full
-//! queue makes the logging call wait) and the returned guard flushes at exit.
+//! writes whatever has gathered in one go (at most a few milliseconds' worth): under load
+//! that is one `write(2)` for many audit lines instead of one each, off the request path.
+//! Nothing is dropped (a full buffer makes the logging call wait) and the returned guard
+//! writes out the rest at exit. See `batch`.
 
-use std::io::BufWriter;
+mod batch;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 /// Keep it alive while the process logs: dropping it writes out what is still queued.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+pub struct LogGuard(#[allow(dead_code)] batch::BatchGuard<std::io::Stderr>);
 
 /// Installs the global subscriber, writing to stderr. Safe to call once per process.
 pub fn init(format: LogFormat, level: Option<&str>) -> LogGuard {
@@ -29,15 +29,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> LogGuard {
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::try_new(quiet_mqtt_client(&directives))
         .unwrap_or_else(|_| EnvFilter::new(quiet_mqtt_client("info")));
-    // The writer thread flushes each time the queue runs empty, so a line is out within
-    // microseconds when the server is quiet; 64 KiB holds a few hundred audit lines. The
-    // queue's slots are allocated up front (the default 128,000 cost 4 MiB of RSS); when
-    // 8,192 lines wait, the next logging call waits too rather than dropping a line.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(8192)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = batch::spawn(std::io::stderr());
     // No colour codes: logs go to files and shippers, not to a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
