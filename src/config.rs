@@ -341,13 +341,18 @@ impl Config {
                 LogFormat::Text
             }
         };
-        let log_level = r.string("LOG_LEVEL");
+        // LOG_LEVEL, else RUST_LOG (the usual variable of Rust programs); a value that is not
+        // a valid filter is an error naming the variable it came from, not a silent `info`.
+        let (level_var, log_level) = match r.string("LOG_LEVEL") {
+            Some(level) => ("LOG_LEVEL", Some(level)),
+            None => ("RUST_LOG", r.string("RUST_LOG")),
+        };
         if let Some(level) = &log_level
             && tracing_subscriber::EnvFilter::try_new(level).is_err()
         {
             let level = level.clone();
             r.invalid(
-                "LOG_LEVEL",
+                level_var,
                 &level,
                 "expected error, warn, info, debug, trace or a filter like clock_server=debug",
             );

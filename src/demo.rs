@@ -98,7 +98,7 @@ impl Demo {
         // A dry run of the real configuration, so a bad LOG_LEVEL/LOG_FORMAT stops us here.
         let config = demo_config(http_addr, mqtt_addr, &env)
             .map_err(|e| DemoError::Usage(e.0.join("; ")))?;
-        let log_level = config.log_level.or_else(|| env("RUST_LOG"));
+        let log_level = config.log_level;
         Ok(Self {
             mqtt_addr,
             http_addr,
@@ -122,7 +122,7 @@ impl Demo {
 }
 
 /// The configuration the demo serves with: what `clock-server` would read from these
-/// environment variables. `LOG_LEVEL` and `LOG_FORMAT` come from `env`.
+/// environment variables. `LOG_LEVEL`, `RUST_LOG` and `LOG_FORMAT` come from `env`.
 pub fn demo_config(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
@@ -130,7 +130,7 @@ pub fn demo_config(
 ) -> Result<Config, crate::config::ConfigError> {
     let vars = demo_vars(http_addr, mqtt_addr);
     Config::from_lookup(|name| match name {
-        "LOG_LEVEL" | "LOG_FORMAT" => env(name),
+        "LOG_LEVEL" | "RUST_LOG" | "LOG_FORMAT" => env(name),
         _ => vars
             .iter()
             .find(|(k, _)| *k == name)

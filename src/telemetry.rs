@@ -1,5 +1,6 @@
-//! Logging set-up: `tracing` with text (default) or JSON lines, level from `LOG_LEVEL`
-//! or `RUST_LOG` (default `info`), written to stderr.
+//! Logging set-up: `tracing` with text (default) or JSON lines, the filter from the
+//! configuration (`LOG_LEVEL`, else `RUST_LOG`, both checked there; default `info`),
+//! written to stderr.
 //!
 //! Lines are formatted where they happen and written by a background thread, which
 //! writes whatever has gathered in one go (at most a few milliseconds' worth): under load
@@ -19,15 +20,8 @@ pub struct LogGuard(#[allow(dead_code)] batch::BatchGuard<std::io::Stderr>);
 
 /// Installs the global subscriber, writing to stderr. Safe to call once per process.
 pub fn init(format: LogFormat, level: Option<&str>) -> LogGuard {
-    let directives = level
-        .map(str::to_owned)
-        .or_else(|| {
-            std::env::var("RUST_LOG")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-        })
-        .unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(quiet_mqtt_client(&directives))
+    let directives = level.unwrap_or("info");
+    let filter = EnvFilter::try_new(quiet_mqtt_client(directives))
         .unwrap_or_else(|_| EnvFilter::new(quiet_mqtt_client("info")));
     let (writer, guard) = batch::spawn(std::io::stderr());
     // No colour codes: logs go to files and shippers, not to a terminal.

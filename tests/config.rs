@@ -374,6 +374,19 @@ fn log_settings_parse() {
     );
     assert!(error(&[("LOG_FORMAT", "xml")]).contains("LOG_FORMAT=\"xml\""));
     assert!(load(&[("LOG_LEVEL", "debug")]).is_ok());
+    assert!(error(&[("LOG_LEVEL", "info,clock_server=loud")]).contains("LOG_LEVEL="));
+}
+
+#[test]
+fn rust_log_is_the_filter_when_log_level_is_unset_and_a_bad_one_is_named() {
+    let c = load(&[("RUST_LOG", "warn,clock_server=debug")]).unwrap();
+    assert_eq!(c.log_level.as_deref(), Some("warn,clock_server=debug"));
+    // LOG_LEVEL wins, and then RUST_LOG is not looked at.
+    let c = load(&[("LOG_LEVEL", "error"), ("RUST_LOG", "=[")]).unwrap();
+    assert_eq!(c.log_level.as_deref(), Some("error"));
+    let e = error(&[("RUST_LOG", "info,clock_server=loud")]);
+    assert!(e.contains("RUST_LOG=\"info,clock_server=loud\""), "{e}");
+    assert!(!e.contains("LOG_LEVEL="), "{e}");
 }
 
 #[test]
