@@ -297,7 +297,28 @@ async fn watch_keeps_watching_after_the_broker_restarts() {
     let mut broker = Mosquitto::start_plain();
     let server = server(&broker).await;
     let mut watch = Watch::start(&broker.url(), &[]);
+    restart_and_see_a_command(&mut broker, &server, &mut watch).await;
+}
 
+#[tokio::test]
+async fn watch_over_mqtts_reconnects_with_the_ca_file_after_the_broker_restarts() {
+    let pki = TestPki::new();
+    let (mut broker, plain) = Mosquitto::start_tls(&pki, false);
+    let server = server_at(&format!("mqtt://127.0.0.1:{plain}")).await;
+    let ca = pki.ca_cert.display().to_string();
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let mut watch = Watch::start(&url, &["--ca-file", &ca]);
+    restart_and_see_a_command(&mut broker, &server, &mut watch).await;
+}
+
+/// Stops the broker, waits until `watch` reports the loss, starts the broker again on the
+/// same port(s) and sends commands until `watch` shows one: it must have reconnected and
+/// subscribed again by itself.
+async fn restart_and_see_a_command(
+    broker: &mut Mosquitto,
+    server: &ServerProcess,
+    watch: &mut Watch,
+) {
     broker.stop();
     common::eventually(Duration::from_secs(15), "the loss to be reported", || {
         let lost = watch.stderr().contains("lost the connection to");
@@ -319,7 +340,7 @@ async fn watch_keeps_watching_after_the_broker_restarts() {
         n += 1;
         let text = format!("after restart {n}");
         if !clockctl(
-            &server,
+            server,
             &["message", "--device", "clock-1", "--message", &text],
         ) {
             // The server has not reconnected yet (502); its back-off decides when it has.
