@@ -582,6 +582,25 @@ async fn a_wrong_password_without_retry_stops_the_start_with_a_hint_and_no_passw
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn an_ipv6_broker_address_in_brackets_connects_and_delivers() {
+    // A machine without an IPv6 loopback cannot run this: say so rather than fail.
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback (::1) on this machine");
+        return;
+    };
+    let v6 = probe.local_addr().unwrap().port();
+    drop(probe);
+    let broker = Mosquitto::start_with(&format!("allow_anonymous true\nlistener {v6} ::1\n"));
+    let sub = Subscriber::plain(broker.port).await;
+    let app = spawn(&format!("mqtt://[::1]:{v6}"), &[]).await;
+    app.wait_until_ready(Duration::from_secs(10)).await;
+    let (status, body) = app.message("clock-6", "over ipv6").await;
+    assert_eq!(status, 202, "{body}");
+    let got = sub.wait_for(&command_id(&body)).await;
+    assert_eq!(got.topic, "clocks/commands/clock-6/display_message");
+}
+
+#[tokio::test]
 async fn mqtts_with_the_test_ca_in_mqtt_ca_file_connects_and_delivers() {
     let pki = TestPki::new();
     let (broker, plain) = Mosquitto::start_tls(&pki, false);

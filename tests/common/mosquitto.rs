@@ -106,16 +106,20 @@ impl Mosquitto {
                 .expect("start mosquitto (install it: make test-deps)");
             // Wait until every listener accepts (a config may add more listeners), or until
             // it exits (e.g. a port is still in use).
-            let ports: Vec<u16> = std::fs::read_to_string(&self.conf)
+            let listeners: Vec<(String, u16)> = std::fs::read_to_string(&self.conf)
                 .unwrap()
                 .lines()
                 .filter_map(|l| l.strip_prefix("listener "))
-                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .filter_map(|rest| {
+                    let mut words = rest.split_whitespace();
+                    let port = words.next()?.parse().ok()?;
+                    Some((words.next().unwrap_or("127.0.0.1").to_owned(), port))
+                })
                 .collect();
             loop {
-                if ports
+                if listeners
                     .iter()
-                    .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                    .all(|(host, p)| std::net::TcpStream::connect((host.as_str(), *p)).is_ok())
                 {
                     self.child = Some(child);
                     return;
