@@ -95,7 +95,19 @@ fn spawn_with_limit<W: Write + Send + 'static>(
     (BatchWriter(shared.clone()), BatchGuard { shared, thread })
 }
 
+/// Marks the writer gone however `run` ends (a panic included), so that logging calls
+/// write for themselves instead of waiting for room that would never come.
+struct Stopped<'a, W>(&'a Shared<W>);
+
+impl<W> Drop for Stopped<'_, W> {
+    fn drop(&mut self) {
+        self.0.state().closed = true;
+        self.0.room.notify_all();
+    }
+}
+
 fn run<W: Write>(shared: &Shared<W>) {
+    let _stopped = Stopped(shared);
     let mut out = Vec::with_capacity(BATCH);
     loop {
         let mut state = shared.state();
@@ -225,6 +237,28 @@ mod tests {
         }
     }
 
+    /// A sink whose first write panics, as a broken writer thread would.
+    #[derive(Clone, Default)]
+    struct PanicsOnce {
+        inner: Sink,
+        panicked: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Write for PanicsOnce {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("sink failure for the test");
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn log<W: Write + Send + 'static>(writer: &BatchWriter<W>, line: &str) {
         writer.make_writer().write_all(line.as_bytes()).unwrap();
     }
@@ -309,5 +343,37 @@ mod tests {
         // After the guard is gone, lines are written directly.
         log(&writer, "after close\n");
         assert!(sink.text().ends_with("after close\n"));
+    }
+
+    #[test]
+    fn if_the_writer_thread_dies_logging_goes_on_without_waiting_for_it() {
+        let sink = PanicsOnce::default();
+        let (writer, mut guard) = spawn_with_limit(sink.clone(), 64);
+        log(&writer, "lost with the writer\n");
+        let thread = guard.thread.take().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !thread.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer did not stop"
+            );
+            std::thread::yield_now();
+        }
+        // Far more than the limit: with nobody to make room, these would wait forever.
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                log(&writer, &format!("line {i:02} after the writer died\n"));
+            }
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("logging waited for a writer that is gone");
+        let expected: String = (0..50)
+            .map(|i| format!("line {i:02} after the writer died\n"))
+            .collect();
+        assert_eq!(sink.inner.text(), expected);
+        assert!(thread.join().is_err());
     }
 }
