@@ -357,6 +357,14 @@ function cpu(label, key,   p, line) {
 	for (p = 1; p <= 4; p++) line = line sprintf("%10s", (1, phase[p] "_" key) in v ? sprintf("%.1f", median(phase[p] "_" key)) : "-")
 	print line
 }
+# The rows every server phase has; `extra` adds the delivery check after the RSS row.
+function server_rows(name, extra) {
+	pair("  p50/p99 (ms)", name "_p50", name "_p99", "%.1f")
+	pair("  non-2xx/socket errors", name "_non2xx", name "_sockerr", "%d")
+	row("  server CPU per request (us)", name "_cpu", "%.1f")
+	row("  server peak RSS (MiB)", name "_rss", "%.1f")
+	if (extra) row("  delivered - accepted", name "_extra", "%d")
+}
 function check(what, ok, got) { printf "  %-4s %-44s %s\n", ok ? "ok" : "MISS", what, got }
 { v[$1, $2] = $3 }
 END {
@@ -389,16 +397,9 @@ END {
 	row("broker ceiling, QoS 1 (msg/s)", "ceiling_rate", "%d")
 	pair("  before/after QoS 1 (thousands)", "ceiling_before_k", "ceiling_after_k", "%.1f")
 	row("server QoS 1 (req/s)", "qos1_rate", "%d")
-	pair("  p50/p99 (ms)", "qos1_p50", "qos1_p99", "%.1f")
-	pair("  non-2xx/socket errors", "qos1_non2xx", "qos1_sockerr", "%d")
-	row("  server CPU per request (us)", "qos1_cpu", "%.1f")
-	row("  server peak RSS (MiB)", "qos1_rss", "%.1f")
-	row("  delivered - accepted", "qos1_extra", "%d")
+	server_rows("qos1", 1)
 	row("server QoS 0 (req/s)", "qos0_rate", "%d")
-	pair("  p50/p99 (ms)", "qos0_p50", "qos0_p99", "%.1f")
-	pair("  non-2xx/socket errors", "qos0_non2xx", "qos0_sockerr", "%d")
-	row("  server CPU per request (us)", "qos0_cpu", "%.1f")
-	row("  server peak RSS (MiB)", "qos0_rss", "%.1f")
+	server_rows("qos0", 0)
 	row("GET /health (req/s)", "health_rate", "%d")
 	row("QoS 1 / ceiling (%)", "ratio1", "%.1f")
 	row("QoS 0 / health (%)", "ratio0", "%.1f")

@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// How long the writer lets lines gather after the first one: the longest a line waits on
 /// a quiet server.
-pub(super) const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(2);
 /// Waiting bytes that make the writer write at once.
 const BATCH: usize = 32 * 1024;
 /// Waiting bytes beyond which logging calls wait for the writer.
@@ -198,8 +198,9 @@ impl<'a, W: Write + 'a> MakeWriter<'a> for BatchWriter<W> {
 impl<W: Write + Send + 'static> Drop for BatchGuard<W> {
     fn drop(&mut self) {
         self.shared.state().closed = true;
+        // The writer writes what is left and stops; its exit wakes any logging call waiting
+        // for room (see `Stopped`).
         self.shared.wake.notify_one();
-        self.shared.room.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
