@@ -77,7 +77,13 @@ pub struct Metrics {
     inflight: Family<TransportLabels, Gauge>,
     auth_failures: Counter,
     throttled: Counter,
+    refused: Family<RefusalLabels, Counter>,
     transports: Arc<ReadyCollector>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 impl fmt::Debug for Metrics {
@@ -127,6 +133,12 @@ impl Metrics {
             "Requests refused with 429 by the auth-failure throttle",
             throttled.clone(),
         );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refused_requests",
+            "Requests refused before a handler, by reason (unauthorized, throttled, https_required, not_found); logged at most once a second per reason",
+            refused.clone(),
+        );
         let transports = Arc::new(ReadyCollector::default());
         registry.register_collector(Box::new(transports.clone()));
         Self {
@@ -136,6 +148,7 @@ impl Metrics {
             inflight,
             auth_failures,
             throttled,
+            refused,
             transports,
         }
     }
@@ -159,6 +172,11 @@ impl Metrics {
     /// Counts one 429 from the auth-failure throttle.
     pub fn record_throttled(&self) {
         self.throttled.inc();
+    }
+
+    /// Counts one request refused before a handler (`reason` as in [`crate::http`]'s refusals).
+    pub fn record_refusal(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Wraps `inner` so that its latency, outcome, in-flight count and readiness are

@@ -144,6 +144,7 @@ impl Application {
             max_body_bytes: config.http.max_body_bytes,
             read_timeout: config.http.read_timeout,
             metrics,
+            refusals: Default::default(),
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,

@@ -92,6 +92,92 @@ async fn generated_request_ids_are_unique() {
     assert_ne!(a, b);
 }
 
+// Ambiguous requests (SPEC 10): refused before the TLS policy and authentication
+
+#[tokio::test]
+async fn two_authorization_headers_get_400_without_authenticating() {
+    let app = spawn_app(&[("AUTH_FAIL_LIMIT_PER_MIN", "1")]).await;
+    let body = msg("clock-1").to_string();
+    for order in [
+        [OPS_TOKEN, "wrong"],
+        ["wrong", OPS_TOKEN],
+        [OPS_TOKEN, OPS_TOKEN],
+    ] {
+        let raw = format!(
+            "POST /commands/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            order[0],
+            order[1],
+            body.len()
+        );
+        let answer = raw_exchange(app.addr, raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{order:?}: {answer}");
+        assert!(
+            answer.ends_with(r#"{"error":"invalid request"}"#),
+            "{answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("x-request-id: req-"),
+            "{answer}"
+        );
+    }
+    assert!(app.transport.sent().is_empty());
+    // Nothing was recorded against the caller: with a limit of 1, one failure would block it.
+    let res = app
+        .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
+        .await;
+    assert_eq!(res.status(), 202);
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_without_exactly_one_host_gets_400_but_http_1_0_may_omit_it() {
+    let app = spawn_app(&[]).await;
+    let answer = raw_exchange(
+        app.addr,
+        b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"invalid request"}"#),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        app.addr,
+        b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let answer = raw_exchange(app.addr, b"GET /health HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200 ") || answer.starts_with("HTTP/1.1 200 "),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        app.addr,
+        b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn only_the_last_forwarded_proto_value_the_one_the_proxy_added_counts() {
+    let app = spawn_app(&[("REQUIRE_TLS", "true"), ("TRUST_PROXY_TLS", "true")]).await;
+    for (values, status) in [
+        (&["https, http"][..], 426),
+        (&["https", "http"][..], 426),
+        (&["http, https"][..], 200),
+        (&["http", " HTTPS "][..], 200),
+    ] {
+        let mut req = app.client.get(app.url("/health"));
+        for v in values {
+            req = req.header("x-forwarded-proto", *v);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), status, "{values:?}");
+    }
+}
+
 // Step 2
 
 #[tokio::test]

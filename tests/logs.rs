@@ -249,3 +249,95 @@ fn the_line_logged_just_before_a_failed_start_reaches_stderr() {
     let message = last["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("cannot start"), "{stderr}");
 }
+
+/// A flood of refused requests with long paths and a new wrong token each (SPEC 10): each
+/// kind is logged at most once a second with a count, paths at most 128 characters, while
+/// every refusal is still counted in metrics and audit records still appear.
+#[tokio::test]
+async fn a_flood_of_refused_requests_writes_a_few_short_lines_not_one_per_request() {
+    let broker = Mosquitto::start_plain();
+    let metrics_port = common::free_port().to_string();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let server = start(
+        &broker,
+        &[
+            ("LOG_FORMAT", "json"),
+            ("AUTH_FAIL_LIMIT_PER_MIN", "10000"),
+            ("METRICS_ADDR", metrics_addr.as_str()),
+        ],
+    )
+    .await;
+    let c = client(None);
+    let long = "a".repeat(8000);
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 300;
+    for i in 0..FLOOD {
+        let res = c
+            .get(server.url(&format!("/{long}{i}")))
+            .bearer_auth(format!("{BAD}-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let res = c
+            .get(server.url(&format!("/{long}{i}")))
+            .bearer_auth(GOOD)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    let flood_secs = started.elapsed().as_secs();
+    assert_eq!(post_message(&server, GOOD, "flood-ok").await, 202);
+    let metrics = c
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.signal("TERM");
+    let (code, logs) = server.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{logs}");
+
+    let lines = json_lines(&logs);
+    let refusal_lines = |message: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"] == message)
+            .collect::<Vec<_>>()
+    };
+    for message in ["authentication failed", "unknown path"] {
+        let found = refusal_lines(message);
+        assert!(!found.is_empty(), "no {message:?} line:\n{logs}");
+        assert!(
+            found.len() as u64 <= flood_secs + 2,
+            "{} {message:?} lines in {flood_secs} s",
+            found.len()
+        );
+        for line in &found {
+            assert!(line["count"].as_u64().is_some_and(|n| n >= 1), "{line:?}");
+            let path = line["path"].as_str().unwrap();
+            assert!(path.chars().count() <= 129, "{path}");
+        }
+    }
+    assert!(
+        logs.len() < 64 * 1024,
+        "{} bytes of log for {FLOOD} refused requests",
+        logs.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"] == "audit" && l["request_id"] == "flood-ok"),
+        "the audit record is missing:\n{logs}"
+    );
+    for series in [
+        format!("clock_server_refused_requests_total{{reason=\"unauthorized\"}} {FLOOD}"),
+        format!("clock_server_refused_requests_total{{reason=\"not_found\"}} {FLOOD}"),
+    ] {
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+    assert_no_secrets(&logs);
+}

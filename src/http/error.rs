@@ -8,12 +8,20 @@ use axum::response::{IntoResponse, Response};
 /// Every error the API can answer with (SPEC 2.1).
 #[derive(Debug)]
 pub enum ApiError {
+    /// An ambiguous request: two `Authorization` headers, or HTTP/1.1 without one `Host`.
+    InvalidRequest,
     HttpsRequired,
-    TooManyAuthFailures { retry_after: Duration },
+    TooManyAuthFailures {
+        retry_after: Duration,
+    },
     Unauthorized,
     NotFound,
-    MethodNotAllowed { allow: &'static str },
-    BodyTooLarge { limit: usize },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    BodyTooLarge {
+        limit: usize,
+    },
     RequestTimeout,
     InvalidBody(String),
     InvalidCommand(String),
@@ -25,6 +33,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::HttpsRequired => StatusCode::UPGRADE_REQUIRED,
             Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -42,6 +51,7 @@ impl ApiError {
 
     fn body(&self) -> serde_json::Value {
         let error = match self {
+            Self::InvalidRequest => "invalid request".to_owned(),
             Self::HttpsRequired => "https required".to_owned(),
             Self::TooManyAuthFailures { .. } => "too many auth failures".to_owned(),
             Self::Unauthorized => "unauthorized".to_owned(),

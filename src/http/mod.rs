@@ -4,6 +4,7 @@
 
 mod error;
 mod handlers;
+mod refusals;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,8 @@ pub use error::json_response;
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::{self, Metrics};
-use crate::security::{AuthThrottle, Credential, PresentedToken, authenticate};
+use crate::security::{AuthThrottle, Credential, PresentedToken, ThrottleKey, authenticate};
+use refusals::{Refusal, RefusalLog};
 
 /// What the handlers share.
 pub struct AppState {
@@ -35,6 +37,8 @@ pub struct AppState {
     pub read_timeout: std::time::Duration,
     /// Request, auth-failure and throttle counters (served on `METRICS_ADDR`).
     pub metrics: Arc<Metrics>,
+    /// The log budget of refused requests.
+    pub refusals: RefusalLog,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -102,12 +106,26 @@ async fn front(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
     let mut res = match check(&state, &mut req, conn) {
         Ok(()) => {
             req.extensions_mut().insert(RequestId(request_id.clone()));
-            next.run(req).await
+            let path = (route == metrics::UNMATCHED).then(|| req.uri().path().to_owned());
+            let res = next.run(req).await;
+            if let Some(path) = path
+                && res.status() == StatusCode::NOT_FOUND
+            {
+                state.refused(Refusal::NotFound, conn, &path);
+            }
+            res
         }
         Err(early) => early.into_response(),
     };
+    add_common_headers(&mut res, &request_id);
+    state.metrics.record_request(route, method, res.status());
+    res
+}
+
+/// The headers every answer carries (SPEC 2), also those the server writes itself.
+pub(crate) fn add_common_headers(res: &mut Response, request_id: &str) {
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
     }
     h.insert(
@@ -118,15 +136,54 @@ async fn front(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     h.entry(header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("application/json"));
-    state.metrics.record_request(route, method, res.status());
-    res
+}
+
+impl AppState {
+    /// Counts a refused request and logs it within the per-kind budget (SPEC 10): a
+    /// logged path is the route label, or the raw path cut to 128 characters.
+    fn refused(&self, kind: Refusal, conn: Option<ConnInfo>, path: &str) {
+        self.metrics.record_refusal(kind.label());
+        let Some(count) = self.refusals.note(kind) else {
+            return;
+        };
+        let client_ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+        let route = metrics::route_label(path);
+        let path = if route == metrics::UNMATCHED {
+            refusals::loggable_path(path)
+        } else {
+            route.into()
+        };
+        let path = path.as_ref();
+        match kind {
+            Refusal::Unauthorized => {
+                tracing::info!(%client_ip, path, count, "authentication failed")
+            }
+            Refusal::Throttled => tracing::warn!(
+                %client_ip,
+                path,
+                count,
+                "auth-failure limit reached; request refused"
+            ),
+            Refusal::HttpsRequired => {
+                tracing::info!(%client_ip, path, count, "plain HTTP refused: https required")
+            }
+            Refusal::NotFound => tracing::info!(%client_ip, path, count, "unknown path"),
+        }
+    }
 }
 
 /// Steps 2–5; `Err` carries the early answer, `Ok` lets the request through to routing.
 fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<(), ApiError> {
+    // Requests that a front proxy and this server could read differently are refused
+    // before anything else (SPEC 10, "ambiguous requests").
+    let headers = req.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == axum::http::Version::HTTP_11) {
+        return Err(ApiError::InvalidRequest);
+    }
     let over_tls = conn.is_some_and(|c| c.tls);
-    if state.require_tls && !over_tls && !(state.trust_proxy_tls && forwarded_https(req.headers()))
-    {
+    if state.require_tls && !over_tls && !(state.trust_proxy_tls && forwarded_https(headers)) {
+        state.refused(Refusal::HttpsRequired, conn, req.uri().path());
         return Err(ApiError::HttpsRequired);
     }
     let path = req.uri().path();
@@ -136,15 +193,23 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
     {
         return Ok(());
     }
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::InvalidRequest);
+    }
     let ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
-    let token = bearer_token(req.headers()).map(PresentedToken::new);
+    let token = bearer_token(headers).map(PresentedToken::new);
     let key = match &token {
         Some(t) => t.throttle_key(ip),
-        None => ip.to_string(),
+        None => ThrottleKey::ip(ip),
     };
     if let Some(retry_after) = state.throttle.blocked(&key) {
         state.metrics.record_throttled();
-        tracing::warn!(client_ip = %ip, "auth-failure limit reached; request refused");
+        state.refused(Refusal::Throttled, conn, path);
         return Err(ApiError::TooManyAuthFailures { retry_after });
     }
     match token
@@ -158,17 +223,22 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
         None => {
             state.throttle.record_failure(&key);
             state.metrics.record_auth_failure();
-            tracing::info!(client_ip = %ip, path, token_presented = token.is_some(), "authentication failed");
+            state.refused(Refusal::Unauthorized, conn, path);
             Err(ApiError::Unauthorized)
         }
     }
 }
 
-/// `X-Forwarded-Proto: https`, case-insensitive, surrounding spaces ignored.
+/// `X-Forwarded-Proto: https`, case-insensitive, surrounding spaces ignored. Only the last
+/// value counts (of several headers, or of a comma list): the one the trusted proxy
+/// appended, not one the client sent ahead of it.
 fn forwarded_https(headers: &HeaderMap) -> bool {
     headers
-        .get("x-forwarded-proto")
+        .get_all("x-forwarded-proto")
+        .iter()
+        .next_back()
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
@@ -290,5 +360,15 @@ mod tests {
         assert!(forwarded_https(&h));
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         assert!(!forwarded_https(&h));
+        // The client's own value comes first; the proxy's, last, is the one that counts.
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
+        assert!(!forwarded_https(&h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http ,HTTPS"));
+        assert!(forwarded_https(&h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("http"));
+        assert!(!forwarded_https(&h));
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(forwarded_https(&h));
     }
 }
