@@ -62,6 +62,10 @@ pub struct HttpConfig {
     pub require_tls: bool,
     pub trust_proxy_tls: bool,
     pub max_body_bytes: usize,
+    /// `HTTP_MAX_HEADER_BYTES`: request line plus headers.
+    pub max_header_bytes: usize,
+    /// `HTTP_MAX_CONNECTIONS`: open client connections.
+    pub max_connections: usize,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -322,6 +326,8 @@ impl Config {
             require_tls,
             trust_proxy_tls,
             max_body_bytes: r.int("MAX_BODY_BYTES", 65_536, 1024, 10_485_760) as usize,
+            max_header_bytes: r.int("HTTP_MAX_HEADER_BYTES", 16_384, 1024, 1_048_576) as usize,
+            max_connections: r.int("HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000) as usize,
         };
         let auth_fail_limit_per_min = r.int("AUTH_FAIL_LIMIT_PER_MIN", 60, 1, 10_000) as u32;
         let readiness_require_auth = r.bool("READINESS_REQUIRE_AUTH", true);

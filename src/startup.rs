@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Sender};
 use crate::dispatch::Dispatcher;
-use crate::http::server::{Timeouts, serve};
+use crate::http::server::{Limits, Timeouts, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::security::AuthThrottle;
@@ -46,6 +46,7 @@ pub struct Application {
     tls: Option<TlsAcceptor>,
     state: Arc<AppState>,
     timeouts: Timeouts,
+    limits: Limits,
     /// The `/metrics` listener, when `METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
 }
@@ -152,11 +153,16 @@ impl Application {
             idle: config.http.idle_timeout,
             shutdown: config.http.shutdown_timeout,
         };
+        let limits = Limits {
+            max_header_bytes: config.http.max_header_bytes,
+            max_connections: config.http.max_connections,
+        };
         Ok(Self {
             listener,
             tls,
             state,
             timeouts,
+            limits,
             metrics_listener,
         })
     }
@@ -196,7 +202,8 @@ impl Application {
                 ..self.timeouts
             };
             // The span tells its connection and shutdown lines apart from the API's.
-            let server = serve(listener, None, app, timeouts, async move {
+            // Scrapers are few; the API's cap and header limit are plenty for them.
+            let server = serve(listener, None, app, timeouts, self.limits, async move {
                 let _ = stopped.await;
             });
             let server = tracing::Instrument::instrument(server, tracing::info_span!("metrics"));
@@ -205,7 +212,15 @@ impl Application {
         });
         tracing::info!(%addr, tls = self.tls.is_some(), "listening");
         let app = router(self.state.clone());
-        serve(self.listener, self.tls, app, self.timeouts, shutdown).await;
+        serve(
+            self.listener,
+            self.tls,
+            app,
+            self.timeouts,
+            self.limits,
+            shutdown,
+        )
+        .await;
         self.state.dispatcher.close().await;
         if let Some((stop, task)) = metrics_task {
             let _ = stop.send(());

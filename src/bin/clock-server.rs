@@ -60,6 +60,13 @@ async fn main() -> ExitCode {
         }
     };
     let _logs = clock_server::telemetry::init(config.log_format, config.log_level.as_deref());
+    if let Some((from, to)) = clock_server::http::server::raise_open_file_limit() {
+        tracing::info!(
+            from,
+            to,
+            "raised the open-file soft limit to the hard limit"
+        );
+    }
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -17,8 +17,21 @@ impl ServerProcess {
     /// Starts the binary with exactly `vars` (plus `HTTP_ADDR` on a free loopback port) and
     /// waits until `/health` answers.
     pub async fn start(vars: &[(&str, &str)]) -> Self {
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_clock-server")), vars).await
+    }
+
+    /// Like [`ServerProcess::start`], under an open-file limit set by the shell first:
+    /// `limit` is given to `ulimit`, e.g. `-Sn 64` (soft only) or `-n 64` (soft and hard).
+    pub async fn start_with_ulimit(limit: &str, vars: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit {limit} && exec \"$0\""))
+            .arg(env!("CARGO_BIN_EXE_clock-server"));
+        Self::start_command(cmd, vars).await
+    }
+
+    async fn start_command(mut cmd: Command, vars: &[(&str, &str)]) -> Self {
         let port = super::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clock-server"));
         cmd.env_clear()
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())

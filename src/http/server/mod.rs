@@ -1,0 +1,246 @@
+//! The connection-level server: an accept loop over TCP (and rustls), hyper's HTTP/1
+//! connection with a header-read timer, per-socket read/write timeouts, and graceful
+//! shutdown.
+//!
+//! How the `HTTP_*_TIMEOUT_MS` variables map onto this server:
+//! - `HTTP_READ_HEADER_TIMEOUT_MS`: hyper's `header_read_timeout`; it also bounds the TLS
+//!   handshake. hyper runs this timer while a keep-alive connection waits for its next
+//!   request too, so idle keep-alive connections close after at most this long.
+//! - `HTTP_READ_TIMEOUT_MS`: bounds reading the request body (headers are bounded above).
+//! - `HTTP_WRITE_TIMEOUT_MS`: any single socket write that cannot progress for this long
+//!   fails the connection.
+//! - `HTTP_IDLE_TIMEOUT_MS`: any single socket read that waits this long closes the
+//!   connection (hyper has no separate keep-alive idle timer, hyperium/hyper#2355).
+//! - `HTTP_SHUTDOWN_TIMEOUT_MS`: how long in-flight requests may take after SIGTERM.
+//!
+//! And the limits (SPEC 10):
+//! - `HTTP_MAX_HEADER_BYTES`: the request line plus headers (`head`); hyper's own buffer is
+//!   capped near it as well, so memory per connection is bounded by it.
+//! - `HTTP_MAX_CONNECTIONS`: open client connections (`conns`); at the cap idle ones make
+//!   room first.
+//! - The open-file soft limit is raised to the hard limit at start
+//!   ([`raise_open_file_limit`]), and accept failures are logged at most once a second.
+
+mod conns;
+mod head;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use self::conns::{ConnTable, Slot};
+use self::head::HeadLimit;
+use super::ConnInfo;
+
+/// Timeouts applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub read_header: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+    pub shutdown: Duration,
+}
+
+/// Size limits applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `HTTP_MAX_HEADER_BYTES`: request line plus headers.
+    pub max_header_bytes: usize,
+    /// `HTTP_MAX_CONNECTIONS`: open client connections.
+    pub max_connections: usize,
+}
+
+/// hyper's read buffer may not be set below this.
+const HYPER_MIN_BUF: usize = 8192;
+
+/// Raises the soft open-file limit to the hard limit, so the connection cap, not the
+/// kernel's default soft limit (often 1024), decides how many clients fit. Returns the old
+/// and new soft limits when it changed something.
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (current, maximum) = (limit.current?, limit.maximum?);
+    if current >= maximum {
+        return None;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        },
+    ) {
+        Ok(()) => Some((current, maximum)),
+        Err(e) => {
+            tracing::warn!(soft = current, hard = maximum, error = %e, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting (the
+/// listener is closed, so new connections are refused), lets in-flight requests finish
+/// for up to `timeouts.shutdown`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    timeouts: Timeouts,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let table = ConnTable::new(limits.max_connections);
+    let mut accept_failures = OncePerSecond::default();
+    let mut refused_at_cap = OncePerSecond::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        if let Some(count) = accept_failures.note() {
+                            tracing::warn!(error = %e, count, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = table.admit() else {
+                    // At the cap with every connection busy: closed at once (dropped).
+                    if let Some(count) = refused_at_cap.note() {
+                        tracing::warn!(
+                            max_connections = limits.max_connections,
+                            count,
+                            "connection closed at once: HTTP_MAX_CONNECTIONS reached and none idle"
+                        );
+                    }
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let router = router.clone();
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    handle(stream, peer, tls, router, timeouts, limits, slot, watcher).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    // Connections still in their TLS handshake are waited for too (bounded by the
+    // handshake timeout).
+    if tokio::time::timeout(timeouts.shutdown, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = timeouts.shutdown.as_millis() as u64,
+            "shutdown grace period over; closing remaining connections"
+        );
+    }
+}
+
+/// A log line at most once a second, with the number of events since the last one.
+#[derive(Default)]
+struct OncePerSecond {
+    last_line: Option<std::time::Instant>,
+    since_last_line: u64,
+}
+
+impl OncePerSecond {
+    /// `Some(count)` when a line is due now.
+    fn note(&mut self) -> Option<u64> {
+        self.since_last_line += 1;
+        if self
+            .last_line
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last_line = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.since_last_line))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    timeouts: Timeouts,
+    limits: Limits,
+    slot: Slot,
+    watcher: Watcher,
+) {
+    let eviction = slot.eviction();
+    let work = async move {
+        match tls {
+            None => {
+                let conn = ConnInfo { peer, tls: false };
+                serve_conn(stream, conn, router, timeouts, limits, slot, watcher).await;
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(timeouts.read_header, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = ConnInfo { peer, tls: true };
+                        serve_conn(tls_stream, conn, router, timeouts, limits, slot, watcher).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = eviction.chosen() => {
+            tracing::debug!(%peer, "idle connection closed to make room (HTTP_MAX_CONNECTIONS)");
+        }
+    }
+}
+
+async fn serve_conn<S>(
+    stream: S,
+    conn: ConnInfo,
+    router: Router,
+    timeouts: Timeouts,
+    limits: Limits,
+    slot: Slot,
+    watcher: Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let mut io = TimeoutStream::new(stream);
+    io.set_read_timeout(Some(timeouts.idle));
+    io.set_write_timeout(Some(timeouts.write));
+    let io = TokioIo::new(HeadLimit::new(Box::pin(io), limits.max_header_bytes, slot));
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn);
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.read_header)
+        // A backstop: `HeadLimit` answers first; this caps what a pipelined head could add.
+        .max_buf_size((2 * limits.max_header_bytes).max(HYPER_MIN_BUF))
+        .keep_alive(true)
+        .serve_connection(io, service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
