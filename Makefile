@@ -49,8 +49,9 @@ lint: ## formatting and clippy checks, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-bench: ## benchmark the release server against its own Mosquitto (BENCH_RUNS, BENCH_SECONDS; README "Performance")
+bench: ## benchmark the release server against its own Mosquitto, then under attack (BENCH_RUNS, BENCH_SECONDS; README "Performance")
 	./scripts/bench.sh
+	./scripts/bench-attacks.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked
