@@ -219,6 +219,38 @@ fn max_body_bytes_and_auth_fail_limit_have_ranges() {
 }
 
 #[test]
+fn header_and_connection_limits_have_defaults_and_ranges() {
+    let http = load(&[]).unwrap().http;
+    assert_eq!(http.max_header_bytes, 16_384);
+    assert_eq!(http.max_connections, 10_000);
+    let http = load(&[
+        ("HTTP_MAX_HEADER_BYTES", "1024"),
+        ("HTTP_MAX_CONNECTIONS", "1000000"),
+    ])
+    .unwrap()
+    .http;
+    assert_eq!(
+        (http.max_header_bytes, http.max_connections),
+        (1024, 1_000_000)
+    );
+    for bad in ["1023", "1048577", "16k"] {
+        let e = error(&[("HTTP_MAX_HEADER_BYTES", bad)]);
+        assert!(
+            e.contains(&format!("HTTP_MAX_HEADER_BYTES=\"{bad}\""))
+                && e.contains("from 1024 to 1048576"),
+            "{e}"
+        );
+    }
+    for bad in ["0", "1000001", "many"] {
+        let e = error(&[("HTTP_MAX_CONNECTIONS", bad)]);
+        assert!(
+            e.contains("HTTP_MAX_CONNECTIONS") && e.contains("from 1 to 1000000"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn credentials_are_required_and_their_errors_never_show_tokens() {
     let e = error(&[("API_AUTH_CREDENTIALS", "")]);
     assert!(e.contains("API_AUTH_CREDENTIALS is not set"), "{e}");
