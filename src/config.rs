@@ -30,7 +30,90 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
+    }
+}
+
+/// What a secret is replaced with wherever it would be shown.
+pub const REDACTED: &str = "<redacted>";
+
+/// Every configured secret, to scrub text from outside (a downstream's answer may echo the
+/// request it got, token included) before it is logged. [`Config::from_lookup`] builds it
+/// from every secret it reads: a variable read through `Reader::secret` is in it, and a
+/// secret found inside another value (an API token, the password of a store URL) is added
+/// with `Reader::keep_secret`.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Distinct, non-empty, each also in its JSON-escaped form when that differs (an echo
+    /// inside a JSON body escapes `"` and `\`).
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} patterns)", self.secrets.len())
+    }
+}
+
+impl Redactor {
+    /// A redactor for `secrets`; empty ones are ignored.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Self {
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets {
+            let raw = secret.expose();
+            if raw.is_empty() {
+                continue;
+            }
+            let escaped = serde_json::to_string(raw).unwrap_or_default();
+            let escaped = escaped
+                .strip_prefix('"')
+                .and_then(|e| e.strip_suffix('"'))
+                .unwrap_or(raw);
+            for pattern in [raw, escaped] {
+                if !patterns.iter().any(|p| p == pattern) {
+                    patterns.push(pattern.to_owned());
+                }
+            }
+        }
+        Self { secrets: patterns }
+    }
+
+    /// `text` with every occurrence of every secret replaced by `<redacted>`. Occurrences
+    /// that overlap (one secret's end is another's start, or a secret overlaps itself) are
+    /// replaced as one run, so no part of any of them is left.
+    pub fn redact(&self, text: &str) -> String {
+        let mut covered = vec![false; text.len()];
+        let mut any = false;
+        for secret in &self.secrets {
+            // Occurrences of one secret are found in order; `done` skips bytes already
+            // marked, so a self-overlapping secret costs O(text), not O(text × secret).
+            let mut from = 0;
+            let mut done = 0;
+            while let Some(offset) = text[from..].find(secret.as_str()) {
+                let start = from + offset;
+                let end = start + secret.len();
+                covered[start.max(done)..end].fill(true);
+                done = end;
+                any = true;
+                // The next char boundary: a later occurrence may overlap this one.
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        if !any {
+            return text.to_owned();
+        }
+        // Every run starts and ends on a char boundary: secrets are whole strings matched
+        // at char boundaries.
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < text.len() {
+            let secret = covered[i];
+            let run = covered[i..].iter().position(|&c| c != secret);
+            let end = run.map_or(text.len(), |n| i + n);
+            out.push_str(if secret { REDACTED } else { &text[i..end] });
+            i = end;
+        }
+        out
     }
 }
 
@@ -124,6 +207,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Every secret above, for scrubbing logged text from outside.
+    pub redactor: Redactor,
 }
 
 /// Every invalid variable, one line each.
@@ -152,12 +237,29 @@ const MAX_TIMEOUT_MS: u64 = 3_600_000;
 struct Reader<F> {
     lookup: F,
     errors: Vec<String>,
+    /// Every secret read, for the [`Redactor`].
+    secrets: Vec<Secret>,
 }
 
 impl<F: Fn(&str) -> Option<String>> Reader<F> {
     /// The raw value; empty counts as unset.
     fn raw(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|v| !v.is_empty())
+    }
+
+    /// A secret variable (listed in `SECRET_VARS`), remembered for the [`Redactor`]; `trim`
+    /// says whether surrounding spaces are dropped before use.
+    fn secret(&mut self, name: &str, trim: bool) -> Option<Secret> {
+        debug_assert!(SECRET_VARS.contains(&name), "{name} is not in SECRET_VARS");
+        let raw = self.raw(name)?;
+        let secret = Secret::new(if trim { raw.trim() } else { raw.as_str() });
+        self.keep_secret(secret.clone());
+        Some(secret)
+    }
+
+    /// Remembers a secret found inside another value, for the [`Redactor`].
+    fn keep_secret(&mut self, secret: Secret) {
+        self.secrets.push(secret);
     }
 
     fn shown(name: &str, value: &str) -> String {
@@ -293,6 +395,7 @@ impl Config {
         let mut r = Reader {
             lookup,
             errors: Vec::new(),
+            secrets: Vec::new(),
         };
 
         let addr_raw = r.string("HTTP_ADDR").unwrap_or_else(|| ":8080".to_owned());
@@ -395,14 +498,22 @@ impl Config {
             log_format,
             log_level,
             metrics_addr,
+            redactor: Redactor::new(&r.secrets),
         })
     }
 }
 
 fn read_credentials<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> (Vec<Credential>, bool) {
+    // Read (and so redacted) even when API_AUTH_CREDENTIALS wins: it is still a secret.
+    let legacy = r.secret("API_AUTH_TOKEN", true);
     if let Some(raw) = r.raw("API_AUTH_CREDENTIALS") {
         match parse_credentials(&raw) {
-            Ok(c) if !c.is_empty() => return (c, false),
+            Ok(c) if !c.is_empty() => {
+                for credential in &c {
+                    r.keep_secret(credential.token().clone());
+                }
+                return (c, false);
+            }
             Ok(_) => r.errors.push(
                 "API_AUTH_CREDENTIALS=<redacted> is invalid: it holds no credential; expected id|token|scope1,scope2;id2|token2|*".to_owned(),
             ),
@@ -412,14 +523,13 @@ fn read_credentials<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> (Vec<Cr
         }
         return (Vec::new(), false);
     }
-    if let Some(token) = r.raw("API_AUTH_TOKEN") {
-        let token = token.trim();
-        if token.is_empty() {
+    if let Some(token) = legacy {
+        if token.expose().is_empty() {
             r.errors
                 .push("API_AUTH_TOKEN=<redacted> is invalid: the token is blank".to_owned());
             return (Vec::new(), true);
         }
-        return (vec![Credential::legacy(token)], true);
+        return (vec![Credential::legacy(token.expose())], true);
     }
     r.errors.push(
         "API_AUTH_CREDENTIALS is not set: at least one credential is required, e.g. API_AUTH_CREDENTIALS='ops|<token>|*' (or the legacy API_AUTH_TOKEN)"
@@ -499,7 +609,7 @@ fn read_mqtt<F: Fn(&str) -> Option<String>>(
     }
     let client_id = r.string("MQTT_CLIENT_ID");
     let username = r.string("MQTT_USERNAME");
-    let password = r.raw("MQTT_PASSWORD").map(Secret::new);
+    let password = r.secret("MQTT_PASSWORD", false);
 
     let url_raw = r.raw("MQTT_BROKER_URL");
     if !enabled {
@@ -584,7 +694,7 @@ fn read_rest<F: Fn(&str) -> Option<String>>(
     let allow_insecure = r.bool("ALLOW_INSECURE_DOWNSTREAM_HTTP", false);
     let timeout = r.millis("CLOCK_REST_TIMEOUT_MS", 5_000, 1);
     let health_interval = r.millis("CLOCK_REST_HEALTH_INTERVAL_MS", 5_000, 100);
-    let token = r.raw("CLOCK_REST_TOKEN").map(|t| Secret::new(t.trim()));
+    let token = r.secret("CLOCK_REST_TOKEN", true);
     let ca_file = r.path("CLOCK_REST_CA_FILE");
     let health_path = r
         .string("CLOCK_REST_HEALTH_PATH")
@@ -645,4 +755,80 @@ fn read_rest<F: Fn(&str) -> Option<String>>(
         health_interval,
         ca_file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn redactor(secrets: &[&str]) -> Redactor {
+        let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::new(*s)).collect();
+        Redactor::new(&secrets)
+    }
+
+    #[test]
+    fn every_secret_is_replaced_wherever_it_occurs() {
+        let r = redactor(&["tok-1", "pw-2", "api-3"]);
+        assert_eq!(
+            r.redact("Bearer tok-1; pw-2 and api-3, again tok-1."),
+            "Bearer <redacted>; <redacted> and <redacted>, again <redacted>."
+        );
+        assert_eq!(r.redact("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn overlapping_occurrences_are_replaced_as_one_run_leaving_no_part_of_either() {
+        // Two secrets sharing bytes: neither may survive in part.
+        let r = redactor(&["abcdef", "defxyz"]);
+        assert_eq!(r.redact("[abcdefxyz]"), "[<redacted>]");
+        // A secret that overlaps itself.
+        let r = redactor(&["aXa"]);
+        assert_eq!(r.redact("aXaXa b"), "<redacted> b");
+        // One secret inside another.
+        let r = redactor(&["secret", "cre"]);
+        assert_eq!(r.redact("a secret, a cre"), "a <redacted>, a <redacted>");
+    }
+
+    #[test]
+    fn empty_secrets_are_ignored_and_multibyte_text_survives() {
+        let r = redactor(&["", "pässwörd"]);
+        assert_eq!(r.redact("ünïcode pässwörd ✓"), "ünïcode <redacted> ✓");
+        assert_eq!(redactor(&[""]).redact("abc"), "abc");
+    }
+
+    #[test]
+    fn a_secret_echoed_inside_a_json_string_is_replaced_too() {
+        let r = redactor(&[r#"to"k\en"#]);
+        let echoed = serde_json::json!({ "authorization": r#"Bearer to"k\en"# }).to_string();
+        let redacted = r.redact(&echoed);
+        assert_eq!(redacted, r#"{"authorization":"Bearer <redacted>"}"#);
+    }
+
+    #[test]
+    fn the_redactor_holds_every_configured_secret_even_of_a_disabled_transport() {
+        let vars = [
+            ("REQUIRE_TLS", "false"),
+            ("API_AUTH_CREDENTIALS", "a|api-one|*;b|api-two|clock-*"),
+            ("API_AUTH_TOKEN", "legacy-unused"),
+            ("ENABLED_SENDERS", "rest"),
+            ("CLOCK_REST_BASE_URL", "https://clocks.example"),
+            ("CLOCK_REST_TOKEN", " rest-tok "),
+            ("MQTT_PASSWORD", "mqtt-pw"),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            config
+                .redactor
+                .redact("api-one api-two legacy-unused rest-tok mqtt-pw"),
+            ["<redacted>"; 5].join(" ")
+        );
+        assert!(!format!("{config:?}").contains("api-one"));
+    }
 }

@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::Secret;
 use crate::domain::{DeviceId, Scope};
 
-/// One configured caller: an id (for logs), a token (kept only as its SHA-256) and scopes.
+/// One configured caller: an id (for logs), a token (matched by its SHA-256) and scopes.
 #[derive(Clone)]
 pub struct Credential {
     pub id: String,
     token_sha256: [u8; 32],
+    /// The token itself, only so that it can be scrubbed from logged text
+    /// ([`crate::config::Redactor`]); lookups never compare it.
+    token: Secret,
     pub scopes: Vec<Scope>,
 }
 
@@ -32,8 +36,14 @@ impl Credential {
         Self {
             id: id.into(),
             token_sha256: sha256(token.as_bytes()),
+            token: Secret::new(token),
             scopes,
         }
+    }
+
+    /// The token, for redaction only.
+    pub fn token(&self) -> &Secret {
+        &self.token
     }
 
     /// The legacy `API_AUTH_TOKEN`: principal `legacy`, scope `*`.

@@ -68,7 +68,8 @@ async fn build_transports(config: &Config) -> Result<Vec<Arc<dyn Transport>>, St
             }
             Sender::Rest => {
                 if let Some(rest) = &config.rest {
-                    transports.push(RestTransport::connect(rest.clone()).await?);
+                    transports
+                        .push(RestTransport::connect(rest.clone(), config.redactor.clone()).await?);
                 }
             }
         }

@@ -254,6 +254,7 @@ async fn respond(
         headers: parts.headers,
         body,
     };
+    let recorded_authorization = recorded.header("authorization");
     let is_health = parts.uri.path().ends_with(HEALTH_PATH);
     let (log, hold, status) = if is_health {
         (&state.health, &state.hold_health, &state.health_status)
@@ -271,7 +272,13 @@ async fn respond(
     let body = if status.is_success() {
         "{}".to_owned()
     } else {
-        state.error_body.lock().unwrap().clone()
+        // `{authorization}` echoes the request's header, as some error pages do.
+        let echoed = recorded_authorization.unwrap_or_default();
+        state
+            .error_body
+            .lock()
+            .unwrap()
+            .replace("{authorization}", &echoed)
     };
     Ok(response
         .header("content-type", "application/json")
@@ -568,6 +575,56 @@ async fn a_downstream_500_gives_502_and_is_logged_with_its_status_and_at_most_1_
     assert!(!refused[0].contains(&"E".repeat(1025)), "{}", refused[0]);
     assert_audit_failed(&rid, "rest");
     assert!(!all_logs().contains(&token), "the downstream token leaked");
+}
+
+#[tokio::test]
+async fn secrets_a_downstream_echoes_in_its_error_body_are_redacted_before_the_1_kib_cut() {
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let token = format!("rest-token-{unique}");
+    let api_token = format!("api-token-{unique}");
+    let mqtt_password = format!("mqtt-password-{unique}");
+    let downstream = Downstream::start().await;
+    downstream.answer(500);
+    // The API token and MQTT password first; then padding so that the echoed
+    // `Authorization: Bearer <token>` has the token's first 5 bytes inside the first KiB.
+    let head = format!("api={api_token} mqtt={mqtt_password} ");
+    let pad = "p".repeat(1024 - head.len() - "Bearer ".len() - 5);
+    *downstream.state.error_body.lock().unwrap() = format!("{head}{pad}{{authorization}} end");
+    let base = downstream.url("/");
+    let credentials = format!("ops|{CALLER_TOKEN}|*;echo|{api_token}|clock-*");
+    let app = spawn_app(&[
+        ("CLOCK_REST_BASE_URL", &base),
+        ("CLOCK_REST_TOKEN", &token),
+        ("API_AUTH_CREDENTIALS", &credentials),
+        ("MQTT_PASSWORD", &mqtt_password),
+    ])
+    .await;
+    let rid = request_id("echo500");
+
+    let (status, body) = app.send(&message("clock-1"), &rid).await;
+
+    assert_dispatch_failed(status, &body);
+    assert_eq!(
+        downstream.requests()[0].header("authorization"),
+        Some(format!("Bearer {token}")),
+        "the downstream must have had the token to echo"
+    );
+    let lines = log_lines(&rid);
+    let refused: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("downstream refused the command"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{lines:#?}");
+    let line = refused[0];
+    assert!(line.contains("api=<redacted> mqtt=<redacted> pp"), "{line}");
+    assert!(
+        !line.contains(&format!("Bearer {}", &token[..5])),
+        "part of the token was logged: {line}"
+    );
+    let logs = all_logs();
+    for secret in [&token, &api_token, &mqtt_password] {
+        assert!(!logs.contains(secret.as_str()), "{secret} leaked: {line}");
+    }
 }
 
 #[tokio::test]

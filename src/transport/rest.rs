@@ -10,7 +10,10 @@
 //!   so the token and commands are never handed to an intermediary nobody configured for
 //!   this service.
 //! - `CLOCK_REST_TIMEOUT_MS` bounds each request from connect to the last body byte.
-//! - Failures are logged with the status and at most 1 KiB of the answer; the token never.
+//! - Failures are logged with the status and at most 1 KiB of the answer. A downstream may
+//!   echo the request (token included) in its error body, so up to 64 KiB of the answer is
+//!   read and every configured secret in it replaced by `<redacted>` *before* it is cut to
+//!   1 KiB: a secret straddling the cut cannot leave its first half in the log.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -22,7 +25,7 @@ use reqwest::{Client, Method, Response, Url, redirect};
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Transport, TransportError};
-use crate::config::RestConfig;
+use crate::config::{Redactor, RestConfig};
 use crate::domain::{CommandType, Envelope};
 use crate::tls::{ClientTls, client_config};
 
@@ -31,7 +34,9 @@ const NAME: &str = "rest";
 /// How much of a failed answer's body goes into the log.
 const LOGGED_BODY_LIMIT: usize = 1024;
 
-/// How much of an answer is read just to keep its connection reusable.
+/// How much of an answer is read just to keep its connection reusable, and how much of a
+/// failed answer is read to redact it (far more than is logged, so that a secret which
+/// starts inside the logged part is read whole).
 const DRAINED_BODY_LIMIT: usize = 64 * 1024;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,6 +47,8 @@ pub struct RestTransport {
     client: Client,
     base_url: Url,
     timeout: Duration,
+    /// Scrubs configured secrets out of logged answers.
+    redactor: Redactor,
     /// Set by the health poller; always `true` without `CLOCK_REST_HEALTH_PATH`.
     ready: Arc<AtomicBool>,
     /// The health poller, stopped by `close` (or when the transport is dropped).
@@ -51,7 +58,11 @@ pub struct RestTransport {
 impl RestTransport {
     /// Builds the pooled HTTP client and, with a health path, starts the readiness poller
     /// (its first poll runs at once; until one succeeds the transport is not ready).
-    pub async fn connect(config: RestConfig) -> Result<Arc<Self>, TransportError> {
+    /// `redactor` scrubs the configuration's secrets out of logged answers.
+    pub async fn connect(
+        config: RestConfig,
+        redactor: Redactor,
+    ) -> Result<Arc<Self>, TransportError> {
         let client = build_client(&config)?;
         let health_url = config
             .health_path
@@ -70,6 +81,7 @@ impl RestTransport {
             client,
             base_url: config.base_url,
             timeout: config.timeout,
+            redactor,
             ready,
             poller: Mutex::new(poller),
         }))
@@ -238,18 +250,39 @@ async fn discard_body(mut response: Response) {
     }
 }
 
-/// Reads at most [`LOGGED_BODY_LIMIT`] bytes of `response`'s body, for the log.
-async fn body_excerpt(mut response: Response) -> String {
+/// At most [`LOGGED_BODY_LIMIT`] bytes of `response`'s body for the log, with secrets
+/// redacted first (see the module doc).
+async fn body_excerpt(mut response: Response, redactor: &Redactor) -> String {
     let mut bytes = Vec::new();
-    while bytes.len() < LOGGED_BODY_LIMIT {
+    let mut complete = false;
+    while bytes.len() < DRAINED_BODY_LIMIT {
         match response.chunk().await {
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Err(_) => break,
         }
     }
-    let truncated = bytes.len() > LOGGED_BODY_LIMIT;
-    bytes.truncate(LOGGED_BODY_LIMIT);
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    let unread = !complete || bytes.len() > DRAINED_BODY_LIMIT;
+    bytes.truncate(DRAINED_BODY_LIMIT);
+    let text = redactor.redact(&String::from_utf8_lossy(&bytes));
+    excerpt(text, unread)
+}
+
+/// `text` cut to [`LOGGED_BODY_LIMIT`] bytes at a char boundary; `…` marks a cut, also one
+/// made earlier (`cut_before`).
+fn excerpt(mut text: String, cut_before: bool) -> String {
+    let mut truncated = cut_before;
+    if text.len() > LOGGED_BODY_LIMIT {
+        let mut end = LOGGED_BODY_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        truncated = true;
+    }
     if truncated {
         text.push('…');
     }
@@ -315,8 +348,14 @@ impl RestTransport {
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(256).collect::<String>());
-        let body = body_excerpt(response).await;
+            .map(|v| {
+                self.redactor
+                    .redact(v)
+                    .chars()
+                    .take(256)
+                    .collect::<String>()
+            });
+        let body = body_excerpt(response, &self.redactor).await;
         tracing::warn!(
             transport = NAME,
             %method,
@@ -364,6 +403,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::config::Secret;
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
@@ -383,6 +423,33 @@ mod tests {
             command_url(&url("http://127.0.0.1:9/a/b"), "a b/../c?#%", "messages").as_str(),
             "http://127.0.0.1:9/a/b/clocks/a%20b%2F..%2Fc%3F%23%25/messages"
         );
+    }
+
+    #[test]
+    fn a_secret_straddling_the_logged_limit_is_redacted_before_the_cut() {
+        let secrets = [Secret::new("tok-0123456789"), Secret::new("pw-abc")];
+        let redactor = Redactor::new(&secrets);
+        // The token starts 5 bytes before the cut: cutting first would log "tok-0".
+        let body = format!("{}tok-0123456789 pw-abc", "x".repeat(LOGGED_BODY_LIMIT - 5));
+        let logged = excerpt(redactor.redact(&body), false);
+        assert!(!logged.contains("tok-0"), "{logged}");
+        assert!(logged.ends_with("x<reda…"), "{logged}");
+        assert!(logged.len() <= LOGGED_BODY_LIMIT + '…'.len_utf8());
+        // Short answers are logged whole, redacted.
+        assert_eq!(
+            excerpt(redactor.redact("echo: tok-0123456789/pw-abc"), false),
+            "echo: <redacted>/<redacted>"
+        );
+    }
+
+    #[test]
+    fn answers_are_cut_at_a_char_boundary() {
+        let text = format!("{}é", "x".repeat(LOGGED_BODY_LIMIT - 1));
+        assert_eq!(
+            excerpt(text, false),
+            format!("{}…", "x".repeat(LOGGED_BODY_LIMIT - 1))
+        );
+        assert_eq!(excerpt("short".to_owned(), true), "short…");
     }
 
     #[test]
