@@ -887,3 +887,72 @@ async fn without_connect_retry_a_lost_connection_is_not_repaired() {
     let _probe = Subscriber::plain(broker.port).await;
     app.stays_not_ready(Duration::from_secs(3)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// SPEC 10: a broker cannot make the server buffer a huge packet
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_packet_over_the_announced_maximum_drops_the_connection_unbuffered_and_it_comes_back() {
+    use common::mqtt_peer::{CONNACK, maximum_packet_size, oversized_publish_header, read_packet};
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    // A long keep-alive, so that only the refusal (not a ping timeout) can end the connection
+    // within the test's bounds.
+    let app = spawn(&url, &[("MQTT_KEEP_ALIVE_SECS", "300")]).await;
+
+    let (mut first, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (kind, connect) = read_packet(&mut first).await.unwrap();
+    assert_eq!(kind >> 4, 1, "CONNECT expected");
+    assert_eq!(maximum_packet_size(&connect), Some(65_536));
+    first.write_all(&CONNACK).await.unwrap();
+    app.wait_until_ready(LIMIT).await;
+
+    // An unsolicited QoS 0 PUBLISH announcing 250 MB on topic "t", then its body streamed,
+    // but never more than twice the maximum: a client that buffered the whole packet would
+    // be left waiting for the rest (for minutes, given the keep-alive).
+    let header = oversized_publish_header();
+    let (mut reader, mut writer) = first.into_split();
+    let streamer = tokio::spawn(async move {
+        let mut sent = 0;
+        let _ = writer.write_all(&header).await;
+        let chunk = [b'x'; 4096];
+        while sent < 2 * 65_536 && writer.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        // Keep the write half open: the close must come from the client.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(packet) = read_packet(&mut reader).await {
+            answer.push(packet);
+        }
+    })
+    .await
+    .expect("the client should close the connection once the PUBLISH announced 250 MB");
+    streamer.abort();
+    assert!(
+        answer.iter().any(common::mqtt_peer::is_packet_too_large),
+        "DISCONNECT with reason 0x95 (packet too large) expected, got {answer:?}"
+    );
+    app.wait_until_not_ready(LIMIT).await;
+
+    // The link reconnects as after any loss, announcing the same maximum.
+    let (mut second, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .expect("a second CONNECT")
+        .unwrap();
+    let (kind, connect) = read_packet(&mut second).await.unwrap();
+    assert_eq!(kind >> 4, 1, "CONNECT expected");
+    assert_eq!(maximum_packet_size(&connect), Some(65_536));
+    second.write_all(&CONNACK).await.unwrap();
+    app.wait_until_ready(LIMIT).await;
+    app.stop().await;
+}

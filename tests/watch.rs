@@ -523,3 +523,73 @@ fn watch_over_mqtts_without_the_ca_fails_on_the_certificate_with_exit_1() {
     );
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
+
+#[tokio::test]
+async fn watch_announces_a_64_kib_maximum_and_drops_a_bigger_packet_then_reconnects() {
+    use common::mqtt_peer::{
+        CONNACK, is_packet_too_large, maximum_packet_size, oversized_publish_header, read_packet,
+        suback,
+    };
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker = format!("mqtt://{}", listener.local_addr().unwrap());
+    let accept = || async {
+        let (mut stream, _) = tokio::time::timeout(LIMIT, listener.accept())
+            .await
+            .expect("a CONNECT from clockctl watch")
+            .unwrap();
+        let (kind, connect) = read_packet(&mut stream).await.unwrap();
+        assert_eq!(kind >> 4, 1, "CONNECT expected");
+        assert_eq!(maximum_packet_size(&connect), Some(65_536));
+        stream.write_all(&CONNACK).await.unwrap();
+        let (kind, subscribe) = read_packet(&mut stream).await.unwrap();
+        assert_eq!(kind, 0x82, "SUBSCRIBE expected");
+        stream.write_all(&suback(&subscribe)).await.unwrap();
+        stream
+    };
+
+    let mut watch = Watch::spawn(&broker, &[]);
+    let first = accept().await;
+    let line = watch.next_line();
+    assert!(line.starts_with("watching "), "{line}");
+
+    // 250 MB announced, at most 128 KiB of it sent: only a refusal can end this connection
+    // within the bound (the watcher's keep-alive is 30 s).
+    let (mut reader, mut writer) = first.into_split();
+    let streamer = tokio::spawn(async move {
+        let mut sent = 0;
+        let _ = writer.write_all(&oversized_publish_header()).await;
+        let chunk = [b'x'; 4096];
+        while sent < 2 * 65_536 && writer.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(packet) = read_packet(&mut reader).await {
+            answer.push(packet);
+        }
+    })
+    .await
+    .expect("clockctl watch should close the connection once the PUBLISH announced 250 MB");
+    streamer.abort();
+    assert!(
+        answer.iter().any(is_packet_too_large),
+        "DISCONNECT with reason 0x95 expected, got {answer:?}"
+    );
+
+    let _second = accept().await;
+    common::eventually(LIMIT, "the reconnect to be reported", || {
+        let reconnected = watch.stderr().contains("reconnected to");
+        async move { reconnected.then_some(()) }
+    })
+    .await;
+    assert!(
+        watch.stderr().contains("lost the connection"),
+        "{}",
+        watch.stderr()
+    );
+}

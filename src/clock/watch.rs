@@ -21,6 +21,7 @@ use super::command;
 use super::face::Clocks;
 use crate::config::Secret;
 use crate::domain::DeviceId;
+use crate::transport::mqtt::MAX_PACKET_SIZE;
 
 /// The broker `clockctl watch` uses when none is given.
 pub const DEFAULT_BROKER_URL: &str = "mqtt://127.0.0.1:1883";
@@ -246,6 +247,10 @@ impl Watcher {
             .with_keep_alive(Duration::from_secs(30))
             .with_automatic_reconnect(true)
             .with_reconnect_delay(Duration::from_millis(500), Duration::from_secs(10));
+        // Payloads come from whoever may publish on the broker: a packet over this is refused
+        // (and the client reconnects) instead of buffered. A broker that honours the maximum
+        // simply does not forward bigger messages to us, which no clock face could show.
+        connect.properties.maximum_packet_size = Some(MAX_PACKET_SIZE);
         if let Some(user) = &options.broker.username {
             let password = options
                 .broker

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod certs;
 pub mod mosquitto;
+pub mod mqtt_peer;
 pub mod process;
 
 use std::net::TcpListener;

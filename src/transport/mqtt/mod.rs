@@ -13,6 +13,14 @@
 //! - At most `MQTT_MAX_INFLIGHT` publishes are in flight; the whole send (waiting for a
 //!   slot, writing, the acknowledgement) is bounded by `MQTT_PUBLISH_TIMEOUT_MS`.
 //!
+//! - The CONNECT announces a Maximum Packet Size of [`MAX_PACKET_SIZE`]. A broker should
+//!   never send more; if one does (an unsolicited 250 MB PUBLISH), the client refuses it as
+//!   soon as the fixed header announces its length, before buffering its body, drops the
+//!   connection (DISCONNECT 0x95) and `link` reconnects as after any loss. Nothing the
+//!   server expects from a broker (CONNACK, acknowledgements) comes anywhere near that.
+//!   Not covered: the CONNACK itself, which `mqtt5` 0.49 reads with another reader that is
+//!   bounded only by the protocol's 256 MB (it allocates what the header announces).
+//!
 //! Submodules: `link` (connecting, readiness, reconnect with back-off), `tls` (trust store
 //! and client certificate for `mqtts://`).
 
@@ -34,6 +42,11 @@ const NAME: &str = "mqtt";
 
 /// Bound on one connection attempt (TCP, TLS handshake, CONNECT/CONNACK).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest packet this process accepts from a broker (MQTT 5 Maximum Packet Size, the
+/// whole packet including its fixed header). Shared with `clockctl watch`, whose commands
+/// are far smaller too.
+pub const MAX_PACKET_SIZE: u32 = 64 * 1024;
 
 /// Publishes commands to an MQTT broker.
 pub struct MqttTransport {
@@ -74,6 +87,7 @@ impl MqttTransport {
             .with_session_expiry_interval(0)
             .with_keep_alive(config.keep_alive)
             .with_automatic_reconnect(false);
+        options.properties.maximum_packet_size = Some(MAX_PACKET_SIZE);
         options.protocol_options.username = config.username.clone();
         options.protocol_options.password = config
             .password
