@@ -13,6 +13,7 @@
 //! - [`telemetry`]: log set-up (text or JSON).
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
 //! - [`cli`]: `clockctl`, the command-line client.
+//! - [`terminal`]: server and broker text made safe to print (control characters escaped).
 //! - [`clock`]: the virtual clock (MQTT subscriber and terminal view) of `clockctl watch` and the demo.
 //! - [`demo`]: `clock-server demo` — embedded broker (feature `demo`), API and virtual clock on loopback.
 
@@ -27,5 +28,6 @@ pub mod metrics;
 pub mod security;
 pub mod startup;
 pub mod telemetry;
+pub mod terminal;
 pub mod tls;
 pub mod transport;

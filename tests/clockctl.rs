@@ -461,6 +461,63 @@ fn json_prints_the_server_body_with_its_command_id_in_every_flag_position() {
     }
 }
 
+/// Asserts that `stdout` holds no control character but its final newline.
+fn assert_no_control_characters(run: &Run) {
+    let body = run.stdout.strip_suffix('\n').unwrap_or(&run.stdout);
+    assert!(
+        !body.chars().any(char::is_control),
+        "control characters reached stdout: {:?}",
+        run.stdout
+    );
+}
+
+#[test]
+fn json_reserialises_the_server_body_with_every_control_character_escaped() {
+    // Valid JSON: ESC and BEL escaped as JSON allows, DEL and C1 CSI (U+009B) raw, which
+    // JSON also allows inside strings, and which a terminal acts on.
+    let body = "{\"result\":\"scheduled\",\"commandId\":\"\\u001b]0;pwned\\u0007\",\n \
+                \"label\":\"\\u001b[2J del\u{7f} csi\u{9b}2J\"}";
+    let server = TestServer::start(Reply::new(202, body));
+    let mut argv = vec!["--json"];
+    argv.extend(ALARM);
+    let run = against(&server, &argv);
+    assert_code(&run, 0);
+    assert_no_control_characters(&run);
+    assert!(run.stdout.contains(r"\u001b]0;pwned\u0007"), "{run:#?}");
+    assert!(
+        run.stdout.contains(r"\u001b[2J del\u007f csi\u009b2J"),
+        "{run:#?}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(printed, sent);
+
+    // Not JSON at all (a proxy's page): printed as a JSON string, escaped the same way.
+    let page = "<html>\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}</html>";
+    let server = TestServer::start(Reply::new(200, page));
+    let run = against(&server, &["ready", "--json"]);
+    assert_code(&run, 0);
+    assert_no_control_characters(&run);
+    assert_eq!(
+        serde_json::from_str::<String>(&run.stdout).unwrap(),
+        page,
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn an_error_body_with_control_characters_reaches_stderr_escaped() {
+    let server = TestServer::start(Reply::new(
+        500,
+        "{\"error\":\"\\u001b]0;pwned\\u0007 del\u{7f} csi\u{9b}2J\"}",
+    ));
+    let run = against(&server, ALARM);
+    assert_code(&run, 1);
+    let stderr = run.stderr.strip_suffix('\n').unwrap_or(&run.stderr);
+    assert!(!stderr.chars().any(char::is_control), "{run:#?}");
+    assert!(stderr.contains(r"\u{1b}]0;pwned\u{7}"), "{run:#?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Failures reported by the server or the network.
 

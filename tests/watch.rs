@@ -293,6 +293,48 @@ async fn watch_with_json_prints_the_topic_and_payload_of_each_command() {
 }
 
 #[tokio::test]
+async fn watch_with_json_escapes_every_control_character_a_publisher_sent() {
+    let broker = Mosquitto::start_plain();
+    let mut watch = Watch::spawn(&broker.url(), &["--json"]);
+    common::eventually(Duration::from_secs(15), "the watching line", || {
+        let subscribed = watch.stderr().contains("watching clocks/commands/+/+");
+        async move { subscribed.then_some(()) }
+    })
+    .await;
+    // Anyone who may publish on the broker: a JSON payload with DEL and C1 CSI raw (valid
+    // inside JSON strings) and ESC escaped, then a payload that is not JSON, ESC raw.
+    let json_payload = "{\"message\":\"\\u001b]0;pwned\\u0007 del\u{7f} csi\u{9b}2J\"}";
+    let raw_payload = "\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}";
+    let publisher = mqtt5::MqttClient::new(format!("test-pub-{}", uuid::Uuid::now_v7().simple()));
+    publisher.connect(&broker.url()).await.unwrap();
+    for payload in [json_payload, raw_payload] {
+        publisher
+            .publish_qos1("clocks/commands/clock-1/display_message", payload)
+            .await
+            .unwrap();
+    }
+    let _ = publisher.disconnect().await;
+
+    let first = watch.next_line();
+    let second = watch.next_line();
+    for line in [&first, &second] {
+        assert!(
+            !line.chars().any(char::is_control),
+            "control characters reached stdout: {line:?}"
+        );
+    }
+    assert!(
+        first.contains(r"\u001b]0;pwned\u0007 del\u007f csi\u009b2J"),
+        "{first}"
+    );
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let sent: serde_json::Value = serde_json::from_str(json_payload).unwrap();
+    assert_eq!(first["payload"], sent);
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(second["payload"], raw_payload);
+}
+
+#[tokio::test]
 async fn watch_keeps_watching_after_the_broker_restarts() {
     let mut broker = Mosquitto::start_plain();
     let server = server(&broker).await;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clock_server::cli::args::Command;
 use clock_server::cli::{self, Cli};
+use clock_server::terminal;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -19,7 +20,7 @@ async fn main() -> ExitCode {
         return match cli::watch::run(args, cli.json, cli::watch::interrupted()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("clockctl: {err}");
+                eprintln!("clockctl: {}", terminal::plain(&err.to_string()));
                 ExitCode::from(err.exit_code())
             }
         };
@@ -37,7 +38,9 @@ async fn main() -> ExitCode {
             }
         }
         Err(err) => {
-            eprintln!("clockctl: {err}");
+            // Errors quote servers, brokers and their certificates: no control character of
+            // theirs reaches the terminal.
+            eprintln!("clockctl: {}", terminal::plain(&err.to_string()));
             ExitCode::from(err.exit_code())
         }
     }

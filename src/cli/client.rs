@@ -12,12 +12,14 @@ use super::CliError;
 use super::error::ServerError;
 use super::request::{ApiRequest, Kind};
 use super::settings::{Settings, is_local, redacted};
+use crate::terminal;
 use crate::tls::{ClientTls, client_config};
 
 /// What a finished call prints, and whether it counts as success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
-    /// The line for stdout: the success line, the readiness status, or the JSON body.
+    /// The line for stdout: the success line, the readiness status, or the JSON body
+    /// (re-serialised, control characters escaped).
     pub stdout: String,
     /// For stderr, when the call worked but the answer is a failure (ready: not ready).
     pub note: Option<String>,
@@ -130,7 +132,7 @@ pub async fn send(
     match request.kind {
         Kind::Command { success_line } if status.is_success() => Ok(Output {
             stdout: if json {
-                text.to_owned()
+                terminal::json(text)
             } else {
                 success_line.to_owned()
             },
@@ -145,7 +147,7 @@ pub async fn send(
                 .unwrap_or_else(|| fallback.to_owned());
             Ok(Output {
                 stdout: if json {
-                    text.to_owned()
+                    terminal::json(text)
                 } else {
                     sanitize(&state)
                 },

@@ -103,12 +103,16 @@ mod tests {
         let e = ServerError {
             status: 400,
             error: "invalid command".into(),
-            detail: Some("bad\u{1b}[31m".into()),
+            detail: Some("bad\u{1b}[31m\u{7f}\u{9b}2J".into()),
             location: None,
         };
         let text = e.to_string();
         assert!(text.contains("status=400"), "{text}");
         assert!(text.contains("error=\"invalid command\""), "{text}");
-        assert!(text.contains("detail=\"bad\\u{1b}[31m\""), "{text}");
+        assert!(
+            text.contains("detail=\"bad\\u{1b}[31m\\u{7f}\\u{9b}2J\""),
+            "{text}"
+        );
+        assert!(!text.chars().any(char::is_control), "{text:?}");
     }
 }

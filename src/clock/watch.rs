@@ -21,6 +21,7 @@ use super::command;
 use super::face::Clocks;
 use crate::config::Secret;
 use crate::domain::DeviceId;
+use crate::terminal;
 use crate::transport::mqtt::MAX_PACKET_SIZE;
 
 /// The broker `clockctl watch` uses when none is given.
@@ -406,8 +407,9 @@ impl Watcher {
                     up = false;
                     if view != View::Live {
                         eprintln!(
-                            "lost the connection to {}: {reason}; reconnecting",
-                            self.broker
+                            "lost the connection to {}: {}; reconnecting",
+                            self.broker,
+                            terminal::plain(&reason)
                         );
                     }
                     Ok(())
@@ -455,7 +457,8 @@ impl Watcher {
                     "retained": retained,
                     "payload": payload,
                 });
-                writeln!(out, "{line}")?;
+                // Topic and payload are whatever was published: escaped, not raw.
+                writeln!(out, "{}", terminal::json_value(&line))?;
                 out.flush()
             }
             View::Plain | View::Live => {
