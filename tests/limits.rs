@@ -320,3 +320,39 @@ async fn accept_failures_are_logged_at_most_once_a_second() {
     );
     assert!(lines.iter().all(|l| l["count"].as_u64().is_some()));
 }
+
+#[tokio::test]
+async fn a_head_that_trickles_in_piece_by_piece_is_served_whole_first_and_on_keep_alive() {
+    let app = spawn_app(&[("HTTP_MAX_HEADER_BYTES", "4096")]).await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    let body = json!({"deviceId": "clock-1", "message": "slow", "durationSeconds": 5}).to_string();
+    for round in 0..2 {
+        let head = format!(
+            "POST /commands/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPS_TOKEN}\r\nX-Filler: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "f".repeat(2000),
+            body.len()
+        );
+        // Pieces far smaller than a read, so the head is incomplete after each one.
+        for piece in head.as_bytes().chunks(97) {
+            s.write_all(piece).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_ne!(n, 0, "closed in round {round}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 202 "),
+            "round {round}: {answer}"
+        );
+    }
+    assert_eq!(app.transport.sent().len(), 2);
+}

@@ -2,12 +2,16 @@
 //! headers) bounded by `HTTP_MAX_HEADER_BYTES` and the connection's idle/busy state kept for
 //! the connection cap.
 //!
-//! hyper can only bound a head through its read buffer (8 KiB at least, about 400 KiB by
-//! default) and then answers with an empty body. Counting the head's bytes as they pass keeps
-//! every connection's buffer near the limit, and lets the answer be the API's JSON with its
-//! common headers: `431 {"error":"request header fields too large"}`, or `414 {"error":"uri
-//! too long"}` when the request line alone is over the limit. The connection is closed after
-//! that answer; hyper sees the end of the stream.
+//! Why not hyper's own bound: hyper can only bound a head through its read buffer (8 KiB at
+//! least, about 400 KiB by default), which grows by doubling while an incomplete head sits in
+//! it, and it answers with an empty body. Here a head that does not arrive in one read is
+//! held in a buffer of exactly the bytes received, outside hyper, and handed over only once
+//! complete; a fresh connection does not reach hyper (and its 8 KiB buffer) at all before
+//! its first head is complete ([`HeadLimit::first_head`]). So memory per connection follows
+//! the bytes a client actually sent, and a head over the limit is answered with the API's
+//! JSON and common headers: `431 {"error":"request header fields too large"}`, or `414
+//! {"error":"uri too long"}` when the request line alone is over the limit; then the
+//! connection is closed (hyper sees the end of the stream).
 //!
 //! A head ends at the first empty line. Its bytes are counted from the first byte after a
 //! response started (or the connection opened) until that empty line; a body is never
@@ -21,18 +25,25 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::conns::Slot;
 
+/// Bytes read at a time while a head is held outside hyper.
+const CHUNK: usize = 2048;
+
+/// Where the current head stands.
+#[derive(Clone, Copy, Default)]
+struct Scan {
+    /// Bytes of this head so far (leading empty lines included).
+    seen: usize,
+    /// Line ends in a row since the last other byte (`\r` ignored).
+    newlines: u8,
+    /// Whether the request line has ended.
+    line_done: bool,
+    /// Whether anything but empty lines has arrived.
+    started: bool,
+}
+
 enum Phase {
     /// Reading a request head.
-    Head {
-        /// Bytes of this head so far (leading empty lines included).
-        seen: usize,
-        /// Line ends in a row since the last other byte (`\r` ignored).
-        newlines: u8,
-        /// Whether the request line has ended.
-        line_done: bool,
-        /// Whether anything but empty lines has arrived.
-        started: bool,
-    },
+    Head(Scan),
     /// The head has ended: body bytes (or a pipelined request) pass uncounted until the
     /// response starts.
     Body,
@@ -42,12 +53,17 @@ enum Phase {
     Closed,
 }
 
-const NEW_HEAD: Phase = Phase::Head {
-    seen: 0,
-    newlines: 0,
-    line_done: false,
-    started: false,
-};
+/// What scanning some bytes of a head found.
+enum Scanned {
+    /// The head goes on.
+    More,
+    /// The head ended; this many of the bytes belong to it.
+    Ended,
+    /// Over the limit; `true` when the request line had ended.
+    Over(bool),
+    /// The connection was chosen to make room before this request began.
+    Evicted,
+}
 
 pub(super) struct HeadLimit<S> {
     inner: S,
@@ -56,6 +72,10 @@ pub(super) struct HeadLimit<S> {
     /// A response has started since the current head began: the next read is the
     /// connection waiting, idle, for its next request.
     responded: bool,
+    /// Bytes read from the socket and not yet handed to hyper (a head that did not arrive
+    /// in one read, and whatever followed it in the read that completed it).
+    held: Vec<u8>,
+    held_from: usize,
     slot: Slot,
 }
 
@@ -64,26 +84,137 @@ impl<S> HeadLimit<S> {
         Self {
             inner,
             limit,
-            phase: NEW_HEAD,
+            phase: Phase::Head(Scan::default()),
             responded: false,
+            held: Vec::new(),
+            held_from: 0,
             slot,
         }
     }
 
     fn note_write(&mut self, first: &[u8]) {
         let informational = first.starts_with(b"HTTP/1.1 1") || first.starts_with(b"HTTP/1.0 1");
-        if !informational
-            && !first.is_empty()
-            && !matches!(self.phase, Phase::Refusing { .. } | Phase::Closed)
+        if !informational && !first.is_empty() && matches!(self.phase, Phase::Head(_) | Phase::Body)
         {
-            self.phase = NEW_HEAD;
+            self.phase = Phase::Head(Scan::default());
             self.responded = true;
         }
+    }
+
+    /// Scans `bytes` of the current head.
+    fn scan(&mut self, bytes: &[u8]) -> Scanned {
+        let Phase::Head(scan) = &mut self.phase else {
+            return Scanned::Ended;
+        };
+        for &b in bytes {
+            scan.seen += 1;
+            match b {
+                b'\n' if scan.started => {
+                    scan.line_done = true;
+                    scan.newlines += 1;
+                    if scan.newlines == 2 {
+                        self.phase = Phase::Body;
+                        return Scanned::Ended;
+                    }
+                }
+                b'\r' | b'\n' => {}
+                _ => {
+                    if !scan.started {
+                        scan.started = true;
+                        if !self.slot.set_busy() {
+                            return Scanned::Evicted;
+                        }
+                    }
+                    scan.newlines = 0;
+                }
+            }
+            if scan.seen > self.limit {
+                return Scanned::Over(scan.line_done);
+            }
+        }
+        Scanned::More
+    }
+
+    fn refuse(&mut self, line_done: bool) {
+        let (status, error) = if line_done {
+            (
+                "431 Request Header Fields Too Large",
+                "request header fields too large",
+            )
+        } else {
+            ("414 URI Too Long", "uri too long")
+        };
+        tracing::debug!(
+            limit = self.limit,
+            status,
+            "request head over HTTP_MAX_HEADER_BYTES"
+        );
+        self.held = Vec::new();
+        self.phase = Phase::Refusing {
+            answer: refusal(status, error),
+            written: 0,
+        };
+    }
+
+    /// Hands held bytes to hyper; `true` when there were any.
+    fn release(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.held_from >= self.held.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.held.len() - self.held_from);
+        buf.put_slice(&self.held[self.held_from..self.held_from + n]);
+        self.held_from += n;
+        if self.held_from == self.held.len() {
+            // Freed, not kept: most heads arrive in one read and never need it.
+            self.held = Vec::new();
+            self.held_from = 0;
+        }
+        true
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> HeadLimit<S> {
-    /// Drives the refusal; `Ready` once the socket is shut (or failed), as the end of stream.
+    /// Reads until the first request head is complete, holding it here; `false` when the
+    /// connection ended (closed by the client, refused, or chosen to make room) first.
+    /// The server calls this before it hands the connection to hyper.
+    pub(super) async fn first_head(&mut self) -> bool {
+        std::future::poll_fn(|cx| self.poll_hold_head(cx)).await
+    }
+
+    /// Reads into `held` until the current head ends (`true`) or the stream does (`false`).
+    fn poll_hold_head(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match self.phase {
+                Phase::Head(_) => {}
+                Phase::Body => return Poll::Ready(true),
+                Phase::Refusing { .. } | Phase::Closed => {
+                    ready!(self.poll_refuse(cx));
+                    return Poll::Ready(false);
+                }
+            }
+            let mut chunk = [0u8; CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read)) {
+                Ok(()) if read.filled().is_empty() => return Poll::Ready(false),
+                Ok(()) => {}
+                Err(_) => return Poll::Ready(false),
+            }
+            let bytes = read.filled();
+            match self.scan(bytes) {
+                Scanned::Evicted => {
+                    self.phase = Phase::Closed;
+                    return Poll::Ready(false);
+                }
+                Scanned::Over(line_done) => self.refuse(line_done),
+                Scanned::More | Scanned::Ended => {
+                    self.held.reserve_exact(bytes.len());
+                    self.held.extend_from_slice(bytes);
+                }
+            }
+        }
+    }
+
+    /// Drives the refusal; `Ready` once the socket is shut (or failed).
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Phase::Refusing { answer, written } = &mut self.phase {
             while *written < answer.len() {
@@ -107,97 +238,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadLimit<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.release(buf) {
+            return Poll::Ready(Ok(()));
+        }
         match this.phase {
-            Phase::Refusing { .. } => {
+            Phase::Body => return Pin::new(&mut this.inner).poll_read(cx, buf),
+            Phase::Refusing { .. } | Phase::Closed => {
                 ready!(this.poll_refuse(cx));
                 return Poll::Ready(Ok(()));
             }
-            Phase::Closed => return Poll::Ready(Ok(())),
-            Phase::Head { started: false, .. } if this.responded => {
-                this.responded = false;
-                this.slot.set_idle();
+            Phase::Head(Scan { started, .. }) => {
+                if !started && this.responded {
+                    this.responded = false;
+                    this.slot.set_idle();
+                }
             }
-            _ => {}
         }
+        // Most heads arrive whole in one read: straight into hyper's buffer.
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let Phase::Head {
-            mut seen,
-            mut newlines,
-            mut line_done,
-            mut started,
-        } = this.phase
-        else {
-            return Poll::Ready(Ok(()));
-        };
-        let mut ended = false;
-        let mut over = false;
-        for &b in &buf.filled()[before..] {
-            seen += 1;
-            match b {
-                b'\n' if started => {
-                    line_done = true;
-                    newlines += 1;
-                    if newlines == 2 {
-                        ended = true;
-                        break;
-                    }
-                }
-                b'\r' | b'\n' => {}
-                _ => {
-                    if !started {
-                        started = true;
-                        if !this.slot.set_busy() {
-                            // Chosen to make room for a new connection while it was idle.
-                            this.phase = Phase::Closed;
-                            break;
-                        }
-                    }
-                    newlines = 0;
-                }
+        let scanned = this.scan(&buf.filled()[before..]);
+        match scanned {
+            Scanned::Ended => return Poll::Ready(Ok(())),
+            Scanned::More if buf.filled().len() == before => return Poll::Ready(Ok(())),
+            Scanned::More => {
+                // An incomplete head: taken back out of hyper's buffer and held here, so
+                // that hyper's buffer does not grow while it trickles in.
+                this.held = buf.filled()[before..].to_vec();
             }
-            if seen > this.limit {
-                over = true;
-                break;
-            }
+            Scanned::Over(line_done) => this.refuse(line_done),
+            Scanned::Evicted => this.phase = Phase::Closed,
         }
-        if matches!(this.phase, Phase::Closed) {
-            buf.set_filled(before);
-            return Poll::Ready(Ok(()));
-        }
-        this.phase = if ended {
-            Phase::Body
-        } else {
-            Phase::Head {
-                seen,
-                newlines,
-                line_done,
-                started,
-            }
-        };
-        if !over {
-            return Poll::Ready(Ok(()));
-        }
-        // Nothing of this head reaches hyper; it sees the end of the stream instead.
         buf.set_filled(before);
-        let (status, error) = if line_done {
-            (
-                "431 Request Header Fields Too Large",
-                "request header fields too large",
-            )
-        } else {
-            ("414 URI Too Long", "uri too long")
-        };
-        tracing::debug!(
-            limit = this.limit,
-            status,
-            "request head over HTTP_MAX_HEADER_BYTES"
-        );
-        this.phase = Phase::Refusing {
-            answer: refusal(status, error),
-            written: 0,
-        };
-        ready!(this.poll_refuse(cx));
+        if ready!(this.poll_hold_head(cx)) || !this.held.is_empty() {
+            // Complete, or the client closed mid-head: hyper gets what there is, then the end.
+            this.release(buf);
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -100,6 +101,8 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let table = ConnTable::new(limits.max_connections);
+    // Tells connections that have no request yet (not in hyper's hands) to close.
+    let stopping = watch::Sender::new(false);
     let mut accept_failures = OncePerSecond::default();
     let mut refused_at_cap = OncePerSecond::default();
     tokio::pin!(shutdown);
@@ -133,13 +136,16 @@ pub async fn serve(
                 let router = router.clone();
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
+                let stopping = stopping.subscribe();
                 tokio::spawn(async move {
-                    handle(stream, peer, tls, router, timeouts, limits, slot, watcher).await;
+                    handle(stream, peer, tls, router, timeouts, limits, slot, watcher, stopping)
+                        .await;
                 });
             }
         }
     }
     drop(listener);
+    stopping.send_replace(true);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     // Connections still in their TLS handshake are waited for too (bounded by the
     // handshake timeout).
@@ -186,19 +192,26 @@ async fn handle(
     limits: Limits,
     slot: Slot,
     watcher: Watcher,
+    stopping: watch::Receiver<bool>,
 ) {
     let eviction = slot.eviction();
     let work = async move {
         match tls {
             None => {
                 let conn = ConnInfo { peer, tls: false };
-                serve_conn(stream, conn, router, timeouts, limits, slot, watcher).await;
+                serve_conn(
+                    stream, conn, router, timeouts, limits, slot, watcher, stopping,
+                )
+                .await;
             }
             Some(acceptor) => {
                 match tokio::time::timeout(timeouts.read_header, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let conn = ConnInfo { peer, tls: true };
-                        serve_conn(tls_stream, conn, router, timeouts, limits, slot, watcher).await;
+                        serve_conn(
+                            tls_stream, conn, router, timeouts, limits, slot, watcher, stopping,
+                        )
+                        .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -214,6 +227,7 @@ async fn handle(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_conn<S>(
     stream: S,
     conn: ConnInfo,
@@ -222,13 +236,30 @@ async fn serve_conn<S>(
     limits: Limits,
     slot: Slot,
     watcher: Watcher,
+    stopping: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let mut io = TimeoutStream::new(stream);
     io.set_read_timeout(Some(timeouts.idle));
     io.set_write_timeout(Some(timeouts.write));
-    let io = TokioIo::new(HeadLimit::new(Box::pin(io), limits.max_header_bytes, slot));
+    let mut io = HeadLimit::new(Box::pin(io), limits.max_header_bytes, slot);
+    // hyper (and its 8 KiB read buffer) takes over once the first head is complete; until
+    // then the header-read timeout is ours, and a shutdown closes the connection, which has
+    // no request yet.
+    let mut stopping = stopping;
+    tokio::select! {
+        first = tokio::time::timeout(timeouts.read_header, io.first_head()) => match first {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                tracing::debug!(peer = %conn.peer, "request head not complete within the header timeout");
+                return;
+            }
+        },
+        _ = stopping.wait_for(|stop| *stop) => return,
+    }
+    let io = TokioIo::new(io);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(conn);
         router.clone().oneshot(req.map(axum::body::Body::new))
