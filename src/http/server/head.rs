@@ -28,6 +28,82 @@ use super::conns::Slot;
 /// Bytes read at a time while a head is held outside hyper.
 const CHUNK: usize = 2048;
 
+/// Waits, holding no memory of its own, until the kernel's receive queue of a fresh plain
+/// TCP connection holds a complete request head, more than `limit` bytes, or the end of the
+/// stream: it peeks at the queue (into a per-thread scratch buffer) each time data arrives,
+/// and reads nothing. So a connection whose head trickles in, or never ends, costs the
+/// process nothing for it until there is something to act on.
+///
+/// The connection is busy from its first byte on (it is no longer idle). `false` when it
+/// was chosen to make room first, and must close.
+pub(super) async fn wait_in_kernel(
+    stream: &tokio::net::TcpStream,
+    limit: usize,
+    slot: &mut Slot,
+) -> bool {
+    use std::cell::RefCell;
+    use tokio::io::Interest;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    let mut last = 0;
+    loop {
+        if stream.readable().await.is_err() {
+            return true;
+        }
+        let peeked = stream.try_io(Interest::READABLE, || {
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                if scratch.len() < limit + 1 {
+                    scratch.resize(limit + 1, 0);
+                }
+                let window = &mut scratch[..=limit];
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                let (n, _) = rustix::net::recv(stream, &mut *window, flags)?;
+                if n != 0 && n == last {
+                    // Nothing new since the last look: clear the readiness, wait for more.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok((n, n == 0 || n > limit || head_ends(&window[..n])))
+            })
+        });
+        if let Ok((n, _)) = peeked
+            && n > 0
+            && last == 0
+            && !slot.set_busy()
+        {
+            return false;
+        }
+        match peeked {
+            Ok((_, true)) => return true,
+            Ok((n, false)) => last = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Whether `bytes` hold the empty line that ends a head (leading empty lines aside).
+fn head_ends(bytes: &[u8]) -> bool {
+    let mut scan = Scan::default();
+    for &b in bytes {
+        match b {
+            b'\n' if scan.started => {
+                scan.newlines += 1;
+                if scan.newlines == 2 {
+                    return true;
+                }
+            }
+            b'\r' | b'\n' => {}
+            _ => {
+                scan.started = true;
+                scan.newlines = 0;
+            }
+        }
+    }
+    false
+}
+
 /// Where the current head stands.
 #[derive(Clone, Copy, Default)]
 struct Scan {

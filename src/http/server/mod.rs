@@ -195,10 +195,27 @@ async fn handle(
     stopping: watch::Receiver<bool>,
 ) {
     let eviction = slot.eviction();
+    let mut slot = slot;
     let work = async move {
         match tls {
             None => {
                 let conn = ConnInfo { peer, tls: false };
+                // The head waits in the kernel until it is complete (or over the limit).
+                let mut stop = stopping.clone();
+                tokio::select! {
+                    waited = tokio::time::timeout(
+                        timeouts.read_header,
+                        head::wait_in_kernel(&stream, limits.max_header_bytes, &mut slot),
+                    ) => match waited {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(_) => {
+                            tracing::debug!(%peer, "request head not complete within the header timeout");
+                            return;
+                        }
+                    },
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
                 serve_conn(
                     stream, conn, router, timeouts, limits, slot, watcher, stopping,
                 )
