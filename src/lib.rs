@@ -8,6 +8,7 @@
 //! - [`http`]: the router, the front checks of every request, handlers, the HTTP(S) server.
 //! - [`dispatch`]: `Dispatcher` — validated command to transports, plus the audit record.
 //! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
+//! - [`store`]: the `StateStore` of tracked commands and idempotency keys; memory and file backends.
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
@@ -27,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod security;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod terminal;
 pub mod tls;

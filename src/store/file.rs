@@ -1,0 +1,722 @@
+//! `STATE_STORE=file:<path>`: one SQLite database file, for one instance.
+//!
+//! Why SQLite and the engine's settings: `docs/store.md`. The shape:
+//! - One writer thread owns the connection. Callers send it jobs over a channel and
+//!   await a reply. It takes every job queued, runs them in one `BEGIN IMMEDIATE`
+//!   transaction (each inside a savepoint, so a failing job leaves no partial write),
+//!   commits once — one fsync of the WAL for the whole group — and only then answers
+//!   each caller. A 202 therefore follows a record that is on disk, and a burst of
+//!   commands shares one sync instead of queueing for one each.
+//! - Reads go through the same thread: `get` may write (lazy expiry), and one thread
+//!   makes every read-modify-write atomic (idempotency, claims) without more locking.
+//!   `BEGIN IMMEDIATE` also serialises against any other process on the same file.
+//! - A failed commit (full disk, I/O error) is rolled back and answers every job of the
+//!   group `Unavailable`; the next group starts a fresh transaction, so the store
+//!   recovers by itself when writes work again.
+//! - Opening never recreates a file it cannot read: a corrupt file or someone else's
+//!   database is a start-up error naming it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
+    IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
+    apply_complete, apply_expiry, apply_mark_sent, final_at, idem_key, is_dropped, millis,
+    normalise,
+};
+use crate::transport::BoxFuture;
+
+/// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
+const APPLICATION_ID: i64 = 0x436C_6B31;
+/// `PRAGMA user_version`: the schema below.
+const SCHEMA_VERSION: i64 = 1;
+/// Jobs queued before senders wait: back-pressure when the disk cannot keep up.
+const QUEUE: usize = 4096;
+/// Most jobs committed together: bounds one transaction's size and latency.
+const DEFAULT_MAX_BATCH: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE commands (
+    id TEXT PRIMARY KEY NOT NULL,
+    device_id TEXT NOT NULL,
+    command_type TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER,
+    completed_ms INTEGER,
+    expires_ms INTEGER NOT NULL,
+    device_acks INTEGER NOT NULL,
+    reason_code TEXT,
+    reason_message TEXT,
+    fire_ms INTEGER,
+    delivery_topic TEXT,
+    delivery_payload BLOB,
+    lease_ms INTEGER,
+    final_ms INTEGER NOT NULL
+);
+CREATE INDEX commands_due ON commands (fire_ms) WHERE status = 'scheduled';
+CREATE INDEX commands_final ON commands (final_ms);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY NOT NULL,
+    fingerprint BLOB NOT NULL,
+    status INTEGER,
+    body BLOB,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
+";
+
+const COLUMNS: &str = "id, device_id, command_type, principal, status, created_ms, sent_ms, \
+     completed_ms, expires_ms, device_acks, reason_code, reason_message, fire_ms, \
+     delivery_topic, delivery_payload, lease_ms";
+
+/// What a job hands back after running: whether it succeeded (else its savepoint is
+/// rolled back) and how to answer its caller once the commit's result is known.
+struct Step {
+    ok: bool,
+    reply: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+/// One operation for the writer thread; given the connection, or the reason the group's
+/// transaction could not start.
+type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Step + Send>;
+
+/// The durable store. Dropping it finishes queued jobs and closes the file.
+pub struct FileStore {
+    path: PathBuf,
+    settings: StoreSettings,
+    sender: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl FileStore {
+    /// Opens (or creates) the store at `path`. Errors name the file or directory.
+    pub fn open(path: &Path, settings: StoreSettings) -> Result<Self, StoreError> {
+        Self::open_with_batch(path, settings, DEFAULT_MAX_BATCH)
+    }
+
+    /// [`open`](Self::open) committing at most `max_batch` jobs per transaction
+    /// (`1`: one sync per write, to measure what group commit saves).
+    pub fn open_with_batch(
+        path: &Path,
+        settings: StoreSettings,
+        max_batch: usize,
+    ) -> Result<Self, StoreError> {
+        check_directory(path)?;
+        let conn = open_connection(path)?;
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (commits, healthy) = (Arc::clone(&commits), Arc::clone(&healthy));
+            std::thread::Builder::new()
+                .name("state-store".to_owned())
+                .spawn(move || writer(conn, receiver, max_batch.max(1), &commits, &healthy))
+                .map_err(|e| StoreError::Open {
+                    message: format!(
+                        "state store {}: cannot start its writer: {e}",
+                        path.display()
+                    ),
+                })?
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            settings,
+            sender: Some(sender),
+            writer: Some(writer),
+            commits,
+            healthy,
+        })
+    }
+
+    /// Transactions committed with changes so far: each is one sync of the file.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// For tests: caps the file at its current size plus `extra_pages` (SQLite's
+    /// `max_page_count`; `None` lifts the cap), so writes fail as on a full disk.
+    #[doc(hidden)]
+    pub async fn cap_size_for_tests(&self, extra_pages: Option<u64>) -> Result<(), StoreError> {
+        self.submit(move |conn| {
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let cap = extra_pages.map_or(i64::from(u32::MAX - 1), |n| {
+                pages.saturating_add(i64::try_from(n).unwrap_or(i64::MAX))
+            });
+            conn.query_row(&format!("PRAGMA max_page_count = {cap}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `op` on the writer thread within the next group's transaction; resolves
+    /// once that transaction is committed (or failed).
+    fn submit<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => op(conn).map_err(|e| e.to_string()),
+                Err(message) => Err(message.to_owned()),
+            };
+            Step {
+                ok: result.is_ok(),
+                reply: Box::new(move |commit| {
+                    let answer = match (result, commit) {
+                        (Ok(value), Ok(())) => Ok(value),
+                        (Ok(_), Err(message)) | (Err(message), _) => Err(message),
+                    };
+                    let _ = tx.send(answer.map_err(|message| StoreError::Unavailable { message }));
+                }),
+            }
+        });
+        Box::pin(async move {
+            let closed = || StoreError::Unavailable {
+                message: format!("state store {}: writer stopped", self.path.display()),
+            };
+            let sender = self.sender.as_ref().ok_or_else(closed)?;
+            sender.send(job).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?.map_err(|e| match e {
+                StoreError::Unavailable { message } => StoreError::Unavailable {
+                    message: format!("state store {}: {message}", self.path.display()),
+                },
+                e => e,
+            })
+        })
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and exit; waiting for
+        // it means the file is closed when the store is gone (a restart can reopen it).
+        self.sender.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The directory must exist and be writable (SQLite also writes `-wal`/`-shm` beside it).
+fn check_directory(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let fail = |what: String| StoreError::Open {
+        message: format!(
+            "state store directory {} {what} (STATE_STORE=file:{}); create it, writable by this user, or choose another path",
+            dir.display(),
+            path.display()
+        ),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(fail("is not a directory".to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail("does not exist".to_owned()));
+        }
+        Err(e) => return Err(fail(format!("cannot be read: {e}"))),
+    }
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let probe = dir.join(format!(".{name}.write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| fail(format!("is not writable: {e}")))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let fail = |what: String| StoreError::Open {
+        message: format!(
+            "state store file {} {what}; it is left untouched (move it away to start with an empty store)",
+            path.display()
+        ),
+    };
+    if path.is_dir() {
+        return Err(fail("is a directory".to_owned()));
+    }
+    let conn = Connection::open(path).map_err(|e| fail(format!("cannot be opened: {e}")))?;
+    let setup = || -> rusqlite::Result<Result<(), String>> {
+        // Reading the header first: a file that is not SQLite fails here, untouched.
+        let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        if app == 0 && version == 0 && tables == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
+        } else if app != APPLICATION_ID {
+            return Ok(Err(
+                "is an SQLite database of another application".to_owned()
+            ));
+        } else if version != SCHEMA_VERSION {
+            return Ok(Err(format!(
+                "has schema version {version}; this build reads version {SCHEMA_VERSION}"
+            )));
+        }
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Ok(Err(format!("is corrupt: {check}")));
+        }
+        // WAL: a commit is one append and one fsync of the log (synchronous=FULL), and
+        // readers of other processes (an operator's sqlite3) do not block the writer.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Ok(()))
+    };
+    match setup() {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(what)) => Err(fail(what)),
+        Err(e) => Err(fail(format!("is not a readable state store: {e}"))),
+    }
+}
+
+/// The writer thread: one transaction and one commit per group of queued jobs.
+fn writer(
+    mut conn: Connection,
+    mut receiver: mpsc::Receiver<Job>,
+    max_batch: usize,
+    commits: &AtomicU64,
+    healthy: &AtomicBool,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(job) = receiver.blocking_recv() {
+        batch.push(job);
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let before = conn.total_changes();
+        let mut replies = Vec::with_capacity(batch.len());
+        let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Err(e) => {
+                let message = e.to_string();
+                for job in batch.drain(..) {
+                    replies.push(job(Err(&message)).reply);
+                }
+                Err(message)
+            }
+            Ok(mut txn) => {
+                for job in batch.drain(..) {
+                    let step = match txn.savepoint() {
+                        Ok(sp) => {
+                            let step = job(Ok(&sp));
+                            if step.ok {
+                                // RELEASE cannot fail short of an I/O error, which the
+                                // commit below reports for the whole group.
+                                let _ = sp.commit();
+                            }
+                            step
+                        }
+                        Err(e) => job(Err(&e.to_string())),
+                    };
+                    replies.push(step.reply);
+                }
+                let changed = txn.total_changes() != before;
+                // On failure the dropped transaction rolls back: nothing of the group
+                // stays, and the next group starts afresh.
+                let result = txn.commit().map_err(|e| e.to_string());
+                if result.is_ok() && changed {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            }
+        };
+        healthy.store(commit.is_ok(), Ordering::Relaxed);
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(row: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let v: i64 = row.get(idx)?;
+    DateTime::from_timestamp_millis(v).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Integer,
+            format!("timestamp {v} out of range").into(),
+        )
+    })
+}
+
+fn opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get::<_, Option<i64>>(idx)? {
+        None => Ok(None),
+        Some(_) => time(row, idx).map(Some),
+    }
+}
+
+/// A row of `COLUMNS` as a record and its lease.
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(CommandRecord, Option<DateTime<Utc>>)> {
+    let status: String = row.get(4)?;
+    let status = CommandStatus::parse(&status).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Text,
+            format!("unknown status {status:?}").into(),
+        )
+    })?;
+    let reason = match (row.get::<_, Option<String>>(10)?, row.get(11)?) {
+        (Some(code), Some(message)) => Some(StatusReason { code, message }),
+        _ => None,
+    };
+    let delivery = match (row.get::<_, Option<String>>(13)?, row.get(14)?) {
+        (Some(topic), Some(payload)) => Some(Delivery { topic, payload }),
+        _ => None,
+    };
+    let record = CommandRecord {
+        command_id: row.get(0)?,
+        device_id: row.get(1)?,
+        command_type: row.get(2)?,
+        principal: row.get(3)?,
+        status,
+        created_at: time(row, 5)?,
+        sent_at: opt_time(row, 6)?,
+        completed_at: opt_time(row, 7)?,
+        expires_at: time(row, 8)?,
+        device_acks: row.get(9)?,
+        status_reason: reason,
+        fire_at: opt_time(row, 12)?,
+        delivery,
+    };
+    Ok((record, opt_time(row, 15)?))
+}
+
+fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO commands ({COLUMNS}, final_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL, ?16)"
+        ),
+        params![
+            r.command_id,
+            r.device_id,
+            r.command_type,
+            r.principal,
+            r.status.as_str(),
+            ms(r.created_at),
+            r.sent_at.map(ms),
+            r.completed_at.map(ms),
+            ms(r.expires_at),
+            r.device_acks,
+            r.status_reason.as_ref().map(|s| &s.code),
+            r.status_reason.as_ref().map(|s| &s.message),
+            r.fire_at.map(ms),
+            r.delivery.as_ref().map(|d| &d.topic),
+            r.delivery.as_ref().map(|d| &d.payload),
+            ms(final_at(r)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes back what the rules may change.
+fn update(
+    conn: &Connection,
+    r: &CommandRecord,
+    lease: Option<DateTime<Utc>>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE commands SET status = ?2, sent_ms = ?3, completed_ms = ?4, reason_code = ?5, \
+         reason_message = ?6, lease_ms = ?7, final_ms = ?8 WHERE id = ?1",
+        params![
+            r.command_id,
+            r.status.as_str(),
+            r.sent_at.map(ms),
+            r.completed_at.map(ms),
+            r.status_reason.as_ref().map(|s| &s.code),
+            r.status_reason.as_ref().map(|s| &s.message),
+            lease.map(ms),
+            ms(final_at(r)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The live record `id` with its lease and lazy expiry applied (and written back), or
+/// `None` (deleting it when past retention).
+fn live(
+    conn: &Connection,
+    id: &str,
+    retention: Duration,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<(CommandRecord, Option<DateTime<Utc>>)>> {
+    let found = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?;
+    let Some((mut record, mut lease)) = found else {
+        return Ok(None);
+    };
+    if is_dropped(&record, retention, now) {
+        conn.execute("DELETE FROM commands WHERE id = ?1", [id])?;
+        return Ok(None);
+    }
+    if apply_expiry(&mut record, now) {
+        lease = None;
+        update(conn, &record, lease)?;
+    }
+    Ok(Some((record, lease)))
+}
+
+impl StateStore for FileStore {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        let record = normalise(record);
+        let submitted = self.submit(move |conn| {
+            let exists = conn
+                .query_row(
+                    "SELECT 1 FROM commands WHERE id = ?1",
+                    [&record.command_id],
+                    |_| Ok(()),
+                )
+                .optional()?;
+            if exists.is_some() {
+                return Ok(Err(StoreError::Duplicate {
+                    command_id: record.command_id,
+                }));
+            }
+            insert(conn, &record).map(Ok)
+        });
+        Box::pin(async move { submitted.await? })
+    }
+
+    fn get<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        let (id, retention) = (command_id.to_owned(), self.settings.retention);
+        self.submit(move |conn| Ok(live(conn, &id, retention, now)?.map(|(r, _)| r)))
+    }
+
+    fn mark_sent<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        let (id, retention) = (command_id.to_owned(), self.settings.retention);
+        self.submit(move |conn| {
+            let Some((mut record, _)) = live(conn, &id, retention, now)? else {
+                return Ok(None);
+            };
+            apply_mark_sent(&mut record, now);
+            update(conn, &record, None)?;
+            Ok(Some(record))
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        command_id: &'a str,
+        device_id: &'a str,
+        outcome: FinalOutcome,
+        reason: Option<StatusReason>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
+        let (id, device, retention) = (
+            command_id.to_owned(),
+            device_id.to_owned(),
+            self.settings.retention,
+        );
+        self.submit(move |conn| {
+            let Some((mut record, _)) = live(conn, &id, retention, now)? else {
+                return Ok(AckOutcome::Unknown);
+            };
+            let result = apply_complete(&mut record, &device, outcome, reason, now);
+            if matches!(result, AckOutcome::Applied(_)) {
+                update(conn, &record, None)?;
+            }
+            Ok(result)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<CancelOutcome, StoreError>> {
+        let (id, retention) = (command_id.to_owned(), self.settings.retention);
+        self.submit(move |conn| {
+            let Some((mut record, lease)) = live(conn, &id, retention, now)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            let leased = lease.is_some_and(|until| until > now);
+            if record.status != CommandStatus::Scheduled || leased {
+                return Ok(CancelOutcome::NotCancellable(record.status));
+            }
+            record.status = CommandStatus::Cancelled;
+            record.completed_at = Some(millis(now));
+            update(conn, &record, None)?;
+            Ok(CancelOutcome::Cancelled(Box::new(record)))
+        })
+    }
+
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
+        let until = ms(millis(add(now, lease)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.submit(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM commands WHERE status = 'scheduled' AND fire_ms <= ?1 \
+                 AND (lease_ms IS NULL OR lease_ms <= ?1) ORDER BY fire_ms LIMIT ?2"
+            ))?;
+            let due = stmt
+                .query_map(params![ms(now), limit], from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut claimed = Vec::with_capacity(due.len());
+            for (record, _) in due {
+                conn.execute(
+                    "UPDATE commands SET lease_ms = ?2 WHERE id = ?1",
+                    params![record.command_id, until],
+                )?;
+                claimed.push(record);
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn idem_begin<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
+        let key = idem_key(principal, key);
+        self.submit(move |conn| {
+            let found = conn
+                .query_row(
+                    "SELECT fingerprint, status, body FROM idempotency \
+                     WHERE key = ?1 AND expires_ms > ?2",
+                    params![key, ms(now)],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, Option<u16>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            Ok(match found {
+                Some((stored, _, _)) if stored != fingerprint => IdemBegin::Mismatch,
+                Some((_, Some(status), body)) => IdemBegin::Replay {
+                    status,
+                    body: body.unwrap_or_default(),
+                },
+                Some((_, None, _)) => IdemBegin::InProgress,
+                None => {
+                    conn.execute(
+                        "INSERT OR REPLACE INTO idempotency (key, fingerprint, status, body, \
+                         expires_ms) VALUES (?1, ?2, NULL, NULL, ?3)",
+                        params![
+                            key,
+                            &fingerprint[..],
+                            ms(millis(add(now, IDEM_IN_PROGRESS_TIMEOUT)))
+                        ],
+                    )?;
+                    IdemBegin::New
+                }
+            })
+        })
+    }
+
+    fn idem_finish<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        status: u16,
+        body: Vec<u8>,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = idem_key(principal, key);
+        self.submit(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency (key, fingerprint, status, body, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    key,
+                    &fingerprint[..],
+                    status,
+                    body,
+                    ms(millis(add(now, ttl)))
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn idem_abort<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = idem_key(principal, key);
+        self.submit(move |conn| {
+            conn.execute(
+                "DELETE FROM idempotency WHERE key = ?1 AND status IS NULL",
+                [key],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn purge(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let retention = self.settings.retention;
+        self.submit(move |conn| {
+            // final_ms + retention <= now, as `is_dropped` says, on the indexed column.
+            let cutoff = chrono::TimeDelta::from_std(retention)
+                .ok()
+                .and_then(|r| now.checked_sub_signed(r))
+                .map_or(i64::MIN, ms);
+            let records = conn.execute("DELETE FROM commands WHERE final_ms <= ?1", [cutoff])?;
+            let keys = conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?1", [ms(now)])?;
+            Ok(u64::try_from(records + keys).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,584 @@
+//! The state store of tracked commands (SPEC 7–9): the [`StateStore`] trait, its types,
+//! the `STATE_STORE` parser and [`open`].
+//!
+//! - `memory`: [`MemoryStore`], in the process, bounded, lost on restart.
+//! - `file`: [`FileStore`], one SQLite file, group-committed; survives restarts.
+//! - `redis://…` is recognised but not built yet (another issue adds it behind this trait).
+//!
+//! Invariants every backend keeps (the conformance suite `tests/store.rs` checks them):
+//! - The first final status wins: nothing changes a final record except `mark_sent`
+//!   filling an empty `sentAt` (an ack may overtake the broker's PUBACK, SPEC 7.4).
+//! - Expiry is lazy: a non-final record whose `expiresAt` has passed is `expired` the
+//!   moment any operation looks at it, and that is persisted.
+//! - A record is dropped `retention` after it became final (for a record nobody looked
+//!   at after its expiry: after `expiresAt`); from then on it reads as unknown.
+//! - Timestamps are kept to the millisecond (what the API shows and what a backend
+//!   stores), so every backend returns the same values.
+//! - Every method that depends on time takes `now`; no backend reads the clock.
+
+mod file;
+mod memory;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::{Serialize, Serializer};
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+use crate::config::{Secret, redact_userinfo};
+use crate::transport::BoxFuture;
+
+/// How long after `fireAt` a scheduled alarm may still be published (SPEC 8.1); past it
+/// whoever sees the record still scheduled marks it `failed`/`schedule_missed`.
+pub const SCHEDULE_GRACE: Duration = Duration::from_secs(60);
+
+/// How long an `Idempotency-Key` stays "in progress" without `idem_finish`/`idem_abort`:
+/// bounds how long a request that crashed mid-dispatch blocks retries with that key.
+pub const IDEM_IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `STATE_MAX_COMMANDS` default.
+pub const DEFAULT_MAX_COMMANDS: usize = 100_000;
+/// `STATE_RETENTION_SECS` default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(86_400);
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// I/O or connection failure. The API answers `503 {"error":"state store
+    /// unavailable"}` and dispatches nothing. The message never holds a password.
+    #[error("state store unavailable: {message}")]
+    Unavailable { message: String },
+    /// The store cannot be opened at start-up (unreadable or corrupt file, missing or
+    /// read-only directory). Names the file or directory and what is wrong.
+    #[error("{message}")]
+    Open { message: String },
+    /// A record with this `commandId` exists already (ids are UUIDv7: a caller bug).
+    #[error("command {command_id} already exists in the state store")]
+    Duplicate { command_id: String },
+    /// A backend recognised by the parser but not part of this build.
+    #[error("{message}")]
+    NotBuilt { message: String },
+}
+
+/// Life cycle of a tracked command (SPEC 7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandStatus {
+    /// The record is written and dispatch is under way (before the 202 or 502).
+    Pending,
+    /// An alarm the gateway holds until `fire_at` (SPEC 8).
+    Scheduled,
+    /// Every transport accepted it.
+    Sent,
+    Succeeded,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl CommandStatus {
+    /// The status after which nothing changes (except an empty `sent_at` being filled).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Expired | Self::Cancelled
+        )
+    }
+
+    /// The wire form (`"pending"`, `"scheduled"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Scheduled => "scheduled",
+            Self::Sent => "sent",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Inverse of [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "scheduled" => Self::Scheduled,
+            "sent" => Self::Sent,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "expired" => Self::Expired,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for CommandStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `statusReason` of SPEC 7.3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReason {
+    pub code: String,
+    pub message: String,
+}
+
+impl StatusReason {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A dispatch that no transport accepted (the 502 case).
+    pub fn dispatch_failed(message: impl Into<String>) -> Self {
+        Self::new("dispatch_failed", message)
+    }
+
+    /// A scheduled alarm not published by `fire_at` + [`SCHEDULE_GRACE`].
+    pub fn schedule_missed() -> Self {
+        Self::new(
+            "schedule_missed",
+            "the alarm could not be published in time",
+        )
+    }
+}
+
+/// What to publish when a gateway-scheduled alarm fires; opaque to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// One tracked command. `Serialize` yields exactly the status resource of SPEC 7.3
+/// (camelCase, RFC 3339 UTC timestamps with milliseconds and `Z`); `fire_at` and
+/// `delivery` are internal and never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    pub command_id: String,
+    pub device_id: String,
+    /// `set_alarm`, `display_message` or `set_brightness`.
+    #[serde(rename = "type")]
+    pub command_type: String,
+    /// The credential that submitted it.
+    pub principal: String,
+    pub status: CommandStatus,
+    #[serde(serialize_with = "ser_time")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ser_time")]
+    pub expires_at: DateTime<Utc>,
+    /// Whether the device's profile acknowledges commands.
+    pub device_acks: bool,
+    pub status_reason: Option<StatusReason>,
+    /// For an alarm the gateway holds: when to publish it.
+    #[serde(skip)]
+    pub fire_at: Option<DateTime<Utc>>,
+    /// For an alarm the gateway holds: what to publish then.
+    #[serde(skip)]
+    pub delivery: Option<Delivery>,
+}
+
+impl CommandRecord {
+    /// The status resource of SPEC 7.3 as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings, bools and timestamps into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Whether a claimed scheduled alarm is too late to publish (`now` is past
+    /// `fire_at` + [`SCHEDULE_GRACE`]): the claimer then calls
+    /// `complete(.., Failed, Some(StatusReason::schedule_missed()), now)` instead.
+    pub fn schedule_missed(&self, now: DateTime<Utc>) -> bool {
+        self.status == CommandStatus::Scheduled
+            && self
+                .fire_at
+                .is_some_and(|fire_at| add(fire_at, SCHEDULE_GRACE) < now)
+    }
+}
+
+/// The outcome an acknowledgement (or a failed dispatch) reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalOutcome {
+    Succeeded,
+    Failed,
+}
+
+/// What [`StateStore::complete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Applied; the record as it is now.
+    Applied(Box<CommandRecord>),
+    /// No such record (never existed, or dropped after retention).
+    Unknown,
+    /// The record belongs to another device: a device cannot confirm another's command.
+    WrongDevice,
+    /// The record already had this final status (the first final status wins).
+    AlreadyFinal(CommandStatus),
+    /// The record's `expiresAt` had passed: it is `expired` now.
+    Expired,
+}
+
+/// What [`StateStore::cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was `scheduled` and not being published: now `cancelled` (200 with the record).
+    Cancelled(Box<CommandRecord>),
+    /// Any other status, or `scheduled` but leased by a publisher (409 with the status).
+    NotCancellable(CommandStatus),
+    NotFound,
+}
+
+/// What [`StateStore::idem_begin`] found for an `Idempotency-Key` (SPEC 7.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdemBegin {
+    /// First use (or the previous entry expired): the caller processes the request and
+    /// then calls `idem_finish` (a 202) or `idem_abort` (anything else).
+    New,
+    /// The same key is being processed right now: 409 with `Retry-After: 1`.
+    InProgress,
+    /// The same key with the same request was answered: replay this, byte for byte.
+    Replay { status: u16, body: Vec<u8> },
+    /// The same key with a different request: 422.
+    Mismatch,
+}
+
+/// The settings of `STATE_MAX_COMMANDS` and `STATE_RETENTION_SECS` (config fills them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `memory` only: records kept; past it the oldest finished go first, then the oldest.
+    pub max_commands: usize,
+    /// How long a record is kept after it reached a final status.
+    pub retention: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            max_commands: DEFAULT_MAX_COMMANDS,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// The state of tracked commands and idempotency keys. Object safe: the server holds an
+/// `Arc<dyn StateStore>`. Every operation is atomic on its own; errors are
+/// [`StoreError::Unavailable`] unless stated.
+pub trait StateStore: Send + Sync + 'static {
+    /// Short name for logs and metrics: `memory`, `file`.
+    fn name(&self) -> &'static str;
+
+    /// Stores a new record (`Pending`, or `Scheduled` with `fire_at` and `delivery`).
+    /// On a durable backend it is on disk when this resolves: only then may the API
+    /// answer 202 (or hand the alarm to the scheduler). `Duplicate` if the id exists.
+    fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The record, with lazy expiry applied (and persisted, so a later ack is ignored);
+    /// `None` for an unknown id or a record dropped after retention.
+    fn get<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>>;
+
+    /// Every transport accepted the command (or the scheduler published the alarm):
+    /// `Pending`/`Scheduled` become `Sent` with `sent_at = now` and any lease ends. A
+    /// record already final (an ack overtook the PUBACK) keeps its status and only gets
+    /// `sent_at` if it had none. Returns the record as it is now; `None` if unknown.
+    fn mark_sent<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>>;
+
+    /// A final outcome from the device's acknowledgement, or `Failed` with
+    /// [`StatusReason::dispatch_failed`] / [`StatusReason::schedule_missed`] from the
+    /// server itself. Applied (`completed_at = now`) only if the record exists, belongs
+    /// to `device_id` and is not final and not expired; otherwise says why not.
+    fn complete<'a>(
+        &'a self,
+        command_id: &'a str,
+        device_id: &'a str,
+        outcome: FinalOutcome,
+        reason: Option<StatusReason>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>>;
+
+    /// `DELETE /commands/{id}` (SPEC 7.5): a `Scheduled` record that no publisher holds a
+    /// lease on becomes `Cancelled` (`completed_at = now`) and will never be claimed.
+    fn cancel<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<CancelOutcome, StoreError>>;
+
+    /// Leases up to `limit` `Scheduled` records with `fire_at <= now` and no unexpired
+    /// lease, earliest first, until `now + lease`: among concurrent claimers (replicas)
+    /// each record goes to one. The claimer publishes and calls `mark_sent`; if the
+    /// publish fails it does nothing and the record is claimed again once the lease
+    /// runs out (a dead claimer's leases run out the same way). A record past
+    /// [`CommandRecord::schedule_missed`] is returned too, so exactly one claimer marks
+    /// it failed.
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
+
+    /// Checks and reserves `Idempotency-Key` `key` of `principal` (keys of different
+    /// principals never collide). Atomic: of concurrent callers with the same key one
+    /// gets `New`, the others `InProgress` (or `Mismatch` for another fingerprint). A
+    /// `New` entry stays in progress at most [`IDEM_IN_PROGRESS_TIMEOUT`]; a finished
+    /// one `ttl` after `idem_finish`.
+    fn idem_begin<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<IdemBegin, StoreError>>;
+
+    /// Remembers the answer (a 202: `status` and exact `body`) to the request that got
+    /// `New`, for `ttl` from `now`; later begins with the same fingerprint replay it.
+    #[allow(clippy::too_many_arguments)]
+    fn idem_finish<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        status: u16,
+        body: Vec<u8>,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Forgets an in-progress key (the answer was not a 202, so a retry runs again). A
+    /// finished entry is left alone.
+    fn idem_abort<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Drops records `retention` past their final status and expired idempotency
+    /// entries; returns how many were dropped. The server calls it on a timer (say once
+    /// a minute); reads already treat such entries as gone, so timing is not critical.
+    fn purge(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Whether the store can serve right now. Cheap (`/ready` calls it on every probe).
+    fn is_ready(&self) -> bool;
+
+    /// Whether records survive a restart (`false` for `memory`: start-up warns that
+    /// scheduled alarms are lost on restart).
+    fn durable(&self) -> bool;
+}
+
+/// Which backend `STATE_STORE` names.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `none`: nothing is tracked.
+    None,
+    /// `memory` (the default).
+    Memory,
+    /// `file:<path>`.
+    File(PathBuf),
+    /// `redis://…` / `rediss://…`: the whole URL, which may hold a password.
+    Redis(Secret),
+}
+
+impl fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for StoreKind {
+    /// The value as `STATE_STORE` would spell it, with any password `<redacted>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Memory => f.write_str("memory"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Redis(url) => f.write_str(&redact_userinfo(url.expose())),
+        }
+    }
+}
+
+const ACCEPTED: &str = "expected none, memory, file:<path>, \
+     redis://[user:password@]host[:port][/db] or rediss://…";
+
+/// Parses `STATE_STORE`. The error names the (redacted) value and what is accepted;
+/// the caller prefixes the variable's name.
+pub fn parse_state_store(value: &str) -> Result<StoreKind, String> {
+    let value = value.trim();
+    if value == "none" {
+        return Ok(StoreKind::None);
+    }
+    if value == "memory" {
+        return Ok(StoreKind::Memory);
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err(format!(
+                "\"file:\" needs a path, e.g. file:/var/lib/clock-server/state.db; {ACCEPTED}"
+            ));
+        }
+        return Ok(StoreKind::File(PathBuf::from(path)));
+    }
+    for scheme in ["redis://", "rediss://"] {
+        if let Some(rest) = value.strip_prefix(scheme) {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            if host.is_empty() || host.starts_with('/') || host.starts_with(':') {
+                return Err(format!(
+                    "{:?} names no host; {ACCEPTED}",
+                    redact_userinfo(value)
+                ));
+            }
+            return Ok(StoreKind::Redis(Secret::new(value)));
+        }
+    }
+    Err(format!(
+        "{:?} is not a state store; {ACCEPTED}",
+        redact_userinfo(value)
+    ))
+}
+
+/// Opens the store `kind` names (`None` for `none`). Blocking I/O for `file:`: call it
+/// at start-up. Errors name the file or directory and what is wrong.
+pub fn open(
+    kind: &StoreKind,
+    settings: StoreSettings,
+) -> Result<Option<Arc<dyn StateStore>>, StoreError> {
+    match kind {
+        StoreKind::None => Ok(None),
+        StoreKind::Memory => Ok(Some(Arc::new(MemoryStore::new(settings)))),
+        StoreKind::File(path) => Ok(Some(Arc::new(FileStore::open(path, settings)?))),
+        StoreKind::Redis(_) => Err(StoreError::NotBuilt {
+            message: format!("STATE_STORE={kind}: redis store not built yet"),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rules shared by the backends, so each applies the same transitions.
+
+/// `t` + `d`, saturating instead of overflowing on absurd durations.
+pub(crate) fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t` truncated to the millisecond.
+pub(crate) fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// A new record's timestamps truncated to the millisecond.
+pub(crate) fn normalise(mut r: CommandRecord) -> CommandRecord {
+    r.created_at = millis(r.created_at);
+    r.sent_at = r.sent_at.map(millis);
+    r.completed_at = r.completed_at.map(millis);
+    r.expires_at = millis(r.expires_at);
+    r.fire_at = r.fire_at.map(millis);
+    r
+}
+
+/// When the retention clock of `r` starts: its completion, or for a non-final record its
+/// expiry (it is `expired` from then on, whether or not anyone looked).
+pub(crate) fn final_at(r: &CommandRecord) -> DateTime<Utc> {
+    match r.completed_at {
+        Some(t) if r.status.is_final() => t,
+        _ => r.expires_at,
+    }
+}
+
+/// Whether `r` is past retention and must read as unknown.
+pub(crate) fn is_dropped(r: &CommandRecord, retention: Duration, now: DateTime<Utc>) -> bool {
+    add(final_at(r), retention) <= now
+}
+
+/// Lazy expiry; returns whether `r` changed.
+pub(crate) fn apply_expiry(r: &mut CommandRecord, now: DateTime<Utc>) -> bool {
+    if r.status.is_final() || r.expires_at > now {
+        return false;
+    }
+    r.status = CommandStatus::Expired;
+    r.completed_at = Some(r.expires_at);
+    true
+}
+
+/// `mark_sent`'s rule; returns whether `r` changed.
+pub(crate) fn apply_mark_sent(r: &mut CommandRecord, now: DateTime<Utc>) -> bool {
+    let now = millis(now);
+    match r.status {
+        CommandStatus::Pending | CommandStatus::Scheduled => {
+            r.status = CommandStatus::Sent;
+            r.sent_at = Some(now);
+            true
+        }
+        _ if r.sent_at.is_none() => {
+            r.sent_at = Some(now);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `complete`'s rule on a record that exists (after `apply_expiry`).
+pub(crate) fn apply_complete(
+    r: &mut CommandRecord,
+    device_id: &str,
+    outcome: FinalOutcome,
+    reason: Option<StatusReason>,
+    now: DateTime<Utc>,
+) -> AckOutcome {
+    if r.device_id != device_id {
+        return AckOutcome::WrongDevice;
+    }
+    match r.status {
+        CommandStatus::Expired => return AckOutcome::Expired,
+        s if s.is_final() => return AckOutcome::AlreadyFinal(s),
+        _ => {}
+    }
+    r.status = match outcome {
+        FinalOutcome::Succeeded => CommandStatus::Succeeded,
+        FinalOutcome::Failed => CommandStatus::Failed,
+    };
+    r.completed_at = Some(millis(now));
+    r.status_reason = reason;
+    AckOutcome::Applied(Box::new(r.clone()))
+}
+
+/// One string per (principal, `Idempotency-Key`) that cannot collide across principals
+/// (the principal's length comes first, so no choice of names makes two pairs equal).
+pub(crate) fn idem_key(principal: &str, key: &str) -> String {
+    format!("{}:{principal}{key}", principal.len())
+}
+
+fn ser_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn ser_opt_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_time(t, s),
+        None => s.serialize_none(),
+    }
+}
