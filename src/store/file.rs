@@ -185,13 +185,13 @@ impl FileStore {
         });
         Box::pin(async move {
             let closed = || StoreError::Unavailable {
-                message: format!("state store {}: writer stopped", self.path.display()),
+                message: format!("{}: its writer thread stopped", self.path.display()),
             };
             let sender = self.sender.as_ref().ok_or_else(closed)?;
             sender.send(job).await.map_err(|_| closed())?;
             rx.await.map_err(|_| closed())?.map_err(|e| match e {
                 StoreError::Unavailable { message } => StoreError::Unavailable {
-                    message: format!("state store {}: {message}", self.path.display()),
+                    message: format!("{}: {message}", self.path.display()),
                 },
                 e => e,
             })

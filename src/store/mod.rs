@@ -582,3 +582,90 @@ fn ser_opt_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok,
         None => s.serialize_none(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_accepted_form_of_state_store_parses() {
+        assert_eq!(parse_state_store("none"), Ok(StoreKind::None));
+        assert_eq!(parse_state_store("memory"), Ok(StoreKind::Memory));
+        assert_eq!(
+            parse_state_store("file:/var/lib/clock/state.db"),
+            Ok(StoreKind::File(PathBuf::from("/var/lib/clock/state.db")))
+        );
+        assert_eq!(
+            parse_state_store("file:state.db"),
+            Ok(StoreKind::File(PathBuf::from("state.db")))
+        );
+        for url in [
+            "redis://localhost",
+            "redis://redis:6379/2",
+            "rediss://user:pw@redis.example:6380/0",
+        ] {
+            assert!(
+                matches!(parse_state_store(url), Ok(StoreKind::Redis(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redis_password_is_never_shown() {
+        let kind = parse_state_store("rediss://app:s3cret@redis.example:6380/1").unwrap();
+        assert_eq!(kind.to_string(), "rediss://<redacted>@redis.example:6380/1");
+        assert!(!format!("{kind:?}").contains("s3cret"));
+        let err = open(&kind, StoreSettings::default()).err().unwrap();
+        assert!(matches!(err, StoreError::NotBuilt { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("redis store not built yet") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let err = parse_state_store("redis://app:s3cret@").unwrap_err();
+        assert!(err.contains("no host") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_what_is_accepted() {
+        for value in ["", "Memory", "file:", "sqlite:/x.db", "http://u:s3cret@h"] {
+            let err = parse_state_store(value).unwrap_err();
+            assert!(err.contains("none, memory, file:<path>"), "{value}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn none_opens_no_store_and_memory_is_not_durable() {
+        assert!(
+            open(&StoreKind::None, StoreSettings::default())
+                .unwrap()
+                .is_none()
+        );
+        let memory = open(&StoreKind::Memory, StoreSettings::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (memory.name(), memory.durable(), memory.is_ready()),
+            ("memory", false, true)
+        );
+    }
+
+    #[test]
+    fn status_names_round_trip_and_only_four_are_final() {
+        use CommandStatus::*;
+        for s in [
+            Pending, Scheduled, Sent, Succeeded, Failed, Expired, Cancelled,
+        ] {
+            assert_eq!(CommandStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+            assert_eq!(
+                s.is_final(),
+                matches!(s, Succeeded | Failed | Expired | Cancelled)
+            );
+        }
+    }
+}

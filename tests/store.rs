@@ -1,0 +1,862 @@
+//! The state store's conformance suite: the same tests run against every backend (one
+//! `conformance!` line per backend), then what only a durable file can show (restarts,
+//! a corrupt file, a missing directory, group commit, a failed write).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use clock_server::store::{
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FileStore, FinalOutcome,
+    IdemBegin, MemoryStore, StateStore, StatusReason, StoreError, StoreSettings,
+};
+use tempfile::TempDir;
+
+/// Where a backend's state lives; `open` may be called again to "restart" it.
+enum Harness {
+    Memory,
+    File { _dir: TempDir, path: PathBuf },
+}
+
+impl Harness {
+    fn memory() -> Self {
+        Self::Memory
+    }
+
+    fn file() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Self::File { _dir: dir, path }
+    }
+
+    fn open(&self, settings: StoreSettings) -> Arc<dyn StateStore> {
+        match self {
+            Self::Memory => Arc::new(MemoryStore::new(settings)),
+            Self::File { path, .. } => Arc::new(FileStore::open(path, settings).unwrap()),
+        }
+    }
+
+    fn open_default(&self) -> Arc<dyn StateStore> {
+        self.open(StoreSettings::default())
+    }
+}
+
+/// 2026-11-29T08:00:00Z plus `secs`.
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_939_200 + secs, 0).unwrap()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A command just submitted at `at(0)`, alive for 600 s.
+fn pending(id: &str, device: &str) -> CommandRecord {
+    CommandRecord {
+        command_id: id.to_owned(),
+        device_id: device.to_owned(),
+        command_type: "display_message".to_owned(),
+        principal: "ops".to_owned(),
+        status: CommandStatus::Pending,
+        created_at: at(0),
+        sent_at: None,
+        completed_at: None,
+        expires_at: at(600),
+        device_acks: true,
+        status_reason: None,
+        fire_at: None,
+        delivery: None,
+    }
+}
+
+/// An alarm the gateway holds until `at(fire)`, expiring 600 s after that.
+fn alarm(id: &str, fire: i64) -> CommandRecord {
+    CommandRecord {
+        command_type: "set_alarm".to_owned(),
+        status: CommandStatus::Scheduled,
+        expires_at: at(fire + 600),
+        device_acks: false,
+        fire_at: Some(at(fire)),
+        delivery: Some(Delivery {
+            topic: "awtrix_a1b2c3/notify".to_owned(),
+            payload: br#"{"text":"Alarm","hold":true,"wakeup":true}"#.to_vec(),
+        }),
+        ..pending(id, "kitchen")
+    }
+}
+
+fn applied(outcome: AckOutcome) -> CommandRecord {
+    match outcome {
+        AckOutcome::Applied(record) => *record,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+const FP_A: [u8; 32] = [1; 32];
+const FP_B: [u8; 32] = [2; 32];
+
+// ---------------------------------------------------------------------------------------
+// The suite, run against every backend.
+
+async fn a_created_record_reads_back_unchanged(h: Harness) {
+    let store = h.open_default();
+    let message = pending("c-1", "clock-1");
+    let scheduled = alarm("c-2", 120);
+    store.create(message.clone()).await.unwrap();
+    store.create(scheduled.clone()).await.unwrap();
+    assert_eq!(store.get("c-1", at(1)).await.unwrap(), Some(message));
+    assert_eq!(store.get("c-2", at(1)).await.unwrap(), Some(scheduled));
+    assert_eq!(store.get("nope", at(1)).await.unwrap(), None);
+    let again = store.create(pending("c-1", "clock-9")).await;
+    assert!(matches!(again, Err(StoreError::Duplicate { ref command_id }) if command_id == "c-1"));
+}
+
+async fn the_record_renders_as_the_status_resource_of_7_3(h: Harness) {
+    let store = h.open_default();
+    let mut record = alarm("c-1", 0);
+    // Sub-millisecond digits are not kept: the API shows milliseconds.
+    record.created_at = at(0) + TimeDelta::nanoseconds(123_456_789);
+    store.create(record).await.unwrap();
+    store.mark_sent("c-1", at(1)).await.unwrap();
+    let reason = StatusReason::new("busy", "display \"busy\"");
+    store
+        .complete(
+            "c-1",
+            "kitchen",
+            FinalOutcome::Failed,
+            Some(reason),
+            at(2) + TimeDelta::milliseconds(5),
+        )
+        .await
+        .unwrap();
+    let json =
+        String::from_utf8(store.get("c-1", at(3)).await.unwrap().unwrap().to_json()).unwrap();
+    assert_eq!(
+        json,
+        r#"{"commandId":"c-1","deviceId":"kitchen","type":"set_alarm","principal":"ops","status":"failed","createdAt":"2026-11-29T08:00:00.123Z","sentAt":"2026-11-29T08:00:01.000Z","completedAt":"2026-11-29T08:00:02.005Z","expiresAt":"2026-11-29T08:10:00.000Z","deviceAcks":false,"statusReason":{"code":"busy","message":"display \"busy\""}}"#
+    );
+    store.create(pending("c-2", "clock-1")).await.unwrap();
+    let json =
+        String::from_utf8(store.get("c-2", at(3)).await.unwrap().unwrap().to_json()).unwrap();
+    assert_eq!(
+        json,
+        r#"{"commandId":"c-2","deviceId":"clock-1","type":"display_message","principal":"ops","status":"pending","createdAt":"2026-11-29T08:00:00.000Z","sentAt":null,"completedAt":null,"expiresAt":"2026-11-29T08:10:00.000Z","deviceAcks":true,"statusReason":null}"#
+    );
+}
+
+async fn a_record_past_its_expiry_is_expired_and_a_late_ack_is_ignored(h: Harness) {
+    let store = h.open_default();
+    store.create(pending("seen", "clock-1")).await.unwrap();
+    store.create(pending("unseen", "clock-1")).await.unwrap();
+    store.mark_sent("seen", at(1)).await.unwrap();
+
+    let before = store.get("seen", at(599)).await.unwrap().unwrap();
+    assert_eq!(before.status, CommandStatus::Sent);
+    let expired = store.get("seen", at(600)).await.unwrap().unwrap();
+    assert_eq!(expired.status, CommandStatus::Expired);
+    assert_eq!(expired.completed_at, Some(at(600)));
+    // The expiry was persisted: an ack stamped "earlier" no longer applies.
+    let late = store
+        .complete("seen", "clock-1", FinalOutcome::Succeeded, None, at(500))
+        .await
+        .unwrap();
+    assert_eq!(late, AckOutcome::Expired);
+    // Nobody read the other one: the ack itself finds it expired.
+    let late = store
+        .complete("unseen", "clock-1", FinalOutcome::Succeeded, None, at(700))
+        .await
+        .unwrap();
+    assert_eq!(late, AckOutcome::Expired);
+    assert_eq!(
+        store.get("unseen", at(701)).await.unwrap().unwrap().status,
+        CommandStatus::Expired
+    );
+}
+
+async fn acks_apply_only_to_the_right_device_and_the_first_final_status_wins(h: Harness) {
+    let store = h.open_default();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    store.mark_sent("c-1", at(1)).await.unwrap();
+
+    let unknown = store.complete("nope", "clock-1", FinalOutcome::Succeeded, None, at(2));
+    assert_eq!(unknown.await.unwrap(), AckOutcome::Unknown);
+    let wrong = store.complete("c-1", "clock-2", FinalOutcome::Succeeded, None, at(2));
+    assert_eq!(wrong.await.unwrap(), AckOutcome::WrongDevice);
+    assert_eq!(
+        store.get("c-1", at(2)).await.unwrap().unwrap().status,
+        CommandStatus::Sent
+    );
+
+    let done = applied(
+        store
+            .complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(3))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (done.status, done.completed_at),
+        (CommandStatus::Succeeded, Some(at(3)))
+    );
+
+    let duplicate = store.complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(4));
+    assert_eq!(
+        duplicate.await.unwrap(),
+        AckOutcome::AlreadyFinal(CommandStatus::Succeeded)
+    );
+    let reason = Some(StatusReason::new("late", "changed my mind"));
+    let contrary = store.complete("c-1", "clock-1", FinalOutcome::Failed, reason, at(5));
+    assert_eq!(
+        contrary.await.unwrap(),
+        AckOutcome::AlreadyFinal(CommandStatus::Succeeded)
+    );
+    assert_eq!(store.get("c-1", at(6)).await.unwrap(), Some(done));
+}
+
+async fn an_ack_that_overtakes_the_puback_is_kept_and_sent_at_is_filled(h: Harness) {
+    let store = h.open_default();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    let early = store.complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(1));
+    applied(early.await.unwrap());
+    let record = store.mark_sent("c-1", at(2)).await.unwrap().unwrap();
+    assert_eq!(record.status, CommandStatus::Succeeded);
+    assert_eq!(
+        (record.sent_at, record.completed_at),
+        (Some(at(2)), Some(at(1)))
+    );
+    // A second mark_sent does not move sentAt.
+    let again = store.mark_sent("c-1", at(9)).await.unwrap().unwrap();
+    assert_eq!(again.sent_at, Some(at(2)));
+    assert_eq!(store.get("c-1", at(10)).await.unwrap(), Some(record));
+    assert_eq!(store.mark_sent("nope", at(2)).await.unwrap(), None);
+}
+
+async fn a_failed_dispatch_is_recorded_with_its_reason(h: Harness) {
+    let store = h.open_default();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    let reason = Some(StatusReason::dispatch_failed("mqtt: not connected"));
+    let failed = applied(
+        store
+            .complete(
+                "c-1",
+                "clock-1",
+                FinalOutcome::Failed,
+                reason.clone(),
+                at(1),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (failed.status, failed.status_reason),
+        (CommandStatus::Failed, reason)
+    );
+    assert_eq!(failed.sent_at, None);
+}
+
+async fn an_idempotency_key_replays_byte_for_byte_and_refuses_another_request(h: Harness) {
+    let store = h.open_default();
+    let begin = |principal: &'static str, fp, t| {
+        let store = Arc::clone(&store);
+        async move { store.idem_begin(principal, "k-1", fp, at(t)).await.unwrap() }
+    };
+    assert_eq!(begin("ops", FP_A, 0).await, IdemBegin::New);
+    assert_eq!(begin("ops", FP_A, 1).await, IdemBegin::InProgress);
+    assert_eq!(begin("ops", FP_B, 1).await, IdemBegin::Mismatch);
+    // Another credential's key of the same name is its own.
+    assert_eq!(begin("other", FP_B, 1).await, IdemBegin::New);
+
+    let body = b"{\"result\":\"sent\",\"x\":\"\xff\x00\"}\n".to_vec();
+    store
+        .idem_finish("ops", "k-1", FP_A, 202, body.clone(), secs(3600), at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        begin("ops", FP_A, 3).await,
+        IdemBegin::Replay {
+            status: 202,
+            body: body.clone()
+        }
+    );
+    assert_eq!(begin("ops", FP_B, 3).await, IdemBegin::Mismatch);
+    assert_eq!(begin("other", FP_B, 3).await, IdemBegin::InProgress);
+    // Aborting a finished key changes nothing.
+    store.idem_abort("ops", "k-1").await.unwrap();
+    assert_eq!(
+        begin("ops", FP_A, 4).await,
+        IdemBegin::Replay { status: 202, body }
+    );
+    // Past its TTL the key is free again.
+    assert_eq!(begin("ops", FP_B, 3602).await, IdemBegin::New);
+}
+
+async fn an_aborted_or_abandoned_key_can_be_used_again(h: Harness) {
+    let store = h.open_default();
+    assert_eq!(
+        store.idem_begin("ops", "k", FP_A, at(0)).await.unwrap(),
+        IdemBegin::New
+    );
+    store.idem_abort("ops", "k").await.unwrap();
+    assert_eq!(
+        store.idem_begin("ops", "k", FP_A, at(1)).await.unwrap(),
+        IdemBegin::New
+    );
+    // Left in progress by a crash: blocked for a bounded time, then free.
+    assert_eq!(
+        store.idem_begin("ops", "k", FP_A, at(60)).await.unwrap(),
+        IdemBegin::InProgress
+    );
+    assert_eq!(
+        store.idem_begin("ops", "k", FP_B, at(61)).await.unwrap(),
+        IdemBegin::New
+    );
+}
+
+async fn concurrent_begins_with_one_key_give_exactly_one_new(h: Harness) {
+    let store = h.open_default();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.idem_begin("ops", "race", FP_A, at(0)).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            IdemBegin::New => new += 1,
+            IdemBegin::InProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(new, 1);
+}
+
+async fn a_scheduled_alarm_is_not_claimed_before_its_time(h: Harness) {
+    let store = h.open_default();
+    store.create(alarm("a-1", 60)).await.unwrap();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    assert!(
+        store
+            .claim_due(at(59), secs(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = store.claim_due(at(60), secs(10), 10).await.unwrap();
+    assert_eq!(due, vec![alarm("a-1", 60)]);
+    assert_eq!(
+        due[0].delivery.as_ref().unwrap().topic,
+        "awtrix_a1b2c3/notify"
+    );
+}
+
+async fn concurrent_claimers_get_each_alarm_exactly_once(h: Harness) {
+    let store = h.open_default();
+    for i in 0..40 {
+        store.create(alarm(&format!("a-{i:02}"), i)).await.unwrap();
+    }
+    let claimers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                // Small batches so the two claimers interleave.
+                loop {
+                    let got = store.claim_due(at(100), secs(30), 3).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|r| r.command_id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!((all.len(), distinct.len()), (40, 40));
+    // Earliest first.
+    let first = store.create(alarm("later", 50)).await;
+    first.unwrap();
+    let got = store.claim_due(at(131), secs(30), 2).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|r| r.command_id.as_str()).collect();
+    assert_eq!(ids, ["a-00", "a-01"]);
+}
+
+async fn an_alarm_whose_claimer_died_is_claimed_again_after_the_lease(h: Harness) {
+    let store = h.open_default();
+    store.create(alarm("a-1", 0)).await.unwrap();
+    assert_eq!(store.claim_due(at(0), secs(10), 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .claim_due(at(9), secs(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_due(at(10), secs(10), 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let sent = store.mark_sent("a-1", at(11)).await.unwrap().unwrap();
+    assert_eq!(
+        (sent.status, sent.sent_at),
+        (CommandStatus::Sent, Some(at(11)))
+    );
+    assert!(
+        store
+            .claim_due(at(100), secs(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled(h: Harness) {
+    let store = h.open_default();
+    store.create(alarm("a-1", 60)).await.unwrap();
+    store.create(alarm("a-2", 60)).await.unwrap();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+
+    let cancelled = match store.cancel("a-1", at(1)).await.unwrap() {
+        CancelOutcome::Cancelled(record) => *record,
+        other => panic!("expected Cancelled, got {other:?}"),
+    };
+    assert_eq!(
+        (cancelled.status, cancelled.completed_at),
+        (CommandStatus::Cancelled, Some(at(1)))
+    );
+    assert_eq!(store.get("a-1", at(2)).await.unwrap(), Some(cancelled));
+    let again = store.cancel("a-1", at(2)).await.unwrap();
+    assert_eq!(
+        again,
+        CancelOutcome::NotCancellable(CommandStatus::Cancelled)
+    );
+
+    // a-2 is claimed (being published): 409, until its lease runs out.
+    let due = store.claim_due(at(60), secs(10), 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|r| r.command_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a-2"]
+    );
+    let leased = store.cancel("a-2", at(61)).await.unwrap();
+    assert_eq!(
+        leased,
+        CancelOutcome::NotCancellable(CommandStatus::Scheduled)
+    );
+    assert!(matches!(
+        store.cancel("a-2", at(70)).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert!(
+        store
+            .claim_due(at(80), secs(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let pending = store.cancel("c-1", at(1)).await.unwrap();
+    assert_eq!(
+        pending,
+        CancelOutcome::NotCancellable(CommandStatus::Pending)
+    );
+    store.mark_sent("c-1", at(1)).await.unwrap();
+    let sent = store.cancel("c-1", at(2)).await.unwrap();
+    assert_eq!(sent, CancelOutcome::NotCancellable(CommandStatus::Sent));
+    assert_eq!(
+        store.cancel("nope", at(2)).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+}
+
+async fn an_alarm_still_scheduled_a_minute_after_its_time_is_failed_once(h: Harness) {
+    let store = h.open_default();
+    store.create(alarm("a-1", 0)).await.unwrap();
+    let due = store.claim_due(at(61), secs(10), 10).await.unwrap();
+    assert!(!due[0].schedule_missed(at(60)));
+    assert!(due[0].schedule_missed(at(61)));
+    let missed = Some(StatusReason::schedule_missed());
+    let failed = applied(
+        store
+            .complete("a-1", "kitchen", FinalOutcome::Failed, missed, at(61))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(failed.status_reason.unwrap().code, "schedule_missed");
+    assert!(
+        store
+            .claim_due(at(200), secs(10), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn finished_records_are_dropped_after_retention(h: Harness) {
+    let settings = StoreSettings {
+        retention: secs(60),
+        ..StoreSettings::default()
+    };
+    let store = h.open(settings);
+    store.create(pending("done", "clock-1")).await.unwrap();
+    store.create(pending("unseen", "clock-1")).await.unwrap();
+    store.create(alarm("later", 10_000)).await.unwrap();
+    applied(
+        store
+            .complete("done", "clock-1", FinalOutcome::Succeeded, None, at(1))
+            .await
+            .unwrap(),
+    );
+
+    assert!(store.get("done", at(60)).await.unwrap().is_some());
+    assert_eq!(store.get("done", at(61)).await.unwrap(), None);
+    let ack = store.complete("done", "clock-1", FinalOutcome::Failed, None, at(62));
+    assert_eq!(ack.await.unwrap(), AckOutcome::Unknown);
+    // Expired at 600 without anyone looking: dropped 60 s later all the same.
+    store.purge(at(659)).await.unwrap();
+    assert!(store.get("unseen", at(659)).await.unwrap().is_some());
+    store.purge(at(660)).await.unwrap();
+    assert_eq!(store.get("unseen", at(660)).await.unwrap(), None);
+    // Idempotency entries go after their own TTL.
+    store.idem_begin("ops", "k", FP_A, at(700)).await.unwrap();
+    store
+        .idem_finish("ops", "k", FP_A, 202, b"{}".to_vec(), secs(100), at(700))
+        .await
+        .unwrap();
+    store.purge(at(800)).await.unwrap();
+    assert_eq!(
+        store.idem_begin("ops", "k", FP_B, at(800)).await.unwrap(),
+        IdemBegin::New
+    );
+    // What is not final yet stays.
+    assert!(store.get("later", at(900)).await.unwrap().is_some());
+}
+
+/// Instantiates the suite for one backend: one `#[tokio::test]` per function above.
+macro_rules! conformance {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@tests $harness;
+                a_created_record_reads_back_unchanged,
+                the_record_renders_as_the_status_resource_of_7_3,
+                a_record_past_its_expiry_is_expired_and_a_late_ack_is_ignored,
+                acks_apply_only_to_the_right_device_and_the_first_final_status_wins,
+                an_ack_that_overtakes_the_puback_is_kept_and_sent_at_is_filled,
+                a_failed_dispatch_is_recorded_with_its_reason,
+                an_idempotency_key_replays_byte_for_byte_and_refuses_another_request,
+                an_aborted_or_abandoned_key_can_be_used_again,
+                concurrent_begins_with_one_key_give_exactly_one_new,
+                a_scheduled_alarm_is_not_claimed_before_its_time,
+                concurrent_claimers_get_each_alarm_exactly_once,
+                an_alarm_whose_claimer_died_is_claimed_again_after_the_lease,
+                only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled,
+                an_alarm_still_scheduled_a_minute_after_its_time_is_failed_once,
+                finished_records_are_dropped_after_retention,
+            );
+        }
+    };
+    (@tests $harness:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test($harness).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory, Harness::memory());
+conformance!(file, Harness::file());
+
+// ---------------------------------------------------------------------------------------
+// Memory only: the bound.
+
+#[tokio::test]
+async fn past_its_bound_memory_drops_the_oldest_finished_record_then_the_oldest() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 3,
+        ..StoreSettings::default()
+    });
+    for id in ["a", "b", "c"] {
+        store.create(pending(id, "clock-1")).await.unwrap();
+    }
+    applied(
+        store
+            .complete("c", "clock-1", FinalOutcome::Succeeded, None, at(1))
+            .await
+            .unwrap(),
+    );
+    applied(
+        store
+            .complete("b", "clock-1", FinalOutcome::Succeeded, None, at(2))
+            .await
+            .unwrap(),
+    );
+    store.create(pending("d", "clock-1")).await.unwrap();
+    // c finished first, so c goes first, though b is older.
+    assert_eq!(store.get("c", at(3)).await.unwrap(), None);
+    store.create(pending("e", "clock-1")).await.unwrap();
+    assert_eq!(store.get("b", at(3)).await.unwrap(), None);
+    // Nothing finished is left: the oldest of all goes.
+    store.create(pending("f", "clock-1")).await.unwrap();
+    assert_eq!(store.get("a", at(3)).await.unwrap(), None);
+    for id in ["d", "e", "f"] {
+        assert!(store.get(id, at(3)).await.unwrap().is_some(), "{id}");
+    }
+    assert_eq!(store.len(), 3);
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_under_a_long_run_of_commands() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 1000,
+        ..StoreSettings::default()
+    });
+    for i in 0..20_000 {
+        let id = format!("c-{i}");
+        store.create(pending(&id, "clock-1")).await.unwrap();
+        store.mark_sent(&id, at(1)).await.unwrap();
+        if i % 2 == 0 {
+            store
+                .complete(&id, "clock-1", FinalOutcome::Succeeded, None, at(2))
+                .await
+                .unwrap();
+        }
+        let key = format!("k-{i}");
+        store.idem_begin("ops", &key, FP_A, at(0)).await.unwrap();
+        store
+            .idem_finish("ops", &key, FP_A, 202, vec![0; 16], secs(60), at(0))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.len(), 1000);
+    assert!(store.get("c-19999", at(3)).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// File only: durability and start-up errors.
+
+fn file_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("state.db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_keys_and_scheduled_alarms_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    {
+        let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+        store.create(pending("c-1", "clock-1")).await.unwrap();
+        store.mark_sent("c-1", at(1)).await.unwrap();
+        store.create(alarm("a-1", 60)).await.unwrap();
+        store.create(alarm("a-2", 60)).await.unwrap();
+        store.idem_begin("ops", "k-1", FP_A, at(0)).await.unwrap();
+        store
+            .idem_finish(
+                "ops",
+                "k-1",
+                FP_A,
+                202,
+                b"{\"a\":1}".to_vec(),
+                secs(3600),
+                at(1),
+            )
+            .await
+            .unwrap();
+        store.idem_begin("ops", "k-2", FP_A, at(0)).await.unwrap();
+        // a-2 was being published when the process died.
+        assert_eq!(
+            store.claim_due(at(60), secs(30), 1).await.unwrap()[0].command_id,
+            "a-1"
+        );
+    }
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    let record = store.get("c-1", at(2)).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.sent_at),
+        (CommandStatus::Sent, Some(at(1)))
+    );
+    let replay = store.idem_begin("ops", "k-1", FP_A, at(2)).await.unwrap();
+    assert_eq!(
+        replay,
+        IdemBegin::Replay {
+            status: 202,
+            body: b"{\"a\":1}".to_vec()
+        }
+    );
+    assert_eq!(
+        store.idem_begin("ops", "k-2", FP_A, at(2)).await.unwrap(),
+        IdemBegin::InProgress
+    );
+    // The lease survived too: a-1 is not published twice, a-2 is still due.
+    let due = store.claim_due(at(61), secs(30), 10).await.unwrap();
+    assert_eq!(due, vec![alarm("a-2", 60)]);
+    assert_eq!(
+        store.claim_due(at(90), secs(30), 10).await.unwrap()[0].command_id,
+        "a-1"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_a_start_up_error_naming_it_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    let garbage = b"this is not a database, just some bytes that happen to be here".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = FileStore::open(&path, StoreSettings::default())
+        .err()
+        .expect("an error");
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), garbage);
+}
+
+#[test]
+fn another_applications_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE mine (x INTEGER); INSERT INTO mine VALUES (1);")
+        .unwrap();
+    let err = FileStore::open(&path, StoreSettings::default())
+        .err()
+        .expect("an error");
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("another application"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_directory_is_a_start_up_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let err = FileStore::open(&missing.join("state.db"), StoreSettings::default())
+        .err()
+        .expect("an error");
+    let text = err.to_string();
+    assert!(
+        text.contains(&missing.display().to_string()) && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(!missing.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_share_commits_and_are_all_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    let store = Arc::new(FileStore::open(&path, StoreSettings::default()).unwrap());
+    let writes = 200;
+    let tasks: Vec<_> = (0..writes)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.create(pending(&format!("c-{i}"), "clock-1")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let commits = store.commits();
+    assert!(
+        commits < writes,
+        "{commits} commits for {writes} writes: no group commit"
+    );
+    drop(Arc::into_inner(store).expect("the only handle"));
+
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    for i in 0..writes {
+        assert!(
+            store.get(&format!("c-{i}"), at(1)).await.unwrap().is_some(),
+            "c-{i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_unavailable_and_the_store_recovers() {
+    // A real full disk cannot be made portably here (no small tmpfs without privileges);
+    // SQLite's page cap fails the write with the same SQLITE_FULL a full disk gives.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&file_path(&dir), StoreSettings::default()).unwrap();
+    store.create(pending("before", "clock-1")).await.unwrap();
+    store.cap_size_for_tests(Some(0)).await.unwrap();
+    let mut big = pending("big", "clock-1");
+    big.delivery = Some(Delivery {
+        topic: "t".to_owned(),
+        payload: vec![7; 256 * 1024],
+    });
+    let err = store.create(big.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(!store.is_ready());
+    assert_eq!(
+        store.get("big", at(1)).await.unwrap(),
+        None,
+        "nothing half-written"
+    );
+    // Writes work again: so does the store, without a restart.
+    store.cap_size_for_tests(None).await.unwrap();
+    store.create(big.clone()).await.unwrap();
+    assert!(store.is_ready());
+    assert_eq!(store.get("big", at(1)).await.unwrap(), Some(big));
+    assert!(store.get("before", at(1)).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// Figures for docs/store.md: cargo test --release --test store -- --ignored --nocapture
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_concurrent_creates_per_second() {
+    async fn run(store: Arc<dyn StateStore>, n: usize) -> f64 {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let id = format!("c-{i}");
+                    store.create(pending(&id, "clock-1")).await.unwrap();
+                    store.mark_sent(&id, at(1)).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    }
+    let memory = run(
+        Arc::new(MemoryStore::new(StoreSettings::default())),
+        100_000,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let group =
+        Arc::new(FileStore::open(&dir.path().join("group.db"), StoreSettings::default()).unwrap());
+    let group_rate = run(group.clone(), 5_000).await;
+    let single = Arc::new(
+        FileStore::open_with_batch(&dir.path().join("single.db"), StoreSettings::default(), 1)
+            .unwrap(),
+    );
+    let single_rate = run(single.clone(), 500).await;
+    println!("memory: {memory:.0} commands/s (create + mark_sent)");
+    println!(
+        "file, group commit: {group_rate:.0} commands/s, {} commits for 10000 writes",
+        group.commits()
+    );
+    println!(
+        "file, one commit per write: {single_rate:.0} commands/s, {} commits for 1000 writes",
+        single.commits()
+    );
+}
