@@ -3,6 +3,8 @@
 //! a corrupt file, a missing directory, group commit, a failed write).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -805,10 +807,15 @@ async fn a_failed_write_is_unavailable_and_the_store_recovers() {
         None,
         "nothing half-written"
     );
-    // Writes work again: so does the store, without a restart.
+    // Writes work again: so does the store, by itself and without a restart.
     store.cap_size_for_tests(None).await.unwrap();
+    common::eventually(
+        Duration::from_secs(10),
+        "the store to be ready again",
+        || async { store.is_ready().then_some(()) },
+    )
+    .await;
     store.create(big.clone()).await.unwrap();
-    assert!(store.is_ready());
     assert_eq!(store.get("big", at(1)).await.unwrap(), Some(big));
     assert!(store.get("before", at(1)).await.unwrap().is_some());
 }

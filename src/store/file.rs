@@ -42,6 +42,8 @@ const SCHEMA_VERSION: i64 = 1;
 const QUEUE: usize = 4096;
 /// Most jobs committed together: bounds one transaction's size and latency.
 const DEFAULT_MAX_BATCH: usize = 512;
+/// While writes fail: how often the writer tries one, so readiness comes back by itself.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 const SCHEMA: &str = "
 CREATE TABLE commands (
@@ -73,6 +75,7 @@ CREATE TABLE idempotency (
     expires_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
+CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str = "id, device_id, command_type, principal, status, created_ms, sent_ms, \
@@ -297,8 +300,30 @@ fn writer(
     healthy: &AtomicBool,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    while let Some(job) = receiver.blocking_recv() {
-        batch.push(job);
+    loop {
+        let first = if healthy.load(Ordering::Relaxed) {
+            match receiver.blocking_recv() {
+                Some(job) => job,
+                None => return,
+            }
+        } else {
+            // After a failed write nothing else may come (`/ready` says not ready, so
+            // traffic goes elsewhere): probe until writes work again rather than wait.
+            match receiver.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(PROBE_INTERVAL);
+                    let probe = conn.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)",
+                        [ms(Utc::now())],
+                    );
+                    healthy.store(probe.is_ok(), Ordering::Relaxed);
+                    continue;
+                }
+            }
+        };
+        batch.push(first);
         while batch.len() < max_batch {
             match receiver.try_recv() {
                 Ok(job) => batch.push(job),
@@ -307,6 +332,7 @@ fn writer(
         }
         let before = conn.total_changes();
         let mut replies = Vec::with_capacity(batch.len());
+        let mut all_ok = true;
         let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Err(e) => {
                 let message = e.to_string();
@@ -329,6 +355,7 @@ fn writer(
                         }
                         Err(e) => job(Err(&e.to_string())),
                     };
+                    all_ok &= step.ok;
                     replies.push(step.reply);
                 }
                 let changed = txn.total_changes() != before;
@@ -341,7 +368,12 @@ fn writer(
                 result
             }
         };
-        healthy.store(commit.is_ok(), Ordering::Relaxed);
+        // Every failure here is the file's (jobs return errors only from SQLite), so it
+        // makes the store unready until a write, or the probe above, succeeds.
+        let ok = commit.is_ok() && all_ok;
+        if !ok || conn.total_changes() != before {
+            healthy.store(ok, Ordering::Relaxed);
+        }
         for reply in replies {
             reply(commit.clone());
         }
