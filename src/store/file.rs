@@ -562,8 +562,9 @@ impl StateStore for FileStore {
             let Some((mut record, _)) = live(conn, &id, retention, now)? else {
                 return Ok(None);
             };
-            apply_mark_sent(&mut record, now);
-            update(conn, &record, None)?;
+            if apply_mark_sent(&mut record, now) {
+                update(conn, &record, None)?;
+            }
             Ok(Some(record))
         })
     }

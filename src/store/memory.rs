@@ -520,3 +520,75 @@ impl StateStore for MemoryStore {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::{CommandStatus, FinalOutcome};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_939_200 + secs, 0).unwrap()
+    }
+
+    fn record(id: &str, created: i64) -> CommandRecord {
+        CommandRecord {
+            command_id: id.to_owned(),
+            device_id: "d".to_owned(),
+            command_type: "set_brightness".to_owned(),
+            principal: "ops".to_owned(),
+            status: CommandStatus::Pending,
+            created_at: at(created),
+            sent_at: None,
+            completed_at: None,
+            expires_at: at(created + 600),
+            device_acks: true,
+            status_reason: None,
+            fire_at: None,
+            delivery: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queues_stay_proportional_to_what_is_live() {
+        let settings = StoreSettings {
+            max_commands: 100,
+            retention: Duration::from_secs(60),
+        };
+        let store = MemoryStore::new(settings);
+        // Long-lived entries at the front of the queues: stale entries pile up behind
+        // them, so only compaction keeps the queues short.
+        let mut blocker = record("blocker", 0);
+        blocker.expires_at = at(1_000_000);
+        store.create(blocker).await.unwrap();
+        let long = Duration::from_secs(1_000_000);
+        store
+            .idem_finish("ops", "blocker", [0; 32], 202, Vec::new(), long, at(0))
+            .await
+            .unwrap();
+        for i in 0..10_000_i64 {
+            let id = format!("c-{i}");
+            let record = record(&id, i);
+            store.create(record).await.unwrap();
+            store
+                .complete(&id, "d", FinalOutcome::Succeeded, None, at(i))
+                .await
+                .unwrap();
+            let key = format!("k-{i}");
+            store.idem_begin("ops", &key, [0; 32], at(i)).await.unwrap();
+            store.idem_abort("ops", &key).await.unwrap();
+        }
+        let inner = store.lock();
+        // Retention (60 s at one command a second) keeps about 60 records.
+        assert!(inner.records.len() <= 63, "{}", inner.records.len());
+        for (name, len) in [
+            ("created", inner.created.len()),
+            ("finished", inner.finished.len()),
+            ("idem_order", inner.idem_order.len()),
+        ] {
+            assert!(len <= 2 * 100 + 64, "{name}: {len} entries");
+        }
+        assert_eq!(inner.idem.len(), 1);
+    }
+}
