@@ -438,8 +438,25 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(CommandRecord, Option<DateTime<U
     Ok((record, opt_time(row, 15)?))
 }
 
+/// `Connection::execute` through the statement cache: the same few statements run for
+/// every command, and parsing them again each time cost more than running them.
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn query_row<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
-    conn.execute(
+    exec(
+        conn,
         &format!(
             "INSERT INTO commands ({COLUMNS}, final_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL, ?16)"
@@ -472,7 +489,8 @@ fn update(
     r: &CommandRecord,
     lease: Option<DateTime<Utc>>,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE commands SET status = ?2, sent_ms = ?3, completed_ms = ?4, reason_code = ?5, \
          reason_message = ?6, lease_ms = ?7, final_ms = ?8 WHERE id = ?1",
         params![
@@ -497,18 +515,18 @@ fn live(
     retention: Duration,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Option<(CommandRecord, Option<DateTime<Utc>>)>> {
-    let found = conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?;
+    let found = query_row(
+        conn,
+        &format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"),
+        [id],
+        from_row,
+    )
+    .optional()?;
     let Some((mut record, mut lease)) = found else {
         return Ok(None);
     };
     if is_dropped(&record, retention, now) {
-        conn.execute("DELETE FROM commands WHERE id = ?1", [id])?;
+        exec(conn, "DELETE FROM commands WHERE id = ?1", [id])?;
         return Ok(None);
     }
     if apply_expiry(&mut record, now) {
@@ -526,13 +544,13 @@ impl StateStore for FileStore {
     fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         let record = normalise(record);
         let submitted = self.submit(move |conn| {
-            let exists = conn
-                .query_row(
-                    "SELECT 1 FROM commands WHERE id = ?1",
-                    [&record.command_id],
-                    |_| Ok(()),
-                )
-                .optional()?;
+            let exists = query_row(
+                conn,
+                "SELECT 1 FROM commands WHERE id = ?1",
+                [&record.command_id],
+                |_| Ok(()),
+            )
+            .optional()?;
             if exists.is_some() {
                 return Ok(Err(StoreError::Duplicate {
                     command_id: record.command_id,
@@ -624,7 +642,7 @@ impl StateStore for FileStore {
         let until = ms(millis(add(now, lease)));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.submit(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM commands WHERE status = 'scheduled' AND fire_ms <= ?1 \
                  AND (lease_ms IS NULL OR lease_ms <= ?1) ORDER BY fire_ms LIMIT ?2"
             ))?;
@@ -633,7 +651,8 @@ impl StateStore for FileStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut claimed = Vec::with_capacity(due.len());
             for (record, _) in due {
-                conn.execute(
+                exec(
+                    conn,
                     "UPDATE commands SET lease_ms = ?2 WHERE id = ?1",
                     params![record.command_id, until],
                 )?;
@@ -652,20 +671,20 @@ impl StateStore for FileStore {
     ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
         let key = idem_key(principal, key);
         self.submit(move |conn| {
-            let found = conn
-                .query_row(
-                    "SELECT fingerprint, status, body FROM idempotency \
+            let found = query_row(
+                conn,
+                "SELECT fingerprint, status, body FROM idempotency \
                      WHERE key = ?1 AND expires_ms > ?2",
-                    params![key, ms(now)],
-                    |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, Option<u16>>(1)?,
-                            r.get::<_, Option<Vec<u8>>>(2)?,
-                        ))
-                    },
-                )
-                .optional()?;
+                params![key, ms(now)],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Option<u16>>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
             Ok(match found {
                 Some((stored, _, _)) if stored != fingerprint => IdemBegin::Mismatch,
                 Some((_, Some(status), body)) => IdemBegin::Replay {
@@ -674,7 +693,8 @@ impl StateStore for FileStore {
                 },
                 Some((_, None, _)) => IdemBegin::InProgress,
                 None => {
-                    conn.execute(
+                    exec(
+                        conn,
                         "INSERT OR REPLACE INTO idempotency (key, fingerprint, status, body, \
                          expires_ms) VALUES (?1, ?2, NULL, NULL, ?3)",
                         params![
@@ -701,7 +721,8 @@ impl StateStore for FileStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let key = idem_key(principal, key);
         self.submit(move |conn| {
-            conn.execute(
+            exec(
+                conn,
                 "INSERT OR REPLACE INTO idempotency (key, fingerprint, status, body, expires_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -723,7 +744,8 @@ impl StateStore for FileStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let key = idem_key(principal, key);
         self.submit(move |conn| {
-            conn.execute(
+            exec(
+                conn,
                 "DELETE FROM idempotency WHERE key = ?1 AND status IS NULL",
                 [key],
             )?;
@@ -739,8 +761,12 @@ impl StateStore for FileStore {
                 .ok()
                 .and_then(|r| now.checked_sub_signed(r))
                 .map_or(i64::MIN, ms);
-            let records = conn.execute("DELETE FROM commands WHERE final_ms <= ?1", [cutoff])?;
-            let keys = conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?1", [ms(now)])?;
+            let records = exec(conn, "DELETE FROM commands WHERE final_ms <= ?1", [cutoff])?;
+            let keys = exec(
+                conn,
+                "DELETE FROM idempotency WHERE expires_ms <= ?1",
+                [ms(now)],
+            )?;
             Ok(u64::try_from(records + keys).unwrap_or(u64::MAX))
         })
     }
