@@ -772,7 +772,9 @@ impl StateStore for FileStore {
     }
 
     fn is_ready(&self) -> bool {
+        // A writer thread that ended (it would only by a panic) answers nothing more.
         self.healthy.load(Ordering::Relaxed)
+            && self.writer.as_ref().is_some_and(|w| !w.is_finished())
     }
 
     fn durable(&self) -> bool {
