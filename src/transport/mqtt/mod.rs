@@ -24,6 +24,7 @@
 //! Submodules: `link` (connecting, readiness, reconnect with back-off), `tls` (trust store
 //! and client certificate for `mqtts://`).
 
+pub mod acks;
 mod link;
 mod tls;
 
