@@ -52,6 +52,7 @@ lint: ## formatting and clippy checks, as CI runs them
 bench: ## benchmark the release server against its own Mosquitto, then under attack (BENCH_RUNS, BENCH_SECONDS; README "Performance")
 	./scripts/bench.sh
 	./scripts/bench-attacks.sh
+	./scripts/bench-store.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked

@@ -31,72 +31,12 @@ CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 
-die() {
-	echo "bench-attacks: $*" >&2
-	exit 1
-}
-
-command -v wrk >/dev/null 2>&1 || die "wrk is missing (scripts/bench.sh installs it)"
-[ -x "$MOSQUITTO" ] || die "mosquitto is missing"
-if [ "${BENCH_BUILD:-1}" = 1 ]; then
-	# shellcheck disable=SC2086
-	$CARGO build --release --locked $CARGO_FLAGS --bin clock-server
-fi
-SERVER=$TARGET_DIR/release/clock-server
-[ -x "$SERVER" ] || die "build first: $SERVER"
-
-TMP=$(mktemp -d /tmp/clock-bench-attacks.XXXXXX)
-PIDS=""
-cleanup() {
-	for pid in $PIDS; do kill "$pid" 2>/dev/null || true; done
-	for pid in $PIDS; do wait "$pid" 2>/dev/null || true; done
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "bench-attacks: logs kept in $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-	for _ in $(seq 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	return 1
-}
-
-MQTT_PORT=$(free_port)
-printf 'persistence false\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT_PORT" >"$TMP/mosquitto.conf"
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
-PIDS="$PIDS $!"
-wait_port "$MQTT_PORT" || die "Mosquitto did not start"
-
-HTTP_PORT=""
-SERVER_PID=""
-start_server() {
-	HTTP_PORT=$(free_port)
-	env -i PATH="$PATH" HTTP_ADDR="127.0.0.1:$HTTP_PORT" REQUIRE_TLS=false \
-		API_AUTH_CREDENTIALS="bench|bench-token|*" ENABLED_SENDERS=mqtt \
-		MQTT_BROKER_URL="mqtt://127.0.0.1:$MQTT_PORT" ALLOW_INSECURE_MQTT=true MQTT_QOS=1 \
-		LOG_LEVEL=info "$SERVER" 2>"$1" &
-	SERVER_PID=$!
-	PIDS="$PIDS $SERVER_PID"
-	for _ in $(seq 100); do
-		if curl -fs -H "Authorization: Bearer bench-token" "http://127.0.0.1:$HTTP_PORT/ready" >/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	die "server did not become ready: $(tail -3 "$1")"
-}
-stop_server() {
-	kill -TERM "$SERVER_PID" 2>/dev/null || true
-	wait "$SERVER_PID" 2>/dev/null || true
-}
-kib() { awk -v k="$1" '/^'"$1"':/ {print $2}' "/proc/$SERVER_PID/status"; }
-field() { sed -n "s/.*$2=\([0-9]*\).*/\1/p" "$1" | head -1; }
+BENCH_NAME=bench-attacks
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "$0")/bench/lib.sh"
 
 # --- 1. token floods --------------------------------------------------------------------
-start_server "$TMP/server-floods.log"
+start_server "$TMP/server-floods.log" STATE_STORE=none
 echo "bench-attacks: token floods, $HALF legitimate + $HALF attacking connections, ${DURATION}s x $RUNS rounds"
 for run in $(seq "$RUNS"); do
 	for mode in none fixed random; do
@@ -111,22 +51,20 @@ for run in $(seq "$RUNS"); do
 			"http://127.0.0.1:$HTTP_PORT" >"$TMP/legit-$mode-$run.out" 2>&1
 		[ -z "$flood" ] || wait "$flood"
 		legit=$TMP/legit-$mode-$run.out
-		rate=$(awk -v r="$(field "$legit" requests)" -v d="$(field "$legit" duration_us)" 'BEGIN {printf "%.0f", r / (d / 1e6)}')
+		legit_rate=$(rate "$legit")
 		p99=$(field "$legit" p99_us)
 		frate=-
 		if [ -n "$flood" ]; then
 			f=$TMP/flood-$mode-$run.out
-			frate=$(awk -v r="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN {printf "%.0f", r / (d / 1e6)}')
+			frate=$(rate "$f")
 		fi
-		echo "$mode $run $rate $p99 $frate" >>"$TMP/floods.txt"
+		echo "$mode $run $legit_rate $p99 $frate" >>"$TMP/floods.txt"
 		printf '  round %d %-6s legitimate %7s req/s  p99 %6.1f ms   flood %7s req/s\n' \
-			"$run" "$mode" "$rate" "$(awk -v p="$p99" 'BEGIN {print p / 1000}')" "$frate"
+			"$run" "$mode" "$legit_rate" "$(awk -v p="$p99" 'BEGIN {print p / 1000}')" "$frate"
 	done
 done
 stop_server
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-spread() { sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
 echo "bench-attacks: medians (spread)"
 for mode in none fixed random; do
 	r=$(awk -v m="$mode" '$1 == m {print $3}' "$TMP/floods.txt")
@@ -144,7 +82,7 @@ awk -v f="$fixed" -v r="$random" 'BEGIN {
 }'
 
 # --- 2. endless headers -----------------------------------------------------------------
-start_server "$TMP/server-headers.log"
+start_server "$TMP/server-headers.log" STATE_STORE=none
 before=$(kib VmRSS)
 exec 4> >(python3 scripts/bench/endless_headers.py "$HTTP_PORT" "$HEADER_CONNS" 30 >"$TMP/headers.out")
 HOLDER=$!

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `make bench`, third part: what tracking commands costs (SPEC 7), side by side in one run
+# on loopback (a Mosquitto of its own on a free port, never 1883).
+#
+# 1. Stores: BENCH_CONNECTIONS keep-alive wrk clients post commands (QoS 1) to a fresh
+#    server with STATE_STORE=none, memory and file:<temp dir>/state.db, in interleaved
+#    rounds (BENCH_RUNS), BENCH_SECONDS each; medians with their spread, and the ratios
+#    against none. Targets: memory req/s >= 0.90x and p99 <= 1.25x; file req/s >= 0.50x.
+# 2. A million commands: one STATE_STORE=memory server (default STATE_MAX_COMMANDS) takes
+#    BENCH_MILLION (1000000) commands; its peak RSS (VmHWM) must stay <= 64 MiB.
+# The figures are for reading, not asserting.
+#
+# Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
+# BENCH_MILLION (1000000; 0 skips it), BENCH_CARGO_FLAGS (--no-default-features),
+# BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR, MOSQUITTO.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+RUNS=${BENCH_RUNS:-3}
+DURATION=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+MILLION=${BENCH_MILLION:-1000000}
+CARGO=${CARGO:-cargo}
+CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+BENCH_NAME=bench-store
+# shellcheck source=scripts/bench/lib.sh
+. "$(dirname "$0")/bench/lib.sh"
+
+store_value() {
+	case $1 in
+	file) echo "file:$TMP/state-$2.db" ;;
+	*) echo "$1" ;;
+	esac
+}
+
+echo "bench-store: $CONNS connections at QoS 1, ${DURATION}s x $RUNS rounds"
+for run in $(seq "$RUNS"); do
+	for store in none memory file; do
+		start_server "$TMP/server-$store-$run.log" "STATE_STORE=$(store_value "$store" "$run")"
+		out=$TMP/wrk-$store-$run.out
+		wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s scripts/bench/wrk.lua \
+			"http://127.0.0.1:$HTTP_PORT" >"$out" 2>&1
+		stop_server
+		errors=$(field "$out" status_errors)
+		echo "$store $run $(rate "$out") $(field "$out" p99_us) $errors" >>"$TMP/stores.txt"
+		printf '  round %d %-6s %7s req/s  p99 %6.1f ms  non-2xx %s\n' "$run" "$store" \
+			"$(rate "$out")" "$(awk -v p="$(field "$out" p99_us)" 'BEGIN {print p / 1000}')" "$errors"
+	done
+done
+echo "bench-store: medians (spread)"
+for store in none memory file; do
+	r=$(awk -v s="$store" '$1 == s {print $3}' "$TMP/stores.txt")
+	p=$(awk -v s="$store" '$1 == s {print $4 / 1000}' "$TMP/stores.txt")
+	printf '  %-6s %s req/s (%s)  p99 %s ms (%s)\n' "$store" "$(echo "$r" | median)" \
+		"$(echo "$r" | spread)" "$(echo "$p" | median)" "$(echo "$p" | spread)"
+done
+med() { awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$TMP/stores.txt" | median; }
+awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" \
+	-v fr="$(med file 3)" -v fp="$(med file 4)" 'BEGIN {
+	printf "  memory / none: req/s %.2f (target >= 0.90: %s), p99 %.2fx (target <= 1.25x: %s)\n",
+		mr / nr, (mr / nr >= 0.9 ? "PASS" : "MISS"), mp / np, (mp / np <= 1.25 ? "PASS" : "MISS")
+	printf "  file / none:   req/s %.2f (target >= 0.50: %s), p99 %.2fx\n",
+		fr / nr, (fr / nr >= 0.5 ? "PASS" : "MISS"), fp / np
+}'
+
+if [ "$MILLION" -gt 0 ]; then
+	start_server "$TMP/server-million.log" STATE_STORE=memory
+	total=0
+	while [ "$total" -lt "$MILLION" ]; do
+		wrk -t"$THREADS" -c"$CONNS" -d10s -s scripts/bench/wrk.lua \
+			"http://127.0.0.1:$HTTP_PORT" >"$TMP/million.out" 2>&1
+		total=$((total + $(field "$TMP/million.out" requests)))
+	done
+	awk -v n="$total" -v p="$(kib VmHWM)" -v r="$(kib VmRSS)" 'BEGIN {
+		printf "bench-store: %d commands into STATE_STORE=memory: peak RSS %.1f MiB (target <= 64: %s), now %.1f MiB\n",
+			n, p / 1024, (p <= 65536 ? "PASS" : "MISS"), r / 1024
+	}'
+	stop_server
+fi
