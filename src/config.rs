@@ -13,29 +13,8 @@ use std::time::Duration;
 use reqwest::Url;
 
 use crate::security::{Credential, parse_credentials};
-
-/// A value that must never be printed: `Debug` and `Display` show `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself; call only where it is sent to its destination.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-/// What a secret is replaced with wherever it would be shown.
-pub const REDACTED: &str = "<redacted>";
+use crate::shared::secret::REDACTED;
+use crate::shared::{BrokerUrl, BrokerUrlError, Secret, go_bool};
 
 /// Every configured secret, to scrub text from outside (a downstream's answer may echo the
 /// request it got, token included) before it is logged. [`Config::from_lookup`] builds it
@@ -161,7 +140,6 @@ pub struct TlsFiles {
 /// MQTT transport settings (SPEC 4.1).
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    pub broker: Url,
     pub use_tls: bool,
     pub host: String,
     pub port: u16,
@@ -284,18 +262,14 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     fn bool(&mut self, name: &str, default: bool) -> bool {
         match self.raw(name) {
             None => default,
-            Some(v) => match v.as_str() {
-                "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
-                "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
-                _ => {
-                    self.invalid(
-                        name,
-                        &v,
-                        "expected a boolean: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False",
-                    );
-                    default
-                }
-            },
+            Some(v) => go_bool::parse_go_bool(&v).unwrap_or_else(|| {
+                self.invalid(
+                    name,
+                    &v,
+                    &format!("expected a boolean: {}", go_bool::ACCEPTED),
+                );
+                default
+            }),
         }
     }
 
@@ -623,54 +597,27 @@ fn read_mqtt<F: Fn(&str) -> Option<String>>(
         return None;
     };
     let accepted = "expected mqtts://host[:8883] or mqtt://host[:1883]";
-    let url = match Url::parse(url_raw.trim()) {
-        Ok(u) => u,
+    let url = match BrokerUrl::parse(&url_raw) {
+        Ok(url) => url,
         Err(e) => {
-            r.invalid("MQTT_BROKER_URL", &url_raw, &format!("{e}; {accepted}"));
+            let why = match e {
+                BrokerUrlError::Scheme(_) => accepted.to_owned(),
+                other => format!("{other}; {accepted}"),
+            };
+            r.invalid("MQTT_BROKER_URL", &url_raw, &why);
             return None;
         }
     };
-    let use_tls = match url.scheme() {
-        "mqtts" | "ssl" => true,
-        "mqtt" | "tcp" => {
-            if !allow_insecure {
-                let shown = Reader::<F>::shown("MQTT_BROKER_URL", &url_raw);
-                r.errors.push(format!(
-                    "{shown} is refused: plain mqtt:// sends commands and credentials unencrypted; use mqtts:// or set ALLOW_INSECURE_MQTT=true"
-                ));
-            }
-            false
-        }
-        _ => {
-            r.invalid("MQTT_BROKER_URL", &url_raw, accepted);
-            return None;
-        }
-    };
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        r.invalid(
-            "MQTT_BROKER_URL",
-            &url_raw,
-            &format!("the host is missing; {accepted}"),
-        );
-        return None;
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        r.invalid(
-            "MQTT_BROKER_URL",
-            &url_raw,
-            &format!("a path or query is not allowed; {accepted}"),
-        );
+    if !url.tls && !allow_insecure {
+        let shown = Reader::<F>::shown("MQTT_BROKER_URL", &url_raw);
+        r.errors.push(format!(
+            "{shown} is refused: plain mqtt:// sends commands and credentials unencrypted; use mqtts:// or set ALLOW_INSECURE_MQTT=true"
+        ));
     }
-    let port = url.port().unwrap_or(if use_tls { 8883 } else { 1883 });
     Some(MqttConfig {
-        broker: url,
-        use_tls,
-        host,
-        port,
+        use_tls: url.tls,
+        host: url.host,
+        port: url.port,
         client_id,
         username,
         password,

@@ -329,7 +329,7 @@ mod running {
                     "the embedded MQTT broker did not start within 5 s".to_owned(),
                 ));
             }
-            let config = demo_config(self.http_addr, mqtt_addr, crate::cli::settings::process_env)
+            let config = demo_config(self.http_addr, mqtt_addr, crate::shared::process_env)
                 .map_err(|e| DemoError::Start(e.0.join("; ")))?;
             tracing::warn!(
                 "demo mode: plain HTTP, the public token {}, an anonymous broker; for local use only",

@@ -27,6 +27,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod security;
+pub mod shared;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
 use crate::domain::{DeviceId, Scope};
+use crate::shared::Secret;
 
 /// One configured caller: an id (for logs), a token (matched by its SHA-256) and scopes.
 #[derive(Clone)]

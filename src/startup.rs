@@ -51,11 +51,6 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
 }
 
-/// Builds the configured transports (one, or a fan-out over several), without metrics.
-pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, StartupError> {
-    Ok(combine(build_transports(config).await?))
-}
-
 /// Each enabled transport on its own, in `ENABLED_SENDERS` order.
 async fn build_transports(config: &Config) -> Result<Vec<Arc<dyn Transport>>, StartupError> {
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
@@ -228,29 +223,5 @@ impl Application {
             let _ = task.await;
         }
         tracing::info!("stopped");
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the shutdown future of the binaries.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }

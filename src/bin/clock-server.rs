@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use clock_server::config::Config;
 use clock_server::demo::{Demo, DemoArgs};
-use clock_server::startup::{Application, shutdown_signal};
+use clock_server::shared::shutdown;
+use clock_server::startup::Application;
 
 /// musl's malloc serialises every allocation behind one lock and made the static image
 /// noticeably slower than the glibc build; see the README's Performance section.
@@ -75,7 +76,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    app.run_until_stopped(shutdown_signal()).await;
+    app.run_until_stopped(shutdown::signal()).await;
     ExitCode::SUCCESS
 }
 
@@ -89,7 +90,7 @@ async fn demo(args: &DemoArgs) -> ExitCode {
         }
     };
     let _logs = clock_server::telemetry::init(demo.log_format(), Some(&demo.log_filter()));
-    match demo.run(shutdown_signal()).await {
+    match demo.run(shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clock-server demo: {e}");

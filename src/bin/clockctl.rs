@@ -17,7 +17,8 @@ async fn main() -> ExitCode {
         }
     };
     if let Command::Watch(args) = &cli.command {
-        return match cli::watch::run(args, cli.json, cli::watch::interrupted()).await {
+        return match cli::watch::run(args, cli.json, clock_server::shared::shutdown::signal()).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("clockctl: {}", terminal::plain(&err.to_string()));
@@ -25,7 +26,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    match cli::run(&cli, cli::settings::process_env).await {
+    match cli::run(&cli, clock_server::shared::process_env).await {
         Ok(out) => {
             println!("{}", out.stdout);
             if let Some(note) = out.note {

@@ -45,15 +45,6 @@ const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
 /// Switches that Go's flag package also accepts as `-name=<bool>`.
 const BOOL_FLAGS: &[&str] = &["json", "plain"];
 
-/// A boolean as Go's `strconv.ParseBool` reads it.
-fn go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 /// `clockctl`: send commands to smart clocks through a clock-server gateway.
 #[derive(Debug, Parser)]
 #[command(
@@ -256,7 +247,7 @@ where
         if BOOL_FLAGS.contains(&name)
             && let Some(value) = inline_value
         {
-            match go_bool(value) {
+            match crate::shared::parse_go_bool(value) {
                 Some(true) => out.push(format!("--{name}").into()),
                 Some(false) => {}
                 None => out.push(format!("--{body}").into()),

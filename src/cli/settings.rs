@@ -1,12 +1,13 @@
 //! `clockctl`'s environment: where the server is, the token, the timeout and the
 //! insecure-HTTP override, each checked with an error that names the variable.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::CliError;
 use reqwest::Url;
+
+use super::CliError;
+use crate::shared::{Secret, parse_go_bool};
 
 /// Used when neither `CLOCK_SERVER_BASE_URL` nor `CLOCK_SERVER_HOST` is set.
 pub const DEFAULT_BASE_URL: &str = "http://localhost:8080";
@@ -19,36 +20,14 @@ pub struct Settings {
     /// The server's base URL, without a trailing `/`.
     pub base_url: Url,
     /// `CLOCK_SERVER_TOKEN`, when set and not blank.
-    pub token: Option<Token>,
+    pub token: Option<Secret>,
     /// `CLOCKCTL_TIMEOUT_MS`: the whole request, connect to last body byte.
     pub timeout: Duration,
     /// `CLOCKCTL_ALLOW_INSECURE_HTTP`.
     pub allow_insecure_http: bool,
 }
 
-/// A bearer token; `Debug` never shows it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl Token {
-    /// The secret itself, for the `Authorization` header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
 impl Settings {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, CliError> {
-        Self::from_lookup(process_env)
-    }
-
     /// Reads the variables through `lookup` (tests pass a map). Empty values count as unset,
     /// as they did for the Go tool.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, CliError> {
@@ -70,7 +49,7 @@ impl Settings {
                             .into(),
                     ));
                 }
-                Some(Token(token.to_owned()))
+                Some(Secret::new(token))
             }
         };
         let timeout = match get("CLOCKCTL_TIMEOUT_MS") {
@@ -87,7 +66,7 @@ impl Settings {
         };
         let allow_insecure_http = match get("CLOCKCTL_ALLOW_INSECURE_HTTP") {
             None => false,
-            Some(raw) => parse_bool(&raw).ok_or_else(|| {
+            Some(raw) => parse_go_bool(&raw).ok_or_else(|| {
                 CliError::Invalid(format!(
                     "CLOCKCTL_ALLOW_INSECURE_HTTP={raw:?} is not valid: set one of \
                      1 t T TRUE true True 0 f F FALSE false False"
@@ -105,21 +84,6 @@ impl Settings {
     /// `base_url` joined with an absolute API path such as `/commands/alarms`.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.base_url.as_str().trim_end_matches('/'))
-    }
-}
-
-/// One variable of the process environment; non-UTF-8 bytes become U+FFFD, which then fails
-/// validation instead of counting as unset.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-}
-
-/// Go's `strconv.ParseBool`, the boolean syntax of every variable in the SPEC.
-pub fn parse_bool(raw: &str) -> Option<bool> {
-    match raw {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
     }
 }
 
@@ -311,19 +275,6 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{bad}");
         }
         assert!(parse_base_url("https://clock.example.com").is_ok());
-    }
-
-    #[test]
-    fn booleans_follow_go_parse_bool() {
-        for t in ["1", "t", "T", "TRUE", "true", "True"] {
-            assert_eq!(parse_bool(t), Some(true), "{t}");
-        }
-        for f in ["0", "f", "F", "FALSE", "false", "False"] {
-            assert_eq!(parse_bool(f), Some(false), "{f}");
-        }
-        for bad in ["yes", "on", "tRUE", " true", ""] {
-            assert_eq!(parse_bool(bad), None, "{bad}");
-        }
     }
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, CliError> {

@@ -92,11 +92,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-pub async fn interrupted() {
-    crate::startup::shutdown_signal().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use chrono::{Local, Utc};
 use mqtt5::{ConnectOptions, ConnectionEvent, DisconnectReason, MqttClient, QoS, SubscribeOptions};
-use reqwest::Url;
 use tokio::sync::mpsc;
 
 use super::command;
 use super::face::Clocks;
-use crate::config::Secret;
 use crate::domain::DeviceId;
+use crate::shared::{BrokerUrl, Secret};
 use crate::terminal;
 use crate::transport::mqtt::MAX_PACKET_SIZE;
 
@@ -34,23 +33,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the live view is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
 
-/// Where a virtual clock connects.
+/// Where a virtual clock connects: the broker URL, and the CAs it trusts for `mqtts://`.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    host: String,
-    port: u16,
-    /// `mqtts://`: TLS, verified against the bundled public roots or [`Self::ca_pem`].
-    tls: bool,
+    url: BrokerUrl,
     /// The only CAs trusted for `mqtts://` when set (PEM, checked by [`Broker::trust_ca_file`]).
     ca_pem: Option<Vec<u8>>,
-    username: Option<String>,
-    password: Option<Secret>,
 }
 
 impl Broker {
-    /// Parses `mqtt://[user[:password]@]host[:port]` (port 1883 by default),
-    /// `mqtts://...` (TLS, port 8883 by default) or a bare `host:port`. The error says what
-    /// is accepted.
+    /// Parses a broker URL (see [`BrokerUrl`]) or a bare `host:port` (plain MQTT). The error
+    /// says what is accepted.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let accepted = "expected mqtt://host:port or mqtts://host:port, e.g. mqtt://127.0.0.1:1883";
@@ -59,45 +52,15 @@ impl Broker {
         } else {
             format!("mqtt://{raw}")
         };
-        let url = Url::parse(&with_scheme)
-            .map_err(|e| format!("broker URL {raw:?} is not valid ({e}): {accepted}"))?;
-        let tls = match url.scheme() {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            other => {
-                return Err(format!(
-                    "broker URL {raw:?} has the scheme {other:?}: {accepted}"
-                ));
-            }
-        };
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("broker URL {raw:?} has no host: {accepted}"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if !url.path().trim_matches('/').is_empty() || url.query().is_some() {
-            return Err(format!(
-                "broker URL {raw:?} must not have a path or query: {accepted}"
-            ));
-        }
-        let username = Some(url.username()).filter(|u| !u.is_empty()).map(decode);
-        let password = url.password().map(|p| Secret::new(decode(p)));
-        Ok(Self {
-            host,
-            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
-            tls,
-            ca_pem: None,
-            username,
-            password,
-        })
+        let url = BrokerUrl::parse(&with_scheme)
+            .map_err(|e| format!("broker URL {raw:?} is not valid: {e}; {accepted}"))?;
+        Ok(Self { url, ca_pem: None })
     }
 
     /// Trusts only the CA certificates in the PEM file at `path` for this `mqtts://`
     /// broker (instead of the bundled public roots). The error says what is wrong with it.
     pub fn trust_ca_file(mut self, path: &Path) -> Result<Self, String> {
-        if !self.tls {
+        if !self.url.tls {
             return Err(format!(
                 "{} is plain MQTT; a CA file only applies to an mqtts:// broker",
                 self.display()
@@ -112,33 +75,8 @@ impl Broker {
 
     /// `mqtt://host:port` or `mqtts://host:port`, without credentials: safe to print.
     pub fn display(&self) -> String {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            format!("{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            format!("{scheme}://{}:{}", self.host, self.port)
-        }
+        self.url.to_string()
     }
-}
-
-/// Percent-decoding for the user info of a URL (`%40` is `@`).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The topic prefix as the server normalises it: surrounding spaces and slashes removed;
@@ -252,9 +190,10 @@ impl Watcher {
         // (and the client reconnects) instead of buffered. A broker that honours the maximum
         // simply does not forward bigger messages to us, which no clock face could show.
         connect.properties.maximum_packet_size = Some(MAX_PACKET_SIZE);
-        if let Some(user) = &options.broker.username {
+        if let Some(user) = &options.broker.url.username {
             let password = options
                 .broker
+                .url
                 .password
                 .as_ref()
                 .map(Secret::expose)
@@ -284,7 +223,7 @@ impl Watcher {
             })
             .await;
 
-        if options.broker.tls {
+        if options.broker.url.tls {
             // The client's rustls uses the process-wide provider: ring, as everywhere here.
             let _ = rustls::crypto::ring::default_provider().install_default();
             if let Some(pem) = &options.broker.ca_pem {
@@ -521,8 +460,8 @@ mod tests {
     fn broker_urls_default_to_port_1883_and_keep_credentials_out_of_the_display() {
         let b = Broker::parse("mqtt://user:p%40ss@broker.local").unwrap();
         assert_eq!(b.display(), "mqtt://broker.local:1883");
-        assert_eq!(b.username.as_deref(), Some("user"));
-        assert_eq!(b.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert_eq!(b.url.username.as_deref(), Some("user"));
+        assert_eq!(b.url.password.as_ref().map(Secret::expose), Some("p@ss"));
         assert!(!format!("{b:?}").contains("p@ss"));
         assert_eq!(
             Broker::parse("127.0.0.1:1884").unwrap().display(),

@@ -30,7 +30,8 @@ use serde::{Serialize, Serializer};
 pub use file::FileStore;
 pub use memory::MemoryStore;
 
-use crate::config::{Secret, redact_userinfo};
+use crate::config::redact_userinfo;
+use crate::shared::Secret;
 use crate::transport::BoxFuture;
 
 /// How long after `fireAt` a scheduled alarm may still be published (SPEC 8.1); past it

@@ -403,7 +403,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::config::Secret;
+    use crate::shared::Secret;
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()

@@ -1,0 +1,23 @@
+//! Small pieces that the server, `clockctl` and the virtual clock all use, each defined
+//! once here so that none of them has to import another's internals.
+//!
+//! - [`secret`]: [`Secret`], a string that never prints.
+//! - [`shutdown`]: the SIGINT/SIGTERM future every binary stops on.
+//! - [`go_bool`]: booleans as Go's `strconv.ParseBool` reads them (every variable of the SPEC).
+//! - [`broker_url`]: `mqtt://` / `mqtts://` broker URLs: scheme, default port, host, user info.
+//! - [`process_env`]: the environment lookup the binaries pass to the configuration readers.
+
+pub mod broker_url;
+pub mod go_bool;
+pub mod secret;
+pub mod shutdown;
+
+pub use broker_url::{BrokerUrl, BrokerUrlError};
+pub use go_bool::parse_go_bool;
+pub use secret::Secret;
+
+/// One variable of the process environment; non-UTF-8 bytes become U+FFFD, which then fails
+/// validation instead of counting as unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
