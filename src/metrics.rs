@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::domain::Envelope;
+use crate::domain::{CommandType, Envelope};
 use crate::transport::{BoxFuture, Transport, TransportError};
 
 /// Upper bounds (seconds) of the dispatch latency buckets: from a local broker's sub-
@@ -33,18 +33,11 @@ pub const DISPATCH_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The route templates of the API; anything else is counted as `unmatched`, so a scanner
-/// probing random paths cannot blow up the number of series. The API has no path
-/// parameters, so a request matched a route exactly when its path is one of these (the
-/// router matches the raw path, as [`route_label`] does).
-const ROUTES: [&str; 6] = [
-    "/health",
-    "/ready",
-    "/openapi.json",
-    "/commands/alarms",
-    "/commands/messages",
-    "/commands/brightness",
-];
+/// The routes of the API besides the commands' own ([`CommandType::api_route`]); anything
+/// else is counted as `unmatched`, so a scanner probing random paths cannot blow up the
+/// number of series. The API has no path parameters, so a request matched a route exactly
+/// when its path is one of these (the router matches the raw path, as [`route_label`] does).
+const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/openapi.json"];
 
 /// `route` label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -231,10 +224,11 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
 
 /// The `route` label of a request path: its route template, or `unmatched`.
 pub fn route_label(path: &str) -> &'static str {
-    ROUTES
+    PROBE_ROUTES
         .iter()
         .find(|known| **known == path)
         .copied()
+        .or_else(|| CommandType::api_path(path))
         .unwrap_or(UNMATCHED)
 }
 

@@ -1,13 +1,14 @@
 //! Subcommand arguments turned into a validated API request with exactly the server's JSON
 //! shape (SPEC 2). Nothing here does I/O; an invalid input never leaves the machine.
 
-use chrono::DateTime;
 use reqwest::Method;
-use serde::Serialize;
 
 use super::CliError;
 use super::args::{AlarmArgs, BrightnessArgs, Command, MessageArgs};
-use crate::domain::DeviceId;
+use crate::domain::{
+    AlarmRequest, BrightnessRequest, CommandRequest, DURATION_SECONDS, DeviceId, LEVEL,
+    MessageRequest, ValidationError,
+};
 
 /// What a successful answer means, which decides what is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,29 +35,6 @@ pub struct ApiRequest {
     pub kind: Kind,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AlarmBody<'a> {
-    device_id: &'a str,
-    alarm_time: &'a str,
-    label: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MessageBody<'a> {
-    device_id: &'a str,
-    message: &'a str,
-    duration_seconds: i64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct BrightnessBody<'a> {
-    device_id: &'a str,
-    level: i64,
-}
-
 impl ApiRequest {
     /// Validates the arguments of `command` and builds its request.
     pub fn from_command(command: &Command) -> Result<Self, CliError> {
@@ -75,98 +53,93 @@ impl ApiRequest {
             )),
         }
     }
+
+    /// The request of a command body, once the domain's validation passed (the server
+    /// re-checks everything; an alarm's time against its own clock as well).
+    /// `given` is the value of the flag a range or format error is about, as typed.
+    fn command<R: CommandRequest>(body: R, given: &str) -> Result<Self, CliError> {
+        let json = serde_json::to_string(&body)
+            .map_err(|e| CliError::Invalid(format!("cannot encode the request body: {e}")))?;
+        body.into_command().map_err(|e| flag_hint(e, given))?;
+        let (method, path) = R::TYPE.api_route();
+        Ok(Self {
+            method,
+            path,
+            body: Some(json),
+            kind: Kind::Command {
+                success_line: R::TYPE.dispatched_line(),
+            },
+        })
+    }
 }
 
-fn device(raw: &str) -> Result<DeviceId, CliError> {
-    DeviceId::parse(raw).map_err(|e| {
-        CliError::Invalid(format!(
-            "invalid --device {raw:?}: {e}; pass an id like clock-1 \
-             (1-64 characters of A-Z a-z 0-9 _ -)"
-        ))
+fn device(raw: &str) -> Result<String, CliError> {
+    DeviceId::parse(raw)
+        .map(|d| d.as_str().to_owned())
+        .map_err(|e| {
+            CliError::Invalid(format!(
+                "invalid --device {raw:?}: {e}; pass an id like clock-1 \
+                 (1-64 characters of A-Z a-z 0-9 _ -)"
+            ))
+        })
+}
+
+/// The domain's objection, said in terms of the flag to fix.
+fn flag_hint(e: ValidationError, given: &str) -> CliError {
+    CliError::Invalid(match e {
+        ValidationError::AlarmTimeNotRfc3339 | ValidationError::AlarmTimeInThePast => format!(
+            "invalid --time {given:?}: it must be RFC 3339 with a date, a time and an offset, \
+             e.g. 2030-01-02T07:30:00Z or 2030-01-02T07:30:00+01:00"
+        ),
+        ValidationError::MessageBlank => {
+            "--message must not be blank: pass the text to show, e.g. --message \"Tea is ready\""
+                .to_owned()
+        }
+        ValidationError::DurationOutOfRange => format!(
+            "--duration {given} is out of range: pass a whole number of seconds from {} to {} \
+             (default 10)",
+            DURATION_SECONDS.start(),
+            DURATION_SECONDS.end()
+        ),
+        ValidationError::LevelOutOfRange => format!(
+            "--level {given} is out of range: pass a whole number from {} to {}",
+            LEVEL.start(),
+            LEVEL.end()
+        ),
     })
-}
-
-fn json(body: &impl Serialize) -> Result<String, CliError> {
-    serde_json::to_string(body)
-        .map_err(|e| CliError::Invalid(format!("cannot encode the request body: {e}")))
 }
 
 fn alarm(args: &AlarmArgs) -> Result<ApiRequest, CliError> {
-    let device = device(&args.device)?;
-    let time = args.time.trim();
-    if DateTime::parse_from_rfc3339(time).is_err() {
-        return Err(CliError::Invalid(format!(
-            "invalid --time {:?}: it must be RFC 3339 with a date, a time and an offset, \
-             e.g. 2030-01-02T07:30:00Z or 2030-01-02T07:30:00+01:00",
-            args.time
-        )));
-    }
-    // The server re-checks the time (not over a minute in the past) against its own clock.
-    let body = json(&AlarmBody {
-        device_id: device.as_str(),
-        alarm_time: time,
-        label: args.label.as_deref().unwrap_or(""),
-    })?;
-    Ok(ApiRequest {
-        method: Method::POST,
-        path: "/commands/alarms",
-        body: Some(body),
-        kind: Kind::Command {
-            success_line: "alarm command dispatched",
+    let device_id = device(&args.device)?;
+    ApiRequest::command(
+        AlarmRequest {
+            device_id: Some(device_id),
+            alarm_time: Some(args.time.trim().to_owned()),
+            label: Some(args.label.clone().unwrap_or_default()),
         },
-    })
+        &args.time,
+    )
 }
 
 fn message(args: &MessageArgs) -> Result<ApiRequest, CliError> {
-    let device = device(&args.device)?;
-    if args.message.trim().is_empty() {
-        return Err(CliError::Invalid(
-            "--message must not be blank: pass the text to show, e.g. --message \"Tea is ready\""
-                .into(),
-        ));
-    }
-    if !(1..=3600).contains(&args.duration) {
-        return Err(CliError::Invalid(format!(
-            "--duration {} is out of range: pass a whole number of seconds from 1 to 3600 \
-             (default 10)",
-            args.duration
-        )));
-    }
-    let body = json(&MessageBody {
-        device_id: device.as_str(),
-        message: &args.message,
-        duration_seconds: args.duration,
-    })?;
-    Ok(ApiRequest {
-        method: Method::POST,
-        path: "/commands/messages",
-        body: Some(body),
-        kind: Kind::Command {
-            success_line: "display-message command dispatched",
+    ApiRequest::command(
+        MessageRequest {
+            device_id: Some(device(&args.device)?),
+            message: Some(args.message.clone()),
+            duration_seconds: Some(args.duration),
         },
-    })
+        &args.duration.to_string(),
+    )
 }
 
 fn brightness(args: &BrightnessArgs) -> Result<ApiRequest, CliError> {
-    let device = device(&args.device)?;
-    if !(0..=100).contains(&args.level) {
-        return Err(CliError::Invalid(format!(
-            "--level {} is out of range: pass a whole number from 0 to 100",
-            args.level
-        )));
-    }
-    let body = json(&BrightnessBody {
-        device_id: device.as_str(),
-        level: args.level,
-    })?;
-    Ok(ApiRequest {
-        method: Method::PUT,
-        path: "/commands/brightness",
-        body: Some(body),
-        kind: Kind::Command {
-            success_line: "brightness command dispatched",
+    ApiRequest::command(
+        BrightnessRequest {
+            device_id: Some(device(&args.device)?),
+            level: Some(args.level),
         },
-    })
+        &args.level.to_string(),
+    )
 }
 
 #[cfg(test)]

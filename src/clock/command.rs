@@ -3,10 +3,12 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, FixedOffset, SecondsFormat};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use crate::domain::DeviceId;
+use chrono::{DateTime, FixedOffset, SecondsFormat};
+
+use crate::domain::generic::Payload;
+use crate::domain::{Command, CommandType, DeviceId, field};
 
 /// One command as a clock received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,21 +23,11 @@ pub struct Received {
     pub retained: bool,
 }
 
-/// The three commands of SPEC 4.1, plus what a device does with anything else.
+/// A valid command, or what a device does with anything else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `set_alarm`: ring at `alarm_time`.
-    SetAlarm {
-        alarm_time: DateTime<FixedOffset>,
-        label: String,
-    },
-    /// `display_message`: show `message` for `duration_seconds`.
-    DisplayMessage {
-        message: String,
-        duration_seconds: u32,
-    },
-    /// `set_brightness`: display brightness 0–100.
-    SetBrightness { level: u8 },
+    /// One of the commands of SPEC 4.1, validated as the server validates it.
+    Command(Command),
     /// A payload a device would reject; `kind` is the type it claimed (or the topic's).
     Invalid { kind: String, reason: String },
 }
@@ -44,38 +36,27 @@ impl Action {
     /// The wire name shown first on the plain line.
     pub fn name(&self) -> &str {
         match self {
-            Self::SetAlarm { .. } => "set_alarm",
-            Self::DisplayMessage { .. } => "display_message",
-            Self::SetBrightness { .. } => "set_brightness",
+            Self::Command(c) => c.command_type().as_str(),
             Self::Invalid { .. } => "invalid_command",
         }
     }
 }
 
-/// Reads one delivery on `topic`. `None` when the topic is not `<prefix>/<device>/<type>`
-/// (the subscription filters make that impossible unless a broker misbehaves).
+/// Reads one delivery on `topic` with the generic profile ([`Payload`]). `None` when the
+/// topic is not `<prefix>/<device>/<type>` (the subscription filters make that impossible
+/// unless a broker misbehaves).
 pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Option<Received> {
     let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
     let (device, topic_type) = rest.split_once('/')?;
     if device.is_empty() || topic_type.is_empty() || topic_type.contains('/') {
         return None;
     }
-    let (action, command_id) = match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(fields)) => {
-            let command_id = fields
-                .get("commandId")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            (action(device, topic_type, &fields), command_id)
+    let (action, command_id) = match serde_json::from_slice::<Payload>(payload) {
+        Ok(fields) => {
+            let command_id = fields.command_id.clone().map(Cow::into_owned);
+            (action(device, topic_type, fields), command_id)
         }
-        Ok(_) => (
-            invalid(topic_type, "the payload is not a JSON object".to_owned()),
-            None,
-        ),
-        Err(e) => (
-            invalid(topic_type, format!("the payload is not JSON: {e}")),
-            None,
-        ),
+        Err(e) => (invalid(topic_type, unreadable(payload, &e)), None),
     };
     Some(Received {
         device_id: device.to_owned(),
@@ -85,6 +66,16 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Optio
     })
 }
 
+/// Why a payload could not be read at all.
+fn unreadable(payload: &[u8], e: &serde_json::Error) -> String {
+    let object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match e.classify() {
+        serde_json::error::Category::Data if object => format!("the payload does not fit: {e}"),
+        serde_json::error::Category::Data => "the payload is not a JSON object".to_owned(),
+        _ => format!("the payload is not JSON: {e}"),
+    }
+}
+
 fn invalid(kind: &str, reason: String) -> Action {
     Action::Invalid {
         kind: kind.to_owned(),
@@ -92,80 +83,30 @@ fn invalid(kind: &str, reason: String) -> Action {
     }
 }
 
-fn action(device: &str, topic_type: &str, fields: &Map<String, Value>) -> Action {
-    let kind = match fields.get("type") {
-        None => topic_type,
-        Some(Value::String(t)) if t == topic_type => t.as_str(),
-        Some(Value::String(t)) => {
+fn action(device: &str, topic_type: &str, fields: Payload<'_>) -> Action {
+    let kind = match fields.r#type.as_deref() {
+        None => topic_type.to_owned(),
+        Some(t) if t == topic_type => t.to_owned(),
+        Some(t) => {
             return invalid(
                 t,
                 format!("type {t:?} does not match the topic's {topic_type:?}"),
             );
         }
-        Some(_) => return invalid(topic_type, "type is not a string".to_owned()),
     };
-    match fields.get("deviceId") {
-        None => {}
-        Some(Value::String(d)) if d == device => {}
-        Some(other) => {
-            return invalid(
-                kind,
-                format!("deviceId {other} does not match the topic's {device:?}"),
-            );
-        }
+    if let Some(d) = fields.device_id.as_deref().filter(|d| *d != device) {
+        return invalid(
+            &kind,
+            format!("deviceId {d:?} does not match the topic's {device:?}"),
+        );
     }
-    let result = match kind {
-        "set_alarm" => set_alarm(fields),
-        "display_message" => display_message(fields),
-        "set_brightness" => set_brightness(fields),
-        _ => Err(format!("unknown type {kind:?}")),
+    let Some(command_type) = CommandType::from_wire(&kind) else {
+        return invalid(&kind, format!("unknown type {kind:?}"));
     };
-    result.unwrap_or_else(|reason| invalid(kind, reason))
-}
-
-fn set_alarm(fields: &Map<String, Value>) -> Result<Action, String> {
-    let raw = fields
-        .get("alarmTime")
-        .and_then(Value::as_str)
-        .ok_or("alarmTime is missing or not a string")?;
-    let alarm_time = DateTime::parse_from_rfc3339(raw)
-        .map_err(|_| format!("alarmTime {raw:?} is not RFC 3339"))?;
-    let label = match fields.get("label") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(l)) => l.clone(),
-        Some(_) => return Err("label is not a string".to_owned()),
-    };
-    Ok(Action::SetAlarm { alarm_time, label })
-}
-
-fn display_message(fields: &Map<String, Value>) -> Result<Action, String> {
-    let message = fields
-        .get("message")
-        .and_then(Value::as_str)
-        .ok_or("message is missing or not a string")?;
-    if message.trim().is_empty() {
-        return Err("message is blank".to_owned());
+    match fields.command(command_type) {
+        Ok(command) => Action::Command(command),
+        Err(e) => invalid(&kind, e.to_string()),
     }
-    let duration_seconds = fields
-        .get("durationSeconds")
-        .and_then(Value::as_u64)
-        .filter(|d| (1..=3600).contains(d))
-        .ok_or("durationSeconds is not an integer between 1 and 3600")?;
-    Ok(Action::DisplayMessage {
-        message: message.to_owned(),
-        // At most 3600, checked above.
-        duration_seconds: u32::try_from(duration_seconds).unwrap_or(3600),
-    })
-}
-
-fn set_brightness(fields: &Map<String, Value>) -> Result<Action, String> {
-    let level = fields
-        .get("level")
-        .and_then(Value::as_u64)
-        .and_then(|l| u8::try_from(l).ok())
-        .filter(|l| *l <= 100)
-        .ok_or("level is not an integer between 0 and 100")?;
-    Ok(Action::SetBrightness { level })
 }
 
 /// The alarm time as the server sends it: RFC 3339, offset as given, `Z` for UTC.
@@ -191,19 +132,25 @@ impl Received {
         let mut line = format!("{} {}", word(&self.device_id), self.action.name());
         // Writing to a String cannot fail.
         let _ = match &self.action {
-            Action::SetAlarm { alarm_time, label } => write!(
+            Action::Command(Command::SetAlarm { alarm_time, label }) => write!(
                 line,
-                " alarmTime={} label={label:?}",
-                format_alarm_time(alarm_time)
+                " {}={} {}={label:?}",
+                field::ALARM_TIME,
+                format_alarm_time(alarm_time),
+                field::LABEL,
             ),
-            Action::DisplayMessage {
+            Action::Command(Command::DisplayMessage {
                 message,
                 duration_seconds,
-            } => write!(
+            }) => write!(
                 line,
-                " message={message:?} durationSeconds={duration_seconds}"
+                " {}={message:?} {}={duration_seconds}",
+                field::MESSAGE,
+                field::DURATION_SECONDS,
             ),
-            Action::SetBrightness { level } => write!(line, " level={level}"),
+            Action::Command(Command::SetBrightness { level }) => {
+                write!(line, " {}={level}", field::LEVEL)
+            }
             Action::Invalid { kind, reason } => {
                 write!(line, " type={kind:?} error={reason:?}")
             }
@@ -281,7 +228,7 @@ mod tests {
                 r#"{"message":"m","durationSeconds":0}"#,
                 "durationSeconds",
             ),
-            ("set_alarm", r#"{"alarmTime":"tomorrow"}"#, "RFC 3339"),
+            ("set_alarm", r#"{"alarmTime":"tomorrow"}"#, "RFC3339"),
             ("reboot", r#"{"type":"reboot"}"#, "unknown type"),
             (
                 "set_alarm",

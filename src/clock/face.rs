@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 
 use super::command::{Action, Received, format_alarm_time};
+use crate::domain::Command;
 
 /// How long an alarm is shown as ringing before it is dropped.
 const RINGING_FOR: TimeDelta = TimeDelta::seconds(60);
@@ -54,7 +55,7 @@ impl Clocks {
     pub fn apply(&mut self, received: &Received, now: DateTime<Utc>) {
         let face = self.faces.entry(received.device_id.clone()).or_default();
         match &received.action {
-            Action::SetAlarm { alarm_time, label } => {
+            Action::Command(Command::SetAlarm { alarm_time, label }) => {
                 face.alarms.insert(
                     alarm_time.to_utc(),
                     Alarm {
@@ -63,17 +64,17 @@ impl Clocks {
                     },
                 );
             }
-            Action::DisplayMessage {
+            Action::Command(Command::DisplayMessage {
                 message,
                 duration_seconds,
-            } => {
+            }) => {
                 // A clock shows one message at a time: the newest replaces the current one.
                 face.message = Some(Shown {
                     text: message.clone(),
                     until: now + TimeDelta::seconds(i64::from(*duration_seconds)),
                 });
             }
-            Action::SetBrightness { level } => face.brightness = Some(*level),
+            Action::Command(Command::SetBrightness { level }) => face.brightness = Some(*level),
             Action::Invalid { .. } => {}
         }
         let what = match &received.action {

@@ -1,10 +1,41 @@
-//! Commands: a closed set of three, each valid by construction.
+//! The three commands, each defined once: its type and routes, its fields and limits, its
+//! validation, and the request body that the API reads and `clockctl` writes.
+//!
+//! What goes over the wire to a device is a *profile's* mapping of a [`Command`]:
+//! [`super::generic`] is the one of SPEC 4; a device profile (SPEC 8) is one more module
+//! beside it, not a new copy of the commands.
+//!
+//! JSON field names come from the field identifiers (`#[serde(rename_all = "camelCase")]`);
+//! the constants in [`field`] are the same names for text (error details, the virtual
+//! clock's lines), and a test keeps both in step.
+
+use std::ops::RangeInclusive;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::DeviceId;
 
-/// The wire name of a command type (MQTT topic suffix and payload `type`).
+/// The JSON field names, for text that names a field.
+pub mod field {
+    pub const DEVICE_ID: &str = "deviceId";
+    pub const ALARM_TIME: &str = "alarmTime";
+    pub const LABEL: &str = "label";
+    pub const MESSAGE: &str = "message";
+    pub const DURATION_SECONDS: &str = "durationSeconds";
+    pub const LEVEL: &str = "level";
+}
+
+/// How long a message may be shown, in seconds.
+pub const DURATION_SECONDS: RangeInclusive<u16> = 1..=3600;
+/// Display brightness.
+pub const LEVEL: RangeInclusive<u8> = 0..=100;
+/// How far in the past an alarm time may lie (clock skew between caller and server).
+pub const ALARM_PAST_TOLERANCE_SECS: i64 = 60;
+
+/// The kind of a command, and everything about it that does not depend on its values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandType {
     SetAlarm,
@@ -13,11 +44,65 @@ pub enum CommandType {
 }
 
 impl CommandType {
+    /// Every command type, in the order of the SPEC.
+    pub const ALL: [Self; 3] = [Self::SetAlarm, Self::DisplayMessage, Self::SetBrightness];
+
+    /// The wire name (MQTT topic suffix and payload `type`, SPEC 4).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::SetAlarm => "set_alarm",
             Self::DisplayMessage => "display_message",
             Self::SetBrightness => "set_brightness",
+        }
+    }
+
+    /// The command type of a wire name.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The API route (SPEC 2): method and path.
+    pub const fn api_route(self) -> (Method, &'static str) {
+        match self {
+            Self::SetAlarm => (Method::POST, "/commands/alarms"),
+            Self::DisplayMessage => (Method::POST, "/commands/messages"),
+            Self::SetBrightness => (Method::PUT, "/commands/brightness"),
+        }
+    }
+
+    /// The API path, when `path` is one of them (for the metrics' route label).
+    pub fn api_path(path: &str) -> Option<&'static str> {
+        Self::ALL
+            .into_iter()
+            .map(|t| t.api_route().1)
+            .find(|p| *p == path)
+    }
+
+    /// `result` of the 202 body.
+    pub const fn accepted_result(self) -> &'static str {
+        match self {
+            Self::SetAlarm => "scheduled",
+            Self::DisplayMessage => "sent",
+            Self::SetBrightness => "updated",
+        }
+    }
+
+    /// What `clockctl` prints when the server accepted the command (SPEC 5).
+    pub const fn dispatched_line(self) -> &'static str {
+        match self {
+            Self::SetAlarm => "alarm command dispatched",
+            Self::DisplayMessage => "display-message command dispatched",
+            Self::SetBrightness => "brightness command dispatched",
+        }
+    }
+
+    /// The downstream REST route (SPEC 4.2): method and last path segment after
+    /// `/clocks/<deviceId>/`.
+    pub fn rest_route(self) -> (Method, &'static str) {
+        match self {
+            Self::SetAlarm => (Method::POST, "alarms"),
+            Self::DisplayMessage => (Method::POST, "messages"),
+            Self::SetBrightness => (Method::PUT, "brightness"),
         }
     }
 }
@@ -38,67 +123,82 @@ pub enum Command {
     },
 }
 
-/// Why a command is invalid. `Rfc3339` has its own error text (SPEC 2.1 step 10).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a command is invalid; the text is the `detail` of SPEC 2.1 step 10 (an alarm time
+/// that does not parse has its own `error` text there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("alarmTime must be RFC3339")]
+    #[error("{} must be RFC3339", field::ALARM_TIME)]
     AlarmTimeNotRfc3339,
-    #[error("{0}")]
-    Invalid(&'static str),
+    #[error("{} must not be more than one minute in the past", field::ALARM_TIME)]
+    AlarmTimeInThePast,
+    #[error("{} must not be blank", field::MESSAGE)]
+    MessageBlank,
+    #[error(
+        "{} must be an integer between {} and {}",
+        field::DURATION_SECONDS,
+        DURATION_SECONDS.start(),
+        DURATION_SECONDS.end()
+    )]
+    DurationOutOfRange,
+    #[error(
+        "{} must be an integer between {} and {}",
+        field::LEVEL,
+        LEVEL.start(),
+        LEVEL.end()
+    )]
+    LevelOutOfRange,
 }
 
-/// How far in the past an alarm time may lie (clock skew between caller and server).
-const ALARM_PAST_TOLERANCE_SECS: i64 = 60;
-
 impl Command {
-    /// An alarm at `alarm_time` (RFC 3339), not more than a minute before `now`.
-    pub fn alarm(
-        alarm_time: &str,
-        label: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<Self, ValidationError> {
+    /// An alarm at `alarm_time` (RFC 3339, surrounding spaces ignored). Whether it lies in
+    /// the past is the server's own check ([`Command::not_in_the_past`]).
+    pub fn alarm(alarm_time: &str, label: Option<String>) -> Result<Self, ValidationError> {
         let alarm_time = DateTime::parse_from_rfc3339(alarm_time.trim())
             .map_err(|_| ValidationError::AlarmTimeNotRfc3339)?;
-        if alarm_time.timestamp() < now.timestamp() - ALARM_PAST_TOLERANCE_SECS {
-            return Err(ValidationError::Invalid(
-                "alarmTime must not be more than one minute in the past",
-            ));
-        }
         Ok(Self::SetAlarm {
             alarm_time,
             label: label.unwrap_or_default(),
         })
     }
 
-    /// A message shown for 1–3600 seconds.
+    /// A message that is not blank, shown for [`DURATION_SECONDS`].
     pub fn message(
         message: Option<String>,
         duration_seconds: Option<i64>,
     ) -> Result<Self, ValidationError> {
         let message = message.unwrap_or_default();
         if message.trim().is_empty() {
-            return Err(ValidationError::Invalid("message must not be blank"));
+            return Err(ValidationError::MessageBlank);
         }
-        let duration_seconds =
-            duration_seconds
-                .filter(|d| (1..=3600).contains(d))
-                .ok_or(ValidationError::Invalid(
-                    "durationSeconds must be an integer between 1 and 3600",
-                ))?;
+        let duration_seconds = duration_seconds
+            .and_then(|d| u16::try_from(d).ok())
+            .filter(|d| DURATION_SECONDS.contains(d))
+            .ok_or(ValidationError::DurationOutOfRange)?;
         Ok(Self::DisplayMessage {
             message,
-            duration_seconds: duration_seconds as u16,
+            duration_seconds,
         })
     }
 
-    /// A brightness level 0–100.
+    /// A brightness [`LEVEL`].
     pub fn brightness(level: Option<i64>) -> Result<Self, ValidationError> {
         let level = level
-            .filter(|l| (0..=100).contains(l))
-            .ok_or(ValidationError::Invalid(
-                "level must be an integer between 0 and 100",
-            ))?;
-        Ok(Self::SetBrightness { level: level as u8 })
+            .and_then(|l| u8::try_from(l).ok())
+            .filter(|l| LEVEL.contains(l))
+            .ok_or(ValidationError::LevelOutOfRange)?;
+        Ok(Self::SetBrightness { level })
+    }
+
+    /// The server's check at `now`: an alarm not more than a minute in the past.
+    pub fn not_in_the_past(self, now: DateTime<Utc>) -> Result<Self, ValidationError> {
+        match &self {
+            Self::SetAlarm { alarm_time, .. }
+                if alarm_time.timestamp() < now.timestamp() - ALARM_PAST_TOLERANCE_SECS =>
+            {
+                Err(ValidationError::AlarmTimeInThePast)
+            }
+            _ => Ok(self),
+        }
     }
 
     pub fn command_type(&self) -> CommandType {
@@ -115,6 +215,83 @@ impl Command {
     }
 }
 
+/// The request body of one command (SPEC 2): what the API reads — only these fields, each
+/// optional so that a missing one is a validation `detail`, not a decoding error — and what
+/// `clockctl` sends.
+pub trait CommandRequest: Serialize + DeserializeOwned + Send + 'static {
+    const TYPE: CommandType;
+
+    /// The raw `deviceId` (empty when absent); checked by [`DeviceId::parse`].
+    fn device_id(&self) -> &str;
+
+    /// The command, validated without a clock (see [`Command::not_in_the_past`]).
+    fn into_command(self) -> Result<Command, ValidationError>;
+}
+
+/// `POST /commands/alarms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AlarmRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `POST /commands/messages`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MessageRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+}
+
+/// `PUT /commands/brightness`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BrightnessRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<i64>,
+}
+
+impl CommandRequest for AlarmRequest {
+    const TYPE: CommandType = CommandType::SetAlarm;
+    fn device_id(&self) -> &str {
+        self.device_id.as_deref().unwrap_or_default()
+    }
+    fn into_command(self) -> Result<Command, ValidationError> {
+        Command::alarm(self.alarm_time.as_deref().unwrap_or_default(), self.label)
+    }
+}
+
+impl CommandRequest for MessageRequest {
+    const TYPE: CommandType = CommandType::DisplayMessage;
+    fn device_id(&self) -> &str {
+        self.device_id.as_deref().unwrap_or_default()
+    }
+    fn into_command(self) -> Result<Command, ValidationError> {
+        Command::message(self.message, self.duration_seconds)
+    }
+}
+
+impl CommandRequest for BrightnessRequest {
+    const TYPE: CommandType = CommandType::SetBrightness;
+    fn device_id(&self) -> &str {
+        self.device_id.as_deref().unwrap_or_default()
+    }
+    fn into_command(self) -> Result<Command, ValidationError> {
+        Command::brightness(self.level)
+    }
+}
+
 /// A validated command addressed to one device, with the ids that trace it end to end.
 #[derive(Debug, Clone)]
 pub struct Envelope {
@@ -122,107 +299,6 @@ pub struct Envelope {
     pub request_id: String,
     pub device_id: DeviceId,
     pub command: Command,
-}
-
-impl Envelope {
-    /// The JSON payload of SPEC 4.1: the command's fields plus `commandId`, `deviceId` and
-    /// `type`, keys in alphabetical order (as the first releases wrote them).
-    pub fn mqtt_payload(&self) -> Vec<u8> {
-        // Serialising strings and integers into a Vec cannot fail.
-        serde_json::to_vec(&Payload::of(self)).unwrap_or_default()
-    }
-
-    /// Just the command's own fields, as in the REST bodies of SPEC 4.2.
-    pub fn command_fields(&self) -> serde_json::Value {
-        // Strings and integers always convert; `Null` is unreachable.
-        serde_json::to_value(Fields::of(&self.command)).unwrap_or_default()
-    }
-}
-
-/// A command's own fields, each present only for its command, in alphabetical order.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Fields<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    alarm_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_seconds: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    level: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-}
-
-impl<'a> Fields<'a> {
-    fn of(command: &'a Command) -> Self {
-        let none = Self {
-            alarm_time: None,
-            duration_seconds: None,
-            label: None,
-            level: None,
-            message: None,
-        };
-        match command {
-            Command::SetAlarm { alarm_time, label } => Self {
-                alarm_time: Some(Command::format_alarm_time(alarm_time)),
-                label: Some(label),
-                ..none
-            },
-            Command::DisplayMessage {
-                message,
-                duration_seconds,
-            } => Self {
-                duration_seconds: Some(*duration_seconds),
-                message: Some(message),
-                ..none
-            },
-            Command::SetBrightness { level } => Self {
-                level: Some(*level),
-                ..none
-            },
-        }
-    }
-}
-
-/// The MQTT payload, serialised straight from borrowed fields (a `serde_json::Value`
-/// map took about fifteen allocations): the command's [`Fields`] with `commandId`,
-/// `deviceId` and `type` sorted in among them, absent ones skipped — byte for byte what
-/// the sorted map gave (see the tests).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Payload<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    alarm_time: Option<String>,
-    command_id: &'a str,
-    device_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_seconds: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    level: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    #[serde(rename = "type")]
-    command_type: &'static str,
-}
-
-impl<'a> Payload<'a> {
-    fn of(envelope: &'a Envelope) -> Self {
-        let fields = Fields::of(&envelope.command);
-        Self {
-            alarm_time: fields.alarm_time,
-            command_id: &envelope.command_id,
-            device_id: envelope.device_id.as_str(),
-            duration_seconds: fields.duration_seconds,
-            label: fields.label,
-            level: fields.level,
-            message: fields.message,
-            command_type: envelope.command.command_type().as_str(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -235,23 +311,23 @@ mod tests {
             .to_utc()
     }
 
+    fn alarm(at: &str) -> Result<Command, ValidationError> {
+        Command::alarm(at, None).and_then(|c| c.not_in_the_past(now()))
+    }
+
     #[test]
     fn alarm_time_must_be_rfc3339_and_not_stale() {
+        assert_eq!(alarm("tomorrow"), Err(ValidationError::AlarmTimeNotRfc3339));
+        assert!(alarm("2026-01-01T11:59:00Z").is_ok());
         assert_eq!(
-            Command::alarm("tomorrow", None, now()),
-            Err(ValidationError::AlarmTimeNotRfc3339)
+            alarm("2026-01-01T11:58:59Z"),
+            Err(ValidationError::AlarmTimeInThePast)
         );
-        assert!(Command::alarm("2026-01-01T11:59:00Z", None, now()).is_ok());
-        assert!(matches!(
-            Command::alarm("2026-01-01T11:58:59Z", None, now()),
-            Err(ValidationError::Invalid(_))
-        ));
     }
 
     #[test]
     fn alarm_time_keeps_its_offset_at_second_precision() {
-        let c =
-            Command::alarm("2026-01-02T07:30:00.123+02:00", Some("wake".into()), now()).unwrap();
+        let c = Command::alarm("2026-01-02T07:30:00.123+02:00", Some("wake".into())).unwrap();
         let Command::SetAlarm { alarm_time, label } = c else {
             panic!()
         };
@@ -260,7 +336,7 @@ mod tests {
             "2026-01-02T07:30:00+02:00"
         );
         assert_eq!(label, "wake");
-        let c = Command::alarm("2026-01-02T07:30:00+00:00", None, now()).unwrap();
+        let c = Command::alarm("2026-01-02T07:30:00+00:00", None).unwrap();
         let Command::SetAlarm { alarm_time, .. } = c else {
             panic!()
         };
@@ -275,10 +351,12 @@ mod tests {
         assert!(Command::message(Some("  ".into()), Some(5)).is_err());
         assert!(Command::message(Some("hi".into()), Some(0)).is_err());
         assert!(Command::message(Some("hi".into()), Some(3601)).is_err());
+        assert!(Command::message(Some("hi".into()), Some(i64::from(u16::MAX) + 1)).is_err());
         assert!(Command::message(Some("hi".into()), None).is_err());
         assert!(Command::message(Some("hi".into()), Some(3600)).is_ok());
         assert!(Command::brightness(Some(-1)).is_err());
         assert!(Command::brightness(Some(101)).is_err());
+        assert!(Command::brightness(Some(256)).is_err());
         assert!(Command::brightness(None).is_err());
         assert_eq!(
             Command::brightness(Some(0)),
@@ -287,53 +365,66 @@ mod tests {
     }
 
     #[test]
-    fn payload_bytes_are_those_of_the_sorted_map() {
-        let alarm = Command::alarm(
-            "2026-01-02T07:30:00+02:00",
-            Some("wake \"up\"".into()),
-            now(),
+    fn validation_details_are_the_specs() {
+        assert_eq!(
+            ValidationError::DurationOutOfRange.to_string(),
+            "durationSeconds must be an integer between 1 and 3600"
         );
-        for command in [
-            alarm.unwrap(),
-            Command::alarm("2026-01-02T07:30:00Z", None, now()).unwrap(),
-            Command::message(Some("héllo\n<b>".into()), Some(3600)).unwrap(),
-            Command::brightness(Some(0)).unwrap(),
-        ] {
-            let env = Envelope {
-                command_id: "01970f3c-8a2b-7c4d-9e1f-0123456789ab".into(),
-                request_id: "r1".into(),
-                device_id: DeviceId::parse("clock_1-A").unwrap(),
-                command,
-            };
-            let mut map = serde_json::json!({
-                "deviceId": env.device_id.as_str(),
-                "type": env.command.command_type().as_str(),
-                "commandId": env.command_id,
-            });
-            if let (Some(obj), serde_json::Value::Object(fields)) =
-                (map.as_object_mut(), env.command_fields())
-            {
-                obj.extend(fields);
-            }
-            assert_eq!(
-                String::from_utf8(env.mqtt_payload()).unwrap(),
-                map.to_string()
-            );
-        }
+        assert_eq!(
+            ValidationError::LevelOutOfRange.to_string(),
+            "level must be an integer between 0 and 100"
+        );
+        assert_eq!(
+            ValidationError::AlarmTimeNotRfc3339.to_string(),
+            "alarmTime must be RFC3339"
+        );
     }
 
     #[test]
-    fn payload_has_the_spec_fields() {
-        let env = Envelope {
-            command_id: "c1".into(),
-            request_id: "r1".into(),
-            device_id: DeviceId::parse("clock-1").unwrap(),
-            command: Command::message(Some("hi".into()), Some(10)).unwrap(),
+    fn the_field_constants_are_the_serde_names() {
+        let names = |v: serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
         };
-        let v: serde_json::Value = serde_json::from_slice(&env.mqtt_payload()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"deviceId":"clock-1","type":"display_message","message":"hi","durationSeconds":10,"commandId":"c1"})
-        );
+        let alarm = AlarmRequest {
+            device_id: Some(String::new()),
+            alarm_time: Some(String::new()),
+            label: Some(String::new()),
+        };
+        let message = MessageRequest {
+            device_id: Some(String::new()),
+            message: Some(String::new()),
+            duration_seconds: Some(1),
+        };
+        let brightness = BrightnessRequest {
+            device_id: Some(String::new()),
+            level: Some(1),
+        };
+        let mut all = names(serde_json::to_value(alarm).unwrap());
+        all.extend(names(serde_json::to_value(message).unwrap()));
+        all.extend(names(serde_json::to_value(brightness).unwrap()));
+        all.sort();
+        all.dedup();
+        let mut consts = vec![
+            field::DEVICE_ID,
+            field::ALARM_TIME,
+            field::LABEL,
+            field::MESSAGE,
+            field::DURATION_SECONDS,
+            field::LEVEL,
+        ];
+        consts.sort_unstable();
+        assert_eq!(all, consts);
+    }
+
+    #[test]
+    fn every_type_has_its_own_wire_name_and_routes() {
+        for t in CommandType::ALL {
+            assert_eq!(CommandType::from_wire(t.as_str()), Some(t));
+            assert_eq!(
+                CommandType::api_path(t.api_route().1),
+                Some(t.api_route().1)
+            );
+        }
+        assert_eq!(CommandType::from_wire("reboot"), None);
     }
 }

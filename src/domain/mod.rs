@@ -1,10 +1,16 @@
-//! Domain types that cannot hold invalid values: device ids, scopes and commands.
+//! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
+//! generic profile's wire forms of a command.
 //!
 //! Everything here is pure (no I/O). Request bodies are turned into these types once, at
-//! the HTTP edge; transports only ever see a validated [`Envelope`].
+//! the HTTP edge; transports only ever see a validated [`Envelope`] and ask it (through a
+//! profile such as [`generic`]) for its wire form.
 
 mod command;
 mod device;
+pub mod generic;
 
-pub use command::{Command, CommandType, Envelope, ValidationError};
+pub use command::{
+    ALARM_PAST_TOLERANCE_SECS, AlarmRequest, BrightnessRequest, Command, CommandRequest,
+    CommandType, DURATION_SECONDS, Envelope, LEVEL, MessageRequest, ValidationError, field,
+};
 pub use device::{DeviceId, DeviceIdError, Scope};

@@ -5,6 +5,8 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::domain::ValidationError;
+
 /// Every error the API can answer with (SPEC 2.1).
 #[derive(Debug)]
 pub enum ApiError {
@@ -65,7 +67,7 @@ impl ApiError {
             Self::InvalidCommand(detail) => {
                 return serde_json::json!({"error": "invalid command", "detail": detail});
             }
-            Self::AlarmTimeNotRfc3339 => "alarmTime must be RFC3339".to_owned(),
+            Self::AlarmTimeNotRfc3339 => ValidationError::AlarmTimeNotRfc3339.to_string(),
             Self::Forbidden => "forbidden for target device".to_owned(),
             Self::DispatchFailed => "command dispatch failed".to_owned(),
         };

@@ -7,12 +7,12 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, ConnInfo, Principal, RequestId, json_response, status_response};
 use crate::dispatch::AuditContext;
-use crate::domain::{Command, DeviceId, Envelope, ValidationError};
+use crate::domain::{Command, CommandRequest, CommandType, DeviceId, Envelope, ValidationError};
 use crate::metrics;
 
 pub async fn health() -> Response {
@@ -39,58 +39,17 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct AlarmRequest {
-    device_id: Option<String>,
-    alarm_time: Option<String>,
-    label: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct MessageRequest {
-    device_id: Option<String>,
-    message: Option<String>,
-    duration_seconds: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct BrightnessRequest {
-    device_id: Option<String>,
-    level: Option<i64>,
-}
-
-pub async fn alarm(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body): (Ctx, AlarmRequest) = read(&state, req).await?;
-    let device = parts.device(body.device_id.as_deref())?;
-    let command = Command::alarm(
-        body.alarm_time.as_deref().unwrap_or_default(),
-        body.label,
-        chrono::Utc::now(),
-    );
-    parts.dispatch(&state, device, command, "scheduled").await
-}
-
-pub async fn message(
+/// Steps 7–12 for any of the three commands: the body of `R`, its device, its validation.
+pub async fn command<R: CommandRequest>(
     State(state): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body): (Ctx, MessageRequest) = read(&state, req).await?;
-    let device = parts.device(body.device_id.as_deref())?;
-    let command = Command::message(body.message, body.duration_seconds);
-    parts.dispatch(&state, device, command, "sent").await
-}
-
-pub async fn brightness(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body): (Ctx, BrightnessRequest) = read(&state, req).await?;
-    let device = parts.device(body.device_id.as_deref())?;
-    let command = Command::brightness(body.level);
-    parts.dispatch(&state, device, command, "updated").await
+    let (parts, body): (Ctx, R) = read(&state, req).await?;
+    let device = parts.device(body.device_id())?;
+    let command = body
+        .into_command()
+        .and_then(|c| c.not_in_the_past(chrono::Utc::now()));
+    parts.dispatch(&state, device, command, R::TYPE).await
 }
 
 /// What a command handler needs from the request besides its body.
@@ -113,9 +72,8 @@ struct Accepted<'a> {
 
 impl Ctx {
     /// Steps 8 and 9: a valid device id the caller may address.
-    fn device(&self, raw: Option<&str>) -> Result<DeviceId, ApiError> {
-        let device = DeviceId::parse(raw.unwrap_or_default())
-            .map_err(|e| ApiError::InvalidCommand(e.to_string()))?;
+    fn device(&self, raw: &str) -> Result<DeviceId, ApiError> {
+        let device = DeviceId::parse(raw).map_err(|e| ApiError::InvalidCommand(e.to_string()))?;
         if !self.principal.0.covers(&device) {
             tracing::info!(principal = %self.principal.0.id, device_id = %device, "device outside the caller's scopes");
             return Err(ApiError::Forbidden);
@@ -129,11 +87,11 @@ impl Ctx {
         state: &AppState,
         device_id: DeviceId,
         command: Result<Command, ValidationError>,
-        result: &'static str,
+        command_type: CommandType,
     ) -> Result<Response, ApiError> {
         let command = command.map_err(|e| match e {
             ValidationError::AlarmTimeNotRfc3339 => ApiError::AlarmTimeNotRfc3339,
-            ValidationError::Invalid(detail) => ApiError::InvalidCommand(detail.to_owned()),
+            other => ApiError::InvalidCommand(other.to_string()),
         })?;
         let envelope = Envelope {
             command_id: super::new_id().to_string(),
@@ -157,7 +115,7 @@ impl Ctx {
         Ok(json_response(
             StatusCode::ACCEPTED,
             &Accepted {
-                result,
+                result: command_type.accepted_result(),
                 command_id: &envelope.command_id,
                 device_id: envelope.device_id.as_str(),
             },

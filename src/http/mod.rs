@@ -15,12 +15,13 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, any, get, on};
 
 pub use error::ApiError;
 pub use error::json_response;
 
 use crate::dispatch::Dispatcher;
+use crate::domain::{AlarmRequest, BrightnessRequest, CommandRequest, MessageRequest};
 use crate::metrics::{self, Metrics};
 use crate::security::{AuthThrottle, Credential, PresentedToken, ThrottleKey, authenticate};
 use refusals::{Refusal, RefusalLog};
@@ -65,18 +66,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/openapi.json",
             get(handlers::openapi).fallback(not_allowed_get),
         )
-        .route(
-            "/commands/alarms",
-            post(handlers::alarm).fallback(not_allowed_post),
-        )
-        .route(
-            "/commands/messages",
-            post(handlers::message).fallback(not_allowed_post),
-        )
-        .route(
-            "/commands/brightness",
-            put(handlers::brightness).fallback(not_allowed_put),
-        )
+        .merge(command_route::<AlarmRequest>())
+        .merge(command_route::<MessageRequest>())
+        .merge(command_route::<BrightnessRequest>())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), front))
         .with_state(state)
@@ -85,11 +77,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn not_allowed_get() -> ApiError {
     ApiError::MethodNotAllowed { allow: "GET, HEAD" }
 }
-async fn not_allowed_post() -> ApiError {
-    ApiError::MethodNotAllowed { allow: "POST" }
-}
-async fn not_allowed_put() -> ApiError {
-    ApiError::MethodNotAllowed { allow: "PUT" }
+
+/// The route of one command, at its method and path ([`CommandType::api_route`]).
+fn command_route<R: CommandRequest>() -> Router<Arc<AppState>> {
+    let (method, path) = R::TYPE.api_route();
+    let allow = metrics::method_label(&method);
+    let route = match MethodFilter::try_from(method) {
+        Ok(filter) => on(filter, handlers::command::<R>),
+        // Unreachable: the commands' methods are standard ones, which all have a filter.
+        Err(_) => any(handlers::command::<R>),
+    };
+    let not_allowed = move || async move { ApiError::MethodNotAllowed { allow } };
+    Router::new().route(path, route.fallback(not_allowed))
 }
 async fn not_found() -> ApiError {
     ApiError::NotFound

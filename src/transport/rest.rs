@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Client, Method, Response, Url, redirect};
+use reqwest::{Client, Response, Url, redirect};
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Transport, TransportError};
 use crate::config::{Redactor, RestConfig};
-use crate::domain::{CommandType, Envelope};
+use crate::domain::Envelope;
 use crate::tls::{ClientTls, client_config};
 
 const NAME: &str = "rest";
@@ -173,15 +173,6 @@ fn health_url(base: &Url, health_path: &str) -> Url {
     url
 }
 
-/// The method and path suffix of each command (SPEC 4.2).
-fn route(command_type: CommandType) -> (Method, &'static str) {
-    match command_type {
-        CommandType::SetAlarm => (Method::POST, "alarms"),
-        CommandType::DisplayMessage => (Method::POST, "messages"),
-        CommandType::SetBrightness => (Method::PUT, "brightness"),
-    }
-}
-
 /// Polls the health URL every `interval`, first at once; 2xx means ready. Logs changes
 /// only, so a downstream that stays down does not flood the log.
 async fn poll_health(client: Client, url: Url, interval: Duration, ready: Arc<AtomicBool>) {
@@ -291,10 +282,9 @@ fn excerpt(mut text: String, cut_before: bool) -> String {
 
 impl RestTransport {
     async fn deliver(&self, envelope: &Envelope) -> Result<(), TransportError> {
-        let command_type = envelope.command.command_type();
-        let (method, suffix) = route(command_type);
+        let (method, suffix) = envelope.command.command_type().rest_route();
         let url = command_url(&self.base_url, envelope.device_id.as_str(), suffix);
-        let body = envelope.command_fields().to_string();
+        let body = envelope.rest_body();
         let mut request = self
             .client
             .request(method.clone(), url)
