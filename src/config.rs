@@ -96,11 +96,106 @@ impl Redactor {
     }
 }
 
-/// The transports that can be enabled.
+/// The transports that can be enabled (`ENABLED_SENDERS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sender {
+enum Sender {
     Mqtt,
     Rest,
+}
+
+/// One enabled transport and its settings.
+#[derive(Debug, Clone)]
+pub enum TransportConfig {
+    Mqtt(MqttConfig),
+    Rest(RestConfig),
+}
+
+impl TransportConfig {
+    /// The name used in `ENABLED_SENDERS`, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Mqtt(_) => "mqtt",
+            Self::Rest(_) => "rest",
+        }
+    }
+}
+
+/// The enabled transports in `ENABLED_SENDERS` order: at least one, by construction.
+#[derive(Debug, Clone)]
+pub struct Transports(Vec<TransportConfig>);
+
+impl Transports {
+    /// `first`, then `more`.
+    pub fn new(first: TransportConfig, more: impl IntoIterator<Item = TransportConfig>) -> Self {
+        Self(std::iter::once(first).chain(more).collect())
+    }
+
+    /// `None` for an empty list.
+    pub fn from_vec(list: Vec<TransportConfig>) -> Option<Self> {
+        (!list.is_empty()).then_some(Self(list))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TransportConfig> {
+        self.0.iter()
+    }
+
+    /// Their names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.iter().map(TransportConfig::name).collect()
+    }
+
+    /// The MQTT transport's settings, when it is enabled.
+    pub fn mqtt(&self) -> Option<&MqttConfig> {
+        self.iter().find_map(|t| match t {
+            TransportConfig::Mqtt(m) => Some(m),
+            TransportConfig::Rest(_) => None,
+        })
+    }
+
+    /// The REST transport's settings, when it is enabled.
+    pub fn rest(&self) -> Option<&RestConfig> {
+        self.iter().find_map(|t| match t {
+            TransportConfig::Rest(r) => Some(r),
+            TransportConfig::Mqtt(_) => None,
+        })
+    }
+}
+
+/// The TLS policy of the API (SPEC 2.1 step 2) and where TLS ends: only the combinations
+/// that make sense can be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// `REQUIRE_TLS=false` (local development): plain requests are served. The listener
+    /// still speaks TLS when it has a certificate.
+    Optional { listener: Option<TlsFiles> },
+    /// `REQUIRE_TLS=true` with `TLS_CERT_FILE`/`TLS_KEY_FILE`: the listener speaks TLS. With
+    /// `trust_proxy` (`TRUST_PROXY_TLS=true`) a plain request that a proxy forwarded as
+    /// https passes as well.
+    Listener { files: TlsFiles, trust_proxy: bool },
+    /// `REQUIRE_TLS=true` and `TRUST_PROXY_TLS=true` without a certificate: a plain listener
+    /// behind a TLS-terminating proxy; only requests forwarded as https pass.
+    Proxy,
+}
+
+impl TlsPolicy {
+    /// The listener's certificate and key, when it speaks TLS.
+    pub fn listener_files(&self) -> Option<&TlsFiles> {
+        match self {
+            Self::Optional { listener } => listener.as_ref(),
+            Self::Listener { files, .. } => Some(files),
+            Self::Proxy => None,
+        }
+    }
+
+    /// Whether a request passes: it came `over_tls`, or `forwarded_https` says a trusted
+    /// proxy received it over TLS (`X-Forwarded-Proto: https`; only asked when it matters).
+    pub fn admits(&self, over_tls: bool, forwarded_https: impl FnOnce() -> bool) -> bool {
+        match self {
+            Self::Optional { .. } => true,
+            Self::Listener { trust_proxy, .. } => over_tls || (*trust_proxy && forwarded_https()),
+            Self::Proxy => over_tls || forwarded_https(),
+        }
+    }
 }
 
 /// `text` (default) or `json` log lines.
@@ -119,10 +214,8 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     pub read_header_timeout: Duration,
     pub shutdown_timeout: Duration,
-    /// PEM certificate chain and key; both or neither.
-    pub tls: Option<TlsFiles>,
-    pub require_tls: bool,
-    pub trust_proxy_tls: bool,
+    /// `REQUIRE_TLS`, `TRUST_PROXY_TLS`, `TLS_CERT_FILE` and `TLS_KEY_FILE` together.
+    pub tls: TlsPolicy,
     pub max_body_bytes: usize,
     /// `HTTP_MAX_HEADER_BYTES`: request line plus headers.
     pub max_header_bytes: usize,
@@ -179,9 +272,7 @@ pub struct Config {
     pub credentials: Vec<Credential>,
     /// True when the credential came from the legacy `API_AUTH_TOKEN`.
     pub legacy_token: bool,
-    pub senders: Vec<Sender>,
-    pub mqtt: Option<MqttConfig>,
-    pub rest: Option<RestConfig>,
+    pub transports: Transports,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
@@ -381,17 +472,21 @@ impl Config {
         let require_tls = r.bool("REQUIRE_TLS", true);
         let require_tls_valid = r.errors.len() == errors_before;
         let trust_proxy_tls = r.bool("TRUST_PROXY_TLS", false);
-        if require_tls_valid
-            && require_tls
-            && tls.is_none()
-            && !trust_proxy_tls
-            && r.raw("TLS_CERT_FILE").is_none()
-        {
-            r.errors.push(
-                "REQUIRE_TLS=true needs TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY_TLS=true behind a TLS-terminating proxy; set REQUIRE_TLS=false only for local development"
-                    .to_owned(),
-            );
-        }
+        let tls = match (require_tls, tls, trust_proxy_tls) {
+            (false, listener, _) => TlsPolicy::Optional { listener },
+            (true, Some(files), trust_proxy) => TlsPolicy::Listener { files, trust_proxy },
+            (true, None, true) => TlsPolicy::Proxy,
+            (true, None, false) => {
+                // Unless REQUIRE_TLS itself or the TLS pair was already reported.
+                if require_tls_valid && r.raw("TLS_CERT_FILE").is_none() {
+                    r.errors.push(
+                        "REQUIRE_TLS=true needs TLS_CERT_FILE and TLS_KEY_FILE, or TRUST_PROXY_TLS=true behind a TLS-terminating proxy; set REQUIRE_TLS=false only for local development"
+                            .to_owned(),
+                    );
+                }
+                TlsPolicy::Proxy
+            }
+        };
         let http = HttpConfig {
             addr,
             read_timeout: r.millis("HTTP_READ_TIMEOUT_MS", 10_000, 1),
@@ -400,8 +495,6 @@ impl Config {
             read_header_timeout: r.millis("HTTP_READ_HEADER_TIMEOUT_MS", 5_000, 1),
             shutdown_timeout: r.millis("HTTP_SHUTDOWN_TIMEOUT_MS", 15_000, 0),
             tls,
-            require_tls,
-            trust_proxy_tls,
             max_body_bytes: r.int("MAX_BODY_BYTES", 65_536, 1024, 10_485_760) as usize,
             max_header_bytes: r.int("HTTP_MAX_HEADER_BYTES", 16_384, 1024, 1_048_576) as usize,
             max_connections: r.int("HTTP_MAX_CONNECTIONS", 10_000, 1, 1_000_000) as usize,
@@ -411,8 +504,18 @@ impl Config {
 
         let (credentials, legacy_token) = read_credentials(&mut r);
         let senders = read_senders(&mut r);
-        let mqtt = read_mqtt(&mut r, senders.contains(&Sender::Mqtt));
-        let rest = read_rest(&mut r, senders.contains(&Sender::Rest));
+        let mut mqtt = read_mqtt(&mut r, senders.contains(&Sender::Mqtt));
+        let mut rest = read_rest(&mut r, senders.contains(&Sender::Rest));
+        // Each enabled sender has its settings here unless an error says why not.
+        let transports = Transports::from_vec(
+            senders
+                .iter()
+                .filter_map(|sender| match sender {
+                    Sender::Mqtt => mqtt.take().map(TransportConfig::Mqtt),
+                    Sender::Rest => rest.take().map(TransportConfig::Rest),
+                })
+                .collect(),
+        );
 
         let log_format = match r.raw("LOG_FORMAT").as_deref().map(str::trim) {
             None => LogFormat::Text,
@@ -457,18 +560,17 @@ impl Config {
             );
         }
 
-        if !r.errors.is_empty() {
-            return Err(ConfigError(r.errors));
-        }
+        let transports = match transports {
+            Some(transports) if r.errors.is_empty() => transports,
+            _ => return Err(ConfigError(r.errors)),
+        };
         Ok(Self {
             http,
             auth_fail_limit_per_min,
             readiness_require_auth,
             credentials,
             legacy_token,
-            senders,
-            mqtt,
-            rest,
+            transports,
             log_format,
             log_level,
             metrics_addr,

@@ -472,11 +472,15 @@ mod tests {
         let mqtt = SocketAddr::from(([127, 0, 0, 1], 1883));
         let config = demo_config(http, mqtt, |_| None).unwrap();
         assert_eq!(config.http.addr, http);
-        assert!(!config.http.require_tls && !config.readiness_require_auth);
+        assert!(!config.readiness_require_auth);
+        assert_eq!(
+            config.http.tls,
+            crate::config::TlsPolicy::Optional { listener: None }
+        );
         assert_eq!(config.credentials.len(), 1);
-        let mqtt = config.mqtt.unwrap();
+        let mqtt = config.transports.mqtt().cloned().unwrap();
         assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
-        assert!(config.rest.is_none());
+        assert!(config.transports.rest().is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, Sender};
+use crate::config::{Config, TransportConfig};
 use crate::dispatch::Dispatcher;
 use crate::http::server::{Limits, Timeouts, serve};
 use crate::http::{AppState, router};
@@ -54,20 +54,13 @@ pub struct Application {
 /// Each enabled transport on its own, in `ENABLED_SENDERS` order.
 async fn build_transports(config: &Config) -> Result<Vec<Arc<dyn Transport>>, StartupError> {
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
-    for sender in &config.senders {
-        match sender {
-            Sender::Mqtt => {
-                if let Some(mqtt) = &config.mqtt {
-                    transports.push(MqttTransport::connect(mqtt.clone()).await?);
-                }
+    for transport in config.transports.iter() {
+        transports.push(match transport {
+            TransportConfig::Mqtt(mqtt) => MqttTransport::connect(mqtt.clone()).await?,
+            TransportConfig::Rest(rest) => {
+                RestTransport::connect(rest.clone(), config.redactor.clone()).await?
             }
-            Sender::Rest => {
-                if let Some(rest) = &config.rest {
-                    transports
-                        .push(RestTransport::connect(rest.clone(), config.redactor.clone()).await?);
-                }
-            }
-        }
+        });
     }
     Ok(transports)
 }
@@ -110,7 +103,7 @@ impl Application {
         transport: Arc<dyn Transport>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartupError> {
-        let tls = match &config.http.tls {
+        let tls = match config.http.tls.listener_files() {
             Some(files) => Some(TlsAcceptor::from(tls::server_config(files)?)),
             None => None,
         };
@@ -135,8 +128,7 @@ impl Application {
             dispatcher: Dispatcher::new(transport),
             credentials: config.credentials.clone(),
             throttle: AuthThrottle::new(config.auth_fail_limit_per_min),
-            require_tls: config.http.require_tls,
-            trust_proxy_tls: config.http.trust_proxy_tls,
+            tls_policy: config.http.tls.clone(),
             readiness_require_auth: config.readiness_require_auth,
             max_body_bytes: config.http.max_body_bytes,
             read_timeout: config.http.read_timeout,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use clock_server::config::{Config, ConfigError, LogFormat, Sender};
+use clock_server::config::{Config, ConfigError, LogFormat, TlsPolicy};
 
 fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
     let mut m: HashMap<String, String> = [
@@ -44,13 +44,12 @@ fn defaults_match_the_spec() {
     assert_eq!(c.http.idle_timeout, Duration::from_millis(60_000));
     assert_eq!(c.http.read_header_timeout, Duration::from_millis(5_000));
     assert_eq!(c.http.shutdown_timeout, Duration::from_millis(15_000));
-    assert!(c.http.tls.is_none());
-    assert!(!c.http.trust_proxy_tls);
+    assert_eq!(c.http.tls, TlsPolicy::Optional { listener: None });
     assert_eq!(c.http.max_body_bytes, 65_536);
     assert_eq!(c.auth_fail_limit_per_min, 60);
     assert!(c.readiness_require_auth);
-    assert_eq!(c.senders, vec![Sender::Mqtt, Sender::Rest]);
-    let m = c.mqtt.unwrap();
+    assert_eq!(c.transports.names(), ["mqtt", "rest"]);
+    let m = c.transports.mqtt().cloned().unwrap();
     assert!(m.use_tls);
     assert_eq!((m.host.as_str(), m.port), ("broker.example", 8883));
     assert_eq!(m.client_id, None);
@@ -62,7 +61,7 @@ fn defaults_match_the_spec() {
     assert!(m.connect_retry);
     assert!(!m.insecure_skip_verify);
     assert_eq!(m.publish_timeout, Duration::from_millis(5_000));
-    let r = c.rest.unwrap();
+    let r = c.transports.rest().cloned().unwrap();
     assert!(r.token.is_none());
     assert_eq!(r.timeout, Duration::from_millis(5_000));
     assert_eq!(r.health_path, None);
@@ -82,15 +81,19 @@ fn require_tls_defaults_to_true_and_then_needs_tls_files_or_a_trusted_proxy() {
         e.contains("REQUIRE_TLS") && e.contains("TLS_CERT_FILE"),
         "{e}"
     );
-    assert!(load(&[("REQUIRE_TLS", "true"), ("TRUST_PROXY_TLS", "true")]).is_ok());
+    let c = load(&[("REQUIRE_TLS", "true"), ("TRUST_PROXY_TLS", "true")]).unwrap();
+    assert_eq!(c.http.tls, TlsPolicy::Proxy);
     let c = load(&[
         ("REQUIRE_TLS", "1"),
         ("TLS_CERT_FILE", "/c.pem"),
         ("TLS_KEY_FILE", "/k.pem"),
     ])
     .unwrap();
-    assert!(c.http.require_tls);
-    assert_eq!(c.http.tls.unwrap().cert.to_str(), Some("/c.pem"));
+    let TlsPolicy::Listener { files, trust_proxy } = c.http.tls else {
+        panic!("{:?}", c.http.tls)
+    };
+    assert_eq!(files.cert.to_str(), Some("/c.pem"));
+    assert!(!trust_proxy);
 }
 
 #[test]
@@ -153,11 +156,12 @@ fn tls_files_come_in_pairs() {
 #[test]
 fn booleans_accept_exactly_the_go_spellings() {
     for t in ["1", "t", "T", "TRUE", "true", "True"] {
-        assert!(
-            load(&[("TRUST_PROXY_TLS", t)])
+        assert_eq!(
+            load(&[("REQUIRE_TLS", "true"), ("TRUST_PROXY_TLS", t)])
                 .unwrap()
                 .http
-                .trust_proxy_tls,
+                .tls,
+            TlsPolicy::Proxy,
             "{t}"
         );
     }
@@ -277,10 +281,10 @@ fn the_legacy_token_is_used_only_without_credentials() {
 #[test]
 fn enabled_senders_is_a_case_insensitive_list_of_known_senders() {
     let c = load(&[("ENABLED_SENDERS", " MQTT , ")]).unwrap();
-    assert_eq!(c.senders, vec![Sender::Mqtt]);
-    assert!(c.rest.is_none());
+    assert_eq!(c.transports.names(), ["mqtt"]);
+    assert!(c.transports.rest().is_none());
     let c = load(&[("ENABLED_SENDERS", "Rest")]).unwrap();
-    assert_eq!(c.senders, vec![Sender::Rest]);
+    assert_eq!(c.transports.names(), ["rest"]);
     let e = error(&[("ENABLED_SENDERS", "mqtt,kafka")]);
     assert!(e.contains("ENABLED_SENDERS") && e.contains("kafka"), "{e}");
     assert!(error(&[("ENABLED_SENDERS", " , ")]).contains("at least one"));
@@ -300,12 +304,14 @@ fn the_mqtt_broker_url_is_required_and_plain_mqtt_needs_an_explicit_opt_in() {
         ("ALLOW_INSECURE_MQTT", "true"),
     ])
     .unwrap();
-    let m = c.mqtt.unwrap();
+    let m = c.transports.mqtt().cloned().unwrap();
     assert!(!m.use_tls);
     assert_eq!(m.port, 1883);
     let m = load(&[("MQTT_BROKER_URL", "mqtts://[::1]:9999")])
         .unwrap()
-        .mqtt
+        .transports
+        .mqtt()
+        .cloned()
         .unwrap();
     assert_eq!((m.host.as_str(), m.port), ("::1", 9999));
     for bad in ["http://broker", "broker:1883", "mqtts://"] {
@@ -330,7 +336,7 @@ fn mqtt_settings_parse_and_check_their_ranges() {
         ("MQTT_CONNECT_RETRY", "false"),
     ])
     .unwrap();
-    let m = c.mqtt.unwrap();
+    let m = c.transports.mqtt().cloned().unwrap();
     assert_eq!(m.client_id.as_deref(), Some("gw-1"));
     assert_eq!(m.username.as_deref(), Some("gw"));
     assert_eq!(m.password.unwrap().expose(), "pw");
@@ -357,10 +363,10 @@ fn skipping_broker_verification_needs_both_flags() {
         ("ALLOW_INSECURE_TLS_VERIFY", "true"),
     ])
     .unwrap();
-    assert!(c.mqtt.unwrap().insecure_skip_verify);
+    assert!(c.transports.mqtt().cloned().unwrap().insecure_skip_verify);
     let c = load(&[("ALLOW_INSECURE_TLS_VERIFY", "true")]).unwrap();
     assert!(
-        !c.mqtt.unwrap().insecure_skip_verify,
+        !c.transports.mqtt().cloned().unwrap().insecure_skip_verify,
         "the allow flag alone changes nothing"
     );
 }
@@ -378,7 +384,10 @@ fn the_rest_base_url_is_required_and_must_be_https_unless_allowed() {
         ("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true"),
     ])
     .unwrap();
-    assert_eq!(c.rest.unwrap().base_url.scheme(), "http");
+    assert_eq!(
+        c.transports.rest().cloned().unwrap().base_url.scheme(),
+        "http"
+    );
     assert!(error(&[("CLOCK_REST_BASE_URL", "not a url")]).contains("CLOCK_REST_BASE_URL"));
     assert!(error(&[("CLOCK_REST_BASE_URL", "ftp://x")]).contains("CLOCK_REST_BASE_URL"));
 }
@@ -391,7 +400,7 @@ fn rest_settings_parse() {
         ("CLOCK_REST_HEALTH_PATH", "/healthz"),
     ])
     .unwrap();
-    let r = c.rest.unwrap();
+    let r = c.transports.rest().cloned().unwrap();
     assert_eq!(r.token.unwrap().expose(), "down-tok");
     assert_eq!(r.timeout, Duration::from_millis(750));
     assert_eq!(r.health_path.as_deref(), Some("/healthz"));

@@ -20,6 +20,7 @@ use axum::routing::{MethodFilter, any, get, on};
 pub use error::ApiError;
 pub use error::json_response;
 
+use crate::config::TlsPolicy;
 use crate::dispatch::Dispatcher;
 use crate::domain::{AlarmRequest, BrightnessRequest, CommandRequest, MessageRequest};
 use crate::metrics::{self, Metrics};
@@ -31,8 +32,7 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub credentials: Vec<Credential>,
     pub throttle: AuthThrottle,
-    pub require_tls: bool,
-    pub trust_proxy_tls: bool,
+    pub tls_policy: TlsPolicy,
     pub readiness_require_auth: bool,
     pub max_body_bytes: usize,
     pub read_timeout: std::time::Duration,
@@ -181,7 +181,10 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
         return Err(ApiError::InvalidRequest);
     }
     let over_tls = conn.is_some_and(|c| c.tls);
-    if state.require_tls && !over_tls && !(state.trust_proxy_tls && forwarded_https(headers)) {
+    if !state
+        .tls_policy
+        .admits(over_tls, || forwarded_https(headers))
+    {
         state.refused(Refusal::HttpsRequired, conn, req.uri().path());
         return Err(ApiError::HttpsRequired);
     }
