@@ -3,6 +3,7 @@
 //! connection-level server.
 
 mod error;
+mod extract;
 mod handlers;
 mod refusals;
 pub mod server;
