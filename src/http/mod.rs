@@ -272,30 +272,11 @@ fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
-/// A new UUIDv7 (Unix milliseconds, then 74 random bits) for request and command ids.
-///
-/// `Uuid::now_v7` asks the kernel for random bytes twice per id, so four system calls
-/// per command. Here the random bits are SipHash over a per-thread counter, keyed once per
-/// thread from the OS (std's `RandomState`): just as unique and unguessable, without a
-/// system call. Ids from one process are ordered by millisecond, not within one.
+/// A new UUIDv7 for request and command ids: uuid's own generator (feature `fast-rng`), so
+/// the random bits come from a thread-local generator seeded once, not a system call per
+/// id; ids from one process are ordered, also within a millisecond.
 pub(crate) fn new_id() -> uuid::Uuid {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, RandomState};
-
-    thread_local! {
-        static RANDOM: (RandomState, Cell<u64>) = (RandomState::new(), Cell::new(0));
-    }
-    let random = RANDOM.with(|(keys, counter)| {
-        let n = counter.get();
-        counter.set(n.wrapping_add(1));
-        (u128::from(keys.hash_one((n, 0u8))) << 64) | u128::from(keys.hash_one((n, 1u8)))
-    });
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut bytes = [0u8; 10];
-    bytes.copy_from_slice(&random.to_be_bytes()[..10]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+    uuid::Uuid::now_v7()
 }
 
 /// `{"status": ...}`, the probes' body.
