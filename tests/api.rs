@@ -120,7 +120,7 @@ async fn two_authorization_headers_get_400_without_authenticating() {
             "{answer}"
         );
     }
-    assert!(app.transport.sent().is_empty());
+    assert!(app.fake().sent().is_empty());
     // Nothing was recorded against the caller: with a limit of 1, one failure would block it.
     let res = app
         .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
@@ -274,7 +274,7 @@ async fn ready_needs_a_token_by_default_and_reflects_the_transports() {
     let res = app.get("/ready", Some(OPS_TOKEN)).await;
     assert_eq!(res.status(), 200);
     assert_eq!(body(res).await, json!({"status": "ready"}));
-    app.transport.not_ready.store(true, SeqCst);
+    app.fake().not_ready.store(true, SeqCst);
     let res = app.get("/ready", Some(OPS_TOKEN)).await;
     assert_eq!(res.status(), 503);
     assert_eq!(body(res).await, json!({"status": "not_ready"}));
@@ -355,7 +355,7 @@ async fn missing_or_wrong_tokens_get_401() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    assert!(app.transport.sent().is_empty());
+    assert!(app.fake().sent().is_empty());
 }
 
 #[tokio::test]
@@ -447,7 +447,7 @@ async fn an_oversized_body_gets_413() {
     );
     let answer = raw_exchange(app.addr, raw.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(app.transport.sent().is_empty());
+    assert!(app.fake().sent().is_empty());
 }
 
 #[tokio::test]
@@ -496,7 +496,7 @@ async fn malformed_bodies_get_400_invalid_request_body_with_the_reason() {
             "{raw}: {error}"
         );
     }
-    assert!(app.transport.sent().is_empty());
+    assert!(app.fake().sent().is_empty());
 }
 
 // Step 8
@@ -517,7 +517,7 @@ async fn device_ids_are_trimmed_and_checked_against_the_pattern() {
         .post("/commands/messages", Some(OPS_TOKEN), msg("  clock-1  "))
         .await;
     assert_eq!(res.status(), 202);
-    assert_eq!(app.transport.sent()[0].device_id.as_str(), "clock-1");
+    assert_eq!(app.fake().sent()[0].device_id.as_str(), "clock-1");
 }
 
 // Step 9
@@ -539,7 +539,7 @@ async fn a_token_scoped_to_clock_star_cannot_address_lamp_1() {
             .status(),
         202
     );
-    assert_eq!(app.transport.sent().len(), 1);
+    assert_eq!(app.fake().sent().len(), 1);
 }
 
 #[tokio::test]
@@ -683,7 +683,7 @@ async fn message_and_brightness_values_are_range_checked_with_a_detail() {
             "{b}: {out}"
         );
     }
-    assert!(app.transport.sent().is_empty());
+    assert!(app.fake().sent().is_empty());
 }
 
 // Step 11
@@ -721,7 +721,7 @@ async fn each_command_is_dispatched_and_answered_202_with_a_command_id() {
     let b = body(res).await;
     assert_eq!(b["result"], "updated");
 
-    let sent = app.transport.sent();
+    let sent = app.fake().sent();
     assert_eq!(sent.len(), 3);
     let ids: Vec<&str> = [&a, &m, &b]
         .iter()
@@ -747,7 +747,7 @@ async fn each_command_is_dispatched_and_answered_202_with_a_command_id() {
 #[tokio::test]
 async fn a_failed_transport_gives_502_without_details() {
     let app = spawn_app(&[]).await;
-    app.transport.fail.store(true, SeqCst);
+    app.fake().fail.store(true, SeqCst);
     let res = app
         .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
         .await;
@@ -796,7 +796,7 @@ async fn a_client_sending_its_header_slowly_is_disconnected_at_the_header_timeou
 #[tokio::test]
 async fn a_request_in_flight_at_shutdown_completes_while_new_connections_are_refused() {
     let mut app = spawn_app(&[]).await;
-    app.transport.hold.store(true, SeqCst);
+    app.fake().hold.store(true, SeqCst);
     let client = app.client.clone();
     let url = app.url("/commands/messages");
     let in_flight = tokio::spawn(async move {
@@ -808,7 +808,7 @@ async fn a_request_in_flight_at_shutdown_completes_while_new_connections_are_ref
             .await
             .unwrap()
     });
-    app.transport.started.notified().await;
+    app.fake().started.notified().await;
     app.begin_shutdown();
     // The listener closes: new connections are refused.
     common::eventually(Duration::from_secs(5), "listener to close", || async {
@@ -819,17 +819,17 @@ async fn a_request_in_flight_at_shutdown_completes_while_new_connections_are_ref
     })
     .await;
     assert!(
-        !app.transport.closed.load(SeqCst),
+        !app.fake().closed.load(SeqCst),
         "transports close only after draining"
     );
-    app.transport.release.notify_one();
+    app.fake().release.notify_one();
     let res = in_flight.await.unwrap();
     assert_eq!(res.status(), 202);
     tokio::time::timeout(Duration::from_secs(5), app.task.take().unwrap())
         .await
         .expect("server stops after draining")
         .unwrap();
-    assert!(app.transport.closed.load(SeqCst));
+    assert!(app.fake().closed.load(SeqCst));
 }
 
 // The API description

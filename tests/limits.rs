@@ -354,5 +354,5 @@ async fn a_head_that_trickles_in_piece_by_piece_is_served_whole_first_and_on_kee
             "round {round}: {answer}"
         );
     }
-    assert_eq!(app.transport.sent().len(), 2);
+    assert_eq!(app.fake().sent().len(), 2);
 }

@@ -304,7 +304,7 @@ async fn a_failed_dispatch_is_timed_under_its_transport_with_the_failed_outcome(
             .await;
         assert_eq!(res.status(), 202);
     }
-    app.transport.fail.store(true, SeqCst);
+    app.fake().fail.store(true, SeqCst);
     let res = app
         .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
         .await;
@@ -377,16 +377,16 @@ async fn a_throttled_caller_moves_auth_failures_and_throttled_requests() {
 async fn transport_readiness_is_read_at_scrape_time() {
     let app = metrics_app(&[]).await;
     assert_eq!(scrape(&app).await.get(READY, &[("transport", "fake")]), 1.0);
-    app.transport.not_ready.store(true, SeqCst);
+    app.fake().not_ready.store(true, SeqCst);
     assert_eq!(scrape(&app).await.get(READY, &[("transport", "fake")]), 0.0);
-    app.transport.not_ready.store(false, SeqCst);
+    app.fake().not_ready.store(false, SeqCst);
     assert_eq!(scrape(&app).await.get(READY, &[("transport", "fake")]), 1.0);
 }
 
 #[tokio::test]
 async fn a_delivery_the_transport_still_holds_is_counted_in_flight() {
     let app = metrics_app(&[]).await;
-    app.transport.hold.store(true, SeqCst);
+    app.fake().hold.store(true, SeqCst);
     let url = app.url("/commands/messages");
     let client = app.client.clone();
     let request = tokio::spawn(async move {
@@ -400,12 +400,12 @@ async fn a_delivery_the_transport_still_holds_is_counted_in_flight() {
             .unwrap()
             .status()
     });
-    app.transport.started.notified().await;
+    app.fake().started.notified().await;
     assert_eq!(
         scrape(&app).await.get(INFLIGHT, &[("transport", "fake")]),
         1.0
     );
-    app.transport.release.notify_one();
+    app.fake().release.notify_one();
     assert_eq!(request.await.unwrap(), 202);
     let m = scrape(&app).await;
     assert_eq!(m.get(INFLIGHT, &[("transport", "fake")]), 0.0);
@@ -421,7 +421,7 @@ async fn a_delivery_the_transport_still_holds_is_counted_in_flight() {
 #[tokio::test]
 async fn a_dispatch_abandoned_by_its_caller_leaves_the_in_flight_gauge_at_zero() {
     let app = metrics_app(&[]).await;
-    app.transport.hold.store(true, SeqCst);
+    app.fake().hold.store(true, SeqCst);
     let url = app.url("/commands/messages");
     let client = app.client.clone();
     let request = tokio::spawn(async move {
@@ -433,7 +433,7 @@ async fn a_dispatch_abandoned_by_its_caller_leaves_the_in_flight_gauge_at_zero()
             .send()
             .await
     });
-    app.transport.started.notified().await;
+    app.fake().started.notified().await;
     // The caller goes away: the connection closes and the server drops the request.
     request.abort();
     let _ = request.await;

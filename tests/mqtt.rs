@@ -6,82 +6,40 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clock_server::config::Config;
-use clock_server::startup::{Application, StartupError};
-use common::app::{JsonBody, OPS_TOKEN, base_env, client};
+use clock_server::startup::StartupError;
+use common::app::{TestApp as App, client, env_with, start};
 use common::certs::TestPki;
 use common::eventually;
 use common::mosquitto::Mosquitto;
 use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------
 // The application under test
 // ---------------------------------------------------------------------------------------
 
-/// The application with the real MQTT transport, served in a task.
-struct App {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
 /// `base_env()` with only the MQTT sender, plain `mqtt://` allowed, an unauthenticated
 /// `/ready`, a 1 s publish timeout, then `vars`.
 fn mqtt_env(broker_url: &str, vars: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = base_env();
-    for (k, v) in [
+    let mut env = env_with(&[
         ("ENABLED_SENDERS", "mqtt"),
         ("MQTT_BROKER_URL", broker_url),
         ("ALLOW_INSECURE_MQTT", "true"),
         ("READINESS_REQUIRE_AUTH", "false"),
         ("MQTT_PUBLISH_TIMEOUT_MS", "1000"),
-    ]
-    .iter()
-    .chain(vars)
-    {
+    ]);
+    for (k, v) in vars {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     env
 }
 
-/// Log output only when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
-fn init_logging() {
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let filter = if filter.is_empty() {
-            "info".to_owned()
-        } else {
-            filter
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-}
-
+/// The application with the real MQTT transport.
 async fn build(broker_url: &str, vars: &[(&str, &str)]) -> Result<App, StartupError> {
-    init_logging();
-    let env = mqtt_env(broker_url, vars);
-    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
-    let app = Application::build(config).await?;
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    Ok(App {
-        addr,
-        http: client(None),
-        shutdown: Some(tx),
-        task: Some(task),
-    })
+    start(&mqtt_env(broker_url, vars), None).await
 }
 
 async fn spawn(broker_url: &str, vars: &[(&str, &str)]) -> App {
@@ -95,30 +53,13 @@ fn in_an_hour() -> String {
     (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()
 }
 
+/// What these tests ask of the application, besides the common harness.
 impl App {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(OPS_TOKEN)
-            .json_body(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
     async fn message(&self, device: &str, text: &str) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
             "/commands/messages",
-            json!({"deviceId": device, "message": text, "durationSeconds": 10}),
+            &json!({"deviceId": device, "message": text, "durationSeconds": 10}),
         )
         .await
     }
@@ -127,7 +68,7 @@ impl App {
         self.call(
             reqwest::Method::POST,
             "/commands/alarms",
-            json!({"deviceId": device, "alarmTime": time, "label": label}),
+            &json!({"deviceId": device, "alarmTime": time, "label": label}),
         )
         .await
     }
@@ -136,13 +77,13 @@ impl App {
         self.call(
             reqwest::Method::PUT,
             "/commands/brightness",
-            json!({"deviceId": device, "level": level}),
+            &json!({"deviceId": device, "level": level}),
         )
         .await
     }
 
     async fn status_of(&self, path: &str) -> u16 {
-        self.http
+        self.client
             .get(self.url(path))
             .send()
             .await
@@ -174,19 +115,6 @@ impl App {
             (self.status_of("/ready").await == 503).then_some(())
         })
         .await;
-    }
-
-    /// Graceful shutdown, as SIGTERM does; waits for it to finish.
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("the server stops within its shutdown grace period")
-                .unwrap();
-        }
     }
 }
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,22 +13,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{FixedOffset, SecondsFormat, Utc};
-use clock_server::config::{Config, TlsFiles};
-use clock_server::startup::Application;
+use clock_server::config::TlsFiles;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use common::app::{OPS_TOKEN, TestApp, env_with, start};
 use common::certs::TestPki;
 use common::eventually;
 use common::mosquitto::Mosquitto;
 
-const CALLER_TOKEN: &str = "caller-token-1";
 const HEALTH_PATH: &str = "/healthz";
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -289,52 +287,20 @@ async fn respond(
 // ---------------------------------------------------------------------------------------
 // The application under test.
 
-struct TestApp {
-    addr: SocketAddr,
-    client: reqwest::Client,
-    _shutdown: oneshot::Sender<()>,
-}
-
-/// Variables every test starts from; `overrides` replace them (an empty value unsets).
-fn base_env() -> HashMap<String, String> {
-    [
-        ("REQUIRE_TLS", "false"),
-        ("API_AUTH_CREDENTIALS", &*format!("ops|{CALLER_TOKEN}|*")),
-        ("ENABLED_SENDERS", "rest"),
-        ("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true"),
-        ("HTTP_ADDR", "127.0.0.1:0"),
-        ("READINESS_REQUIRE_AUTH", "false"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
+/// The common harness with only the REST sender, plain http:// allowed downstream and an
+/// unauthenticated `/ready`; `overrides` on top (an empty value unsets).
 async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     init_logs();
-    let mut env = base_env();
+    let mut env = env_with(&[
+        ("ENABLED_SENDERS", "rest"),
+        ("CLOCK_REST_BASE_URL", ""),
+        ("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true"),
+        ("READINESS_REQUIRE_AUTH", "false"),
+    ]);
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
-    let app = Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    let tls = clock_server::tls::client_config(&Default::default()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .timeout(LIMIT)
-        .build()
-        .unwrap();
-    TestApp {
-        addr,
-        client,
-        _shutdown: tx,
-    }
+    start(&env, None).await.unwrap()
 }
 
 /// One of the three commands, as sent to the API and as the downstream must see it.
@@ -396,17 +362,14 @@ fn brightness(device: &str) -> Case {
     }
 }
 
+/// What these tests ask of the application, besides the common harness.
 impl TestApp {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     /// Sends `case` with the caller's `X-Request-Id`; returns the status and JSON body.
     async fn send(&self, case: &Case, request_id: &str) -> (StatusCode, Value) {
         let response = self
             .client
             .request(case.api_method.clone(), self.url(case.api_path))
-            .bearer_auth(CALLER_TOKEN)
+            .bearer_auth(OPS_TOKEN)
             .header("x-request-id", request_id)
             .header("content-type", "application/json")
             .body(case.api_body.to_string())
@@ -591,7 +554,7 @@ async fn secrets_a_downstream_echoes_in_its_error_body_are_redacted_before_the_1
     let pad = "p".repeat(1024 - head.len() - "Bearer ".len() - 5);
     *downstream.state.error_body.lock().unwrap() = format!("{head}{pad}{{authorization}} end");
     let base = downstream.url("/");
-    let credentials = format!("ops|{CALLER_TOKEN}|*;echo|{api_token}|clock-*");
+    let credentials = format!("ops|{OPS_TOKEN}|*;echo|{api_token}|clock-*");
     let app = spawn_app(&[
         ("CLOCK_REST_BASE_URL", &base),
         ("CLOCK_REST_TOKEN", &token),
