@@ -38,34 +38,34 @@ impl Dispatcher {
         );
         let result = self.transport.send(envelope).await;
         let command_type = envelope.command.command_type().as_str();
+        // One record, two levels: a tracing level is fixed per call site, so the fields are
+        // written once here and the macro makes the two call sites.
+        macro_rules! audit {
+            ($level:ident, $result:literal, $message:literal $(, $($extra:tt)+)?) => {
+                tracing::$level!(
+                    target: "audit",
+                    principal = ctx.principal,
+                    client_ip = %ctx.client_ip,
+                    method = ctx.method,
+                    path = ctx.path,
+                    device_id = envelope.device_id.as_str(),
+                    command_type,
+                    result = $result,
+                    request_id = envelope.request_id.as_str(),
+                    command_id = envelope.command_id.as_str(),
+                    $($($extra)+,)?
+                    $message
+                )
+            };
+        }
         match &result {
-            Ok(()) => tracing::info!(
-                target: "audit",
-                principal = ctx.principal,
-                client_ip = %ctx.client_ip,
-                method = ctx.method,
-                path = ctx.path,
-                device_id = envelope.device_id.as_str(),
-                command_type,
-                result = "accepted",
-                request_id = envelope.request_id.as_str(),
-                command_id = envelope.command_id.as_str(),
-                "command dispatched"
-            ),
-            Err(err) => tracing::warn!(
-                target: "audit",
-                principal = ctx.principal,
-                client_ip = %ctx.client_ip,
-                method = ctx.method,
-                path = ctx.path,
-                device_id = envelope.device_id.as_str(),
-                command_type,
-                result = "failed",
-                request_id = envelope.request_id.as_str(),
-                command_id = envelope.command_id.as_str(),
+            Ok(()) => audit!(info, "accepted", "command dispatched"),
+            Err(err) => audit!(
+                warn,
+                "failed",
+                "command dispatch failed",
                 failed_transports = %err.transports().join(","),
-                error = %err,
-                "command dispatch failed"
+                error = %err
             ),
         }
         result
