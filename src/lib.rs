@@ -1,11 +1,16 @@
 //! clock-server: a secure HTTP gateway that authenticates callers, validates commands for
 //! smart clocks and delivers them over MQTT and/or a downstream REST service.
 //!
-//! Where things live:
-//! - [`domain`]: `DeviceId`, `Scope`, `Command`, `Envelope` — valid by construction, no I/O.
-//! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once.
+//! Where things live (docs/ARCHITECTURE.md has the path of a command and where to add one):
+//! - [`domain`]: `DeviceId`, `Scope`; each command's type, routes, fields, limits, validation
+//!   and request body (`command.rs`); the generic profile's wire forms (`generic.rs`). No I/O.
+//! - [`shared`]: what server and clients both use, once: `Secret`, the shutdown signal,
+//!   Go-style booleans, the MQTT broker URL parser.
+//! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once; the
+//!   enabled transports (never empty) and the TLS policy as types.
 //! - [`security`]: credentials, constant-time token lookup, the auth-failure throttle.
-//! - [`http`]: the router, the front checks of every request, handlers, the HTTP(S) server.
+//! - [`http`]: the router, the front checks of every request, extractors, handlers, the
+//!   HTTP(S) server.
 //! - [`dispatch`]: `Dispatcher` — validated command to transports, plus the audit record.
 //! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
 //! - [`store`]: the `StateStore` of tracked commands and idempotency keys; memory and file backends.
@@ -16,7 +21,8 @@
 //! - [`cli`]: `clockctl`, the command-line client.
 //! - [`terminal`]: server and broker text made safe to print (control characters escaped).
 //! - [`clock`]: the virtual clock (MQTT subscriber and terminal view) of `clockctl watch` and the demo.
-//! - [`demo`]: `clock-server demo` — embedded broker (feature `demo`), API and virtual clock on loopback.
+//! - [`demo`]: `clock-server demo` — embedded broker (feature `demo`), API and virtual clock on
+//!   loopback, composed from outside both.
 
 pub mod cli;
 pub mod clock;
