@@ -97,7 +97,10 @@ fn action(device: &str, topic_type: &str, fields: Payload<'_>) -> Action {
     if let Some(d) = fields.device_id.as_deref().filter(|d| *d != device) {
         return invalid(
             &kind,
-            format!("deviceId {d:?} does not match the topic's {device:?}"),
+            format!(
+                "{} {d:?} does not match the topic's {device:?}",
+                field::DEVICE_ID
+            ),
         );
     }
     let Some(command_type) = CommandType::from_wire(&kind) else {

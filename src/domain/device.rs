@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::field;
+
 /// A device id: 1–64 characters of `[A-Za-z0-9_-]`, so it is safe in MQTT topics and URLs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeviceId(String);
@@ -9,11 +11,11 @@ pub struct DeviceId(String);
 /// Why a string is not a device id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceIdError {
-    #[error("deviceId is required")]
+    #[error("{} is required", field::DEVICE_ID)]
     Empty,
-    #[error("deviceId must be at most 64 characters")]
+    #[error("{} must be at most 64 characters", field::DEVICE_ID)]
     TooLong,
-    #[error("deviceId may contain only letters, digits, '_' and '-'")]
+    #[error("{} may contain only letters, digits, '_' and '-'", field::DEVICE_ID)]
     InvalidCharacter,
 }
 
