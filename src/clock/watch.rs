@@ -19,9 +19,8 @@ use tokio::sync::mpsc;
 use super::command;
 use super::face::Clocks;
 use crate::domain::DeviceId;
-use crate::shared::{BrokerUrl, Secret};
+use crate::shared::{BrokerUrl, MAX_MQTT_PACKET_SIZE, Secret};
 use crate::terminal;
-use crate::transport::mqtt::MAX_PACKET_SIZE;
 
 /// The broker `clockctl watch` uses when none is given.
 pub const DEFAULT_BROKER_URL: &str = "mqtt://127.0.0.1:1883";
@@ -189,7 +188,7 @@ impl Watcher {
         // Payloads come from whoever may publish on the broker: a packet over this is refused
         // (and the client reconnects) instead of buffered. A broker that honours the maximum
         // simply does not forward bigger messages to us, which no clock face could show.
-        connect.properties.maximum_packet_size = Some(MAX_PACKET_SIZE);
+        connect.properties.maximum_packet_size = Some(MAX_MQTT_PACKET_SIZE);
         if let Some(user) = &options.broker.url.username {
             let password = options
                 .broker

@@ -44,10 +44,9 @@ const NAME: &str = "mqtt";
 /// Bound on one connection attempt (TCP, TLS handshake, CONNECT/CONNACK).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest packet this process accepts from a broker (MQTT 5 Maximum Packet Size, the
-/// whole packet including its fixed header). Shared with `clockctl watch`, whose commands
-/// are far smaller too.
-pub const MAX_PACKET_SIZE: u32 = 64 * 1024;
+/// The largest packet accepted from the broker (defined in [`crate::shared`], which
+/// `clockctl watch` uses too).
+pub use crate::shared::MAX_MQTT_PACKET_SIZE as MAX_PACKET_SIZE;
 
 /// Publishes commands to an MQTT broker.
 pub struct MqttTransport {
