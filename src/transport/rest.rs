@@ -301,19 +301,24 @@ impl RestTransport {
         }
 
         let path = format!("/clocks/{}/{suffix}", envelope.device_id.as_str());
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => {
-                let reason = describe(&e);
+        // Both failure lines name the request the same way; then what went wrong.
+        macro_rules! failure {
+            ($($what:tt)+) => {
                 tracing::warn!(
                     transport = NAME,
                     %method,
                     path,
                     request_id = envelope.request_id.as_str(),
                     command_id = envelope.command_id.as_str(),
-                    error = reason,
-                    "downstream request failed"
-                );
+                    $($what)+
+                )
+            };
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = describe(&e);
+                failure!(error = reason, "downstream request failed");
                 return Err(if e.is_timeout() {
                     TransportError::Timeout {
                         transport: NAME,
@@ -346,12 +351,7 @@ impl RestTransport {
                     .collect::<String>()
             });
         let body = body_excerpt(response, &self.redactor).await;
-        tracing::warn!(
-            transport = NAME,
-            %method,
-            path,
-            request_id = envelope.request_id.as_str(),
-            command_id = envelope.command_id.as_str(),
+        failure!(
             status = status.as_u16(),
             location = location.as_deref(),
             body = ?body,
