@@ -15,6 +15,8 @@ use reqwest::Url;
 use crate::security::{Credential, parse_credentials};
 use crate::shared::secret::REDACTED;
 use crate::shared::{BrokerUrl, BrokerUrlError, Secret, go_bool};
+/// Defined beside the rustls set-up that reads them, which the clients use too.
+pub use crate::tls::TlsFiles;
 
 /// Every configured secret, to scrub text from outside (a downstream's answer may echo the
 /// request it got, token included) before it is logged. [`Config::from_lookup`] builds it
@@ -221,13 +223,6 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// `HTTP_MAX_CONNECTIONS`: open client connections.
     pub max_connections: usize,
-}
-
-/// A certificate chain and its private key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// MQTT transport settings (SPEC 4.1).

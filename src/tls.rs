@@ -1,7 +1,7 @@
 //! rustls configuration shared by the HTTPS listener, the MQTT and REST transports and
 //! `clockctl`. One crypto provider (ring) everywhere, TLS 1.2 and 1.3 only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -9,7 +9,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-use crate::config::TlsFiles;
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A TLS set-up problem, naming the file or variable involved.
 #[derive(Debug, thiserror::Error)]
