@@ -15,6 +15,7 @@ use reqwest::Url;
 use crate::security::{Credential, parse_credentials};
 use crate::shared::secret::REDACTED;
 use crate::shared::{BrokerUrl, BrokerUrlError, Secret, go_bool};
+use crate::store::{StoreKind, StoreSettings};
 /// Defined beside the rustls set-up that reads them, which the clients use too.
 pub use crate::tls::TlsFiles;
 
@@ -245,6 +246,20 @@ pub struct MqttConfig {
     pub publish_timeout: Duration,
     pub max_inflight: u16,
     pub keep_alive: Duration,
+    /// `MQTT_SHARED_GROUP`: replicas split the acknowledgements (`$share/<group>/…`).
+    pub shared_group: Option<String>,
+}
+
+/// Tracked commands (SPEC 7): the store and its time limits.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    /// `STATE_STORE` (`none`: nothing is tracked).
+    pub store: StoreKind,
+    pub settings: StoreSettings,
+    /// `COMMAND_TTL_SECS`: a command's time to live when its body has no `ttlSeconds`.
+    pub command_ttl: Duration,
+    /// `IDEMPOTENCY_TTL_SECS`: how long an answer to an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// REST transport settings (SPEC 4.2).
@@ -271,6 +286,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
+    pub tracking: TrackingConfig,
     /// Every secret above, for scrubbing logged text from outside.
     pub redactor: Redactor,
 }
@@ -555,6 +571,8 @@ impl Config {
             );
         }
 
+        let tracking = read_tracking(&mut r);
+
         let transports = match transports {
             Some(transports) if r.errors.is_empty() => transports,
             _ => return Err(ConfigError(r.errors)),
@@ -569,6 +587,7 @@ impl Config {
             log_format,
             log_level,
             metrics_addr,
+            tracking,
             redactor: Redactor::new(&r.secrets),
         })
     }
@@ -643,6 +662,49 @@ fn read_senders<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> Vec<Sender>
     senders
 }
 
+fn read_tracking<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> TrackingConfig {
+    let store = match r.raw("STATE_STORE") {
+        None => StoreKind::Memory,
+        Some(raw) => match crate::store::parse_state_store(&raw) {
+            Ok(kind) => {
+                if let StoreKind::Redis(url) = &kind {
+                    // The URL may hold the store's password: scrubbed from logged text too.
+                    if let Some(password) = url_password(url.expose()) {
+                        r.keep_secret(Secret::new(password));
+                    }
+                    r.keep_secret(url.clone());
+                }
+                kind
+            }
+            Err(why) => {
+                r.errors.push(format!("STATE_STORE is invalid: {why}"));
+                StoreKind::Memory
+            }
+        },
+    };
+    let settings = StoreSettings {
+        max_commands: r.int("STATE_MAX_COMMANDS", 100_000, 1000, 10_000_000) as usize,
+        retention: Duration::from_secs(r.int("STATE_RETENTION_SECS", 86_400, 60, 2_592_000)),
+    };
+    TrackingConfig {
+        store,
+        settings,
+        command_ttl: Duration::from_secs(r.int("COMMAND_TTL_SECS", 600, 1, 604_800)),
+        idempotency_ttl: Duration::from_secs(r.int("IDEMPOTENCY_TTL_SECS", 86_400, 60, 604_800)),
+    }
+}
+
+/// The password of `scheme://user:password@host…`, percent-decoded.
+fn url_password(url: &str) -> Option<String> {
+    let parsed = Url::parse(url).ok()?;
+    let password = parsed.password()?;
+    Some(
+        percent_encoding::percent_decode_str(password)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
 fn read_mqtt<F: Fn(&str) -> Option<String>>(
     r: &mut Reader<F>,
     enabled: bool,
@@ -676,6 +738,17 @@ fn read_mqtt<F: Fn(&str) -> Option<String>>(
             "MQTT_TOPIC_PREFIX",
             &v,
             "a topic prefix must not contain the wildcards + or #",
+        );
+    }
+    let shared_group = r.string("MQTT_SHARED_GROUP").map(|g| g.trim().to_owned());
+    if let Some(group) = &shared_group
+        && (group.is_empty() || group.contains(['/', '+', '#', '\0']))
+    {
+        let v = group.clone();
+        r.invalid(
+            "MQTT_SHARED_GROUP",
+            &v,
+            "a shared subscription group name is one topic level: no /, + or #",
         );
     }
     let client_id = r.string("MQTT_CLIENT_ID");
@@ -728,6 +801,7 @@ fn read_mqtt<F: Fn(&str) -> Option<String>>(
         publish_timeout,
         max_inflight,
         keep_alive,
+        shared_group,
     })
 }
 

@@ -14,6 +14,52 @@ pub struct AuditContext<'a> {
     pub path: &'a str,
 }
 
+/// What an audit record says about the command itself.
+pub struct AuditedCommand<'a> {
+    pub device_id: &'a str,
+    pub command_type: &'a str,
+    pub request_id: &'a str,
+    pub command_id: &'a str,
+}
+
+impl<'a> From<&'a Envelope> for AuditedCommand<'a> {
+    fn from(envelope: &'a Envelope) -> Self {
+        Self {
+            device_id: envelope.device_id.as_str(),
+            command_type: envelope.command.command_type().as_str(),
+            request_id: &envelope.request_id,
+            command_id: &envelope.command_id,
+        }
+    }
+}
+
+// One record, several levels and results: a tracing level is fixed per call site, so the
+// fields are written once here and the macro makes the call sites.
+macro_rules! audit {
+    ($level:ident, $ctx:expr, $command:expr, $result:literal, $message:literal $(, $($extra:tt)+)?) => {
+        tracing::$level!(
+            target: "audit",
+            principal = $ctx.principal,
+            client_ip = %$ctx.client_ip,
+            method = $ctx.method,
+            path = $ctx.path,
+            device_id = $command.device_id,
+            command_type = $command.command_type,
+            result = $result,
+            request_id = $command.request_id,
+            command_id = $command.command_id,
+            $($($extra)+,)?
+            $message
+        )
+    };
+}
+
+/// The audit record of a request answered from its `Idempotency-Key` (SPEC 7.6): nothing
+/// was dispatched again.
+pub fn audit_replayed(ctx: &AuditContext<'_>, command: &AuditedCommand<'_>) {
+    audit!(info, ctx, command, "replayed", "command replayed");
+}
+
 /// Sends commands through the configured transport (a single one or a fan-out).
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -37,31 +83,13 @@ impl Dispatcher {
             "dispatching command"
         );
         let result = self.transport.send(envelope).await;
-        let command_type = envelope.command.command_type().as_str();
-        // One record, two levels: a tracing level is fixed per call site, so the fields are
-        // written once here and the macro makes the two call sites.
-        macro_rules! audit {
-            ($level:ident, $result:literal, $message:literal $(, $($extra:tt)+)?) => {
-                tracing::$level!(
-                    target: "audit",
-                    principal = ctx.principal,
-                    client_ip = %ctx.client_ip,
-                    method = ctx.method,
-                    path = ctx.path,
-                    device_id = envelope.device_id.as_str(),
-                    command_type,
-                    result = $result,
-                    request_id = envelope.request_id.as_str(),
-                    command_id = envelope.command_id.as_str(),
-                    $($($extra)+,)?
-                    $message
-                )
-            };
-        }
+        let command = AuditedCommand::from(envelope);
         match &result {
-            Ok(()) => audit!(info, "accepted", "command dispatched"),
+            Ok(()) => audit!(info, ctx, command, "accepted", "command dispatched"),
             Err(err) => audit!(
                 warn,
+                ctx,
+                command,
                 "failed",
                 "command dispatch failed",
                 failed_transports = %err.transports().join(","),

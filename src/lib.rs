@@ -15,6 +15,7 @@
 //! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
 //! - [`store`]: the `StateStore` of tracked commands and idempotency keys; memory and file backends.
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
+//! - [`tracking`]: the server's rules around a tracked command: record, status, acks, `Idempotency-Key`.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
@@ -39,4 +40,5 @@ pub mod store;
 pub mod telemetry;
 pub mod terminal;
 pub mod tls;
+pub mod tracking;
 pub mod transport;

@@ -71,7 +71,22 @@ pub struct Metrics {
     auth_failures: Counter,
     throttled: Counter,
     refused: Family<RefusalLabels, Counter>,
+    commands: Family<CommandLabels, Counter>,
+    acks: Family<AckLabels, Counter>,
+    replays: Counter,
+    store_errors: Counter,
     transports: Arc<ReadyCollector>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    r#type: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AckLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +147,30 @@ impl Metrics {
             "Requests refused before a handler, by reason (unauthorized, throttled, https_required, not_found); logged at most once a second per reason",
             refused.clone(),
         );
+        let commands = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "commands",
+            "Tracked commands that reached a final status the server applied, by type and status (succeeded, failed, cancelled)",
+            commands.clone(),
+        );
+        let acks = Family::<AckLabels, Counter>::default();
+        registry.register(
+            "acks",
+            "Device acknowledgements received, by outcome (applied, ignored)",
+            acks.clone(),
+        );
+        let replays = Counter::default();
+        registry.register(
+            "idempotent_replays",
+            "Requests answered from an Idempotency-Key without dispatching again",
+            replays.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "State store operations that failed (the API answered 503, or a status was not saved)",
+            store_errors.clone(),
+        );
         let transports = Arc::new(ReadyCollector::default());
         registry.register_collector(Box::new(transports.clone()));
         Self {
@@ -142,6 +181,10 @@ impl Metrics {
             auth_failures,
             throttled,
             refused,
+            commands,
+            acks,
+            replays,
+            store_errors,
             transports,
         }
     }
@@ -170,6 +213,41 @@ impl Metrics {
     /// Counts one request refused before a handler (`reason` as in [`crate::http`]'s refusals).
     pub fn record_refusal(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a tracked command that reached a final status.
+    pub fn record_final(&self, command_type: &'static str, status: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                r#type: command_type,
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts one device acknowledgement: `applied` or `ignored`.
+    pub fn record_ack(&self, outcome: &'static str) {
+        self.acks.get_or_create(&AckLabels { outcome }).inc();
+    }
+
+    /// Counts one answer replayed from an `Idempotency-Key`.
+    pub fn record_replay(&self) {
+        self.replays.inc();
+    }
+
+    /// Counts one failed state store operation.
+    pub fn record_store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    /// Reports the state store's readiness as `transport_ready{transport="store"}`.
+    pub fn watch_store(&self, store: Arc<dyn crate::store::StateStore>) {
+        let mut slot = self
+            .transports
+            .store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(store);
     }
 
     /// Wraps `inner` so that its latency, outcome, in-flight count and readiness are
@@ -229,8 +307,17 @@ pub fn route_label(path: &str) -> &'static str {
         .find(|known| **known == path)
         .copied()
         .or_else(|| CommandType::api_path(path))
+        .or_else(|| {
+            // `/commands/{id}`: one more segment after `/commands/`.
+            path.strip_prefix("/commands/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .map(|_| COMMAND_ROUTE)
+        })
         .unwrap_or(UNMATCHED)
 }
+
+/// The route template of the status resource (SPEC 7.3).
+pub const COMMAND_ROUTE: &str = "/commands/{commandId}";
 
 /// The `method` label: standard methods by name; anything else (a fuzzer's `FOO`) is `other`.
 pub fn method_label(method: &Method) -> &'static str {
@@ -253,6 +340,7 @@ pub fn method_label(method: &Method) -> &'static str {
 #[derive(Default)]
 struct ReadyCollector {
     transports: RwLock<Vec<(&'static str, Arc<dyn Transport>)>>,
+    store: RwLock<Option<Arc<dyn crate::store::StateStore>>>,
 }
 
 impl ReadyCollector {
@@ -289,6 +377,15 @@ impl Collector for ReadyCollector {
             metric
                 .encode_family(&TransportLabels { transport: name })?
                 .encode_gauge(&ready)?;
+        }
+        let store = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(store) = store.as_ref() {
+            metric
+                .encode_family(&TransportLabels { transport: "store" })?
+                .encode_gauge(&i64::from(store.is_ready()))?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::security::AuthThrottle;
 use crate::tls;
+use crate::tracking::Tracker;
 use crate::transport::fanout::Fanout;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::rest::RestTransport;
@@ -38,6 +39,11 @@ pub enum StartupError {
     },
     #[error("{0}")]
     Transport(#[from] TransportError),
+    #[error("STATE_STORE={kind}: {source}")]
+    Store {
+        kind: String,
+        source: crate::store::StoreError,
+    },
 }
 
 /// A bound, ready-to-serve application.
@@ -51,18 +57,74 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
 }
 
-/// Each enabled transport on its own, in `ENABLED_SENDERS` order.
-async fn build_transports(config: &Config) -> Result<Vec<Arc<dyn Transport>>, StartupError> {
+/// Each enabled transport on its own, in `ENABLED_SENDERS` order, and the MQTT one again
+/// with its settings (it also receives the device acknowledgements).
+async fn build_transports(
+    config: &Config,
+) -> Result<(Vec<Arc<dyn Transport>>, Option<MqttAcks>), StartupError> {
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+    let mut acks = None;
     for transport in config.transports.iter() {
         transports.push(match transport {
-            TransportConfig::Mqtt(mqtt) => MqttTransport::connect(mqtt.clone()).await?,
+            TransportConfig::Mqtt(mqtt) => {
+                let connected = MqttTransport::connect(mqtt.clone()).await?;
+                acks = Some(MqttAcks {
+                    transport: connected.clone(),
+                    prefix: mqtt.topic_prefix.clone(),
+                    shared_group: mqtt.shared_group.clone(),
+                });
+                connected
+            }
             TransportConfig::Rest(rest) => {
                 RestTransport::connect(rest.clone(), config.redactor.clone()).await?
             }
         });
     }
-    Ok(transports)
+    Ok((transports, acks))
+}
+
+/// Where device acknowledgements come from (SPEC 7.4).
+struct MqttAcks {
+    transport: Arc<MqttTransport>,
+    prefix: String,
+    shared_group: Option<String>,
+}
+
+/// The tracker of `STATE_STORE`, or `None` for `none`; the store is opened here, so a
+/// corrupt or unreadable file stops the start with an error naming it.
+fn build_tracker(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Tracker>>, StartupError> {
+    let tracking = &config.tracking;
+    let store = crate::store::open(&tracking.store, tracking.settings).map_err(|source| {
+        StartupError::Store {
+            kind: tracking.store.to_string(),
+            source,
+        }
+    })?;
+    let Some(store) = store else {
+        tracing::info!(
+            "STATE_STORE=none: commands are not tracked (no status resource, no Idempotency-Key)"
+        );
+        return Ok(None);
+    };
+    if store.durable() {
+        tracing::info!(store = %tracking.store, "tracking commands in a durable store");
+    } else {
+        tracing::info!(
+            max_commands = tracking.settings.max_commands,
+            "STATE_STORE=memory: command records and Idempotency-Keys are kept in this process only and are lost on restart"
+        );
+    }
+    let tracker = Arc::new(Tracker::new(
+        store,
+        tracking.command_ttl,
+        tracking.idempotency_ttl,
+        metrics.clone(),
+    ));
+    tracker.spawn_purge();
+    Ok(Some(tracker))
 }
 
 /// One transport as is, several behind a fan-out.
@@ -79,12 +141,22 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         // Each transport is measured on its own (latency, outcome, in-flight, readiness),
         // so the decorator goes around each one before the fan-out.
-        let transports = build_transports(&config)
-            .await?
+        let (transports, acks) = build_transports(&config).await?;
+        let transports = transports
             .into_iter()
             .map(|t| metrics.instrument(t))
             .collect();
-        Self::bind(config, combine(transports), metrics).await
+        let app = Self::bind(config, combine(transports), metrics).await?;
+        if let (Some(acks), Some(tracker)) = (acks, &app.state.tracker) {
+            let (sink, queue) = tokio::sync::mpsc::channel(crate::tracking::ACK_QUEUE);
+            let filter = crate::transport::mqtt::acks::ack_filter(
+                &acks.prefix,
+                acks.shared_group.as_deref(),
+            );
+            acks.transport.subscribe_acks(filter, sink);
+            tokio::spawn(tracker.clone().apply_acks(acks.prefix, queue));
+        }
+        Ok(app)
     }
 
     /// Binds with a given transport (tests use this to plug in a fake); it is measured
@@ -124,6 +196,7 @@ impl Application {
                 "using the legacy API_AUTH_TOKEN (one token, scope *); prefer API_AUTH_CREDENTIALS with per-caller ids and scopes"
             );
         }
+        let tracker = build_tracker(&config, &metrics)?;
         let state = Arc::new(AppState {
             dispatcher: Dispatcher::new(transport),
             credentials: config.credentials.clone(),
@@ -134,6 +207,7 @@ impl Application {
             read_timeout: config.http.read_timeout,
             metrics,
             refusals: Default::default(),
+            tracker,
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,

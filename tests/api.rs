@@ -746,13 +746,26 @@ async fn each_command_is_dispatched_and_answered_202_with_a_command_id() {
 
 #[tokio::test]
 async fn a_failed_transport_gives_502_without_details() {
-    let app = spawn_app(&[]).await;
+    // Release 1's body exactly when nothing is tracked; with a store, the command's id too.
+    let app = spawn_app(&[("STATE_STORE", "none")]).await;
     app.fake().fail.store(true, SeqCst);
     let res = app
         .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
         .await;
     assert_eq!(res.status(), 502);
     assert_eq!(body(res).await, json!({"error": "command dispatch failed"}));
+    let app = spawn_app(&[]).await;
+    app.fake().fail.store(true, SeqCst);
+    let res = app
+        .post("/commands/messages", Some(OPS_TOKEN), msg("clock-1"))
+        .await;
+    assert_eq!(res.status(), 502);
+    let body = body(res).await;
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body,
+        json!({"error": "command dispatch failed", "commandId": id})
+    );
 }
 
 // Timeouts and shutdown

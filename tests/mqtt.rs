@@ -481,7 +481,7 @@ async fn a_wrong_password_keeps_the_server_not_ready_and_commands_get_502() {
     assert_eq!(app.status_of("/health").await, 200);
     let (status, body) = app.message("clock-1", "refused").await;
     assert_eq!(status, 502);
-    assert_eq!(body, json!({"error": "command dispatch failed"}));
+    assert_eq!(body["error"], "command dispatch failed");
     app.stays_not_ready(Duration::from_secs(2)).await;
 }
 

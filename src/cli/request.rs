@@ -106,6 +106,8 @@ fn flag_hint(e: ValidationError, given: &str) -> CliError {
             LEVEL.start(),
             LEVEL.end()
         ),
+        // clockctl sends no ttlSeconds; the server's default applies.
+        ValidationError::TtlOutOfRange => e.to_string(),
     })
 }
 
@@ -116,6 +118,7 @@ fn alarm(args: &AlarmArgs) -> Result<ApiRequest, CliError> {
             device_id: Some(device_id),
             alarm_time: Some(args.time.trim().to_owned()),
             label: Some(args.label.clone().unwrap_or_default()),
+            ttl_seconds: None,
         },
         &args.time,
     )
@@ -127,6 +130,7 @@ fn message(args: &MessageArgs) -> Result<ApiRequest, CliError> {
             device_id: Some(device(&args.device)?),
             message: Some(args.message.clone()),
             duration_seconds: Some(args.duration),
+            ttl_seconds: None,
         },
         &args.duration.to_string(),
     )
@@ -137,6 +141,7 @@ fn brightness(args: &BrightnessArgs) -> Result<ApiRequest, CliError> {
         BrightnessRequest {
             device_id: Some(device(&args.device)?),
             level: Some(args.level),
+            ttl_seconds: None,
         },
         &args.level.to_string(),
     )

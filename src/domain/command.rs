@@ -26,12 +26,15 @@ pub mod field {
     pub const MESSAGE: &str = "message";
     pub const DURATION_SECONDS: &str = "durationSeconds";
     pub const LEVEL: &str = "level";
+    pub const TTL_SECONDS: &str = "ttlSeconds";
 }
 
 /// How long a message may be shown, in seconds.
 pub const DURATION_SECONDS: RangeInclusive<u16> = 1..=3600;
 /// Display brightness.
 pub const LEVEL: RangeInclusive<u8> = 0..=100;
+/// A command's time to live, in seconds (SPEC 7.2).
+pub const TTL_SECONDS: RangeInclusive<u32> = 1..=604_800;
 /// How far in the past an alarm time may lie (clock skew between caller and server).
 pub const ALARM_PAST_TOLERANCE_SECS: i64 = 60;
 
@@ -147,6 +150,13 @@ pub enum ValidationError {
         LEVEL.end()
     )]
     LevelOutOfRange,
+    #[error(
+        "{} must be an integer between {} and {}",
+        field::TTL_SECONDS,
+        TTL_SECONDS.start(),
+        TTL_SECONDS.end()
+    )]
+    TtlOutOfRange,
 }
 
 impl Command {
@@ -226,6 +236,23 @@ pub trait CommandRequest: Serialize + DeserializeOwned + Send + 'static {
 
     /// The command, validated without a clock (see [`Command::not_in_the_past`]).
     fn into_command(self) -> Result<Command, ValidationError>;
+
+    /// The raw `ttlSeconds` (SPEC 7.2), when given.
+    fn ttl_seconds(&self) -> Option<i64>;
+
+    /// The command's own time to live: `None` when the body has none (the server's
+    /// `COMMAND_TTL_SECS` applies), else [`TTL_SECONDS`] checked.
+    fn ttl(&self) -> Result<Option<std::time::Duration>, ValidationError> {
+        self.ttl_seconds()
+            .map(|t| {
+                u32::try_from(t)
+                    .ok()
+                    .filter(|t| TTL_SECONDS.contains(t))
+                    .map(|t| std::time::Duration::from_secs(u64::from(t)))
+                    .ok_or(ValidationError::TtlOutOfRange)
+            })
+            .transpose()
+    }
 }
 
 /// `POST /commands/alarms`.
@@ -238,6 +265,8 @@ pub struct AlarmRequest {
     pub alarm_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// `POST /commands/messages`.
@@ -250,6 +279,8 @@ pub struct MessageRequest {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// `PUT /commands/brightness`.
@@ -260,6 +291,8 @@ pub struct BrightnessRequest {
     pub device_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
 }
 
 impl CommandRequest for AlarmRequest {
@@ -269,6 +302,9 @@ impl CommandRequest for AlarmRequest {
     }
     fn into_command(self) -> Result<Command, ValidationError> {
         Command::alarm(self.alarm_time.as_deref().unwrap_or_default(), self.label)
+    }
+    fn ttl_seconds(&self) -> Option<i64> {
+        self.ttl_seconds
     }
 }
 
@@ -280,6 +316,9 @@ impl CommandRequest for MessageRequest {
     fn into_command(self) -> Result<Command, ValidationError> {
         Command::message(self.message, self.duration_seconds)
     }
+    fn ttl_seconds(&self) -> Option<i64> {
+        self.ttl_seconds
+    }
 }
 
 impl CommandRequest for BrightnessRequest {
@@ -290,6 +329,9 @@ impl CommandRequest for BrightnessRequest {
     fn into_command(self) -> Result<Command, ValidationError> {
         Command::brightness(self.level)
     }
+    fn ttl_seconds(&self) -> Option<i64> {
+        self.ttl_seconds
+    }
 }
 
 /// A validated command addressed to one device, with the ids that trace it end to end.
@@ -299,6 +341,10 @@ pub struct Envelope {
     pub request_id: String,
     pub device_id: DeviceId,
     pub command: Command,
+    /// When the command expires, for a tracked command (SPEC 7.2): MQTT 5 then carries the
+    /// Message Expiry Interval, Response Topic and Correlation Data. `None` with
+    /// `STATE_STORE=none`.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -389,15 +435,18 @@ mod tests {
             device_id: Some(String::new()),
             alarm_time: Some(String::new()),
             label: Some(String::new()),
+            ttl_seconds: Some(1),
         };
         let message = MessageRequest {
             device_id: Some(String::new()),
             message: Some(String::new()),
             duration_seconds: Some(1),
+            ttl_seconds: None,
         };
         let brightness = BrightnessRequest {
             device_id: Some(String::new()),
             level: Some(1),
+            ttl_seconds: None,
         };
         let mut all = names(serde_json::to_value(alarm).unwrap());
         all.extend(names(serde_json::to_value(message).unwrap()));
@@ -411,6 +460,7 @@ mod tests {
             field::MESSAGE,
             field::DURATION_SECONDS,
             field::LEVEL,
+            field::TTL_SECONDS,
         ];
         consts.sort_unstable();
         assert_eq!(all, consts);

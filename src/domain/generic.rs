@@ -115,6 +115,7 @@ mod tests {
             request_id: "r1".into(),
             device_id: DeviceId::parse("clock_1-A").unwrap(),
             command,
+            expires_at: None,
         }
     }
 

@@ -29,7 +29,22 @@ pub enum ApiError {
     InvalidCommand(String),
     AlarmTimeNotRfc3339,
     Forbidden,
-    DispatchFailed,
+    /// 502; a tracked command's id goes into the body (SPEC 7.2).
+    DispatchFailed {
+        command_id: Option<String>,
+    },
+    /// 503: the state store cannot be reached; nothing was dispatched (SPEC 7.1).
+    StoreUnavailable,
+    /// 400: an `Idempotency-Key` that is not 1–255 visible ASCII characters.
+    InvalidIdempotencyKey,
+    /// 409 with `Retry-After: 1`: the same key is being dispatched right now.
+    IdempotencyInProgress,
+    /// 422: the same key was used for another request.
+    IdempotencyMismatch,
+    /// 409: only a scheduled command can be cancelled.
+    NotCancellable {
+        status: &'static str,
+    },
 }
 
 impl ApiError {
@@ -47,7 +62,11 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::DispatchFailed => StatusCode::BAD_GATEWAY,
+            Self::DispatchFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::IdempotencyInProgress | Self::NotCancellable { .. } => StatusCode::CONFLICT,
+            Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -69,7 +88,23 @@ impl ApiError {
             }
             Self::AlarmTimeNotRfc3339 => ValidationError::AlarmTimeNotRfc3339.to_string(),
             Self::Forbidden => "forbidden for target device".to_owned(),
-            Self::DispatchFailed => "command dispatch failed".to_owned(),
+            Self::DispatchFailed { command_id: None } => "command dispatch failed".to_owned(),
+            Self::DispatchFailed {
+                command_id: Some(id),
+            } => {
+                return serde_json::json!({"error": "command dispatch failed", "commandId": id});
+            }
+            Self::StoreUnavailable => "state store unavailable".to_owned(),
+            Self::InvalidIdempotencyKey => "invalid Idempotency-Key".to_owned(),
+            Self::IdempotencyInProgress => {
+                "request with this idempotency key is in progress".to_owned()
+            }
+            Self::IdempotencyMismatch => {
+                "idempotency key reused with a different request".to_owned()
+            }
+            Self::NotCancellable { status } => {
+                return serde_json::json!({"error": "command can no longer be cancelled", "status": status});
+            }
         };
         serde_json::json!({ "error": error })
     }
@@ -93,6 +128,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = json_response(self.status(), &self.body());
         match self {
+            Self::IdempotencyInProgress => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
             Self::TooManyAuthFailures { retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 res.headers_mut()

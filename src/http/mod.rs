@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod handlers;
 mod refusals;
+pub use refusals::loggable_path;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The log budget of refused requests.
     pub refusals: RefusalLog,
+    /// Tracked commands (SPEC 7); `None` with `STATE_STORE=none`.
+    pub tracker: Option<Arc<crate::tracking::Tracker>>,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -70,6 +73,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(command_route::<AlarmRequest>())
         .merge(command_route::<MessageRequest>())
         .merge(command_route::<BrightnessRequest>())
+        .route(
+            "/commands/{command_id}",
+            get(handlers::status)
+                .delete(handlers::cancel)
+                .fallback(not_allowed_get_delete),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), front))
         .with_state(state)
@@ -77,6 +86,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn not_allowed_get() -> ApiError {
     ApiError::MethodNotAllowed { allow: "GET, HEAD" }
+}
+async fn not_allowed_get_delete() -> ApiError {
+    ApiError::MethodNotAllowed {
+        allow: "GET, HEAD, DELETE",
+    }
 }
 
 /// The route of one command, at its method and path ([`CommandType::api_route`]).

@@ -573,8 +573,13 @@ pub(crate) fn idem_key(principal: &str, key: &str) -> String {
     format!("{}:{principal}{key}", principal.len())
 }
 
+/// A timestamp as the API shows it (SPEC 7.2): RFC 3339 in UTC, milliseconds, `Z`.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
 fn ser_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    s.serialize_str(&format_time(*t))
 }
 
 fn ser_opt_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {

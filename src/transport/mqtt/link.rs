@@ -101,6 +101,10 @@ pub(super) struct Link {
     options: ConnectOptions,
     shutdown: watch::Sender<bool>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The acknowledgement subscription, once asked for: (filter, sink).
+    acks: Mutex<Option<(String, super::AckSink)>>,
+    /// Whether the client holds it (it re-subscribes by itself after a reconnection).
+    acks_subscribed: AtomicBool,
 }
 
 impl Link {
@@ -135,6 +139,8 @@ impl Link {
             options,
             shutdown: watch::Sender::new(false),
             supervisor: Mutex::new(None),
+            acks: Mutex::new(None),
+            acks_subscribed: AtomicBool::new(false),
         })
     }
 
@@ -201,6 +207,46 @@ impl Link {
         }))
     }
 
+    /// Subscribes to acknowledgements now if connected, else after the next connection.
+    pub fn subscribe_acks(self: &Arc<Self>, filter: String, sink: super::AckSink) {
+        if let Ok(mut slot) = self.acks.lock() {
+            *slot = Some((filter, sink));
+        }
+        if self.is_up() {
+            let link = self.clone();
+            tokio::spawn(async move { link.ensure_acks().await });
+        }
+    }
+
+    /// Sends the SUBSCRIBE for acknowledgements if the client does not hold it yet.
+    async fn ensure_acks(&self) {
+        let Some((filter, sink)) = self.acks.lock().ok().and_then(|a| a.clone()) else {
+            return;
+        };
+        if self.acks_subscribed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let options = mqtt5::SubscribeOptions {
+            qos: mqtt5::QoS::AtLeastOnce,
+            ..mqtt5::SubscribeOptions::default()
+        };
+        let callback = move |message: mqtt5::types::Message| {
+            // Never blocks the client's reader: a full queue drops the ack (counted).
+            let _ = sink.try_send((message.topic, message.payload));
+        };
+        match self
+            .client
+            .subscribe_with_options(filter.clone(), options, callback)
+            .await
+        {
+            Ok(_) => tracing::info!(filter = %filter, "subscribed to device acknowledgements"),
+            Err(e) => {
+                self.acks_subscribed.store(false, Ordering::SeqCst);
+                tracing::warn!(filter = %filter, error = %e, "cannot subscribe to device acknowledgements; retrying after the next reconnection");
+            }
+        }
+    }
+
     /// Keeps the connection up in the background until [`Link::shutdown`].
     pub fn spawn_supervisor(self: &Arc<Self>) {
         let link = self.clone();
@@ -219,6 +265,7 @@ impl Link {
             }
             let delay = match self.attempt().await {
                 Ok(()) => {
+                    self.ensure_acks().await;
                     let since = Instant::now();
                     let mut state = self.shared.state.subscribe();
                     tokio::select! {

@@ -160,7 +160,7 @@ impl MqttTransport {
             .publish_with_options(
                 topic(&self.topic_prefix, envelope),
                 envelope.mqtt_payload(),
-                self.publish.clone(),
+                self.options_for(envelope),
             )
             .await;
         match result {
@@ -242,6 +242,41 @@ impl Drop for MqttTransport {
 
 /// `<prefix>/<deviceId>/<type>` (no leading `/` when the prefix is empty), in one
 /// allocation (two `format!`s took five: they grow their string as they go).
+impl MqttTransport {
+    /// The publish options of one command: for a tracked command (SPEC 7.2) the MQTT 5
+    /// Message Expiry Interval (whole seconds left, at least 1), so a broker never hands an
+    /// expired command to a device that reconnects late, and the request/response pair:
+    /// Response Topic `<prefix>/<deviceId>/ack`, Correlation Data the command id.
+    fn options_for(&self, envelope: &Envelope) -> PublishOptions {
+        let mut options = self.publish.clone();
+        if let Some(expires_at) = envelope.expires_at {
+            let left_ms = (expires_at - chrono::Utc::now()).num_milliseconds();
+            let secs = u32::try_from((left_ms + 999) / 1000).unwrap_or(if left_ms > 0 {
+                u32::MAX
+            } else {
+                1
+            });
+            options.properties.message_expiry_interval = Some(secs.max(1));
+            options.properties.response_topic = Some(acks::ack_topic(
+                &self.topic_prefix,
+                envelope.device_id.as_str(),
+            ));
+            options.properties.correlation_data = Some(envelope.command_id.as_bytes().to_vec());
+        }
+        options
+    }
+
+    /// Subscribes to device acknowledgements (SPEC 7.4) on `filter`, now if connected and
+    /// after every (re)connection that finds it missing; each message goes to `sink` as
+    /// (topic, payload). A full sink drops the message (the caller counts that).
+    pub fn subscribe_acks(&self, filter: String, sink: AckSink) {
+        self.link.subscribe_acks(filter, sink);
+    }
+}
+
+/// Where received acknowledgements go: (topic, payload), without blocking the client.
+pub type AckSink = tokio::sync::mpsc::Sender<(String, Vec<u8>)>;
+
 fn topic(prefix: &str, envelope: &Envelope) -> String {
     let parts = [
         prefix,
@@ -275,6 +310,7 @@ mod tests {
             request_id: "r1".into(),
             device_id: DeviceId::parse("clock-1").unwrap(),
             command: Command::brightness(Some(40)).unwrap(),
+            expires_at: None,
         };
         assert_eq!(
             topic("clocks/commands", &envelope),
