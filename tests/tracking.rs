@@ -1,0 +1,656 @@
+//! Tracked commands (SPEC 7) end to end: the 202's status, expiry and `Location`, the
+//! status resource and its 404s, cancelling, `Idempotency-Key`, a `file:` store across a
+//! restart, and, with a real Mosquitto, the MQTT 5 properties of a publish and device
+//! acknowledgements published by a real MQTT client, the malformed ones included.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::app::{CLOCKS_TOKEN, JsonBody, OPS_TOKEN, TestApp, env_with, spawn_app, start};
+use common::eventually;
+use common::mosquitto::Mosquitto;
+use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
+use serde_json::{Value, json};
+
+fn msg(device: &str) -> Value {
+    json!({"deviceId": device, "message": "hello", "durationSeconds": 10})
+}
+
+async fn post(
+    app: &TestApp,
+    token: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = app
+        .client
+        .post(app.url("/commands/messages"))
+        .bearer_auth(token)
+        .json_body(body);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.bytes().await.unwrap().to_vec())
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+async fn get_record(app: &TestApp, token: &str, id: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .get(app.url(&format!("/commands/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&res.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+fn millis_between(from: &Value, to: &Value) -> i64 {
+    let t = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    (t(to) - t(from)).num_milliseconds()
+}
+
+fn is_utc_millis(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or_default();
+    s.len() == 24 && s.ends_with('Z') && s.as_bytes()[19] == b'.'
+}
+
+// ---------------------------------------------------------------------------------------
+// Submitting and the status resource (a recording fake transport)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_202_carries_status_expiry_and_location_and_the_record_can_be_read() {
+    let app = spawn_app(&[]).await;
+    let (status, headers, body) = post(&app, OPS_TOKEN, &msg("clock-1"), None).await;
+    assert_eq!(status, 202);
+    let body = json(&body);
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    assert_eq!(body["status"], "sent");
+    assert_eq!(body["result"], "sent");
+    assert!(is_utc_millis(&body["expiresAt"]), "{body}");
+    assert_eq!(headers["location"], format!("/commands/{id}").as_str());
+    // What the transport got expires when the record does.
+    let sent = app.fake().sent();
+    assert_eq!(
+        sent[0].expires_at.map(clock_server::store::format_time),
+        body["expiresAt"].as_str().map(str::to_owned)
+    );
+
+    let (status, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["commandId"], id.as_str());
+    assert_eq!(record["deviceId"], "clock-1");
+    assert_eq!(record["type"], "display_message");
+    assert_eq!(record["principal"], "ops");
+    assert_eq!(record["status"], "sent");
+    assert_eq!(record["deviceAcks"], true);
+    assert_eq!(record["completedAt"], Value::Null);
+    assert_eq!(record["statusReason"], Value::Null);
+    assert_eq!(record["expiresAt"], body["expiresAt"]);
+    for field in ["createdAt", "sentAt", "expiresAt"] {
+        assert!(is_utc_millis(&record[field]), "{field}: {record}");
+    }
+    // COMMAND_TTL_SECS defaults to 600.
+    assert_eq!(
+        millis_between(&record["createdAt"], &record["expiresAt"]),
+        600_000
+    );
+    assert_eq!(record.as_object().unwrap().len(), 11, "{record}");
+}
+
+#[tokio::test]
+async fn ttl_seconds_sets_the_expiry_and_is_range_checked() {
+    let app = spawn_app(&[("COMMAND_TTL_SECS", "30")]).await;
+    let mut body = msg("clock-1");
+    body["ttlSeconds"] = json!(90);
+    let (status, _, answer) = post(&app, OPS_TOKEN, &body, None).await;
+    assert_eq!(status, 202);
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let (_, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(
+        millis_between(&record["createdAt"], &record["expiresAt"]),
+        90_000
+    );
+    let (_, _, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), None).await;
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let (_, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(
+        millis_between(&record["createdAt"], &record["expiresAt"]),
+        30_000
+    );
+    for bad in [json!(0), json!(604_801), json!(-5)] {
+        body["ttlSeconds"] = bad.clone();
+        let (status, _, answer) = post(&app, OPS_TOKEN, &body, None).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(
+            json(&answer),
+            json!({"error": "invalid command", "detail": "ttlSeconds must be an integer between 1 and 604800"})
+        );
+    }
+    body["ttlSeconds"] = json!("10");
+    let (status, _, answer) = post(&app, OPS_TOKEN, &body, None).await;
+    assert_eq!(status, 400);
+    assert!(
+        json(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request body")
+    );
+    assert_eq!(app.fake().sent().len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_malformed_and_out_of_scope_ids_all_get_the_same_404() {
+    let app = spawn_app(&[]).await;
+    let (_, _, answer) = post(&app, OPS_TOKEN, &msg("lamp-1"), None).await;
+    let lamp = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (token, id) in [
+        (OPS_TOKEN, unknown.as_str()),
+        (OPS_TOKEN, "not-a-command-id"),
+        (OPS_TOKEN, "%2e%2e"),
+        // The `clocks` credential covers clock-* only.
+        (CLOCKS_TOKEN, lamp.as_str()),
+    ] {
+        let (status, body) = get_record(&app, token, id).await;
+        assert_eq!((status, body), (404, json!({"error": "not found"})), "{id}");
+        let res = app
+            .client
+            .delete(app.url(&format!("/commands/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{id}");
+    }
+    assert_eq!(get_record(&app, OPS_TOKEN, &lamp).await.0, 200);
+    // Unauthenticated: 401 before anything else.
+    let res = app
+        .client
+        .get(app.url(&format!("/commands/{lamp}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn the_command_paths_keep_their_405_and_a_sent_command_cannot_be_cancelled() {
+    let app = spawn_app(&[]).await;
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/commands/alarms", "POST"),
+        (reqwest::Method::DELETE, "/commands/messages", "POST"),
+        (reqwest::Method::GET, "/commands/brightness", "PUT"),
+    ] {
+        let res = app
+            .client
+            .request(method, app.url(path))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{path}");
+        assert_eq!(res.headers()["allow"], allow);
+    }
+    let (_, _, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), None).await;
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let res = app
+        .client
+        .delete(app.url(&format!("/commands/{id}")))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(
+        json(&res.bytes().await.unwrap()),
+        json!({"error": "command can no longer be cancelled", "status": "sent"})
+    );
+    let res = app
+        .client
+        .put(app.url(&format!("/commands/{id}")))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, DELETE");
+}
+
+#[tokio::test]
+async fn a_failed_dispatch_is_recorded_as_failed_with_its_reason() {
+    let app = spawn_app(&[]).await;
+    app.fake().fail.store(true, SeqCst);
+    let (status, _, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), None).await;
+    assert_eq!(status, 502);
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let (status, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["statusReason"]["code"], "dispatch_failed");
+    assert_eq!(record["sentAt"], Value::Null);
+    assert!(is_utc_millis(&record["completedAt"]));
+}
+
+#[tokio::test]
+async fn with_state_store_none_nothing_is_tracked() {
+    let app = spawn_app(&[("STATE_STORE", "none")]).await;
+    let (status, headers, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("k1")).await;
+    assert_eq!(status, 202);
+    let body = json(&answer);
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body,
+        json!({"result": "sent", "commandId": id, "deviceId": "clock-1"})
+    );
+    assert!(headers.get("location").is_none());
+    assert_eq!(get_record(&app, OPS_TOKEN, &id).await.0, 404);
+    // The key is ignored: the same request goes out again.
+    let (status, _, _) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("k1")).await;
+    assert_eq!(status, 202);
+    assert_eq!(app.fake().sent().len(), 2);
+    assert!(app.fake().sent()[0].expires_at.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency-Key
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_replay_answers_byte_for_byte_and_dispatches_nothing() {
+    let app = spawn_app(&[]).await;
+    let (status, headers, first) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("key-1")).await;
+    assert_eq!(status, 202);
+    assert!(headers.get("idempotent-replayed").is_none());
+    // Same fields, other key order and spacing, quoted key: the same request.
+    let reordered = json!({"durationSeconds": 10, "message": "hello", "deviceId": "clock-1"});
+    let (status, replay_headers, again) =
+        post(&app, OPS_TOKEN, &reordered, Some("\"key-1\"")).await;
+    assert_eq!(status, 202);
+    assert_eq!(again, first);
+    assert_eq!(replay_headers["idempotent-replayed"], "true");
+    assert_eq!(replay_headers["location"], headers["location"]);
+    assert_eq!(app.fake().sent().len(), 1);
+    // A different command with the same key.
+    let (status, _, answer) = post(&app, OPS_TOKEN, &msg("clock-2"), Some("key-1")).await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        json(&answer),
+        json!({"error": "idempotency key reused with a different request"})
+    );
+    // Keys belong to their credential: `clocks` may use the same key on its own.
+    let (status, _, other) = post(&app, CLOCKS_TOKEN, &msg("clock-1"), Some("key-1")).await;
+    assert_eq!(status, 202);
+    assert_ne!(other, first);
+    assert_eq!(app.fake().sent().len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_keys_get_400_and_only_a_202_is_remembered() {
+    let app = spawn_app(&[]).await;
+    for bad in ["", "with space", &"k".repeat(256)] {
+        let (status, _, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), Some(bad)).await;
+        assert_eq!(status, 400, "{bad:?}");
+        assert_eq!(json(&answer), json!({"error": "invalid Idempotency-Key"}));
+    }
+    app.fake().fail.store(true, SeqCst);
+    let (status, _, _) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("retry-me")).await;
+    assert_eq!(status, 502);
+    app.fake().fail.store(false, SeqCst);
+    let (status, headers, _) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("retry-me")).await;
+    assert_eq!(status, 202, "a failed attempt is not remembered");
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(app.fake().sent().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_uses_of_one_key_give_409_and_one_publish() {
+    let app = Arc::new(spawn_app(&[]).await);
+    app.fake().hold.store(true, SeqCst);
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, OPS_TOKEN, &msg("clock-1"), Some("busy")).await })
+    };
+    app.fake().started.notified().await;
+    let (status, headers, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("busy")).await;
+    assert_eq!(status, 409);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        json(&answer),
+        json!({"error": "request with this idempotency key is in progress"})
+    );
+    app.fake().hold.store(false, SeqCst);
+    app.fake().release.notify_one();
+    let (status, _, first_body) = first.await.unwrap();
+    assert_eq!(status, 202);
+    let (status, _, replay) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("busy")).await;
+    assert_eq!((status, replay), (202, first_body));
+    assert_eq!(app.fake().sent().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The file store across a restart
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn with_a_file_store_records_and_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("state.db").display());
+    let vars = [("STATE_STORE", store.as_str())];
+    let app = spawn_app(&vars).await;
+    let (_, _, first) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("durable")).await;
+    let id = json(&first)["commandId"].as_str().unwrap().to_owned();
+    app.stop().await;
+
+    let app = spawn_app(&vars).await;
+    let (status, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["status"], "sent");
+    let (status, headers, again) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("durable")).await;
+    assert_eq!((status, &again), (202, &first));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert!(app.fake().sent().is_empty());
+}
+
+#[tokio::test]
+async fn an_unusable_store_file_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    std::fs::write(
+        &path,
+        b"this is not a database, and it must not be replaced",
+    )
+    .unwrap();
+    let store = format!("file:{}", path.display());
+    let env = env_with(&[("STATE_STORE", store.as_str())]);
+    let err = start(&env, Some(Default::default()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("STATE_STORE=") && err.contains("state.db"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"this is not a database, and it must not be replaced"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// With a real Mosquitto: MQTT 5 properties and device acknowledgements
+// ---------------------------------------------------------------------------------------
+
+async fn mqtt_app(broker: &Mosquitto, vars: &[(&str, &str)]) -> TestApp {
+    let url = broker.url();
+    let mut all = vec![
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", url.as_str()),
+        ("ALLOW_INSECURE_MQTT", "true"),
+        ("READINESS_REQUIRE_AUTH", "false"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+    ];
+    all.extend_from_slice(vars);
+    let app = start(&env_with(&all), None).await.unwrap();
+    eventually(Duration::from_secs(15), "the broker connection", || async {
+        (app.get("/ready", None).await.status() == 200).then_some(())
+    })
+    .await;
+    app
+}
+
+/// A device on the broker: publishes acknowledgements, records what it receives.
+struct Device {
+    client: MqttClient,
+    got: Arc<Mutex<Vec<mqtt5::types::Message>>>,
+}
+
+impl Device {
+    async fn connect(port: u16) -> Self {
+        let client = MqttClient::with_options(ConnectOptions::new(format!(
+            "test-device-{}",
+            uuid::Uuid::now_v7().simple()
+        )));
+        client
+            .connect(&format!("mqtt://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        client
+            .subscribe_with_options(
+                "clocks/commands/+/display_message",
+                SubscribeOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscribeOptions::default()
+                },
+                move |m| sink.lock().unwrap().push(m),
+            )
+            .await
+            .unwrap();
+        Self { client, got }
+    }
+
+    async fn ack(&self, topic: &str, payload: &str) {
+        let options = PublishOptions {
+            qos: QoS::AtLeastOnce,
+            ..PublishOptions::default()
+        };
+        self.client
+            .publish_with_options(topic, payload.as_bytes().to_vec(), options)
+            .await
+            .unwrap();
+    }
+
+    async fn received(&self, command_id: &str) -> mqtt5::types::Message {
+        eventually(Duration::from_secs(10), "the command to arrive", || async {
+            self.got
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| {
+                    serde_json::from_slice::<Value>(&m.payload)
+                        .is_ok_and(|v| v["commandId"] == command_id)
+                })
+                .cloned()
+        })
+        .await
+    }
+}
+
+async fn metric(app: &TestApp, series: &str) -> u64 {
+    let text = app
+        .client
+        .get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn status_becomes(app: &TestApp, id: &str, status: &str) -> Value {
+    eventually(
+        Duration::from_secs(10),
+        &format!("status {status}"),
+        || async {
+            let (_, record) = get_record(app, OPS_TOKEN, id).await;
+            (record["status"] == status).then_some(record)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_publish_carries_its_expiry_response_topic_and_correlation_data() {
+    let broker = Mosquitto::start_plain();
+    let app = mqtt_app(&broker, &[]).await;
+    let device = Device::connect(broker.port).await;
+    let mut body = msg("clock-9");
+    body["ttlSeconds"] = json!(120);
+    let (status, _, answer) = post(&app, OPS_TOKEN, &body, None).await;
+    assert_eq!(status, 202);
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    let m = device.received(&id).await;
+    let expiry = m.properties.message_expiry_interval.unwrap();
+    assert!((110..=120).contains(&expiry), "{expiry}");
+    assert_eq!(
+        m.properties.response_topic.as_deref(),
+        Some("clocks/commands/clock-9/ack")
+    );
+    assert_eq!(
+        m.properties.correlation_data.as_deref(),
+        Some(id.as_bytes())
+    );
+    // The payload is the generic one, unchanged.
+    let payload: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(payload["commandId"], id.as_str());
+    assert!(payload.get("ttlSeconds").is_none());
+}
+
+#[tokio::test]
+async fn device_acknowledgements_end_a_command_and_bad_ones_are_ignored_and_counted() {
+    let broker = Mosquitto::start_plain();
+    let app = mqtt_app(&broker, &[]).await;
+    let device = Device::connect(broker.port).await;
+    let send = |device_id: &'static str| {
+        let app = &app;
+        async move {
+            let (status, _, answer) = post(app, OPS_TOKEN, &msg(device_id), None).await;
+            assert_eq!(status, 202);
+            json(&answer)["commandId"].as_str().unwrap().to_owned()
+        }
+    };
+    let ok = send("clock-1").await;
+    let failed = send("clock-2").await;
+    device.received(&ok).await;
+    device.received(&failed).await;
+
+    // Malformed or inapplicable: each ignored, none stops the server.
+    let bad: Vec<(String, String)> = vec![
+        ("clocks/commands/clock-1/ack".into(), "not json".into()),
+        (
+            "clocks/commands/clock-1/ack".into(),
+            format!(r#"{{"commandId":"{ok}","status":"done"}}"#),
+        ),
+        (
+            "clocks/commands/clock-1/ack".into(),
+            format!(r#"{{"commandId":"{ok}","status":"succeeded","extra":true}}"#),
+        ),
+        // Another device cannot confirm clock-1's command.
+        (
+            "clocks/commands/clock-3/ack".into(),
+            format!(r#"{{"commandId":"{ok}","status":"succeeded"}}"#),
+        ),
+        (
+            "clocks/commands/clock-1/ack".into(),
+            format!(
+                r#"{{"commandId":"{}","status":"succeeded"}}"#,
+                uuid::Uuid::now_v7()
+            ),
+        ),
+    ];
+    for (topic, payload) in &bad {
+        device.ack(topic, payload).await;
+    }
+    eventually(Duration::from_secs(10), "5 ignored acks", || async {
+        (metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await >= 5).then_some(())
+    })
+    .await;
+    assert_eq!(get_record(&app, OPS_TOKEN, &ok).await.1["status"], "sent");
+
+    device
+        .ack(
+            "clocks/commands/clock-1/ack",
+            &format!(r#"{{"commandId":"{ok}","status":"succeeded"}}"#),
+        )
+        .await;
+    let record = status_becomes(&app, &ok, "succeeded").await;
+    assert!(is_utc_millis(&record["completedAt"]));
+    device
+        .ack(
+            "clocks/commands/clock-2/ack",
+            &format!(r#"{{"commandId":"{failed}","status":"failed","reason":"display busy"}}"#),
+        )
+        .await;
+    let record = status_becomes(&app, &failed, "failed").await;
+    assert_eq!(record["statusReason"]["message"], "display busy");
+    // A duplicate, even a contradicting one, changes nothing: the first final status wins.
+    device
+        .ack(
+            "clocks/commands/clock-1/ack",
+            &format!(r#"{{"commandId":"{ok}","status":"failed"}}"#),
+        )
+        .await;
+    eventually(Duration::from_secs(10), "6 ignored acks", || async {
+        (metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await >= 6).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get_record(&app, OPS_TOKEN, &ok).await.1["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        metric(&app, "clock_server_acks_total{outcome=\"applied\"}").await,
+        2
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "clock_server_commands_total{type=\"display_message\",status=\"succeeded\"}"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_late_acknowledgement_after_expiry_is_ignored() {
+    let broker = Mosquitto::start_plain();
+    let app = mqtt_app(&broker, &[]).await;
+    let device = Device::connect(broker.port).await;
+    let mut body = msg("clock-4");
+    body["ttlSeconds"] = json!(1);
+    let (_, _, answer) = post(&app, OPS_TOKEN, &body, None).await;
+    let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    device.received(&id).await;
+    status_becomes(&app, &id, "expired").await;
+    device
+        .ack(
+            "clocks/commands/clock-4/ack",
+            &format!(r#"{{"commandId":"{id}","status":"succeeded"}}"#),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the late ack to be ignored",
+        || async {
+            (metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        get_record(&app, OPS_TOKEN, &id).await.1["status"],
+        "expired"
+    );
+}
