@@ -669,7 +669,7 @@ fn read_tracking<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> TrackingCo
             Ok(kind) => {
                 if let StoreKind::Redis(url) = &kind {
                     // The URL may hold the store's password: scrubbed from logged text too.
-                    if let Some(password) = url_password(url.expose()) {
+                    for password in url_password(url.expose()) {
                         r.keep_secret(Secret::new(password));
                     }
                     r.keep_secret(url.clone());
@@ -694,15 +694,19 @@ fn read_tracking<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> TrackingCo
     }
 }
 
-/// The password of `scheme://user:password@host…`, percent-decoded.
-fn url_password(url: &str) -> Option<String> {
-    let parsed = Url::parse(url).ok()?;
-    let password = parsed.password()?;
-    Some(
-        percent_encoding::percent_decode_str(password)
-            .decode_utf8_lossy()
-            .into_owned(),
-    )
+/// The password of `scheme://user:password@host…`, as written and percent-decoded (a
+/// server may echo either).
+fn url_password(url: &str) -> Vec<String> {
+    let Some(written) = Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    else {
+        return Vec::new();
+    };
+    let decoded = percent_encoding::percent_decode_str(&written)
+        .decode_utf8_lossy()
+        .into_owned();
+    vec![written, decoded]
 }
 
 fn read_mqtt<F: Fn(&str) -> Option<String>>(

@@ -504,3 +504,74 @@ fn the_binary_names_an_unreadable_tls_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_state_store_and_its_limits_have_defaults_and_ranges() {
+    use clock_server::store::StoreKind;
+    let tracking = load(&[]).unwrap().tracking;
+    assert_eq!(tracking.store, StoreKind::Memory);
+    assert_eq!(tracking.settings.max_commands, 100_000);
+    assert_eq!(tracking.settings.retention.as_secs(), 86_400);
+    assert_eq!(tracking.command_ttl.as_secs(), 600);
+    assert_eq!(tracking.idempotency_ttl.as_secs(), 86_400);
+    assert_eq!(
+        load(&[("STATE_STORE", "none")]).unwrap().tracking.store,
+        StoreKind::None
+    );
+    assert_eq!(
+        load(&[("STATE_STORE", "file:/var/lib/x.db")])
+            .unwrap()
+            .tracking
+            .store,
+        StoreKind::File("/var/lib/x.db".into())
+    );
+    for (var, bad, accepted) in [
+        ("STATE_MAX_COMMANDS", "999", "from 1000 to 10000000"),
+        ("STATE_RETENTION_SECS", "59", "from 60 to 2592000"),
+        ("COMMAND_TTL_SECS", "0", "from 1 to 604800"),
+        ("IDEMPOTENCY_TTL_SECS", "604801", "from 60 to 604800"),
+    ] {
+        let e = error(&[(var, bad)]);
+        assert!(e.contains(var) && e.contains(accepted), "{e}");
+    }
+    let e = error(&[("STATE_STORE", "postgres://db")]);
+    assert!(e.contains("STATE_STORE") && e.contains("memory"), "{e}");
+}
+
+#[test]
+fn a_redis_store_password_is_never_shown_and_is_redacted_from_logged_text() {
+    let e = error(&[
+        ("STATE_STORE", "redis://user:hunter2-secret@:6379"),
+        ("MAX_BODY_BYTES", "1"),
+    ]);
+    assert!(e.contains("STATE_STORE"), "{e}");
+    assert!(!e.contains("hunter2-secret"), "{e}");
+    let config = load(&[("STATE_STORE", "redis://user:hunter2%2Dsecret@redis:6379/0")]).unwrap();
+    let scrubbed = config
+        .redactor
+        .redact("answer: hunter2-secret and hunter2%2Dsecret");
+    assert!(!scrubbed.contains("hunter2"), "{scrubbed}");
+}
+
+#[test]
+fn mqtt_shared_group_is_one_topic_level() {
+    let mqtt = |vars: &[(&str, &str)]| {
+        let mut all = vec![
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", "mqtts://broker:8883"),
+        ];
+        all.extend_from_slice(vars);
+        all.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let vars = mqtt(&[("MQTT_SHARED_GROUP", "gateways")]);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert!(load(&vars).is_ok());
+    for bad in ["a/b", "g+", "#"] {
+        let vars = mqtt(&[("MQTT_SHARED_GROUP", bad)]);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e = error(&vars);
+        assert!(e.contains("MQTT_SHARED_GROUP"), "{e}");
+    }
+}
