@@ -173,7 +173,7 @@ impl Caller {
             .await;
         if let Some(k) = &key {
             let stored = match &result {
-                Ok((status, body)) => {
+                Ok((status, body, _)) => {
                     tracker
                         .store
                         .idem_finish(
@@ -193,8 +193,8 @@ impl Caller {
                 tracker.failed("saving an Idempotency-Key", &e);
             }
         }
-        let (status, body) = result?;
-        Ok(accepted_response(status, body))
+        let (status, body, command_id) = result?;
+        Ok(accepted_response(status, body, Some(&command_id)))
     }
 
     async fn dispatch_untracked(
@@ -239,7 +239,7 @@ impl Caller {
         command: Command,
         command_type: CommandType,
         ttl: Option<std::time::Duration>,
-    ) -> Result<(StatusCode, Vec<u8>), ApiError> {
+    ) -> Result<(StatusCode, Vec<u8>, String), ApiError> {
         let now = Utc::now();
         let expires_at = tracker.expires_at(now, ttl);
         let envelope = Envelope {
@@ -283,7 +283,7 @@ impl Caller {
             expires_at: Some(store::format_time(expires_at)),
         })
         .unwrap_or_default();
-        Ok((StatusCode::ACCEPTED, body))
+        Ok((StatusCode::ACCEPTED, body, envelope.command_id))
     }
 
     /// The remembered answer to an `Idempotency-Key`, byte for byte; nothing is dispatched.
@@ -307,17 +307,21 @@ impl Caller {
             },
         );
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-        let mut res = accepted_response(status, body);
+        let mut res = accepted_response(status, body, Some(&command_id));
         res.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         res
     }
 }
 
-/// A 202 with its `Location` (the status resource of the command in `body`).
-fn accepted_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let location =
-        command_id_of(&body).and_then(|id| HeaderValue::from_str(&format!("/commands/{id}")).ok());
+/// A 202 with its `Location`: the status resource of `command_id`, or of the command in
+/// `body` when not given.
+fn accepted_response(status: StatusCode, body: Vec<u8>, command_id: Option<&str>) -> Response {
+    let location = match command_id {
+        Some(id) => HeaderValue::from_str(&format!("/commands/{id}")).ok(),
+        None => command_id_of(&body)
+            .and_then(|id| HeaderValue::from_str(&format!("/commands/{id}")).ok()),
+    };
     let mut res = (status, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
