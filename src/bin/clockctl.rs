@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
     match cli::run(&cli, clock_server::shared::process_env).await {
         Ok(out) => {
             println!("{}", out.stdout);
-            if let Some(note) = out.note {
+            for note in out.notes {
                 eprintln!("clockctl: {note}");
             }
             if out.success {

@@ -20,10 +20,16 @@ Environment:
   SSL_CERT_FILE, SSL_CERT_DIR   CA certificates to trust instead of the system store
 
 Exit status:
-  0  the server accepted the command (ready: the server is ready)
-  1  the server answered non-2xx (ready: not ready), could not be reached or timed out, or
-     the token was refused for a plain-http non-local URL (nothing sent)
+  0  the server accepted the command (with --wait: the device reported it succeeded; ready:
+     the server is ready; status: the record was shown; cancel: the command was cancelled)
+  1  the server answered non-2xx (ready: not ready), could not be reached or timed out, the
+     token was refused for a plain-http non-local URL (nothing sent); with --wait: the
+     command ended other than succeeded, or was still open when the wait ended
   2  bad usage, invalid input or invalid environment (nothing sent)
+
+Commands carry an Idempotency-Key (a new UUID, or --idempotency-key) and are retried with
+it, up to --retries times, after a connection failure, a timeout, a 502 or a 503: the
+server never delivers one key twice.
 
 Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1, -json=true.";
 
@@ -39,9 +45,12 @@ const VALUE_FLAGS: &[&str] = &[
     "broker",
     "topic-prefix",
     "ca-file",
+    "idempotency-key",
+    "retries",
 ];
 /// Flags without a value.
-const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain"];
+/// (`wait` takes its optional value only after `=`, as clap reads it too.)
+const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain", "wait", "no-ack"];
 /// Switches that Go's flag package also accepts as `-name=<bool>`.
 const BOOL_FLAGS: &[&str] = &["json", "plain"];
 
@@ -81,6 +90,12 @@ pub enum Command {
     /// Ask whether the server is ready (GET /ready); prints ready or not_ready
     #[command(after_help = AFTER_HELP)]
     Ready,
+    /// Show a command's status record (GET /commands/{commandId})
+    #[command(after_help = AFTER_HELP)]
+    Status(CommandIdArgs),
+    /// Cancel a scheduled command (DELETE /commands/{commandId})
+    #[command(after_help = AFTER_HELP)]
+    Cancel(CommandIdArgs),
     /// Be a virtual clock: show the commands clocks receive from the MQTT broker
     #[command(after_help = WATCH_AFTER_HELP)]
     Watch(WatchArgs),
@@ -104,6 +119,11 @@ command, flushed at once:
   clock-1 invalid_command type=\"...\" error=\"...\"   (a payload a clock would reject)
 With --json: one JSON object per command, {\"topic\",\"retained\",\"payload\"}, and the
 `watching` line on stderr. If the broker goes away it reconnects (and says so on stderr).
+
+Like a device, it acknowledges each command it shows (QoS 1, on the publish's MQTT 5
+Response Topic, else <prefix>/<device>/ack): {\"commandId\":\"...\",\"status\":\"succeeded\"},
+or \"failed\" with a \"reason\" for a payload it rejects; --no-ack turns that off. A
+failed acknowledgement is reported once on stderr; watching goes on.
 
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, or the reader of its output went away
@@ -142,6 +162,96 @@ pub struct WatchArgs {
     /// One plain line per command even on a terminal (no live view)
     #[arg(long)]
     pub plain: bool,
+    /// Do not acknowledge the commands shown (by default watch answers like a device)
+    #[arg(long)]
+    pub no_ack: bool,
+}
+
+/// How a command is submitted and followed (SPEC 7.7); flattened into each command.
+#[derive(Debug, Clone, Args)]
+pub struct Submit {
+    /// Idempotency-Key to send (1-255 visible ASCII characters); default: a new UUID per
+    /// invocation. Re-using a key for the same command never delivers it twice
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key, display_order = 90)]
+    pub idempotency_key: Option<String>,
+    /// Retries (with the same Idempotency-Key) after a connection failure, a timeout, a 502
+    /// or a 503, with back-off; 0 disables
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_RETRIES,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
+        allow_negative_numbers = true,
+        display_order = 91
+    )]
+    pub retries: u32,
+    /// After the 202, follow the command until it ends (succeeded, failed, expired,
+    /// cancelled), for at most DURATION (default 30s; e.g. 500ms, 30s, 2m); exit 0 only
+    /// for succeeded
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = DEFAULT_WAIT,
+        value_parser = parse_wait,
+        display_order = 92
+    )]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// `clockctl status` and `clockctl cancel`.
+#[derive(Debug, Args)]
+pub struct CommandIdArgs {
+    /// The commandId of the 202 answer (shown with --json)
+    #[arg(value_name = "COMMAND_ID")]
+    pub command_id: String,
+    /// Retries after a connection failure, a timeout, a 502 or a 503, with back-off; 0
+    /// disables
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_RETRIES,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
+        allow_negative_numbers = true,
+    )]
+    pub retries: u32,
+}
+
+/// `--retries` when not given.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// The most `--retries` accepted: with the back-off cap that is about half a minute.
+pub const MAX_RETRIES: u32 = 20;
+/// `--wait` without a value.
+pub const DEFAULT_WAIT: &str = "30s";
+/// The longest `--wait`.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest Idempotency-Key the server accepts (SPEC 7.6).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `--idempotency-key`: 1-255 visible ASCII characters, as the server accepts them.
+fn parse_idempotency_key(raw: &str) -> Result<String, String> {
+    if raw.is_empty()
+        || raw.len() > MAX_IDEMPOTENCY_KEY
+        || !raw.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "pass 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (no spaces), e.g. \
+             --idempotency-key deploy-42, or leave it out for a new UUID"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// `--wait=DURATION`: `500ms`, `30s`, `2m`, `1h`, `1m30s`; more than zero, at most a day.
+fn parse_wait(raw: &str) -> Result<std::time::Duration, String> {
+    let fix =
+        "pass a duration such as --wait=500ms, --wait=30s or --wait=2m (--wait alone waits 30s)";
+    let wait = humantime::parse_duration(raw.trim()).map_err(|e| format!("{e}; {fix}"))?;
+    if wait.is_zero() || wait > MAX_WAIT {
+        return Err(format!("it must be more than 0 and at most 24h; {fix}"));
+    }
+    Ok(wait)
 }
 
 /// `clockctl alarm`.
@@ -156,6 +266,8 @@ pub struct AlarmArgs {
     /// Label shown with the alarm (default empty)
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub label: Option<String>,
+    #[command(flatten)]
+    pub submit: Submit,
 }
 
 /// `clockctl message`.
@@ -175,6 +287,8 @@ pub struct MessageArgs {
         allow_negative_numbers = true
     )]
     pub duration: i64,
+    #[command(flatten)]
+    pub submit: Submit,
 }
 
 /// `clockctl brightness`.
@@ -186,6 +300,8 @@ pub struct BrightnessArgs {
     /// Brightness, 0-100
     #[arg(long, value_name = "0-100", allow_negative_numbers = true)]
     pub level: i64,
+    #[command(flatten)]
+    pub submit: Submit,
 }
 
 impl Cli {

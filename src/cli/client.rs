@@ -3,14 +3,16 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Client, StatusCode, redirect};
 use serde::Deserialize;
 
 use super::CliError;
-use super::error::ServerError;
-use super::request::{ApiRequest, Kind};
+use super::error::{Attempts, ServerError};
+use super::record::{Accepted, Record, is_final};
+use super::request::{ApiRequest, Kind, status_path};
 use super::settings::{Settings, is_local, redacted};
 use crate::terminal;
 use crate::tls::{ClientTls, client_config};
@@ -18,11 +20,12 @@ use crate::tls::{ClientTls, client_config};
 /// What a finished call prints, and whether it counts as success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
-    /// The line for stdout: the success line, the readiness status, or the JSON body
-    /// (re-serialised, control characters escaped).
+    /// What goes to stdout: the success line (and with --wait the outcome), the readiness
+    /// status, a record, or the JSON body (re-serialised, control characters escaped).
     pub stdout: String,
-    /// For stderr, when the call worked but the answer is a failure (ready: not ready).
-    pub note: Option<String>,
+    /// For stderr, one line each: why the answer is a failure (ready: not ready; --wait
+    /// ended), or what the answer means (replayed).
+    pub notes: Vec<String>,
     /// Exit 0 when true, 1 when false.
     pub success: bool,
 }
@@ -83,95 +86,432 @@ fn build_client(settings: &Settings) -> Result<Client, CliError> {
         .map_err(|e| CliError::Invalid(format!("cannot set up the HTTP client: {}", chain(&e))))
 }
 
-/// Sends `request` and interprets the answer. `json` prints the body instead of the line.
+/// First pause before a retry; it doubles per retry up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between two attempts chosen by `clockctl`.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest `Retry-After` honoured, so that a server cannot park the client.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// First pause between two status polls of `--wait`; it grows to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(100);
+/// Longest pause between two status polls.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// One HTTP answer, read whole.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    retry_after: Option<Duration>,
+    replayed: bool,
+    /// The body, lossily decoded, trailing whitespace dropped.
+    text: String,
+}
+
+impl Answer {
+    fn body(&self) -> Option<Body> {
+        serde_json::from_str(&self.text).ok()
+    }
+
+    /// The non-2xx answer as the error `clockctl` prints.
+    fn error(&self, attempts: Option<Attempts>) -> CliError {
+        let (error, detail) = match self.body() {
+            Some(Body {
+                error: Some(error),
+                detail,
+                ..
+            }) => (error, detail),
+            _ => (excerpt(&self.text), None),
+        };
+        CliError::Status(ServerError {
+            status: self.status.as_u16(),
+            error,
+            detail,
+            location: self
+                .location
+                .clone()
+                .filter(|_| self.status.is_redirection()),
+            attempts,
+        })
+    }
+}
+
+/// An answer and how many attempts it took.
+struct Exchange {
+    answer: Answer,
+    /// Set when the answer's status is one that was retried (so the retries ran out).
+    gave_up: Option<Attempts>,
+    made: u32,
+}
+
+/// The HTTP side of one invocation: the client, the settings, and the printable URL.
+struct Caller<'a> {
+    client: Client,
+    settings: &'a Settings,
+}
+
+/// Whether an answer with `status` to `kind` is worth another attempt with the same
+/// request: the gateway's dispatch or store failed (502, 503), or — for a command, the
+/// only 409 there — the first request with this Idempotency-Key is still being dispatched.
+fn retryable(status: StatusCode, kind: Kind) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+    ) || (status == StatusCode::CONFLICT && matches!(kind, Kind::Command { .. }))
+}
+
+/// `Retry-After` in seconds (the only form the gateway sends), capped.
+fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
+    let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+impl Caller<'_> {
+    /// One request; `timeout` bounds it (the settings' timeout, or less while waiting).
+    async fn once(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        request: Option<&ApiRequest>,
+        timeout: Duration,
+    ) -> Result<Answer, CliError> {
+        let url = self.settings.endpoint(path);
+        let shown = match reqwest::Url::parse(&url) {
+            Ok(u) => redacted(&u),
+            Err(_) => url.clone(),
+        };
+        let mut builder = self
+            .client
+            .request(method.clone(), &url)
+            .timeout(timeout)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(token) = &self.settings.token {
+            builder = builder.bearer_auth(token.expose());
+        }
+        if let Some(request) = request {
+            if let Some(key) = &request.idempotency_key {
+                builder = builder.header(IDEMPOTENCY_KEY, key.as_str());
+            }
+            if let Some(body) = &request.body {
+                builder = builder
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(body.clone());
+            }
+        }
+        let call_error = |e: reqwest::Error| {
+            let why = if e.is_timeout() {
+                format!(
+                    "no complete answer within {} ms (CLOCKCTL_TIMEOUT_MS)",
+                    timeout.as_millis()
+                )
+            } else {
+                chain(&e.without_url())
+            };
+            CliError::Call(format!("{method} {shown}: {why}"))
+        };
+        let response = builder.send().await.map_err(call_error)?;
+        let status = response.status();
+        let headers = response.headers();
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let retry_after = retry_after(headers.get(reqwest::header::RETRY_AFTER));
+        let replayed = headers
+            .get(IDEMPOTENT_REPLAYED)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let bytes = response.bytes().await.map_err(call_error)?;
+        let text = String::from_utf8_lossy(&bytes).trim_end().to_owned();
+        Ok(Answer {
+            status,
+            location,
+            retry_after,
+            replayed,
+            text,
+        })
+    }
+
+    /// `request`, tried again after a connection failure, a timeout, a 502, a 503 (or a
+    /// 409 in progress) up to `request.retries` times, with back-off; the same
+    /// Idempotency-Key every time, so the server delivers the command at most once.
+    async fn exchange(&self, request: &ApiRequest) -> Result<Exchange, CliError> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut made = 0;
+        loop {
+            made += 1;
+            let result = self
+                .once(
+                    &request.method,
+                    &request.path,
+                    Some(request),
+                    self.settings.timeout,
+                )
+                .await;
+            let again = match &result {
+                Err(_) => true,
+                Ok(answer) => retryable(answer.status, request.kind),
+            };
+            if !again || made > request.retries {
+                let gave_up = again.then_some(Attempts {
+                    made,
+                    retries: request.retries,
+                });
+                return match result {
+                    Ok(answer) => Ok(Exchange {
+                        answer,
+                        gave_up,
+                        made,
+                    }),
+                    Err(CliError::Call(why)) => Err(CliError::Call(match gave_up {
+                        Some(attempts) => format!("{why}; {attempts}"),
+                        None => why,
+                    })),
+                    Err(other) => Err(other),
+                };
+            }
+            let pause = result
+                .ok()
+                .and_then(|a| a.retry_after)
+                .unwrap_or(backoff)
+                .max(Duration::from_millis(1));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// `--wait`: polls the status resource at `path` until the command is final or `wait`
+    /// has passed since the 202. Transient failures (no answer, 502, 503) are polled
+    /// through; any other non-200 ends the wait with its error.
+    async fn follow(&self, path: &str, id: &str, wait: Duration) -> Result<Followed, CliError> {
+        let deadline = Instant::now() + wait;
+        let mut pause = FIRST_POLL;
+        let mut last: Option<(Record, String)> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Followed::StillOpen(last));
+            }
+            let timeout = self.settings.timeout.min(left);
+            match self.once(&reqwest::Method::GET, path, None, timeout).await {
+                Ok(answer) if answer.status == StatusCode::OK => {
+                    match Record::parse(&answer.text) {
+                        Some(record) if record.is_final() => {
+                            return Ok(Followed::Final(record, answer.text));
+                        }
+                        Some(record) => last = Some((record, answer.text)),
+                        None => {
+                            return Err(CliError::Call(format!(
+                                "GET {path}: the answer is not a command record: {}",
+                                excerpt(&answer.text)
+                            )));
+                        }
+                    }
+                }
+                Ok(answer) if answer.status == StatusCode::NOT_FOUND => {
+                    return Err(CliError::NoCommand {
+                        id: terminal::plain(id),
+                    });
+                }
+                Ok(answer) if !retryable(answer.status, Kind::Status) => {
+                    return Err(answer.error(None));
+                }
+                // Transient: poll again.
+                Ok(_) | Err(CliError::Call(_)) => {}
+                Err(other) => return Err(other),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+    }
+}
+
+/// How `--wait` ended.
+enum Followed {
+    /// The command is final: the record and the server's JSON.
+    Final(Record, String),
+    /// The wait ended first; the last record seen, if any.
+    StillOpen(Option<(Record, String)>),
+}
+
+/// `Idempotency-Key` (SPEC 7.6).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer the server replayed from its idempotency record.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Sends `request` (retrying as it says) and interprets the answer. `json` prints the body
+/// instead of the line.
 pub async fn send(
     settings: &Settings,
     request: &ApiRequest,
     json: bool,
 ) -> Result<Output, CliError> {
     check_token_transport(settings)?;
-    let client = build_client(settings)?;
-    let url = settings.endpoint(request.path);
-    let shown = match reqwest::Url::parse(&url) {
-        Ok(u) => redacted(&u),
-        Err(_) => url.clone(),
+    let caller = Caller {
+        client: build_client(settings)?,
+        settings,
     };
-    let mut builder = client
-        .request(request.method.clone(), &url)
-        .header(ACCEPT, HeaderValue::from_static("application/json"));
-    if let Some(token) = &settings.token {
-        builder = builder.bearer_auth(token.expose());
-    }
-    if let Some(body) = &request.body {
-        builder = builder
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body.clone());
-    }
-    let call_error = |e: reqwest::Error| {
-        let why = if e.is_timeout() {
-            format!(
-                "no complete answer within {} ms (CLOCKCTL_TIMEOUT_MS)",
-                settings.timeout.as_millis()
-            )
-        } else {
-            chain(&e.without_url())
-        };
-        CliError::Call(format!("{} {shown}: {why}", request.method))
-    };
-    let response = builder.send().await.map_err(call_error)?;
-    let status = response.status();
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let bytes = response.bytes().await.map_err(call_error)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim_end();
-    let parsed: Option<Body> = serde_json::from_str(text).ok();
+    let Exchange {
+        answer,
+        gave_up,
+        made,
+    } = caller.exchange(request).await?;
+    let status = answer.status;
+    let id = || terminal::plain(request.command_id.as_deref().unwrap_or_default());
 
     match request.kind {
-        Kind::Command { success_line } if status.is_success() => Ok(Output {
-            stdout: if json {
-                terminal::json(text)
-            } else {
-                success_line.to_owned()
-            },
-            note: None,
-            success: true,
-        }),
+        Kind::Command { success_line } if status.is_success() => {
+            let mut notes = Vec::new();
+            if answer.replayed {
+                notes.push(
+                    "the server already had this Idempotency-Key's command and answered from its \
+                     record (Idempotent-Replayed): nothing was sent again"
+                        .to_owned(),
+                );
+            }
+            let dispatched = Output {
+                stdout: if json {
+                    terminal::json(&answer.text)
+                } else {
+                    success_line.to_owned()
+                },
+                notes,
+                success: true,
+            };
+            match request.wait {
+                None => Ok(dispatched),
+                Some(wait) => wait_for(&caller, &answer, dispatched, wait, json).await,
+            }
+        }
         Kind::Ready if status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE => {
             let ready = status.is_success();
             let fallback = if ready { "ready" } else { "not_ready" };
-            let state = parsed
+            let state = answer
+                .body()
                 .and_then(|b| b.status)
                 .unwrap_or_else(|| fallback.to_owned());
             Ok(Output {
                 stdout: if json {
-                    terminal::json(text)
+                    terminal::json(&answer.text)
                 } else {
                     sanitize(&state)
                 },
-                note: (!ready).then(|| format!("server is not ready (status={})", status.as_u16())),
+                notes: (!ready)
+                    .then(|| format!("server is not ready (status={})", status.as_u16()))
+                    .into_iter()
+                    .collect(),
                 success: ready,
             })
         }
-        _ => {
-            let (error, detail) = match parsed {
-                Some(Body {
-                    error: Some(error),
-                    detail,
-                    ..
-                }) => (error, detail),
-                _ => (excerpt(text), None),
+        Kind::Status | Kind::Cancel if status == StatusCode::OK => {
+            let record = Record::parse(&answer.text).ok_or_else(|| {
+                CliError::Call(format!(
+                    "{} {}: the answer is not a command record: {}",
+                    request.method,
+                    request.path,
+                    excerpt(&answer.text)
+                ))
+            })?;
+            let stdout = if json {
+                terminal::json(&answer.text)
+            } else if request.kind == Kind::Status {
+                record.readable(request.command_id.as_deref().unwrap_or_default())
+            } else {
+                format!("cancelled {}", id())
             };
-            Err(CliError::Status(ServerError {
-                status: status.as_u16(),
-                error,
-                detail,
-                location: location.filter(|_| status.is_redirection()),
-            }))
+            Ok(Output {
+                stdout,
+                notes: Vec::new(),
+                success: true,
+            })
+        }
+        Kind::Status | Kind::Cancel if status == StatusCode::NOT_FOUND => {
+            Err(CliError::NoCommand { id: id() })
+        }
+        Kind::Cancel if status == StatusCode::CONFLICT => {
+            let state = answer.body().and_then(|b| b.status).unwrap_or_default();
+            // An earlier attempt cancelled it and its answer was lost: that is success.
+            if made > 1 && state == "cancelled" {
+                return Ok(Output {
+                    stdout: format!("cancelled {}", id()),
+                    notes: Vec::new(),
+                    success: true,
+                });
+            }
+            Err(CliError::NotCancellable {
+                id: id(),
+                status: terminal::plain(if state.is_empty() { "unknown" } else { &state }),
+            })
+        }
+        _ => Err(answer.error(gave_up)),
+    }
+}
+
+/// `--wait` after a 2xx: follow the command named by the 202 to its end.
+async fn wait_for(
+    caller: &Caller<'_>,
+    answer: &Answer,
+    mut out: Output,
+    wait: Duration,
+    json: bool,
+) -> Result<Output, CliError> {
+    let accepted: Accepted = serde_json::from_str(&answer.text).unwrap_or_default();
+    let (Some(id), Some(first_status)) = (accepted.command_id, accepted.status) else {
+        out.success = false;
+        out.notes.push(
+            "--wait cannot follow this command: the server's 202 answer has no commandId and \
+             status, so it does not track commands (it runs with STATE_STORE=none); set \
+             STATE_STORE on the server (memory is the default) or drop --wait"
+                .to_owned(),
+        );
+        return Ok(out);
+    };
+    // The Location the server gave, when it is the status resource; it is a path on the
+    // same server, so it is appended to the base URL like every other path.
+    let path = answer
+        .location
+        .as_deref()
+        .filter(|l| {
+            l.strip_prefix("/commands/")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#']))
+        })
+        .map_or_else(|| status_path(&id), str::to_owned);
+    let shown_id = terminal::plain(&id);
+    let followed = if is_final(&first_status) {
+        Followed::StillOpen(None)
+    } else {
+        caller.follow(&path, &id, wait).await?
+    };
+    match followed {
+        Followed::Final(record, text) => {
+            out.success = record.status == "succeeded";
+            out.stdout = if json {
+                terminal::json(&text)
+            } else {
+                format!("{}\ncommand {shown_id} {}", out.stdout, record.outcome())
+            };
+        }
+        Followed::StillOpen(last) => {
+            let status = last
+                .as_ref()
+                .map_or_else(|| first_status.clone(), |(r, _)| r.status.clone());
+            out.success = false;
+            let waited = humantime::format_duration(wait);
+            out.stdout = match (&last, json) {
+                (Some((_, text)), true) => terminal::json(text),
+                (None, true) => out.stdout,
+                (_, false) => format!(
+                    "{}\ncommand {shown_id} still {} after {waited}",
+                    out.stdout,
+                    terminal::plain(&status)
+                ),
+            };
+            out.notes.push(format!(
+                "stopped waiting after {waited} (--wait): follow it with `clockctl status \
+                 {shown_id}`, or wait longer, e.g. --wait=2m"
+            ));
         }
     }
+    Ok(out)
 }
 
 /// An error and its causes, `a: b: c`, as Go prints wrapped errors.
@@ -209,8 +549,6 @@ fn sanitize(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn settings(base: &str, token: bool, allow: bool) -> Settings {

@@ -23,6 +23,26 @@ pub enum CliError {
     /// The server answered with a status other than 2xx (exit 1).
     #[error("{0}")]
     Status(ServerError),
+    /// `status`, `cancel`, `--wait`: the server has no record of that command (exit 1).
+    #[error(
+        "no command {id} (unknown, expired from the store, or outside your scopes): check the \
+         commandId of the 202 answer (clockctl --json prints it) and CLOCK_SERVER_TOKEN"
+    )]
+    NoCommand {
+        /// The id asked about, escaped for printing.
+        id: String,
+    },
+    /// `cancel`: the command is past the point where it could be cancelled (exit 1).
+    #[error(
+        "command {id} can no longer be cancelled: it is {status} (only a scheduled command can \
+         be; see clockctl status {id})"
+    )]
+    NotCancellable {
+        /// The id, escaped for printing.
+        id: String,
+        /// Its status as the server reported it, escaped.
+        status: String,
+    },
     /// `watch`: the MQTT broker could not be reached or refused the subscription (exit 1).
     #[error(transparent)]
     Watch(#[from] crate::clock::WatchError),
@@ -33,7 +53,12 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Invalid(_) => 2,
-            Self::InsecureToken { .. } | Self::Call(_) | Self::Status(_) | Self::Watch(_) => 1,
+            Self::InsecureToken { .. }
+            | Self::Call(_)
+            | Self::Status(_)
+            | Self::NoCommand { .. }
+            | Self::NotCancellable { .. }
+            | Self::Watch(_) => 1,
         }
     }
 }
@@ -49,6 +74,28 @@ pub struct ServerError {
     pub detail: Option<String>,
     /// For a redirect: where it pointed (not followed, so the token stays put).
     pub location: Option<String>,
+    /// When the status was one that is retried: how many attempts were made.
+    pub attempts: Option<Attempts>,
+}
+
+/// How often a request was tried before giving up (shown with the final error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    /// Attempts made, the first included.
+    pub made: u32,
+    /// `--retries`.
+    pub retries: u32,
+}
+
+impl fmt::Display for Attempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.made == 1 { "" } else { "s" };
+        write!(
+            f,
+            "gave up after {} attempt{s} (--retries {})",
+            self.made, self.retries
+        )
+    }
 }
 
 impl ServerError {
@@ -83,6 +130,9 @@ impl fmt::Display for ServerError {
         if let Some(hint) = self.hint() {
             write!(f, " ({hint})")?;
         }
+        if let Some(attempts) = &self.attempts {
+            write!(f, "; {attempts}")?;
+        }
         Ok(())
     }
 }
@@ -105,6 +155,7 @@ mod tests {
             error: "invalid command".into(),
             detail: Some("bad\u{1b}[31m\u{7f}\u{9b}2J".into()),
             location: None,
+            attempts: None,
         };
         let text = e.to_string();
         assert!(text.contains("status=400"), "{text}");

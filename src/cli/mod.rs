@@ -4,13 +4,16 @@
 //! - [`args`]: the clap types and the rewrite of Go-style `-flag` arguments.
 //! - [`settings`]: the environment (`CLOCK_SERVER_*`, `CLOCKCTL_*`) and base-URL resolution.
 //! - [`request`]: subcommand arguments turned into a validated API request (nothing sent yet).
-//! - [`client`]: the token-safety rule, the HTTP call and what to print.
+//! - [`client`]: the token-safety rule, the HTTP call with its retries, `--wait`, and what
+//!   to print.
+//! - [`record`]: a tracked command's status record (SPEC 7.3) and how it is shown.
 //! - [`error`]: [`CliError`], each variant with its exit code.
 //! - [`watch`]: `clockctl watch`, the virtual clock (see [`crate::clock`]).
 
 pub mod args;
 pub mod client;
 pub mod error;
+pub mod record;
 pub mod request;
 pub mod settings;
 pub mod watch;

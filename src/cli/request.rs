@@ -1,10 +1,13 @@
 //! Subcommand arguments turned into a validated API request with exactly the server's JSON
 //! shape (SPEC 2). Nothing here does I/O; an invalid input never leaves the machine.
 
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::Method;
 
 use super::CliError;
-use super::args::{AlarmArgs, BrightnessArgs, Command, MessageArgs};
+use super::args::{AlarmArgs, BrightnessArgs, Command, CommandIdArgs, MessageArgs, Submit};
 use crate::domain::{
     AlarmRequest, BrightnessRequest, CommandRequest, DURATION_SECONDS, DeviceId, LEVEL,
     MessageRequest, ValidationError,
@@ -20,6 +23,10 @@ pub enum Kind {
     },
     /// `GET /ready`: 200 is ready, 503 is not ready.
     Ready,
+    /// `GET /commands/{id}`: the status record.
+    Status,
+    /// `DELETE /commands/{id}`: cancel a scheduled command.
+    Cancel,
 }
 
 /// A request that passed every client-side check.
@@ -27,12 +34,44 @@ pub enum Kind {
 pub struct ApiRequest {
     /// HTTP method.
     pub method: Method,
-    /// Absolute path under the base URL.
-    pub path: &'static str,
+    /// Absolute path under the base URL (a command id in it is percent-encoded).
+    pub path: String,
     /// The JSON body, when the request has one.
     pub body: Option<String>,
     /// How to read the answer.
     pub kind: Kind,
+    /// For the three commands: the `Idempotency-Key` sent with every attempt (SPEC 7.6).
+    pub idempotency_key: Option<String>,
+    /// How many times to retry after a connection failure, a timeout, a 502 or a 503.
+    pub retries: u32,
+    /// `--wait`: follow the command to its end for at most this long.
+    pub wait: Option<Duration>,
+    /// For `status` and `cancel`: the id as typed (for messages).
+    pub command_id: Option<String>,
+}
+
+/// The longest command id `status` and `cancel` accept (the server's are UUIDs).
+pub const MAX_COMMAND_ID: usize = 64;
+
+/// What is escaped in a path segment: controls, space and the URL delimiters.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|');
+
+/// The path of a command's status resource, `/commands/<id>` with the id escaped.
+pub fn status_path(command_id: &str) -> String {
+    format!("/commands/{}", utf8_percent_encode(command_id, SEGMENT))
 }
 
 impl ApiRequest {
@@ -44,10 +83,16 @@ impl ApiRequest {
             Command::Brightness(b) => brightness(b),
             Command::Ready => Ok(Self {
                 method: Method::GET,
-                path: "/ready",
+                path: "/ready".to_owned(),
                 body: None,
                 kind: Kind::Ready,
+                idempotency_key: None,
+                retries: 0,
+                wait: None,
+                command_id: None,
             }),
+            Command::Status(args) => by_id(args, Method::GET, Kind::Status),
+            Command::Cancel(args) => by_id(args, Method::DELETE, Kind::Cancel),
             Command::Watch(_) => Err(CliError::Invalid(
                 "watch talks to the MQTT broker, not the API: run it with cli::watch::run".into(),
             )),
@@ -57,20 +102,60 @@ impl ApiRequest {
     /// The request of a command body, once the domain's validation passed (the server
     /// re-checks everything; an alarm's time against its own clock as well).
     /// `given` is the value of the flag a range or format error is about, as typed.
-    fn command<R: CommandRequest>(body: R, given: &str) -> Result<Self, CliError> {
+    fn command<R: CommandRequest>(body: R, given: &str, submit: &Submit) -> Result<Self, CliError> {
         let json = serde_json::to_string(&body)
             .map_err(|e| CliError::Invalid(format!("cannot encode the request body: {e}")))?;
         body.into_command().map_err(|e| flag_hint(e, given))?;
         let (method, path) = R::TYPE.api_route();
         Ok(Self {
             method,
-            path,
+            path: path.to_owned(),
             body: Some(json),
             kind: Kind::Command {
                 success_line: R::TYPE.dispatched_line(),
             },
+            // One key per invocation, so every retry of it is the same request to the server.
+            idempotency_key: Some(
+                submit
+                    .idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            ),
+            retries: submit.retries,
+            wait: submit.wait,
+            command_id: None,
         })
     }
+}
+
+/// `status` / `cancel`: the id checked loosely (the server answers 404 for any it does not
+/// know), so that it stays one path segment.
+fn by_id(args: &CommandIdArgs, method: Method, kind: Kind) -> Result<ApiRequest, CliError> {
+    let id = args.command_id.trim();
+    if id.is_empty() || id.contains('/') || id.chars().count() > MAX_COMMAND_ID {
+        return Err(CliError::Invalid(format!(
+            "invalid COMMAND_ID {:?}: pass the commandId of the 202 answer (1-{MAX_COMMAND_ID} \
+             characters, no /), e.g. clockctl status 0197a8c2-5e1f-7c3a-9b2d-4f6e8a0c1d3e",
+            args.command_id
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(CliError::Invalid(format!(
+            "invalid COMMAND_ID {:?}: it contains control characters; pass the commandId of \
+             the 202 answer",
+            args.command_id
+        )));
+    }
+    Ok(ApiRequest {
+        method,
+        path: status_path(id),
+        body: None,
+        kind,
+        idempotency_key: None,
+        retries: args.retries,
+        wait: None,
+        command_id: Some(id.to_owned()),
+    })
 }
 
 fn device(raw: &str) -> Result<String, CliError> {
@@ -121,6 +206,7 @@ fn alarm(args: &AlarmArgs) -> Result<ApiRequest, CliError> {
             ttl_seconds: None,
         },
         &args.time,
+        &args.submit,
     )
 }
 
@@ -133,6 +219,7 @@ fn message(args: &MessageArgs) -> Result<ApiRequest, CliError> {
             ttl_seconds: None,
         },
         &args.duration.to_string(),
+        &args.submit,
     )
 }
 
@@ -144,6 +231,7 @@ fn brightness(args: &BrightnessArgs) -> Result<ApiRequest, CliError> {
             ttl_seconds: None,
         },
         &args.level.to_string(),
+        &args.submit,
     )
 }
 
@@ -168,22 +256,34 @@ mod tests {
             "2030-01-02T07:30:00+01:00",
         ])
         .unwrap();
-        assert_eq!((a.method.as_str(), a.path), ("POST", "/commands/alarms"));
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str()),
+            ("POST", "/commands/alarms")
+        );
         assert_eq!(
             a.body.unwrap(),
             r#"{"deviceId":"clock-1","alarmTime":"2030-01-02T07:30:00+01:00","label":""}"#
         );
         let m = build(&["message", "--device", "c", "--message", "hi"]).unwrap();
-        assert_eq!((m.method.as_str(), m.path), ("POST", "/commands/messages"));
+        assert_eq!(
+            (m.method.as_str(), m.path.as_str()),
+            ("POST", "/commands/messages")
+        );
         assert_eq!(
             m.body.unwrap(),
             r#"{"deviceId":"c","message":"hi","durationSeconds":10}"#
         );
         let b = build(&["brightness", "--device", "c", "--level", "0"]).unwrap();
-        assert_eq!((b.method.as_str(), b.path), ("PUT", "/commands/brightness"));
+        assert_eq!(
+            (b.method.as_str(), b.path.as_str()),
+            ("PUT", "/commands/brightness")
+        );
         assert_eq!(b.body.unwrap(), r#"{"deviceId":"c","level":0}"#);
         let r = build(&["ready"]).unwrap();
-        assert_eq!((r.method.as_str(), r.path, r.body), ("GET", "/ready", None));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.body),
+            ("GET", "/ready", None)
+        );
     }
 
     #[test]
@@ -233,6 +333,76 @@ mod tests {
             "--duration",
             duration,
         ])
+    }
+
+    #[test]
+    fn every_command_carries_an_idempotency_key_and_the_tracking_flags() {
+        let a = build(&["brightness", "--device", "c", "--level", "1"]).unwrap();
+        let b = build(&["brightness", "--device", "c", "--level", "1"]).unwrap();
+        let (ka, kb) = (a.idempotency_key.unwrap(), b.idempotency_key.unwrap());
+        assert!(uuid::Uuid::parse_str(&ka).is_ok(), "{ka}");
+        assert_ne!(ka, kb, "a new key per invocation");
+        assert_eq!((a.retries, a.wait), (2, None));
+        let c = build(&[
+            "brightness",
+            "-device",
+            "c",
+            "-level",
+            "1",
+            "-idempotency-key",
+            "deploy-42",
+            "-retries=0",
+            "-wait",
+        ])
+        .unwrap();
+        assert_eq!(c.idempotency_key.as_deref(), Some("deploy-42"));
+        assert_eq!(c.retries, 0);
+        assert_eq!(c.wait, Some(Duration::from_secs(30)));
+        let d = build(&["message", "--device", "c", "--message", "m", "--wait=1m30s"]).unwrap();
+        assert_eq!(d.wait, Some(Duration::from_secs(90)));
+        assert!(build(&["ready"]).unwrap().idempotency_key.is_none());
+    }
+
+    #[test]
+    fn bad_tracking_flags_are_usage_errors_naming_the_flag() {
+        let base = ["clockctl", "brightness", "--device", "c", "--level", "1"];
+        let long = "k".repeat(256);
+        for (extra, flag) in [
+            (&["--idempotency-key", "two words"][..], "--idempotency-key"),
+            (&["--idempotency-key", ""], "--idempotency-key"),
+            (&["--idempotency-key", "é"], "--idempotency-key"),
+            (&["--idempotency-key", long.as_str()], "--idempotency-key"),
+            (&["--wait=soon"], "--wait"),
+            (&["--wait=0s"], "--wait"),
+            (&["--wait", "30s"], "30s"),
+            (&["--retries", "-1"], "--retries"),
+            (&["--retries", "many"], "--retries"),
+        ] {
+            let err = Cli::try_parse_go_style(base.iter().chain(extra)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{extra:?}");
+            assert!(err.to_string().contains(flag), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn status_and_cancel_take_one_path_segment_escaped() {
+        let s = build(&["status", "0197-a"]).unwrap();
+        assert_eq!(
+            (s.method.as_str(), s.path.as_str()),
+            ("GET", "/commands/0197-a")
+        );
+        assert_eq!(s.command_id.as_deref(), Some("0197-a"));
+        let c = build(&["cancel", "a b?c#d%"]).unwrap();
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str()),
+            ("DELETE", "/commands/a%20b%3Fc%23d%25")
+        );
+        for bad in ["", " ", "a/b", &"x".repeat(65), "a\u{1b}b"] {
+            let err = build(&["status", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(err.to_string().contains("COMMAND_ID"), "{err}");
+        }
+        assert!(build(&["cancel", &"x".repeat(64)]).is_ok());
     }
 
     #[test]
