@@ -347,6 +347,8 @@ mod running {
                 broker: Broker::parse(&format!("mqtt://{mqtt_addr}")).map_err(DemoError::Start)?,
                 devices: self.devices.clone(),
                 topic_prefix: crate::clock::watch::DEFAULT_TOPIC_PREFIX.to_owned(),
+                // The demo's clock answers like a device, so `clockctl ... --wait` ends.
+                acknowledge: true,
             };
             let watcher = Watcher::connect(&options)
                 .await

@@ -52,6 +52,7 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
         broker,
         devices,
         topic_prefix,
+        acknowledge: !args.no_ack,
     })
 }
 
@@ -120,6 +121,13 @@ mod tests {
         let err = options(&watch_args(&["--device", "a/b"])).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn watch_acknowledges_unless_told_not_to() {
+        assert!(options(&watch_args(&[])).unwrap().acknowledge);
+        assert!(!options(&watch_args(&["--no-ack"])).unwrap().acknowledge);
+        assert!(!options(&watch_args(&["-no-ack"])).unwrap().acknowledge);
     }
 
     #[test]

@@ -56,7 +56,13 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Optio
             let command_id = fields.command_id.clone().map(Cow::into_owned);
             (action(device, topic_type, fields), command_id)
         }
-        Err(e) => (invalid(topic_type, unreadable(payload, &e)), None),
+        // A payload that does not fit may still name its command, so it can be answered.
+        Err(e) => (
+            invalid(topic_type, unreadable(payload, &e)),
+            serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("commandId")?.as_str().map(str::to_owned)),
+        ),
     };
     Some(Received {
         device_id: device.to_owned(),

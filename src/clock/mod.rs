@@ -1,6 +1,7 @@
 //! The virtual clock: what a smart clock would show for the commands it receives over MQTT.
 //! `clockctl watch` and `clock-server demo` both run it.
 //!
+//! - [`ack`]: the acknowledgement a clock publishes for what it showed (SPEC 7.4).
 //! - [`command`]: a delivered topic and payload (SPEC 4.1) read as a device would, and the
 //!   one plain line printed per command.
 //! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
@@ -8,6 +9,7 @@
 //! - [`watch`]: connecting, subscribing, re-connecting, and showing commands as plain lines,
 //!   JSON lines or a live terminal view.
 
+pub mod ack;
 pub mod command;
 pub mod face;
 pub mod watch;

@@ -13,10 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{Local, Utc};
-use mqtt5::{ConnectOptions, ConnectionEvent, DisconnectReason, MqttClient, QoS, SubscribeOptions};
-use tokio::sync::mpsc;
+use mqtt5::{
+    ConnectOptions, ConnectionEvent, DisconnectReason, MqttClient, PublishOptions, QoS,
+    SubscribeOptions,
+};
+use tokio::sync::{Semaphore, mpsc};
 
-use super::command;
+use super::ack::{Ack, ack_topic, is_ack_topic, usable_response_topic};
+use super::command::{self, Received};
 use super::face::Clocks;
 use crate::domain::DeviceId;
 use crate::shared::{BrokerUrl, MAX_MQTT_PACKET_SIZE, Secret};
@@ -31,6 +35,11 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "clocks/commands";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the live view is redrawn.
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
+/// Acknowledgements waiting for their PUBACK at once; past that one is dropped (and
+/// reported), so a stalled broker costs neither memory nor the display.
+const ACKS_IN_FLIGHT: usize = 64;
+/// Bound on one acknowledgement's publish (the client's own wait has none while offline).
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a virtual clock connects: the broker URL, and the CAs it trusts for `mqtts://`.
 #[derive(Debug, Clone)]
@@ -104,6 +113,8 @@ pub struct WatchOptions {
     pub devices: Vec<DeviceId>,
     /// Already normalised (see [`normalize_prefix`]).
     pub topic_prefix: String,
+    /// Acknowledge each command shown, as a device does (SPEC 7.4); `--no-ack` clears it.
+    pub acknowledge: bool,
 }
 
 impl WatchOptions {
@@ -155,17 +166,98 @@ pub enum WatchError {
 }
 
 enum Event {
-    Message {
-        topic: String,
-        payload: Vec<u8>,
-        retained: bool,
-    },
+    Message(Delivery),
     Connected,
     Lost(String),
 }
 
+/// One message as the broker delivered it.
+struct Delivery {
+    topic: String,
+    payload: Vec<u8>,
+    retained: bool,
+    /// MQTT 5 request/response: where the sender wants the answer, and what to echo.
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+}
+
+/// Publishes acknowledgements without ever holding up the display: each one is its own
+/// task, bounded in number and time; the first failure is reported on stderr, later ones
+/// are not (a broker that refuses one usually refuses them all).
+struct Acker {
+    client: MqttClient,
+    prefix: String,
+    in_flight: Arc<Semaphore>,
+    reported: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Acker {
+    fn acknowledge(&self, received: &Received, delivery: &Delivery) {
+        let Some(ack) = Ack::of(received) else {
+            return;
+        };
+        let topic = delivery
+            .response_topic
+            .as_deref()
+            .filter(|t| usable_response_topic(t))
+            .map_or_else(
+                || ack_topic(&self.prefix, &received.device_id),
+                str::to_owned,
+            );
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            report_once(
+                &self.reported,
+                &topic,
+                &format!("{ACKS_IN_FLIGHT} acknowledgements are still waiting for the broker"),
+            );
+            return;
+        };
+        let mut options = PublishOptions {
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            ..PublishOptions::default()
+        };
+        options.properties.correlation_data = delivery.correlation_data.clone();
+        let (client, reported, stopping) = (
+            self.client.clone(),
+            Arc::clone(&self.reported),
+            Arc::clone(&self.stopping),
+        );
+        tokio::spawn(async move {
+            let sent = tokio::time::timeout(
+                ACK_TIMEOUT,
+                client.publish_with_options(topic.clone(), ack.to_vec(), options),
+            )
+            .await;
+            drop(permit);
+            let why = match sent {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no PUBACK within {} s", ACK_TIMEOUT.as_secs()),
+            };
+            // Disconnecting at the end fails what is still in flight: not worth a line.
+            if !stopping.load(Ordering::SeqCst) {
+                report_once(&reported, &topic, &why);
+            }
+        });
+    }
+}
+
+fn report_once(reported: &AtomicBool, topic: &str, why: &str) {
+    if !reported.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "cannot acknowledge a command on {}: {}; watching goes on (further acknowledgement \
+             failures are not reported; --no-ack turns acknowledging off)",
+            terminal::plain(topic),
+            terminal::plain(why)
+        );
+    }
+}
+
 /// A virtual clock connected to its broker and subscribed; [`Watcher::run`] shows commands.
 pub struct Watcher {
+    acker: Option<Acker>,
     client: MqttClient,
     events: mpsc::UnboundedReceiver<Event>,
     prefix: String,
@@ -258,11 +350,13 @@ impl Watcher {
             };
             let result = client
                 .subscribe_with_options(filter.clone(), subscribe, move |m| {
-                    let _ = tx.send(Event::Message {
+                    let _ = tx.send(Event::Message(Delivery {
                         topic: m.topic,
                         payload: m.payload,
                         retained: m.retain,
-                    });
+                        response_topic: m.properties.response_topic,
+                        correlation_data: m.properties.correlation_data,
+                    }));
                 })
                 .await;
             if let Err(e) = result {
@@ -275,7 +369,15 @@ impl Watcher {
                 });
             }
         }
+        let acker = options.acknowledge.then(|| Acker {
+            client: client.clone(),
+            prefix: options.topic_prefix.clone(),
+            in_flight: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
+            reported: Arc::new(AtomicBool::new(false)),
+            stopping: Arc::clone(&stopping),
+        });
         Ok(Self {
+            acker,
             client,
             events,
             prefix: options.topic_prefix.clone(),
@@ -336,11 +438,9 @@ impl Watcher {
             };
             let step = match event {
                 None => Ok(()),
-                Some(Event::Message {
-                    topic,
-                    payload,
-                    retained,
-                }) => self.on_message(view, out, &mut clocks, &topic, &payload, retained),
+                Some(Event::Message(delivery)) => {
+                    self.on_message(view, out, &mut clocks, &delivery)
+                }
                 Some(Event::Lost(reason)) => {
                     up = false;
                     if view != View::Live {
@@ -382,10 +482,19 @@ impl Watcher {
         view: View,
         out: &mut (dyn Write + Send),
         clocks: &mut Clocks,
-        topic: &str,
-        payload: &[u8],
-        retained: bool,
+        delivery: &Delivery,
     ) -> io::Result<()> {
+        let Delivery {
+            topic,
+            payload,
+            retained,
+            ..
+        } = delivery;
+        // Devices' answers (this clock's own among them) are not commands.
+        if is_ack_topic(&self.prefix, topic) {
+            return Ok(());
+        }
+        let received = command::parse(&self.prefix, topic, payload, *retained);
         match view {
             View::Json => {
                 let payload = serde_json::from_slice::<serde_json::Value>(payload)
@@ -397,21 +506,25 @@ impl Watcher {
                 });
                 // Topic and payload are whatever was published: escaped, not raw.
                 writeln!(out, "{}", terminal::json_value(&line))?;
-                out.flush()
+                out.flush()?;
             }
-            View::Plain | View::Live => {
-                let Some(received) = command::parse(&self.prefix, topic, payload, retained) else {
-                    return Ok(());
-                };
-                if view == View::Plain {
+            View::Plain => {
+                if let Some(received) = &received {
                     writeln!(out, "{}", received.plain_line())?;
-                    out.flush()
-                } else {
-                    clocks.apply(&received, Utc::now());
-                    Ok(())
+                    out.flush()?;
+                }
+            }
+            View::Live => {
+                if let Some(received) = &received {
+                    clocks.apply(received, Utc::now());
                 }
             }
         }
+        // Shown: now answer, as the device would.
+        if let (Some(acker), Some(received)) = (&self.acker, &received) {
+            acker.acknowledge(received, delivery);
+        }
+        Ok(())
     }
 
     fn draw(&self, out: &mut (dyn Write + Send), clocks: &mut Clocks, up: bool) -> io::Result<()> {
@@ -517,6 +630,7 @@ mod tests {
             broker: Broker::parse(DEFAULT_BROKER_URL).unwrap(),
             devices: vec![],
             topic_prefix: "clocks/commands".into(),
+            acknowledge: true,
         };
         assert_eq!(o.topic_filters(), ["clocks/commands/+/+"]);
         o.devices = vec![

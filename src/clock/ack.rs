@@ -1,0 +1,137 @@
+//! The virtual clock's acknowledgements (SPEC 7.4), the device side: what a clock publishes
+//! for a command it showed or rejected, and where.
+//!
+//! The payload is exactly `{"commandId":"…","status":"succeeded"}` or
+//! `{"commandId":"…","status":"failed","reason":"…"}` (reason at most 256 characters): the
+//! server ignores any other shape. The server's reader of the same shape is
+//! `transport::mqtt::acks`, which the clients may not import (docs/ARCHITECTURE.md); the
+//! watch tests check what is published here against that contract on a real broker.
+
+use serde::Serialize;
+
+use super::command::{Action, Received};
+
+/// The last topic level of an acknowledgement: `<prefix>/<deviceId>/ack`.
+pub const ACK_LEVEL: &str = "ack";
+/// Longest `reason` the server accepts; a longer one is cut to this many characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// One acknowledgement payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    pub command_id: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Ack {
+    /// The acknowledgement of what the clock made of `received`: `succeeded` for a command
+    /// it shows, `failed` with the reason for one it rejects; `None` without a `commandId`
+    /// (nothing to acknowledge).
+    pub fn of(received: &Received) -> Option<Self> {
+        let command_id = received.command_id.clone()?;
+        Some(match &received.action {
+            Action::Command(_) => Self {
+                command_id,
+                status: "succeeded",
+                reason: None,
+            },
+            Action::Invalid { reason, .. } => Self {
+                command_id,
+                status: "failed",
+                reason: Some(reason.chars().take(MAX_REASON_CHARS).collect()),
+            },
+        })
+    }
+
+    /// The JSON bytes (strings only: serialising cannot fail).
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// `<prefix>/<deviceId>/ack`, the topic a device answers on when the command's publish
+/// named no Response Topic.
+pub fn ack_topic(prefix: &str, device_id: &str) -> String {
+    format!("{prefix}/{device_id}/{ACK_LEVEL}")
+}
+
+/// Whether `topic` is an acknowledgement under `prefix` (a device's answer, not a command:
+/// the watch subscription `<prefix>/+/+` receives those too).
+pub fn is_ack_topic(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.rsplit_once('/'))
+        .is_some_and(|(_, last)| last == ACK_LEVEL)
+}
+
+/// A Response Topic the clock may publish to (a topic name: no wildcards, not empty).
+pub fn usable_response_topic(topic: &str) -> bool {
+    mqtt5::is_valid_topic_name(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::command::parse;
+
+    fn ack(topic_type: &str, payload: &str) -> Option<String> {
+        let received = parse(
+            "p",
+            &format!("p/clock-1/{topic_type}"),
+            payload.as_bytes(),
+            false,
+        )
+        .unwrap();
+        Ack::of(&received).map(|a| String::from_utf8(a.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_valid_command_is_acknowledged_as_succeeded_in_exactly_the_spec_shape() {
+        assert_eq!(
+            ack("set_brightness", r#"{"level":4,"commandId":"c1"}"#).unwrap(),
+            r#"{"commandId":"c1","status":"succeeded"}"#
+        );
+    }
+
+    #[test]
+    fn a_rejected_command_is_acknowledged_as_failed_with_a_reason_of_at_most_256_chars() {
+        assert_eq!(
+            ack("set_brightness", r#"{"level":101,"commandId":"c2"}"#).unwrap(),
+            r#"{"commandId":"c2","status":"failed","reason":"level must be an integer between 0 and 100"}"#
+        );
+        // A payload that does not fit the command still names its commandId.
+        let wrong_type = ack("set_brightness", r#"{"level":"high","commandId":"c3"}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&wrong_type).unwrap();
+        assert_eq!(v["commandId"], "c3");
+        assert_eq!(v["status"], "failed");
+        let long = format!(r#"{{"type":"{}","commandId":"c4"}}"#, "é".repeat(400));
+        let v: serde_json::Value = serde_json::from_str(&ack("set_alarm", &long).unwrap()).unwrap();
+        assert_eq!(
+            v["reason"].as_str().unwrap().chars().count(),
+            MAX_REASON_CHARS
+        );
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn without_a_command_id_there_is_nothing_to_acknowledge() {
+        assert_eq!(ack("set_brightness", r#"{"level":4}"#), None);
+        assert_eq!(ack("set_brightness", "not json"), None);
+    }
+
+    #[test]
+    fn acknowledgement_topics_are_recognised_and_built() {
+        assert_eq!(ack_topic("p/q", "clock-1"), "p/q/clock-1/ack");
+        assert!(is_ack_topic("p/q", "p/q/clock-1/ack"));
+        assert!(!is_ack_topic("p/q", "p/q/clock-1/set_alarm"));
+        assert!(!is_ack_topic("p/q", "other/clock-1/ack"));
+        assert!(usable_response_topic("p/clock-1/ack"));
+        for bad in ["", "p/+/ack", "p/#", "a\0b"] {
+            assert!(!usable_response_topic(bad), "{bad:?}");
+        }
+    }
+}
