@@ -1,7 +1,6 @@
 //! End-to-end tests of the `clockctl` binary against real HTTP(S) servers on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,12 +46,14 @@ impl Recorded {
     }
 }
 
-/// What the server answers to every request.
+/// What the server answers to a request.
 #[derive(Debug, Clone)]
 struct Reply {
     status: u16,
     body: String,
     headers: Vec<(String, String)>,
+    /// Close the connection without answering (a connection failure for the client).
+    hang_up: bool,
 }
 
 impl Reply {
@@ -61,6 +62,14 @@ impl Reply {
             status,
             body: body.to_owned(),
             headers: Vec::new(),
+            hang_up: false,
+        }
+    }
+
+    fn hang_up() -> Self {
+        Self {
+            hang_up: true,
+            ..Self::new(500, "")
         }
     }
 
@@ -70,6 +79,9 @@ impl Reply {
     }
 }
 
+/// Decides the answer from every request so far (the current one last).
+type Script = Arc<dyn Fn(&[Recorded]) -> Reply + Send + Sync>;
+
 /// A server on 127.0.0.1, port 0, in its own thread and runtime; stops when dropped.
 struct TestServer {
     addr: SocketAddr,
@@ -78,15 +90,29 @@ struct TestServer {
 }
 
 impl TestServer {
+    /// Answers every request with `reply`.
     fn start(reply: Reply) -> Self {
-        Self::start_inner(reply, None)
+        Self::scripted(move |_| reply.clone())
+    }
+
+    /// Answers each request as `script` says.
+    fn scripted(script: impl Fn(&[Recorded]) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_inner(Arc::new(script), None)
+    }
+
+    /// Answers the n-th request with `replies[n]`, and every later one with the last.
+    fn sequence(replies: Vec<Reply>) -> Self {
+        Self::scripted(move |seen| replies[(seen.len() - 1).min(replies.len() - 1)].clone())
     }
 
     fn start_tls(reply: Reply, tls: Arc<ServerConfig>) -> Self {
-        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(tls)))
+        Self::start_inner(
+            Arc::new(move |_: &[Recorded]| reply.clone()),
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+        )
     }
 
-    fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    fn start_inner(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -105,15 +131,15 @@ impl TestServer {
                         _ = &mut stopped => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let reply = reply.clone();
+                            let script = Arc::clone(&script);
                             let recorded = Arc::clone(&recorded);
                             let tls = tls.clone();
                             tokio::spawn(async move {
                                 match tls {
-                                    None => serve(TokioIo::new(stream), reply, recorded).await,
+                                    None => serve(TokioIo::new(stream), script, recorded).await,
                                     Some(acceptor) => {
                                         if let Ok(s) = acceptor.accept(stream).await {
-                                            serve(TokioIo::new(s), reply, recorded).await;
+                                            serve(TokioIo::new(s), script, recorded).await;
                                         }
                                     }
                                 }
@@ -145,12 +171,12 @@ impl TestServer {
     }
 }
 
-async fn serve<IO>(io: IO, reply: Reply, recorded: Arc<Mutex<Vec<Recorded>>>)
+async fn serve<IO>(io: IO, script: Script, recorded: Arc<Mutex<Vec<Recorded>>>)
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
-        let reply = reply.clone();
+        let script = Arc::clone(&script);
         let recorded = Arc::clone(&recorded);
         async move {
             let method = req.method().to_string();
@@ -166,19 +192,27 @@ where
                 })
                 .collect();
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            recorded.lock().unwrap().push(Recorded {
-                method,
-                path,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
+            let reply = {
+                let mut seen = recorded.lock().unwrap();
+                seen.push(Recorded {
+                    method,
+                    path,
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                script(&seen)
+            };
+            if reply.hang_up {
+                // hyper closes the connection without an answer.
+                return Err("hang up");
+            }
             let mut response = Response::builder()
                 .status(reply.status)
                 .header("content-type", "application/json");
             for (name, value) in &reply.headers {
                 response = response.header(name, value);
             }
-            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+            Ok(response.body(Full::new(Bytes::from(reply.body))).unwrap())
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -912,6 +946,8 @@ fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
         &["message", "-help"],
         &["brightness", "-h"],
         &["ready", "--help"],
+        &["status", "--help"],
+        &["cancel", "-help"],
     ] {
         let run = clockctl(args, &[]);
         assert_code(&run, 0);
@@ -927,7 +963,15 @@ fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
         assert!(run.stdout.contains("Exit status"), "{args:?}");
     }
     let run = clockctl(&["alarm", "--help"], &[]);
-    for flag in ["--device", "--time", "--label", "--json"] {
+    for flag in [
+        "--device",
+        "--time",
+        "--label",
+        "--json",
+        "--idempotency-key",
+        "--retries",
+        "--wait",
+    ] {
         assert!(run.stdout.contains(flag), "{flag}");
     }
 }
@@ -970,4 +1014,470 @@ fn ready_reports_a_401_like_any_other_error() {
     assert_code(&run, 1);
     assert!(run.stderr.contains("status=401"), "{run:#?}");
     assert!(run.stderr.contains("unauthorized"), "{run:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Tracked commands (SPEC 7.7): Idempotency-Key, retries, --wait, status, cancel.
+
+const ID: &str = "0190c2a4-7c1e-7b2a-9f00-000000000001";
+const BRIGHTNESS: &[&str] = &["brightness", "--device", "clock-1", "--level", "40"];
+
+/// A 202 as a server with a state store sends it (SPEC 7.2).
+fn accepted(status: &str) -> Reply {
+    Reply::new(
+        202,
+        &format!(
+            r#"{{"result":"updated","commandId":"{ID}","deviceId":"clock-1","status":"{status}","expiresAt":"2030-01-01T00:00:00.000Z"}}"#
+        ),
+    )
+    .header("location", &format!("/commands/{ID}"))
+}
+
+/// A status record (SPEC 7.3) with `status` and `reason` (the device's message).
+fn record(status: &str, reason: Option<&str>) -> String {
+    let reason = reason.map_or_else(
+        || "null".to_owned(),
+        |m| serde_json::json!({"code": "device_failed", "message": m}).to_string(),
+    );
+    format!(
+        r#"{{"commandId":"{ID}","deviceId":"clock-1","type":"set_brightness","principal":"ops","status":"{status}","createdAt":"2030-01-01T00:00:00.000Z","sentAt":"2030-01-01T00:00:00.010Z","completedAt":null,"expiresAt":"2030-01-01T00:10:00.000Z","deviceAcks":true,"statusReason":{reason}}}"#
+    )
+}
+
+fn keys(server: &TestServer) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or("<none>").to_owned())
+        .collect()
+}
+
+fn with(args: &[&str], extra: &[&'static str]) -> Vec<String> {
+    args.iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect::<Vec<_>>()
+}
+
+fn run_with(server: &TestServer, args: &[&str], extra: &[&'static str]) -> Run {
+    let argv = with(args, extra);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    against(server, &argv)
+}
+
+#[test]
+fn every_command_sends_a_new_uuid_idempotency_key_and_the_same_one_on_every_retry() {
+    let server = TestServer::sequence(vec![
+        Reply::new(503, r#"{"error":"state store unavailable"}"#),
+        Reply::new(502, r#"{"error":"command dispatch failed"}"#),
+        accepted("sent"),
+    ]);
+    let run = against(&server, BRIGHTNESS);
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, "brightness command dispatched\n");
+    let keys = keys(&server);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(uuid::Uuid::parse_str(&keys[0]).is_ok(), "{keys:?}");
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let bodies: Vec<String> = server.requests().into_iter().map(|r| r.body).collect();
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+
+    // The next invocation is a new request: a new key.
+    let again = TestServer::start(accepted("sent"));
+    assert_code(&against(&again, BRIGHTNESS), 0);
+    assert_ne!(
+        again.only_request().header("idempotency-key").unwrap(),
+        keys[0]
+    );
+}
+
+#[test]
+fn a_given_idempotency_key_is_sent_as_is_for_every_command() {
+    for args in [
+        ALARM,
+        BRIGHTNESS,
+        &["message", "--device", "c", "--message", "m"],
+    ] {
+        let server = TestServer::start(accepted("sent"));
+        let run = run_with(&server, args, &["--idempotency-key", "deploy-42"]);
+        assert_code(&run, 0);
+        assert_eq!(
+            server.only_request().header("idempotency-key"),
+            Some("deploy-42")
+        );
+    }
+}
+
+#[test]
+fn an_idempotency_key_that_is_not_visible_ascii_exits_2_naming_the_flag() {
+    let server = TestServer::start(accepted("sent"));
+    let long = "k".repeat(256);
+    for key in ["two words", "", "clé", long.as_str()] {
+        let mut argv = BRIGHTNESS.to_vec();
+        argv.extend(["--idempotency-key", key]);
+        let run = against(&server, &argv);
+        assert_code(&run, 2);
+        assert!(run.stderr.contains("--idempotency-key"), "{run:#?}");
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn a_dropped_connection_is_retried_with_the_same_key_then_succeeds() {
+    let server = TestServer::sequence(vec![Reply::hang_up(), accepted("sent")]);
+    let run = against(&server, BRIGHTNESS);
+    assert_code(&run, 0);
+    let keys = keys(&server);
+    assert_eq!(keys.len(), 2, "{run:#?}");
+    assert_eq!(keys[0], keys[1]);
+}
+
+#[test]
+fn a_refused_connection_is_tried_retries_plus_one_times_with_back_off_and_says_so() {
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let started = Instant::now();
+    let run = clockctl(
+        BRIGHTNESS,
+        &[
+            ("CLOCK_SERVER_BASE_URL", &url),
+            ("CLOCK_SERVER_TOKEN", TOKEN),
+        ],
+    );
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("call server"), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("gave up after 3 attempts (--retries 2)"),
+        "{run:#?}"
+    );
+    // Two pauses of back-off: 200 ms, then 400 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn retries_run_out_on_a_502_and_the_error_says_how_many_attempts_were_made() {
+    let server = TestServer::start(Reply::new(502, r#"{"error":"command dispatch failed"}"#));
+    let run = run_with(&server, BRIGHTNESS, &["--retries", "3"]);
+    assert_code(&run, 1);
+    assert_eq!(server.requests().len(), 4);
+    assert!(run.stderr.contains("status=502"), "{run:#?}");
+    assert!(run.stderr.contains("command dispatch failed"), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("gave up after 4 attempts (--retries 3)"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn retries_0_makes_exactly_one_attempt() {
+    let server = TestServer::start(Reply::new(503, r#"{"error":"state store unavailable"}"#));
+    let run = run_with(&server, BRIGHTNESS, &["--retries", "0"]);
+    assert_code(&run, 1);
+    assert_eq!(server.requests().len(), 1);
+    assert!(run.stderr.contains("status=503"), "{run:#?}");
+    assert!(run.stderr.contains("1 attempt (--retries 0)"), "{run:#?}");
+}
+
+#[test]
+fn other_error_statuses_are_never_retried() {
+    for (status, error) in [
+        (400, "invalid command"),
+        (401, "unauthorized"),
+        (403, "forbidden for target device"),
+        (404, "not found"),
+        (422, "idempotency key reused with a different request"),
+        (500, "internal"),
+    ] {
+        let body = format!(r#"{{"error":"{error}"}}"#);
+        let server = TestServer::start(Reply::new(status, &body));
+        let run = against(&server, BRIGHTNESS);
+        assert_code(&run, 1);
+        assert_eq!(server.requests().len(), 1, "{status} was retried");
+        assert!(run.stderr.contains(&format!("status={status}")), "{run:#?}");
+        assert!(run.stderr.contains(error), "{run:#?}");
+        assert!(!run.stderr.contains("attempt"), "{run:#?}");
+    }
+}
+
+#[test]
+fn a_409_in_progress_is_retried_after_its_retry_after_with_the_same_key() {
+    let server = TestServer::sequence(vec![
+        Reply::new(
+            409,
+            r#"{"error":"request with this idempotency key is in progress"}"#,
+        )
+        .header("retry-after", "1"),
+        accepted("sent").header("idempotent-replayed", "true"),
+    ]);
+    let started = Instant::now();
+    let run = against(&server, BRIGHTNESS);
+    assert_code(&run, 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 not honoured: {:?}",
+        started.elapsed()
+    );
+    let keys = keys(&server);
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1]);
+    assert!(run.stderr.contains("Idempotent-Replayed"), "{run:#?}");
+}
+
+/// A server that accepts the command with `first` status, then answers the status
+/// resource with `statuses` in turn (the last one repeating).
+fn tracking_server(first: &str, statuses: Vec<String>) -> TestServer {
+    let first = accepted(first);
+    TestServer::scripted(move |seen| {
+        let current = seen.last().unwrap();
+        if current.method != "GET" {
+            return first.clone();
+        }
+        let polls = seen.iter().filter(|r| r.method == "GET").count();
+        let body = &statuses[(polls - 1).min(statuses.len() - 1)];
+        Reply::new(200, body)
+    })
+}
+
+#[test]
+fn wait_polls_the_status_until_succeeded_and_exits_0() {
+    let server = tracking_server(
+        "sent",
+        vec![record("sent", None), record("succeeded", None)],
+    );
+    let run = run_with(&server, BRIGHTNESS, &["--wait"]);
+    assert_code(&run, 0);
+    assert_eq!(
+        run.stdout,
+        format!("brightness command dispatched\ncommand {ID} succeeded\n")
+    );
+    let polls: Vec<Recorded> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(polls.len(), 2, "{polls:#?}");
+    for poll in &polls {
+        assert_eq!(poll.path, format!("/commands/{ID}"));
+        assert_eq!(
+            poll.header("authorization"),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+    }
+}
+
+#[test]
+fn wait_with_json_prints_the_final_record() {
+    let server = tracking_server("sent", vec![record("succeeded", None)]);
+    let run = run_with(&server, BRIGHTNESS, &["--wait=5s", "--json"]);
+    assert_code(&run, 0);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let sent: serde_json::Value = serde_json::from_str(&record("succeeded", None)).unwrap();
+    assert_eq!(printed, sent);
+}
+
+#[test]
+fn wait_ending_in_failed_exits_1_with_the_reason() {
+    let server = tracking_server(
+        "sent",
+        vec![record("sent", None), record("failed", Some("display busy"))],
+    );
+    let run = run_with(&server, BRIGHTNESS, &["--wait=10s"]);
+    assert_code(&run, 1);
+    assert!(
+        run.stdout
+            .ends_with(&format!("command {ID} failed (display busy)\n")),
+        "{run:#?}"
+    );
+    for end in ["expired", "cancelled"] {
+        let server = tracking_server("scheduled", vec![record(end, None)]);
+        let run = run_with(&server, BRIGHTNESS, &["--wait"]);
+        assert_code(&run, 1);
+        assert!(
+            run.stdout.ends_with(&format!("command {ID} {end}\n")),
+            "{run:#?}"
+        );
+    }
+}
+
+#[test]
+fn wait_gives_up_when_its_duration_ends_and_says_the_status_then() {
+    let server = tracking_server("sent", vec![record("sent", None)]);
+    let started = Instant::now();
+    let run = run_with(&server, BRIGHTNESS, &["--wait=300ms"]);
+    let elapsed = started.elapsed();
+    assert_code(&run, 1);
+    assert!(
+        run.stdout
+            .ends_with(&format!("command {ID} still sent after 300ms\n")),
+        "{run:#?}"
+    );
+    assert!(run.stderr.contains("--wait"), "{run:#?}");
+    assert!(run.stderr.contains("clockctl status"), "{run:#?}");
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[test]
+fn wait_against_a_server_without_a_state_store_says_so_instead_of_hanging() {
+    // STATE_STORE=none: the release-1 202 body, no status, no Location.
+    let server = TestServer::start(Reply::new(202, ACCEPTED));
+    let run = run_with(&server, BRIGHTNESS, &["--wait"]);
+    assert_code(&run, 1);
+    assert_eq!(run.stdout, "brightness command dispatched\n");
+    assert!(run.stderr.contains("STATE_STORE"), "{run:#?}");
+    assert!(run.stderr.contains("--wait"), "{run:#?}");
+    assert_eq!(server.requests().len(), 1, "nothing polled");
+}
+
+#[test]
+fn wait_with_an_invalid_duration_exits_2_naming_the_flag_and_sends_nothing() {
+    let server = TestServer::start(accepted("sent"));
+    for wait in ["--wait=soon", "--wait=0s", "--wait=-1s"] {
+        let run = run_with(&server, BRIGHTNESS, &[wait]);
+        assert_code(&run, 2);
+        assert!(run.stderr.contains("--wait"), "{run:#?}");
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn status_prints_the_record_readably_or_as_the_servers_json() {
+    let body = record("failed", Some("display busy"));
+    let server = TestServer::start(Reply::new(200, &body));
+    let run = against(&server, &["status", ID]);
+    assert_code(&run, 0);
+    for line in [
+        format!("command      {ID}"),
+        "device       clock-1".to_owned(),
+        "type         set_brightness".to_owned(),
+        "status       failed (display busy)  [device_failed]".to_owned(),
+        "completed    -".to_owned(),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} missing: {run:#?}");
+    }
+    let req = server.only_request();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("GET", &*format!("/commands/{ID}"))
+    );
+    assert_eq!(
+        req.header("authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(req.header("idempotency-key"), None);
+
+    let run = against(&server, &["status", ID, "--json"]);
+    assert_code(&run, 0);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    );
+}
+
+#[test]
+fn status_and_cancel_of_an_unknown_command_exit_1_explaining_the_404() {
+    let server = TestServer::start(Reply::new(404, r#"{"error":"not found"}"#));
+    for sub in ["status", "cancel"] {
+        let run = against(&server, &[sub, "nope-1"]);
+        assert_code(&run, 1);
+        assert!(
+            run.stderr.contains(
+                "no command nope-1 (unknown, expired from the store, or outside your scopes)"
+            ),
+            "{run:#?}"
+        );
+    }
+}
+
+#[test]
+fn cancel_deletes_the_command_and_reports_409_with_the_status() {
+    let server = TestServer::start(Reply::new(200, &record("cancelled", None)));
+    let run = against(&server, &["cancel", ID]);
+    assert_code(&run, 0);
+    assert_eq!(run.stdout, format!("cancelled {ID}\n"));
+    let req = server.only_request();
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("DELETE", &*format!("/commands/{ID}"))
+    );
+
+    let server = TestServer::start(Reply::new(
+        409,
+        r#"{"error":"command can no longer be cancelled","status":"sent"}"#,
+    ));
+    let run = against(&server, &["cancel", ID]);
+    assert_code(&run, 1);
+    assert!(
+        run.stderr
+            .contains("can no longer be cancelled: it is sent"),
+        "{run:#?}"
+    );
+    assert_eq!(server.requests().len(), 1, "a 409 is not retried");
+}
+
+#[test]
+fn status_and_cancel_refuse_a_malformed_id_with_exit_2() {
+    let server = TestServer::start(Reply::new(200, &record("sent", None)));
+    let long = "x".repeat(65);
+    for sub in ["status", "cancel"] {
+        for id in ["", "a/b", long.as_str()] {
+            let run = against(&server, &[sub, id]);
+            assert_code(&run, 2);
+            assert!(run.stderr.contains("COMMAND_ID"), "{run:#?}");
+        }
+        let run = against(&server, &[sub]);
+        assert_code(&run, 2);
+    }
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn status_never_lets_a_control_character_of_the_record_reach_stdout() {
+    let hostile = "{\"commandId\":\"x\\u001b]0;pwned\\u0007\",\"status\":\"failed\\u001b[2J\",\
+                   \"deviceId\":\"clock\u{9b}2J\",\"statusReason\":{\"code\":\"c\\u0007\",\
+                   \"message\":\"busy\\n\u{7f}\"}}";
+    let server = TestServer::start(Reply::new(200, hostile));
+    for json in [false, true] {
+        let mut argv = vec!["status", "x"];
+        if json {
+            argv.push("--json");
+        }
+        let run = against(&server, &argv);
+        assert_code(&run, 0);
+        assert!(
+            !run.stdout.chars().any(|c| c.is_control() && c != '\n'),
+            "control characters reached stdout: {run:#?}"
+        );
+    }
+    // And through --wait's outcome line.
+    let hostile = "{\"commandId\":\"x\",\"status\":\"failed\",\"statusReason\":\
+                   {\"code\":\"c\",\"message\":\"busy\\n\u{7f}\\u001b[2J\u{9b}\"}}";
+    let server = tracking_server("sent", vec![hostile.to_owned()]);
+    let run = run_with(&server, BRIGHTNESS, &["--wait"]);
+    assert_code(&run, 1);
+    assert!(
+        !run.stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains(r"failed (busy\n\u{7f}\u{1b}[2J\u{9b})"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn status_is_retried_after_a_503_like_the_commands() {
+    let server = TestServer::sequence(vec![
+        Reply::new(503, r#"{"error":"state store unavailable"}"#),
+        Reply::new(200, &record("sent", None)),
+    ]);
+    let run = against(&server, &["status", ID]);
+    assert_code(&run, 0);
+    assert_eq!(server.requests().len(), 2);
 }
