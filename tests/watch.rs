@@ -635,3 +635,180 @@ async fn watch_announces_a_64_kib_maximum_and_drops_a_bigger_packet_then_reconne
         watch.stderr()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Acknowledgements (SPEC 7.4/7.7): watch answers like a device.
+
+/// What a real subscriber on the broker received: topic, payload, retain flag, and the
+/// correlation data.
+type Seen = Arc<Mutex<Vec<(String, String, bool, Option<Vec<u8>>)>>>;
+
+/// A client subscribed (QoS 1, SUBACK received) to `filter`, recording what arrives.
+async fn subscriber(broker: &Mosquitto, filter: &str) -> (mqtt5::MqttClient, Seen) {
+    let client = mqtt5::MqttClient::new(format!("test-sub-{}", uuid::Uuid::now_v7().simple()));
+    client.connect(&broker.url()).await.unwrap();
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let options = mqtt5::SubscribeOptions {
+        qos: mqtt5::QoS::AtLeastOnce,
+        ..mqtt5::SubscribeOptions::default()
+    };
+    client
+        .subscribe_with_options(filter, options, move |m| {
+            sink.lock().unwrap().push((
+                m.topic,
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                m.retain,
+                m.properties.correlation_data,
+            ));
+        })
+        .await
+        .unwrap();
+    (client, seen)
+}
+
+/// Publishes `payload` on `topic` (QoS 1), with a Response Topic and Correlation Data when
+/// given, as the gateway does.
+async fn publish(broker: &Mosquitto, topic: &str, payload: &str, response: Option<(&str, &[u8])>) {
+    let client = mqtt5::MqttClient::new(format!("test-pub-{}", uuid::Uuid::now_v7().simple()));
+    client.connect(&broker.url()).await.unwrap();
+    let mut options = mqtt5::PublishOptions {
+        qos: mqtt5::QoS::AtLeastOnce,
+        ..mqtt5::PublishOptions::default()
+    };
+    if let Some((topic, correlation)) = response {
+        options.properties.response_topic = Some(topic.to_owned());
+        options.properties.correlation_data = Some(correlation.to_vec());
+    }
+    client
+        .publish_with_options(topic, payload, options)
+        .await
+        .unwrap();
+    let _ = client.disconnect().await;
+}
+
+/// Waits (bounded) until `seen` holds `n` messages; returns them.
+async fn received(seen: &Seen, n: usize) -> Vec<(String, String, bool, Option<Vec<u8>>)> {
+    common::eventually(LINE_WITHIN, "acknowledgements on the broker", || {
+        let all = seen.lock().unwrap().clone();
+        async move { (all.len() >= n).then_some(all) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn watch_acknowledges_a_command_it_shows_with_exactly_the_spec_shape() {
+    let broker = Mosquitto::start_plain();
+    let (_sub, acks) = subscriber(&broker, "clocks/commands/+/ack").await;
+    let mut watch = Watch::start(&broker.url(), &[]);
+    publish(
+        &broker,
+        "clocks/commands/clock-1/set_brightness",
+        r#"{"deviceId":"clock-1","type":"set_brightness","level":40,"commandId":"cmd-1"}"#,
+        None,
+    )
+    .await;
+    let line = watch.next_line();
+    assert_eq!(line, "clock-1 set_brightness level=40 commandId=cmd-1");
+    let acks = received(&acks, 1).await;
+    assert_eq!(
+        acks[0],
+        (
+            "clocks/commands/clock-1/ack".to_owned(),
+            r#"{"commandId":"cmd-1","status":"succeeded"}"#.to_owned(),
+            false,
+            None
+        )
+    );
+    // Its own acknowledgement (on <prefix>/+/+ too) is not shown as a command: the next
+    // line is the next command.
+    publish(
+        &broker,
+        "clocks/commands/clock-1/set_brightness",
+        r#"{"level":41,"commandId":"cmd-2"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(
+        watch.next_line(),
+        "clock-1 set_brightness level=41 commandId=cmd-2"
+    );
+}
+
+#[tokio::test]
+async fn watch_acknowledges_a_payload_it_rejects_as_failed_with_the_reason() {
+    let broker = Mosquitto::start_plain();
+    let (_sub, acks) = subscriber(&broker, "clocks/commands/+/ack").await;
+    let mut watch = Watch::start(&broker.url(), &[]);
+    publish(
+        &broker,
+        "clocks/commands/clock-2/set_brightness",
+        r#"{"level":101,"commandId":"bad-1"}"#,
+        None,
+    )
+    .await;
+    let line = watch.next_line();
+    assert!(line.starts_with("clock-2 invalid_command "), "{line}");
+    let acks = received(&acks, 1).await;
+    let (topic, payload, retained, _) = &acks[0];
+    assert_eq!(topic, "clocks/commands/clock-2/ack");
+    assert!(!retained);
+    let ack: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(
+        ack,
+        serde_json::json!({"commandId":"bad-1","status":"failed",
+            "reason":"level must be an integer between 0 and 100"})
+    );
+}
+
+#[tokio::test]
+async fn watch_answers_on_the_response_topic_with_the_correlation_data() {
+    let broker = Mosquitto::start_plain();
+    let (_sub, replies) = subscriber(&broker, "replies/#").await;
+    let mut watch = Watch::start(&broker.url(), &[]);
+    publish(
+        &broker,
+        "clocks/commands/clock-3/display_message",
+        r#"{"message":"hi","durationSeconds":5,"commandId":"cmd-3"}"#,
+        Some(("replies/clock-3", b"cmd-3")),
+    )
+    .await;
+    watch.next_line();
+    let replies = received(&replies, 1).await;
+    assert_eq!(
+        replies[0],
+        (
+            "replies/clock-3".to_owned(),
+            r#"{"commandId":"cmd-3","status":"succeeded"}"#.to_owned(),
+            false,
+            Some(b"cmd-3".to_vec())
+        )
+    );
+}
+
+#[tokio::test]
+async fn watch_with_no_ack_publishes_nothing() {
+    let broker = Mosquitto::start_plain();
+    let (_sub, seen) = subscriber(&broker, "#").await;
+    let mut watch = Watch::start(&broker.url(), &["--no-ack"]);
+    publish(
+        &broker,
+        "clocks/commands/clock-4/set_brightness",
+        r#"{"level":4,"commandId":"cmd-4"}"#,
+        None,
+    )
+    .await;
+    watch.next_line();
+    // The subscriber has the command itself; an acknowledgement would follow it within
+    // milliseconds (it is published right after the line is printed). Absence can only be
+    // observed over a window: 500 ms, far above that, short enough to keep the test quick.
+    received(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = seen.lock().unwrap().clone();
+    assert_eq!(
+        all.len(),
+        1,
+        "only the command, no acknowledgement: {all:?}"
+    );
+    assert_eq!(all[0].0, "clocks/commands/clock-4/set_brightness");
+}
