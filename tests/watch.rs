@@ -812,3 +812,49 @@ async fn watch_with_no_ack_publishes_nothing() {
     );
     assert_eq!(all[0].0, "clocks/commands/clock-4/set_brightness");
 }
+
+#[tokio::test]
+async fn a_refused_acknowledgement_is_reported_once_and_watch_goes_on() {
+    // The broker lets anonymous clients read commands and write them, but not acknowledge.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read clocks/#\ntopic write clocks/commands/+/set_brightness\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let broker = Mosquitto::start_with(&format!(
+        "allow_anonymous true\nacl_file {}\n",
+        acl.display()
+    ));
+    let mut watch = Watch::start(&broker.url(), &[]);
+    for n in 1..=3 {
+        publish(
+            &broker,
+            "clocks/commands/clock-5/set_brightness",
+            &format!(r#"{{"level":{n},"commandId":"c{n}"}}"#),
+            None,
+        )
+        .await;
+        assert_eq!(
+            watch.next_line(),
+            format!("clock-5 set_brightness level={n} commandId=c{n}")
+        );
+    }
+    common::eventually(LINE_WITHIN, "the refused acknowledgement reported", || {
+        let reported = watch.stderr().contains("cannot acknowledge");
+        async move { reported.then_some(()) }
+    })
+    .await;
+    let stderr = watch.stderr();
+    assert_eq!(stderr.matches("cannot acknowledge").count(), 1, "{stderr}");
+    assert!(stderr.contains("--no-ack"), "{stderr}");
+}
