@@ -754,6 +754,8 @@ fn an_https_server_whose_certificate_is_not_trusted_fails_with_call_server() {
     );
     assert_code(&run, 1);
     assert!(run.stderr.contains("call server"), "{run:#?}");
+    // A refused certificate is not a passing failure: no retries.
+    assert!(!run.stderr.contains("attempts"), "{run:#?}");
     assert!(server.requests().is_empty());
     assert_no_token(&run);
 }

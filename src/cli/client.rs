@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::CliError;
 use super::error::{Attempts, ServerError};
-use super::record::{Accepted, Record, is_final};
+use super::record::{Accepted, Record};
 use super::request::{ApiRequest, Kind, status_path};
 use super::settings::{Settings, is_local, redacted};
 use crate::terminal;
@@ -136,6 +136,34 @@ impl Answer {
     }
 }
 
+/// A request that got no answer.
+struct Unanswered {
+    /// What happened, for `call server: ...`.
+    message: String,
+    /// The server's certificate (or TLS set-up) was refused: trying again cannot help.
+    permanent: bool,
+}
+
+/// Whether rustls refused the connection (an untrusted or mismatched certificate).
+fn tls_refused(err: &reqwest::Error) -> bool {
+    let mut source = err.source();
+    while let Some(mut cause) = source {
+        // An `io::Error` hides the error it wraps from `source()` (and may wrap another
+        // `io::Error`): look inside.
+        while let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            cause = inner;
+        }
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// An answer and how many attempts it took.
 struct Exchange {
     answer: Answer,
@@ -174,7 +202,7 @@ impl Caller<'_> {
         path: &str,
         request: Option<&ApiRequest>,
         timeout: Duration,
-    ) -> Result<Answer, CliError> {
+    ) -> Result<Answer, Unanswered> {
         let url = self.settings.endpoint(path);
         let shown = match reqwest::Url::parse(&url) {
             Ok(u) => redacted(&u),
@@ -199,6 +227,7 @@ impl Caller<'_> {
             }
         }
         let call_error = |e: reqwest::Error| {
+            let permanent = tls_refused(&e);
             let why = if e.is_timeout() {
                 format!(
                     "no complete answer within {} ms (CLOCKCTL_TIMEOUT_MS)",
@@ -207,7 +236,10 @@ impl Caller<'_> {
             } else {
                 chain(&e.without_url())
             };
-            CliError::Call(format!("{method} {shown}: {why}"))
+            Unanswered {
+                message: format!("{method} {shown}: {why}"),
+                permanent,
+            }
         };
         let response = builder.send().await.map_err(call_error)?;
         let status = response.status();
@@ -247,11 +279,12 @@ impl Caller<'_> {
                 )
                 .await;
             let again = match &result {
-                Err(_) => true,
+                Err(e) => !e.permanent,
                 Ok(answer) => retryable(answer.status, request.kind),
             };
             if !again || made > request.retries {
-                let gave_up = again.then_some(Attempts {
+                // `ready` has no --retries: its one attempt is not worth a remark.
+                let gave_up = (again && request.kind != Kind::Ready).then_some(Attempts {
                     made,
                     retries: request.retries,
                 });
@@ -261,11 +294,10 @@ impl Caller<'_> {
                         gave_up,
                         made,
                     }),
-                    Err(CliError::Call(why)) => Err(CliError::Call(match gave_up {
-                        Some(attempts) => format!("{why}; {attempts}"),
-                        None => why,
+                    Err(e) => Err(CliError::Call(match gave_up {
+                        Some(attempts) => format!("{}; {attempts}", e.message),
+                        None => e.message,
                     })),
-                    Err(other) => Err(other),
                 };
             }
             let pause = result
@@ -314,9 +346,9 @@ impl Caller<'_> {
                 Ok(answer) if !retryable(answer.status, Kind::Status) => {
                     return Err(answer.error(None));
                 }
+                Err(e) if e.permanent => return Err(CliError::Call(e.message)),
                 // Transient: poll again.
-                Ok(_) | Err(CliError::Call(_)) => {}
-                Err(other) => return Err(other),
+                Ok(_) | Err(_) => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(left)).await;
@@ -476,12 +508,7 @@ async fn wait_for(
         })
         .map_or_else(|| status_path(&id), str::to_owned);
     let shown_id = terminal::plain(&id);
-    let followed = if is_final(&first_status) {
-        Followed::StillOpen(None)
-    } else {
-        caller.follow(&path, &id, wait).await?
-    };
-    match followed {
+    match caller.follow(&path, &id, wait).await? {
         Followed::Final(record, text) => {
             out.success = record.status == "succeeded";
             out.stdout = if json {
