@@ -858,3 +858,61 @@ async fn a_refused_acknowledgement_is_reported_once_and_watch_goes_on() {
     assert_eq!(stderr.matches("cannot acknowledge").count(), 1, "{stderr}");
     assert!(stderr.contains("--no-ack"), "{stderr}");
 }
+
+/// Runs the real `clockctl` against `server`: exit code and stdout, stderr.
+fn clockctl_output(server: &ServerProcess, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+        .args(args)
+        .env_clear()
+        .env("CLOCK_SERVER_BASE_URL", server.url(""))
+        .env("CLOCK_SERVER_TOKEN", "tok")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn with_watch_acknowledging_clockctl_wait_ends_with_succeeded_on_a_real_server() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    let mut watch = Watch::start(&broker.url(), &["--device", "clock-9"]);
+    let (code, stdout, stderr) = clockctl_output(
+        &server,
+        &[
+            "message",
+            "--device",
+            "clock-9",
+            "--message",
+            "tea",
+            "--wait=15s",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let line = watch.next_line();
+    assert!(line.starts_with("clock-9 display_message "), "{line}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("display-message command dispatched"));
+    let outcome = lines.next().unwrap();
+    let id = outcome
+        .strip_prefix("command ")
+        .and_then(|rest| rest.strip_suffix(" succeeded"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+
+    let (code, stdout, _) = clockctl_output(&server, &["status", id]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("status       succeeded"), "{stdout}");
+    assert!(stdout.contains("device       clock-9"), "{stdout}");
+    let (code, _, stderr) = clockctl_output(&server, &["cancel", id]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("can no longer be cancelled: it is succeeded"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = clockctl_output(&server, &["status", "no-such-command"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no command no-such-command"), "{stderr}");
+}
