@@ -1,30 +1,15 @@
 //! The virtual clock's acknowledgements (SPEC 7.4), the device side: what a clock publishes
 //! for a command it showed or rejected, and where.
 //!
-//! The payload is exactly `{"commandId":"…","status":"succeeded"}` or
-//! `{"commandId":"…","status":"failed","reason":"…"}` (reason at most 256 characters): the
-//! server ignores any other shape. The server's reader of the same shape is
-//! `transport::mqtt::acks`, which the clients may not import (docs/ARCHITECTURE.md); the
-//! watch tests check what is published here against that contract on a real broker.
-
-use serde::Serialize;
+//! The shape itself is defined once, in [`crate::domain::ack`], which the server reads
+//! with; a reason longer than the server accepts is cut to fit.
 
 use super::command::{Action, Received};
-
-/// The last topic level of an acknowledgement: `<prefix>/<deviceId>/ack`.
-pub const ACK_LEVEL: &str = "ack";
-/// Longest `reason` the server accepts; a longer one is cut to this many characters.
-pub const MAX_REASON_CHARS: usize = 256;
+pub use crate::domain::ack::{ACK_LEVEL, MAX_REASON_CHARS, ack_topic};
+use crate::domain::ack::{AckBody, FAILED, SUCCEEDED};
 
 /// One acknowledgement payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Ack {
-    pub command_id: String,
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
+pub type Ack = AckBody;
 
 impl Ack {
     /// The acknowledgement of what the clock made of `received`: `succeeded` for a command
@@ -35,12 +20,12 @@ impl Ack {
         Some(match &received.action {
             Action::Command(_) => Self {
                 command_id,
-                status: "succeeded",
+                status: SUCCEEDED.to_owned(),
                 reason: None,
             },
             Action::Invalid { reason, .. } => Self {
                 command_id,
-                status: "failed",
+                status: FAILED.to_owned(),
                 reason: Some(reason.chars().take(MAX_REASON_CHARS).collect()),
             },
         })
@@ -50,12 +35,6 @@ impl Ack {
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
-}
-
-/// `<prefix>/<deviceId>/ack`, the topic a device answers on when the command's publish
-/// named no Response Topic.
-pub fn ack_topic(prefix: &str, device_id: &str) -> String {
-    format!("{prefix}/{device_id}/{ACK_LEVEL}")
 }
 
 /// Whether `topic` is an acknowledgement under `prefix` (a device's answer, not a command:

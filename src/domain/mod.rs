@@ -1,10 +1,11 @@
 //! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
-//! generic profile's wire forms of a command.
+//! generic profile's wire forms of a command, and a device's acknowledgement ([`ack`]).
 //!
 //! Everything here is pure (no I/O). Request bodies are turned into these types once, at
 //! the HTTP edge; transports only ever see a validated [`Envelope`] and ask it (through a
 //! profile such as [`generic`]) for its wire form.
 
+pub mod ack;
 mod command;
 mod device;
 pub mod generic;

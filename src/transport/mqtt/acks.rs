@@ -5,15 +5,10 @@
 //! most 256 characters). Anything else is refused with a reason the caller counts; it is
 //! never an error of the server.
 
-use serde::Deserialize;
-
 use crate::domain::DeviceId;
+pub use crate::domain::ack::ack_topic;
+use crate::domain::ack::{ACK_LEVEL, AckBody, FAILED, MAX_REASON_CHARS, SUCCEEDED};
 use crate::store::FinalOutcome;
-
-/// The last topic level of an acknowledgement.
-pub const ACK_LEVEL: &str = "ack";
-/// Longest `reason` a device may send.
-pub const MAX_REASON_CHARS: usize = 256;
 
 /// The filter the server subscribes to: `<prefix>/+/ack`, shared among replicas as
 /// `$share/<group>/<prefix>/+/ack` when `MQTT_SHARED_GROUP` is set.
@@ -23,12 +18,6 @@ pub fn ack_filter(prefix: &str, shared_group: Option<&str>) -> String {
         Some(group) => format!("$share/{group}/{filter}"),
         None => filter,
     }
-}
-
-/// The topic a device answers a command on: `<prefix>/<deviceId>/ack` (the MQTT 5
-/// Response Topic of every publish).
-pub fn ack_topic(prefix: &str, device_id: &str) -> String {
-    join(prefix, &[device_id, ACK_LEVEL])
 }
 
 fn join(prefix: &str, levels: &[&str]) -> String {
@@ -75,15 +64,6 @@ impl Malformed {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Body {
-    command_id: String,
-    status: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 /// Checks one message received on the acknowledgement subscription.
 pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Ack, Malformed> {
     let rest = if prefix.is_empty() {
@@ -102,10 +82,10 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Ack, Malformed
     if device.as_str() != device_str_untrimmed(rest) {
         return Err(Malformed::Topic);
     }
-    let body: Body = serde_json::from_slice(payload).map_err(|_| Malformed::Body)?;
+    let body: AckBody = serde_json::from_slice(payload).map_err(|_| Malformed::Body)?;
     let outcome = match body.status.as_str() {
-        "succeeded" => FinalOutcome::Succeeded,
-        "failed" => FinalOutcome::Failed,
+        SUCCEEDED => FinalOutcome::Succeeded,
+        FAILED => FinalOutcome::Failed,
         _ => return Err(Malformed::Status),
     };
     if body
