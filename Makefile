@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-# Container image and registry (Dockerfile; README "Containers"). Every variable can be
+# Container image and registry (Dockerfile; docs/containers.md). Every variable can be
 # overridden on the command line, e.g. `make docker-push REGISTRY=reg.example:5000 IMAGE_TAG=1.2.3`.
 DOCKER ?= docker
 RUST_IMAGE ?= rust:1.95-alpine
@@ -33,7 +33,7 @@ compose-test: export COMPOSE_DOCKER_CLI_BUILD = 1
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-run: ## run the server (configure with environment variables, see README)
+run: ## run the server (configure with environment variables, see docs/configuration.md)
 	$(CARGO) run --release --bin clock-server
 
 test: test-deps ## install test dependencies if missing, then run all tests
@@ -49,7 +49,7 @@ lint: ## formatting and clippy checks, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-bench: ## benchmark the release server against its own Mosquitto, then under attack (BENCH_RUNS, BENCH_SECONDS; README "Performance")
+bench: ## benchmark the release server against its own Mosquitto, then under attack (BENCH_RUNS, BENCH_SECONDS; docs/performance.md)
 	./scripts/bench.sh
 	./scripts/bench-attacks.sh
 	./scripts/bench-store.sh

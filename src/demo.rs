@@ -177,7 +177,7 @@ pub fn loopback_addr(flag: &str, raw: &str) -> Result<SocketAddr, DemoError> {
             "{flag} {addr} is not a loopback address: the demo serves plain HTTP with the \
              well-known token {DEMO_TOKEN} and an anonymous broker, so it listens on loopback \
              only (127.0.0.1:<port> or [::1]:<port>). To serve other machines, run clock-server \
-             without `demo`, configured by environment variables (README, Configuration)."
+             without `demo`, configured by environment variables (docs/configuration.md)."
         )));
     }
     Ok(addr)

@@ -10,7 +10,7 @@ use clock_server::shared::shutdown;
 use clock_server::startup::Application;
 
 /// musl's malloc serialises every allocation behind one lock and made the static image
-/// noticeably slower than the glibc build; see the README's Performance section.
+/// noticeably slower than the glibc build; see docs/performance.md.
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -23,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "Secure HTTP gateway that delivers commands to smart clocks over MQTT and REST",
     after_help = "Without a subcommand it runs the server, configured by environment variables \
-                  (see the README's configuration table)."
+                  (see docs/configuration.md)."
 )]
 struct Cli {
     #[command(subcommand)]
