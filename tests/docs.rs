@@ -228,12 +228,12 @@ fn literals_in_calls(source: &str, methods: &[&str]) -> BTreeSet<String> {
         while let Some(at) = rest.find(method) {
             let after = &rest[at + method.len()..];
             let args = after.trim_start();
-            if args.starts_with('"') {
+            if let Some(inner) = args.strip_prefix('"') {
                 // A call's arguments end at its `)`; an `env = "…"` attribute is one literal.
                 let end = if method.ends_with('(') {
                     args.find(')').unwrap_or(args.len())
                 } else {
-                    args[1..].find('"').map_or(args.len(), |e| e + 2)
+                    inner.find('"').map_or(args.len(), |e| e + 2)
                 };
                 out.extend(upper_literals(&args[..end]));
             }
