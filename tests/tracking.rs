@@ -308,6 +308,10 @@ async fn invalid_keys_get_400_and_only_a_202_is_remembered() {
         assert_eq!(status, 400, "{bad:?}");
         assert_eq!(json(&answer), json!({"error": "invalid Idempotency-Key"}));
     }
+    // Validation comes first: an invalid command with an invalid key is an invalid command.
+    let (status, _, answer) = post(&app, OPS_TOKEN, &msg("bad device!"), Some("a b")).await;
+    assert_eq!(status, 400);
+    assert_eq!(json(&answer)["error"], "invalid command");
     app.fake().fail.store(true, SeqCst);
     let (status, _, _) = post(&app, OPS_TOKEN, &msg("clock-1"), Some("retry-me")).await;
     assert_eq!(status, 502);

@@ -54,9 +54,11 @@ pub async fn command<R: CommandRequest>(
         .ttl()
         .map_err(|e| ApiError::InvalidCommand(e.to_string()));
     // Only a command's own route gets here, so its path is the route's.
+    // The fingerprint needs the body before it becomes a command; a malformed key is
+    // answered only after validation, where SPEC 7.6 places the check.
     let key = match &state.tracker {
-        Some(_) => idempotency_key(&headers, R::TYPE.api_route().1, &body)?,
-        None => None,
+        Some(_) => idempotency_key(&headers, R::TYPE.api_route().1, &body),
+        None => Ok(None),
     };
     let command = body
         .into_command()
@@ -66,6 +68,7 @@ pub async fn command<R: CommandRequest>(
             other => ApiError::InvalidCommand(other.to_string()),
         })?;
     let ttl = ttl?;
+    let key = key?;
     caller
         .dispatch(&state, device, command, R::TYPE, ttl, key)
         .await
