@@ -133,13 +133,17 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let router = router.clone();
                 let tls = tls.clone();
-                let watcher = graceful.watcher();
-                let stopping = stopping.subscribe();
+                let context = ConnContext {
+                    router: router.clone(),
+                    timeouts,
+                    limits,
+                    slot,
+                    watcher: graceful.watcher(),
+                    stopping: stopping.subscribe(),
+                };
                 tokio::spawn(async move {
-                    handle(stream, peer, tls, router, timeouts, limits, slot, watcher, stopping)
-                        .await;
+                    handle(stream, peer, tls, context).await;
                 });
             }
         }
@@ -182,30 +186,35 @@ impl OncePerSecond {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+/// What serving one connection needs besides its stream.
+struct ConnContext {
     router: Router,
     timeouts: Timeouts,
     limits: Limits,
     slot: Slot,
     watcher: Watcher,
+    /// Becomes `true` when the server stops accepting.
     stopping: watch::Receiver<bool>,
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    mut context: ConnContext,
 ) {
-    let eviction = slot.eviction();
-    let mut slot = slot;
+    let eviction = context.slot.eviction();
+    let timeouts = context.timeouts;
     let work = async move {
         match tls {
             None => {
-                let conn = ConnInfo { peer, tls: false };
                 // The head waits in the kernel until it is complete (or over the limit).
-                let mut stop = stopping.clone();
+                let mut stop = context.stopping.clone();
+                let limit = context.limits.max_header_bytes;
                 tokio::select! {
                     waited = tokio::time::timeout(
                         timeouts.read_header,
-                        head::wait_in_kernel(&stream, limits.max_header_bytes, &mut slot),
+                        head::wait_in_kernel(&stream, limit, &mut context.slot),
                     ) => match waited {
                         Ok(true) => {}
                         Ok(false) => return,
@@ -216,19 +225,12 @@ async fn handle(
                     },
                     _ = stop.wait_for(|stop| *stop) => return,
                 }
-                serve_conn(
-                    stream, conn, router, timeouts, limits, slot, watcher, stopping,
-                )
-                .await;
+                serve_conn(stream, ConnInfo { peer, tls: false }, context).await;
             }
             Some(acceptor) => {
                 match tokio::time::timeout(timeouts.read_header, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        let conn = ConnInfo { peer, tls: true };
-                        serve_conn(
-                            tls_stream, conn, router, timeouts, limits, slot, watcher, stopping,
-                        )
-                        .await;
+                        serve_conn(tls_stream, ConnInfo { peer, tls: true }, context).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -244,19 +246,18 @@ async fn handle(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_conn<S>(
-    stream: S,
-    conn: ConnInfo,
-    router: Router,
-    timeouts: Timeouts,
-    limits: Limits,
-    slot: Slot,
-    watcher: Watcher,
-    stopping: watch::Receiver<bool>,
-) where
+async fn serve_conn<S>(stream: S, conn: ConnInfo, context: ConnContext)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let ConnContext {
+        router,
+        timeouts,
+        limits,
+        slot,
+        watcher,
+        mut stopping,
+    } = context;
     let mut io = TimeoutStream::new(stream);
     io.set_read_timeout(Some(timeouts.idle));
     io.set_write_timeout(Some(timeouts.write));
@@ -264,7 +265,6 @@ async fn serve_conn<S>(
     // hyper (and its 8 KiB read buffer) takes over once the first head is complete; until
     // then the header-read timeout is ours, and a shutdown closes the connection, which has
     // no request yet.
-    let mut stopping = stopping;
     tokio::select! {
         first = tokio::time::timeout(timeouts.read_header, io.first_head()) => match first {
             Ok(true) => {}
