@@ -5,22 +5,36 @@
 //! deletion (an entry whose record is gone or changed is skipped when it reaches the
 //! front) and are compacted when stale entries outnumber live ones, which keeps them
 //! O(live). Only `claim_due` walks an ordered set, of scheduled alarms alone.
+//!
+//! Records are held compact, not as [`CommandRecord`]s: with the default bound of
+//! 100,000 records the full form (several `String`s, five `DateTime`s, a hash map and
+//! queues keyed by `Arc<str>`) made the server's peak RSS 152.5 MiB. So a command id in
+//! canonical UUID form (what the server issues) is kept as its 128 bits, any other id as
+//! a shared string; timestamps are milliseconds in an `i64` (they are kept to the
+//! millisecond anyway); principal and command type are interned (there are few); and the
+//! rare fields (status reason, scheduled delivery, lease) sit behind one optional box. A
+//! `CommandRecord` is rebuilt only when one is returned, which also saves the
+//! allocations a full record cost on every create.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, FinalOutcome,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
-    apply_complete, apply_expiry, apply_mark_sent, idem_key, is_dropped, millis, normalise,
+    apply_complete, apply_mark_sent, idem_key, millis, normalise,
 };
 use crate::transport::BoxFuture;
 
 /// How many expired entries one write clears on its way (keeps purging incremental).
 const PURGE_STEP: usize = 4;
+
+/// At most this many distinct principals and command types are shared; past it each new
+/// record gets its own copy, so a flood of distinct names cannot grow the set unbounded.
+const INTERN_MAX: usize = 4096;
 
 /// The in-process store. Cheap to share behind an `Arc`.
 pub struct MemoryStore {
@@ -28,13 +42,173 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// A command id: its 128 bits when it is a UUID in canonical (lower-case, hyphenated)
+/// form, so that it turns back into the very same string; otherwise the string itself.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    /// High and low halves (two `u64`s rather than a `u128`: 8-byte alignment keeps
+    /// queue entries smaller).
+    Uuid(u64, u64),
+    Other(Arc<str>),
+}
+
+impl Key {
+    fn of(id: &str) -> Self {
+        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
+            let mut buf = uuid::Uuid::encode_buffer();
+            if uuid.hyphenated().encode_lower(&mut buf) == id {
+                let (hi, lo) = uuid.as_u64_pair();
+                return Self::Uuid(hi, lo);
+            }
+        }
+        Self::Other(Arc::from(id))
+    }
+
+    fn to_id(&self) -> String {
+        match self {
+            Self::Uuid(hi, lo) => uuid::Uuid::from_u64_pair(*hi, *lo).hyphenated().to_string(),
+            Self::Other(id) => id.to_string(),
+        }
+    }
+}
+
+/// A timestamp in milliseconds since the epoch; `NONE` stands for an absent one (no
+/// representable `DateTime` is that far back).
+type Millis = i64;
+const NONE: Millis = Millis::MIN;
+
+fn to_ms(t: DateTime<Utc>) -> Millis {
+    t.timestamp_millis()
+}
+
+fn to_time(ms: Millis) -> DateTime<Utc> {
+    // Every value stored came from `to_ms` of a valid time, so this always succeeds.
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn to_opt_ms(t: Option<DateTime<Utc>>) -> Millis {
+    t.map_or(NONE, to_ms)
+}
+
+fn to_opt_time(ms: Millis) -> Option<DateTime<Utc>> {
+    (ms != NONE).then(|| to_time(ms))
+}
+
+/// One record, compact (see the module doc).
 struct Entry {
-    record: CommandRecord,
+    device_id: Box<str>,
+    command_type: Arc<str>,
+    principal: Arc<str>,
+    created_at: Millis,
+    expires_at: Millis,
+    sent_at: Millis,
+    completed_at: Millis,
     /// Creation order; the key of this record's place in `Inner::created`.
     seq: u64,
-    /// Set when the record became final; the key of its place in `Inner::finished`.
-    finished_seq: Option<u64>,
-    lease_until: Option<DateTime<Utc>>,
+    /// Once the record is final, the key of its place in `Inner::finished`; 0 before
+    /// (sequence numbers start at 1).
+    finished_seq: u64,
+    rare: Option<Box<Rare>>,
+    status: CommandStatus,
+    device_acks: bool,
+}
+
+/// The fields most records leave empty.
+#[derive(Default)]
+struct Rare {
+    status_reason: Option<StatusReason>,
+    fire_at: Option<Millis>,
+    delivery: Option<Delivery>,
+    lease_until: Option<Millis>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.status_reason.is_none()
+            && self.fire_at.is_none()
+            && self.delivery.is_none()
+            && self.lease_until.is_none()
+    }
+}
+
+impl Entry {
+    fn fire_at(&self) -> Option<Millis> {
+        self.rare.as_ref().and_then(|r| r.fire_at)
+    }
+
+    fn lease_until(&self) -> Option<Millis> {
+        self.rare.as_ref().and_then(|r| r.lease_until)
+    }
+
+    /// Changes the rare fields, dropping the box when nothing is left in it.
+    fn rare_mut(&mut self, change: impl FnOnce(&mut Rare)) {
+        let mut rare = self.rare.take().unwrap_or_default();
+        change(&mut rare);
+        if !rare.is_empty() {
+            self.rare = Some(rare);
+        }
+    }
+
+    fn set_lease(&mut self, until: Option<Millis>) {
+        if until.is_some() || self.lease_until().is_some() {
+            self.rare_mut(|r| r.lease_until = until);
+        }
+    }
+
+    /// The full record, for returning.
+    fn record(&self, key: &Key) -> CommandRecord {
+        let rare = self.rare.as_deref();
+        CommandRecord {
+            command_id: key.to_id(),
+            device_id: self.device_id.to_string(),
+            command_type: self.command_type.to_string(),
+            principal: self.principal.to_string(),
+            status: self.status,
+            created_at: to_time(self.created_at),
+            sent_at: to_opt_time(self.sent_at),
+            completed_at: to_opt_time(self.completed_at),
+            expires_at: to_time(self.expires_at),
+            device_acks: self.device_acks,
+            status_reason: rare.and_then(|r| r.status_reason.clone()),
+            fire_at: rare.and_then(|r| r.fire_at).map(to_time),
+            delivery: rare.and_then(|r| r.delivery.clone()),
+        }
+    }
+
+    /// Takes back what the shared rules (`apply_*`) may change on a rebuilt record.
+    fn absorb(&mut self, r: &CommandRecord) {
+        self.status = r.status;
+        self.sent_at = to_opt_ms(r.sent_at);
+        self.completed_at = to_opt_ms(r.completed_at);
+        let reason = r.status_reason.clone();
+        if reason.is_some()
+            || self
+                .rare
+                .as_ref()
+                .is_some_and(|r| r.status_reason.is_some())
+        {
+            self.rare_mut(|rare| rare.status_reason = reason);
+        }
+    }
+
+    /// `super::is_dropped` on the compact form.
+    fn is_dropped(&self, retention: Duration, now: DateTime<Utc>) -> bool {
+        let final_at = match self.completed_at {
+            t if t != NONE && self.status.is_final() => t,
+            _ => self.expires_at,
+        };
+        add(to_time(final_at), retention) <= now
+    }
+
+    /// `super::apply_expiry` on the compact form; returns whether it changed.
+    fn apply_expiry(&mut self, now: DateTime<Utc>) -> bool {
+        if self.status.is_final() || to_time(self.expires_at) > now {
+            return false;
+        }
+        self.status = CommandStatus::Expired;
+        self.completed_at = self.expires_at;
+        true
+    }
 }
 
 struct IdemEntry {
@@ -48,13 +222,15 @@ struct IdemEntry {
 
 #[derive(Default)]
 struct Inner {
-    records: HashMap<Arc<str>, Entry>,
+    records: HashMap<Key, Entry>,
     /// Every record in creation order: the eviction order once no finished one is left.
-    created: VecDeque<(u64, Arc<str>)>,
+    created: VecDeque<(u64, Key)>,
     /// Records in the order they became final: evicted first, purged after retention.
-    finished: VecDeque<(u64, Arc<str>)>,
+    finished: VecDeque<(u64, Key)>,
     /// `Scheduled` records by fire time, for `claim_due`.
-    scheduled: BTreeSet<(DateTime<Utc>, Arc<str>)>,
+    scheduled: BTreeSet<(Millis, Key)>,
+    /// Shared principals and command types (at most `INTERN_MAX`).
+    interned: HashSet<Arc<str>>,
     idem: HashMap<String, IdemEntry>,
     /// Idempotency entries in the order they were written, with their expiry then.
     idem_order: VecDeque<(u64, DateTime<Utc>, String)>,
@@ -92,58 +268,62 @@ impl Inner {
         self.next_seq
     }
 
-    /// The live record `id` with lazy expiry applied, or `None` (dropping it if it is
+    fn intern(&mut self, s: String) -> Arc<str> {
+        if let Some(shared) = self.interned.get(s.as_str()) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        if self.interned.len() < INTERN_MAX {
+            self.interned.insert(Arc::clone(&shared));
+        }
+        shared
+    }
+
+    /// The live record `key` with lazy expiry applied, or `None` (dropping it if it is
     /// past retention).
-    fn live(&mut self, id: &str, retention: Duration, now: DateTime<Utc>) -> Option<&mut Entry> {
-        let dropped = is_dropped(&self.records.get(id)?.record, retention, now);
-        if dropped {
-            self.remove(id);
+    fn live(&mut self, key: &Key, retention: Duration, now: DateTime<Utc>) -> Option<&mut Entry> {
+        if self.records.get(key)?.is_dropped(retention, now) {
+            self.remove(key);
             return None;
         }
-        let changed = {
-            let entry = self.records.get_mut(id)?;
-            apply_expiry(&mut entry.record, now)
-        };
+        let changed = self.records.get_mut(key)?.apply_expiry(now);
         if changed {
-            self.settle(id);
+            self.settle(key);
         }
-        self.records.get_mut(id)
+        self.records.get_mut(key)
     }
 
     /// Bookkeeping after a record's status may have changed: leaves the scheduled set
     /// when no longer scheduled, joins the finished queue once final.
-    fn settle(&mut self, id: &str) {
-        let Some(entry) = self.records.get(id) else {
+    fn settle(&mut self, key: &Key) {
+        let Some(entry) = self.records.get(key) else {
             return;
         };
-        let (status, fire_at, finished) = (
-            entry.record.status,
-            entry.record.fire_at,
-            entry.finished_seq.is_some(),
-        );
-        let key = self.records.get_key_value(id).map(|(k, _)| Arc::clone(k));
-        let Some(key) = key else { return };
+        let (status, fire_at, finished) = (entry.status, entry.fire_at(), entry.finished_seq != 0);
         if status != CommandStatus::Scheduled
             && let Some(fire_at) = fire_at
         {
-            self.scheduled.remove(&(fire_at, Arc::clone(&key)));
+            self.scheduled.remove(&(fire_at, key.clone()));
         }
         if status.is_final() && !finished {
             let seq = self.seq();
-            if let Some(entry) = self.records.get_mut(id) {
-                entry.finished_seq = Some(seq);
-                entry.lease_until = None;
+            if let Some(entry) = self.records.get_mut(key) {
+                entry.finished_seq = seq;
+                entry.set_lease(None);
             }
-            self.finished.push_back((seq, key));
-            compact(&mut self.finished, &self.records, |e, s| {
-                e.finished_seq == Some(s)
+            self.finished.push_back((seq, key.clone()));
+            let Inner {
+                finished, records, ..
+            } = self;
+            compact(finished, records.len(), |(s, k)| {
+                records.get(k).is_some_and(|e| e.finished_seq == *s)
             });
         }
     }
 
-    fn remove(&mut self, id: &str) {
-        if let Some((key, entry)) = self.records.remove_entry(id)
-            && let Some(fire_at) = entry.record.fire_at
+    fn remove(&mut self, key: &Key) {
+        if let Some((key, entry)) = self.records.remove_entry(key)
+            && let Some(fire_at) = entry.fire_at()
         {
             self.scheduled.remove(&(fire_at, key));
         }
@@ -152,17 +332,17 @@ impl Inner {
     /// Makes room for one more record: the oldest finished first, then the oldest.
     fn evict_for_one(&mut self, max: usize) {
         while self.records.len() >= max.max(1) {
-            if let Some((seq, id)) = self.finished.pop_front() {
+            if let Some((seq, key)) = self.finished.pop_front() {
                 if self
                     .records
-                    .get(&id)
-                    .is_some_and(|e| e.finished_seq == Some(seq))
+                    .get(&key)
+                    .is_some_and(|e| e.finished_seq == seq)
                 {
-                    self.remove(&id);
+                    self.remove(&key);
                 }
-            } else if let Some((seq, id)) = self.created.pop_front() {
-                if self.records.get(&id).is_some_and(|e| e.seq == seq) {
-                    self.remove(&id);
+            } else if let Some((seq, key)) = self.created.pop_front() {
+                if self.records.get(&key).is_some_and(|e| e.seq == seq) {
+                    self.remove(&key);
                 }
             } else {
                 break;
@@ -175,16 +355,16 @@ impl Inner {
         let mut dropped = 0;
         while budget > 0 {
             budget -= 1;
-            let Some((seq, id)) = self.finished.front() else {
+            let Some((seq, key)) = self.finished.front() else {
                 break;
             };
-            match self.records.get(id) {
-                Some(e) if e.finished_seq == Some(*seq) => {
-                    if !is_dropped(&e.record, retention, now) {
+            match self.records.get(key) {
+                Some(e) if e.finished_seq == *seq => {
+                    if !e.is_dropped(retention, now) {
                         break;
                     }
-                    let id = Arc::clone(id);
-                    self.remove(&id);
+                    let key = key.clone();
+                    self.remove(&key);
                     dropped += 1;
                 }
                 _ => {}
@@ -194,16 +374,16 @@ impl Inner {
         // Records that expired unseen never joined `finished`: take them from `created`.
         while budget > 0 {
             budget -= 1;
-            let Some((seq, id)) = self.created.front() else {
+            let Some((seq, key)) = self.created.front() else {
                 break;
             };
-            match self.records.get(id) {
+            match self.records.get(key) {
                 Some(e) if e.seq == *seq => {
-                    if !is_dropped(&e.record, retention, now) {
+                    if !e.is_dropped(retention, now) {
                         break;
                     }
-                    let id = Arc::clone(id);
-                    self.remove(&id);
+                    let key = key.clone();
+                    self.remove(&key);
                     dropped += 1;
                 }
                 _ => {}
@@ -246,41 +426,20 @@ impl Inner {
                 self.idem.remove(&key);
             }
         }
-        compact(&mut self.idem_order, &self.idem, |e, s| e.seq == s);
-    }
-}
-
-/// Queue entries carry their sequence number first; this lets `compact` read it.
-trait Seq {
-    fn seq(&self) -> u64;
-    fn key(&self) -> &str;
-}
-impl Seq for (u64, Arc<str>) {
-    fn seq(&self) -> u64 {
-        self.0
-    }
-    fn key(&self) -> &str {
-        &self.1
-    }
-}
-impl Seq for (u64, DateTime<Utc>, String) {
-    fn seq(&self) -> u64 {
-        self.0
-    }
-    fn key(&self) -> &str {
-        &self.2
+        let Inner {
+            idem_order, idem, ..
+        } = self;
+        compact(idem_order, idem.len(), |(s, _, k)| {
+            idem.get(k).is_some_and(|e| e.seq == *s)
+        });
     }
 }
 
 /// Drops stale queue entries once they outnumber live ones: O(n) each time the queue
 /// has doubled, so O(1) amortised per push.
-fn compact<Q: Seq, K: std::borrow::Borrow<str> + std::hash::Hash + Eq, V>(
-    queue: &mut VecDeque<Q>,
-    live: &HashMap<K, V>,
-    current: impl Fn(&V, u64) -> bool,
-) {
-    if queue.len() > 2 * live.len() + 64 {
-        queue.retain(|q| live.get(q.key()).is_some_and(|v| current(v, q.seq())));
+fn compact<Q>(queue: &mut VecDeque<Q>, live: usize, current: impl FnMut(&Q) -> bool) {
+    if queue.len() > 2 * live + 64 {
+        queue.retain(current);
     }
 }
 
@@ -292,37 +451,52 @@ impl StateStore for MemoryStore {
     fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         let result = (|| {
             let record = normalise(record);
+            let key = Key::of(&record.command_id);
             let mut inner = self.lock();
             let now = record.created_at;
             inner.purge_some(self.settings.retention, now, PURGE_STEP);
-            if inner.records.contains_key(record.command_id.as_str()) {
+            if inner.records.contains_key(&key) {
                 return Err(StoreError::Duplicate {
                     command_id: record.command_id,
                 });
             }
             inner.evict_for_one(self.settings.max_commands);
-            let key: Arc<str> = Arc::from(record.command_id.as_str());
             let seq = inner.seq();
+            let fire_at = record.fire_at.map(to_ms);
             if record.status == CommandStatus::Scheduled
-                && let Some(fire_at) = record.fire_at
+                && let Some(fire_at) = fire_at
             {
-                inner.scheduled.insert((fire_at, Arc::clone(&key)));
+                inner.scheduled.insert((fire_at, key.clone()));
             }
-            inner.created.push_back((seq, Arc::clone(&key)));
-            inner.records.insert(
-                Arc::clone(&key),
-                Entry {
-                    record,
-                    seq,
-                    finished_seq: None,
-                    lease_until: None,
-                },
-            );
+            inner.created.push_back((seq, key.clone()));
+            let rare = Rare {
+                status_reason: record.status_reason,
+                fire_at,
+                delivery: record.delivery,
+                lease_until: None,
+            };
+            let entry = Entry {
+                device_id: record.device_id.into_boxed_str(),
+                command_type: inner.intern(record.command_type),
+                principal: inner.intern(record.principal),
+                created_at: to_ms(record.created_at),
+                expires_at: to_ms(record.expires_at),
+                sent_at: to_opt_ms(record.sent_at),
+                completed_at: to_opt_ms(record.completed_at),
+                seq,
+                finished_seq: 0,
+                rare: (!rare.is_empty()).then(|| Box::new(rare)),
+                status: record.status,
+                device_acks: record.device_acks,
+            };
+            inner.records.insert(key.clone(), entry);
             inner.settle(&key);
             let Inner {
                 created, records, ..
             } = &mut *inner;
-            compact(created, records, |e, s| e.seq == s);
+            compact(created, records.len(), |(s, k)| {
+                records.get(k).is_some_and(|e| e.seq == *s)
+            });
             Ok(())
         })();
         Box::pin(std::future::ready(result))
@@ -333,10 +507,11 @@ impl StateStore for MemoryStore {
         command_id: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        let key = Key::of(command_id);
         let mut inner = self.lock();
         let record = inner
-            .live(command_id, self.settings.retention, now)
-            .map(|e| e.record.clone());
+            .live(&key, self.settings.retention, now)
+            .map(|e| e.record(&key));
         drop(inner);
         Box::pin(std::future::ready(Ok(record)))
     }
@@ -346,13 +521,15 @@ impl StateStore for MemoryStore {
         command_id: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        let key = Key::of(command_id);
         let mut inner = self.lock();
-        let record = match inner.live(command_id, self.settings.retention, now) {
+        let record = match inner.live(&key, self.settings.retention, now) {
             Some(entry) => {
-                apply_mark_sent(&mut entry.record, now);
-                entry.lease_until = None;
-                let record = entry.record.clone();
-                inner.settle(command_id);
+                let mut record = entry.record(&key);
+                apply_mark_sent(&mut record, now);
+                entry.absorb(&record);
+                entry.set_lease(None);
+                inner.settle(&key);
                 Some(record)
             }
             None => None,
@@ -369,11 +546,15 @@ impl StateStore for MemoryStore {
         reason: Option<StatusReason>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
+        let key = Key::of(command_id);
         let mut inner = self.lock();
-        let result = match inner.live(command_id, self.settings.retention, now) {
+        let result = match inner.live(&key, self.settings.retention, now) {
+            Some(entry) if *entry.device_id != *device_id => AckOutcome::WrongDevice,
             Some(entry) => {
-                let result = apply_complete(&mut entry.record, device_id, outcome, reason, now);
-                inner.settle(command_id);
+                let mut record = entry.record(&key);
+                let result = apply_complete(&mut record, device_id, outcome, reason, now);
+                entry.absorb(&record);
+                inner.settle(&key);
                 result
             }
             None => AckOutcome::Unknown,
@@ -387,18 +568,21 @@ impl StateStore for MemoryStore {
         command_id: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<CancelOutcome, StoreError>> {
+        let key = Key::of(command_id);
         let mut inner = self.lock();
-        let result = match inner.live(command_id, self.settings.retention, now) {
+        let result = match inner.live(&key, self.settings.retention, now) {
             None => CancelOutcome::NotFound,
             Some(entry) => {
-                let leased = entry.lease_until.is_some_and(|until| until > now);
-                if entry.record.status != CommandStatus::Scheduled || leased {
-                    CancelOutcome::NotCancellable(entry.record.status)
+                let leased = entry
+                    .lease_until()
+                    .is_some_and(|until| to_time(until) > now);
+                if entry.status != CommandStatus::Scheduled || leased {
+                    CancelOutcome::NotCancellable(entry.status)
                 } else {
-                    entry.record.status = CommandStatus::Cancelled;
-                    entry.record.completed_at = Some(millis(now));
-                    let record = entry.record.clone();
-                    inner.settle(command_id);
+                    entry.status = CommandStatus::Cancelled;
+                    entry.completed_at = to_ms(millis(now));
+                    let record = entry.record(&key);
+                    inner.settle(&key);
                     CancelOutcome::Cancelled(Box::new(record))
                 }
             }
@@ -417,20 +601,20 @@ impl StateStore for MemoryStore {
         let Inner {
             records, scheduled, ..
         } = &mut *inner;
-        let until = millis(add(now, lease));
+        let until = to_ms(millis(add(now, lease)));
         let mut claimed = Vec::new();
-        for (fire_at, id) in scheduled.iter() {
-            if *fire_at > now || claimed.len() >= limit {
+        for (fire_at, key) in scheduled.iter() {
+            if to_time(*fire_at) > now || claimed.len() >= limit {
                 break;
             }
-            let Some(entry) = records.get_mut(id) else {
+            let Some(entry) = records.get_mut(key) else {
                 continue;
             };
-            if entry.lease_until.is_some_and(|t| t > now) {
+            if entry.lease_until().is_some_and(|t| to_time(t) > now) {
                 continue;
             }
-            entry.lease_until = Some(until);
-            claimed.push(entry.record.clone());
+            entry.set_lease(Some(until));
+            claimed.push(entry.record(key));
         }
         drop(inner);
         Box::pin(std::future::ready(Ok(claimed)))

@@ -1,0 +1,67 @@
+//! A measurement, not a check: the memory store's footprint per record.
+//! `cargo test --release --test store_footprint -- --ignored --nocapture`
+#![allow(clippy::unwrap_used)]
+
+use chrono::{DateTime, Utc};
+use clock_server::store::{
+    CommandRecord, CommandStatus, FinalOutcome, MemoryStore, StateStore, StoreSettings,
+};
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_memory_store_bytes_per_record() {
+    const MAX: usize = 100_000;
+    const N: usize = 200_000;
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: MAX,
+        ..StoreSettings::default()
+    });
+    let t0 = DateTime::<Utc>::from_timestamp(1_795_939_200, 0).unwrap();
+    let (rss0, hwm0) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
+    for i in 0..N {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = t0 + chrono::TimeDelta::milliseconds(i as i64);
+        let record = CommandRecord {
+            command_id: id.clone(),
+            device_id: format!("clock-{:04}", i % 1000),
+            command_type: "set_brightness".to_owned(),
+            principal: "ops".to_owned(),
+            status: CommandStatus::Pending,
+            created_at: now,
+            sent_at: None,
+            completed_at: None,
+            expires_at: now + chrono::TimeDelta::seconds(600),
+            device_acks: true,
+            status_reason: None,
+            fire_at: None,
+            delivery: None,
+        };
+        let device = record.device_id.clone();
+        store.create(record).await.unwrap();
+        store.mark_sent(&id, now).await.unwrap();
+        if i % 2 == 0 {
+            store
+                .complete(&id, &device, FinalOutcome::Succeeded, None, now)
+                .await
+                .unwrap();
+        }
+    }
+    let (rss1, hwm1) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
+    let held = store.len();
+    println!("records held: {held}");
+    println!("VmRSS {rss0} kB -> {rss1} kB, VmHWM {hwm0} kB -> {hwm1} kB");
+    println!(
+        "bytes per held record: {:.0} (RSS), {:.0} (peak)",
+        (rss1 - rss0) as f64 * 1024.0 / held as f64,
+        (hwm1 - rss0) as f64 * 1024.0 / held as f64
+    );
+}
