@@ -822,7 +822,7 @@ async fn without_connect_retry_a_lost_connection_is_not_repaired() {
 
 #[tokio::test]
 async fn a_packet_over_the_announced_maximum_drops_the_connection_unbuffered_and_it_comes_back() {
-    use common::mqtt_peer::{CONNACK, maximum_packet_size, oversized_publish_header, read_packet};
+    use common::mqtt_peer::{CONNACK, maximum_packet_size, read_packet};
     use tokio::io::AsyncWriteExt;
 
     const LIMIT: Duration = Duration::from_secs(10);
@@ -845,27 +845,9 @@ async fn a_packet_over_the_announced_maximum_drops_the_connection_unbuffered_and
     // An unsolicited QoS 0 PUBLISH announcing 250 MB on topic "t", then its body streamed,
     // but never more than twice the maximum: a client that buffered the whole packet would
     // be left waiting for the rest (for minutes, given the keep-alive).
-    let header = oversized_publish_header();
-    let (mut reader, mut writer) = first.into_split();
-    let streamer = tokio::spawn(async move {
-        let mut sent = 0;
-        let _ = writer.write_all(&header).await;
-        let chunk = [b'x'; 4096];
-        while sent < 2 * 65_536 && writer.write_all(&chunk).await.is_ok() {
-            sent += chunk.len();
-        }
-        // Keep the write half open: the close must come from the client.
-        std::future::pending::<()>().await;
-    });
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(packet) = read_packet(&mut reader).await {
-            answer.push(packet);
-        }
-    })
-    .await
-    .expect("the client should close the connection once the PUBLISH announced 250 MB");
-    streamer.abort();
+    let answer = common::mqtt_peer::send_oversized_publish(first)
+        .await
+        .expect("the client should close the connection once the PUBLISH announced 250 MB");
     assert!(
         answer.iter().any(common::mqtt_peer::is_packet_too_large),
         "DISCONNECT with reason 0x95 (packet too large) expected, got {answer:?}"

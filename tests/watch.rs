@@ -569,8 +569,7 @@ fn watch_over_mqtts_without_the_ca_fails_on_the_certificate_with_exit_1() {
 #[tokio::test]
 async fn watch_announces_a_64_kib_maximum_and_drops_a_bigger_packet_then_reconnects() {
     use common::mqtt_peer::{
-        CONNACK, is_packet_too_large, maximum_packet_size, oversized_publish_header, read_packet,
-        suback,
+        CONNACK, is_packet_too_large, maximum_packet_size, read_packet, suback,
     };
     use tokio::io::AsyncWriteExt;
 
@@ -599,25 +598,9 @@ async fn watch_announces_a_64_kib_maximum_and_drops_a_bigger_packet_then_reconne
 
     // 250 MB announced, at most 128 KiB of it sent: only a refusal can end this connection
     // within the bound (the watcher's keep-alive is 30 s).
-    let (mut reader, mut writer) = first.into_split();
-    let streamer = tokio::spawn(async move {
-        let mut sent = 0;
-        let _ = writer.write_all(&oversized_publish_header()).await;
-        let chunk = [b'x'; 4096];
-        while sent < 2 * 65_536 && writer.write_all(&chunk).await.is_ok() {
-            sent += chunk.len();
-        }
-        std::future::pending::<()>().await;
-    });
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(packet) = read_packet(&mut reader).await {
-            answer.push(packet);
-        }
-    })
-    .await
-    .expect("clockctl watch should close the connection once the PUBLISH announced 250 MB");
-    streamer.abort();
+    let answer = common::mqtt_peer::send_oversized_publish(first)
+        .await
+        .expect("clockctl watch should close the connection once the PUBLISH announced 250 MB");
     assert!(
         answer.iter().any(is_packet_too_large),
         "DISCONNECT with reason 0x95 expected, got {answer:?}"

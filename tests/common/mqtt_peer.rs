@@ -109,3 +109,31 @@ pub fn suback(subscribe: &[u8]) -> Vec<u8> {
     out.extend(std::iter::repeat_n(0x01, granted as usize));
     out
 }
+
+/// Sends `stream`'s client a PUBLISH that announces 250 MB and streams at most twice the
+/// maximum packet size of its body, keeping the write half open, and collects what the
+/// client sends until it closes the connection. `None` when it did not close within 5 s
+/// (it would be waiting for the rest of a packet it should have refused).
+pub async fn send_oversized_publish(stream: tokio::net::TcpStream) -> Option<Vec<(u8, Vec<u8>)>> {
+    use tokio::io::AsyncWriteExt;
+    let (mut reader, mut writer) = stream.into_split();
+    let streamer = tokio::spawn(async move {
+        let mut sent = 0;
+        let _ = writer.write_all(&oversized_publish_header()).await;
+        let chunk = [b'x'; 4096];
+        while sent < 2 * 65_536 && writer.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        // Keep the write half open: the close must come from the client.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(packet) = read_packet(&mut reader).await {
+            answer.push(packet);
+        }
+    })
+    .await;
+    streamer.abort();
+    closed.ok().map(|()| answer)
+}
