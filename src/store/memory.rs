@@ -42,6 +42,15 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// One of the two record queues that retention purging walks.
+#[derive(Clone, Copy)]
+enum Queue {
+    /// Records in the order they became final.
+    Finished,
+    /// Records in the order they were created.
+    Created,
+}
+
 /// A command id: its 128 bits when it is a UUID in canonical (lower-case, hyphenated)
 /// form, so that it turns back into the very same string; otherwise the string itself.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -352,44 +361,9 @@ impl Inner {
 
     /// A few steps of retention purging from the fronts of the queues.
     fn purge_some(&mut self, retention: Duration, now: DateTime<Utc>, mut budget: usize) -> u64 {
-        let mut dropped = 0;
-        while budget > 0 {
-            budget -= 1;
-            let Some((seq, key)) = self.finished.front() else {
-                break;
-            };
-            match self.records.get(key) {
-                Some(e) if e.finished_seq == *seq => {
-                    if !e.is_dropped(retention, now) {
-                        break;
-                    }
-                    let key = key.clone();
-                    self.remove(&key);
-                    dropped += 1;
-                }
-                _ => {}
-            }
-            self.finished.pop_front();
-        }
+        let mut dropped = self.purge_records(Queue::Finished, retention, now, &mut budget);
         // Records that expired unseen never joined `finished`: take them from `created`.
-        while budget > 0 {
-            budget -= 1;
-            let Some((seq, key)) = self.created.front() else {
-                break;
-            };
-            match self.records.get(key) {
-                Some(e) if e.seq == *seq => {
-                    if !e.is_dropped(retention, now) {
-                        break;
-                    }
-                    let key = key.clone();
-                    self.remove(&key);
-                    dropped += 1;
-                }
-                _ => {}
-            }
-            self.created.pop_front();
-        }
+        dropped += self.purge_records(Queue::Created, retention, now, &mut budget);
         while budget > 0 {
             budget -= 1;
             let Some((seq, expires_at, key)) = self.idem_order.front() else {
@@ -407,6 +381,48 @@ impl Inner {
                 dropped += 1;
             }
             self.idem_order.pop_front();
+        }
+        dropped
+    }
+
+    /// Drops records past retention from the front of one record queue, within `budget`
+    /// steps; entries that no longer match their record (stale) are skipped.
+    fn purge_records(
+        &mut self,
+        which: Queue,
+        retention: Duration,
+        now: DateTime<Utc>,
+        budget: &mut usize,
+    ) -> u64 {
+        let mut dropped = 0;
+        while *budget > 0 {
+            *budget -= 1;
+            let queue = match which {
+                Queue::Finished => &self.finished,
+                Queue::Created => &self.created,
+            };
+            let Some((seq, key)) = queue.front() else {
+                break;
+            };
+            let current = |e: &Entry| match which {
+                Queue::Finished => e.finished_seq,
+                Queue::Created => e.seq,
+            };
+            match self.records.get(key) {
+                Some(e) if current(e) == *seq => {
+                    if !e.is_dropped(retention, now) {
+                        break;
+                    }
+                    let key = key.clone();
+                    self.remove(&key);
+                    dropped += 1;
+                }
+                _ => {}
+            }
+            match which {
+                Queue::Finished => self.finished.pop_front(),
+                Queue::Created => self.created.pop_front(),
+            };
         }
         dropped
     }
