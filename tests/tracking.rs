@@ -658,3 +658,121 @@ async fn a_late_acknowledgement_after_expiry_is_ignored() {
         "expired"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// An acknowledgement that overtakes the broker's PUBACK (SPEC 7.4)
+// ---------------------------------------------------------------------------------------
+
+/// The PUBLISH a hand-written broker receives: its packet id and JSON payload.
+fn parse_publish(first: u8, body: &[u8]) -> (u16, Value) {
+    assert_eq!(first >> 4, 3, "PUBLISH expected");
+    assert_eq!((first >> 1) & 3, 1, "QoS 1 expected");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut at = 2 + topic_len;
+    let packet_id = u16::from_be_bytes([body[at], body[at + 1]]);
+    at += 2;
+    // Properties: a variable byte integer length, then that many bytes.
+    let (mut props_len, mut shift) = (0usize, 0);
+    loop {
+        let b = body[at];
+        at += 1;
+        props_len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    (packet_id, json(&body[at + props_len..]))
+}
+
+/// A QoS 0 PUBLISH with no properties.
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend(topic.as_bytes());
+    body.push(0); // no properties
+    body.extend(payload);
+    let mut packet = vec![0x30];
+    packet.extend(common::mqtt_peer::varint(body.len() as u32));
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test]
+async fn an_ack_that_overtakes_the_puback_is_applied_and_the_record_shows_sent_at_too() {
+    use common::mqtt_peer::{CONNACK, read_packet, suback};
+    use tokio::io::AsyncWriteExt;
+
+    // Mosquitto always sends the PUBACK first, so the broker here is a hand-written one
+    // that holds the PUBACK back while the device's acknowledgement goes through.
+    const LIMIT: Duration = Duration::from_secs(10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    let app = start(
+        &env_with(&[
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", url.as_str()),
+            ("ALLOW_INSECURE_MQTT", "true"),
+            ("READINESS_REQUIRE_AUTH", "false"),
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    let (mut broker, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (kind, _) = read_packet(&mut broker).await.unwrap();
+    assert_eq!(kind >> 4, 1, "CONNECT expected");
+    broker.write_all(&CONNACK).await.unwrap();
+
+    // Answer the acknowledgement SUBSCRIBE (and any ping) until the command's PUBLISH.
+    let app = Arc::new(app);
+    let submit = {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, OPS_TOKEN, &msg("clock-1"), None).await })
+    };
+    let (packet_id, payload) = tokio::time::timeout(LIMIT, async {
+        loop {
+            let (first, body) = read_packet(&mut broker).await.expect("a packet");
+            match first >> 4 {
+                8 => broker.write_all(&suback(&body)).await.unwrap(),
+                12 => broker.write_all(&[0xd0, 0x00]).await.unwrap(),
+                3 => return parse_publish(first, &body),
+                other => panic!("unexpected packet type {other}"),
+            }
+        }
+    })
+    .await
+    .expect("the command's PUBLISH");
+    let id = payload["commandId"].as_str().unwrap().to_owned();
+
+    // The device answers before the broker's PUBACK has reached the server.
+    let ack = format!(r#"{{"commandId":"{id}","status":"succeeded"}}"#);
+    broker
+        .write_all(&publish_packet(
+            "clocks/commands/clock-1/ack",
+            ack.as_bytes(),
+        ))
+        .await
+        .unwrap();
+    let record = status_becomes(&app, &id, "succeeded").await;
+    assert!(record["sentAt"].is_null(), "{record}");
+    assert!(
+        !submit.is_finished(),
+        "the 202 must still wait for the PUBACK"
+    );
+
+    // Then the PUBACK: the caller gets its 202 and the record keeps its final status,
+    // now with `sentAt` as well.
+    let mut puback = vec![0x40, 0x02];
+    puback.extend(packet_id.to_be_bytes());
+    broker.write_all(&puback).await.unwrap();
+    let (status, _, answer) = tokio::time::timeout(LIMIT, submit).await.unwrap().unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(json(&answer)["commandId"], id);
+    let (_, record) = get_record(&app, OPS_TOKEN, &id).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(is_utc_millis(&record["sentAt"]), "{record}");
+    assert!(is_utc_millis(&record["completedAt"]), "{record}");
+}
