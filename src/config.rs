@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::domain::Devices;
 use crate::security::{Credential, parse_credentials};
 use crate::shared::secret::REDACTED;
 use crate::shared::{BrokerUrl, BrokerUrlError, Secret, go_bool};
@@ -287,6 +288,11 @@ pub struct Config {
     pub log_level: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
     pub tracking: TrackingConfig,
+    /// `DEVICES_FILE`: the devices with a profile other than generic (SPEC 8). The demo
+    /// adds its virtual AWTRIX here.
+    pub devices: Devices,
+    /// Where [`Config::devices`] came from, for start-up messages.
+    pub devices_file: Option<PathBuf>,
     /// Every secret above, for scrubbing logged text from outside.
     pub redactor: Redactor,
 }
@@ -572,6 +578,24 @@ impl Config {
         }
 
         let tracking = read_tracking(&mut r);
+        let devices_file = r.path("DEVICES_FILE");
+        let devices = match &devices_file {
+            None => Devices::new(),
+            Some(path) => {
+                let senders_raw = r
+                    .raw("ENABLED_SENDERS")
+                    .unwrap_or_else(|| "mqtt,rest".to_owned());
+                let context = crate::devices::Context {
+                    senders: &senders_raw,
+                    mqtt_enabled: senders.contains(&Sender::Mqtt),
+                    store_none: tracking.store == StoreKind::None,
+                };
+                crate::devices::read(path, context).unwrap_or_else(|errors| {
+                    r.errors.extend(errors);
+                    Devices::new()
+                })
+            }
+        };
 
         let transports = match transports {
             Some(transports) if r.errors.is_empty() => transports,
@@ -588,6 +612,8 @@ impl Config {
             log_level,
             metrics_addr,
             tracking,
+            devices,
+            devices_file,
             redactor: Redactor::new(&r.secrets),
         })
     }

@@ -3,11 +3,13 @@
 //!
 //! Where things live (docs/ARCHITECTURE.md has the path of a command and where to add one):
 //! - [`domain`]: `DeviceId`, `Scope`; each command's type, routes, fields, limits, validation
-//!   and request body (`command.rs`); the generic profile's wire forms (`generic.rs`). No I/O.
+//!   and request body (`command.rs`); each device profile's wire forms (`generic.rs`,
+//!   `awtrix3.rs`) and the map of devices to profiles (`profile.rs`). No I/O.
 //! - [`shared`]: what server and clients both use, once: `Secret`, the shutdown signal,
 //!   Go-style booleans, the MQTT broker URL parser.
 //! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once; the
 //!   enabled transports (never empty) and the TLS policy as types.
+//! - [`devices`]: `DEVICES_FILE`, the TOML file of devices with a profile, errors by line.
 //! - [`security`]: credentials, constant-time token lookup, the auth-failure throttle.
 //! - [`http`]: the router, the front checks of every request, extractors, handlers, the
 //!   HTTP(S) server.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod devices;
 pub mod dispatch;
 pub mod domain;
 pub mod http;

@@ -211,6 +211,15 @@ impl Command {
         }
     }
 
+    /// The instant an alarm goes off: its `alarmTime` (an RFC 3339 instant; the offset
+    /// only says how it was written). `None` for the other commands.
+    pub fn alarm_instant(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::SetAlarm { alarm_time, .. } => Some(alarm_time.to_utc()),
+            _ => None,
+        }
+    }
+
     pub fn command_type(&self) -> CommandType {
         match self {
             Self::SetAlarm { .. } => CommandType::SetAlarm,

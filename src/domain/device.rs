@@ -5,7 +5,7 @@ use std::fmt;
 use super::field;
 
 /// A device id: 1–64 characters of `[A-Za-z0-9_-]`, so it is safe in MQTT topics and URLs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);
 
 /// Why a string is not a device id.

@@ -1,0 +1,142 @@
+//! Device profiles (SPEC 8): which firmware a device runs, so the transports know which
+//! wire form to ask for. [`Devices`] maps the device ids of `DEVICES_FILE` (or of the demo)
+//! to their [`Profile`]; every other device is [`Profile::Generic`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::DeviceId;
+use super::awtrix3::Awtrix3Device;
+
+/// The firmware a device runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profile {
+    /// The generic firmware of SPEC 4 ([`super::generic`]).
+    Generic,
+    /// AWTRIX 3 (SPEC 8.1): MQTT only, alarms held by the gateway, no acknowledgements.
+    Awtrix3(Awtrix3Device),
+}
+
+impl Profile {
+    /// The name used in `DEVICES_FILE` (`profile = "…"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Generic => ProfileName::Generic.as_str(),
+            Self::Awtrix3(_) => ProfileName::Awtrix3.as_str(),
+        }
+    }
+
+    /// Whether the device acknowledges commands on `<prefix>/<deviceId>/ack` (SPEC 7.4):
+    /// the record's `deviceAcks`.
+    pub fn acknowledges(&self) -> bool {
+        matches!(self, Self::Generic)
+    }
+
+    /// Whether the gateway holds this device's alarms until their time (SPEC 8.1).
+    pub fn gateway_schedules_alarms(&self) -> bool {
+        matches!(self, Self::Awtrix3(_))
+    }
+
+    /// Whether the device can only be reached over MQTT.
+    pub fn mqtt_only(&self) -> bool {
+        matches!(self, Self::Awtrix3(_))
+    }
+}
+
+/// The profile names `DEVICES_FILE` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileName {
+    Generic,
+    Awtrix3,
+}
+
+impl ProfileName {
+    pub const ALL: [Self; 2] = [Self::Generic, Self::Awtrix3];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Awtrix3 => "awtrix3",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProfileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The devices whose profile is not the generic one, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices {
+    by_id: BTreeMap<DeviceId, Profile>,
+}
+
+static GENERIC: Profile = Profile::Generic;
+
+impl Devices {
+    /// No device listed: every device is generic.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lists `id` with `profile`; returns the profile it had, if it was listed.
+    pub fn insert(&mut self, id: DeviceId, profile: Profile) -> Option<Profile> {
+        self.by_id.insert(id, profile)
+    }
+
+    /// The profile of `id`: [`Profile::Generic`] unless listed otherwise.
+    pub fn profile(&self, id: &DeviceId) -> &Profile {
+        self.by_id.get(id).unwrap_or(&GENERIC)
+    }
+
+    /// The listed devices, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &Profile)> {
+        self.by_id.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The listed devices whose alarms the gateway holds (start-up checks the store).
+    pub fn with_scheduled_alarms(&self) -> impl Iterator<Item = &DeviceId> {
+        self.iter()
+            .filter(|(_, p)| p.gateway_schedules_alarms())
+            .map(|(id, _)| id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::domain::awtrix3::AwtrixTopic;
+
+    #[test]
+    fn an_unlisted_device_is_generic_and_acknowledges() {
+        let mut devices = Devices::new();
+        let kitchen = DeviceId::parse("kitchen").unwrap();
+        let awtrix = Awtrix3Device::new(AwtrixTopic::parse("awtrix_a1").unwrap(), None);
+        devices.insert(kitchen.clone(), Profile::Awtrix3(awtrix));
+        let other = DeviceId::parse("clock-1").unwrap();
+        assert_eq!(devices.profile(&other), &Profile::Generic);
+        assert!(devices.profile(&other).acknowledges());
+        assert!(!devices.profile(&kitchen).acknowledges());
+        assert_eq!(devices.profile(&kitchen).name(), "awtrix3");
+        assert_eq!(
+            devices.with_scheduled_alarms().collect::<Vec<_>>(),
+            [&kitchen]
+        );
+    }
+}
