@@ -60,6 +60,19 @@ pub fn audit_replayed(ctx: &AuditContext<'_>, command: &AuditedCommand<'_>) {
     audit!(info, ctx, command, "replayed", "command replayed");
 }
 
+/// The audit record of an alarm the gateway holds until `fire_at` (SPEC 8.1): accepted,
+/// nothing dispatched yet; the scheduler logs the publish.
+pub fn audit_scheduled(ctx: &AuditContext<'_>, command: &AuditedCommand<'_>, fire_at: &str) {
+    audit!(
+        info,
+        ctx,
+        command,
+        "scheduled",
+        "alarm scheduled",
+        fire_at = fire_at
+    );
+}
+
 /// Sends commands through the configured transport (a single one or a fan-out).
 #[derive(Clone)]
 pub struct Dispatcher {

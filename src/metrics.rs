@@ -429,6 +429,10 @@ impl Transport for Instrumented {
         })
     }
 
+    fn reaches(&self, profile: &crate::domain::Profile) -> bool {
+        self.inner.reaches(profile)
+    }
+
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }

@@ -14,6 +14,7 @@ use crate::dispatch::Dispatcher;
 use crate::http::server::{Limits, Timeouts, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::scheduler::SchedulerHandle;
 use crate::security::AuthThrottle;
 use crate::tls;
 use crate::tracking::Tracker;
@@ -39,6 +40,9 @@ pub enum StartupError {
     },
     #[error("{0}")]
     Transport(#[from] TransportError),
+    /// A device whose alarms the gateway holds, without a store to hold them.
+    #[error("{0}")]
+    Devices(String),
     #[error("STATE_STORE={kind}: {source}")]
     Store {
         kind: String,
@@ -55,6 +59,8 @@ pub struct Application {
     limits: Limits,
     /// The `/metrics` listener, when `METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
+    /// The loop publishing gateway-held alarms, when a device needs it.
+    scheduler: Option<SchedulerHandle>,
 }
 
 /// Each enabled transport on its own, in `ENABLED_SENDERS` order, and the MQTT one again
@@ -103,7 +109,22 @@ fn build_tracker(
             source,
         }
     })?;
+    let held: Vec<&str> = config
+        .devices
+        .with_scheduled_alarms()
+        .map(|d| d.as_str())
+        .collect();
+    let devices_file = config.devices_file.as_ref().map_or_else(
+        || "the devices".to_owned(),
+        |p| format!("DEVICES_FILE={}", p.display()),
+    );
     let Some(store) = store else {
+        if !held.is_empty() {
+            return Err(StartupError::Devices(format!(
+                "{devices_file} names devices whose alarms the gateway holds until their time ({}), but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)",
+                held.join(", ")
+            )));
+        }
         tracing::info!(
             "STATE_STORE=none: commands are not tracked (no status resource, no Idempotency-Key)"
         );
@@ -116,6 +137,12 @@ fn build_tracker(
             max_commands = tracking.settings.max_commands,
             "STATE_STORE=memory: command records and Idempotency-Keys are kept in this process only and are lost on restart"
         );
+        if !held.is_empty() {
+            tracing::warn!(
+                devices = %held.join(","),
+                "{devices_file} names devices whose alarms the gateway holds (awtrix3), and STATE_STORE=memory loses scheduled alarms on restart; use STATE_STORE=file:<path> to keep them"
+            );
+        }
     }
     let tracker = Arc::new(Tracker::new(
         store,
@@ -146,7 +173,20 @@ impl Application {
             .into_iter()
             .map(|t| metrics.instrument(t))
             .collect();
-        let app = Self::bind(config, combine(transports), metrics).await?;
+        let publish_timeout = config.transports.mqtt().map(|m| m.publish_timeout);
+        let mut app = Self::bind(config, combine(transports), metrics).await?;
+        if let (Some(acks), Some(tracker), Some(publish_timeout)) =
+            (&acks, &app.state.tracker, publish_timeout)
+            && app.state.devices.with_scheduled_alarms().next().is_some()
+        {
+            app.scheduler = Some(crate::scheduler::spawn(
+                tracker.clone(),
+                acks.transport.clone(),
+                app.state.alarms.clone(),
+                app.state.metrics.clone(),
+                publish_timeout,
+            ));
+        }
         if let (Some(acks), Some(tracker)) = (acks, &app.state.tracker) {
             let (sink, queue) = tokio::sync::mpsc::channel(crate::tracking::ACK_QUEUE);
             let filter = crate::transport::mqtt::acks::ack_filter(
@@ -208,6 +248,8 @@ impl Application {
             metrics,
             refusals: Default::default(),
             tracker,
+            devices: Arc::new(config.devices.clone()),
+            alarms: Arc::default(),
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,
@@ -226,6 +268,7 @@ impl Application {
             timeouts,
             limits,
             metrics_listener,
+            scheduler: None,
         })
     }
 
@@ -283,6 +326,11 @@ impl Application {
             shutdown,
         )
         .await;
+        // No alarm is claimed once the API has stopped; those being published settle
+        // before the transports close.
+        if let Some(scheduler) = self.scheduler {
+            scheduler.stop().await;
+        }
         self.state.dispatcher.close().await;
         if let Some((stop, task)) = metrics_task {
             let _ = stop.send(());

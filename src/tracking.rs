@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use crate::domain::CommandType;
 use crate::metrics::Metrics;
 use crate::store::{
-    AckOutcome, CommandRecord, CommandStatus, FinalOutcome, StateStore, StatusReason, StoreError,
+    AckOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome, StateStore, StatusReason,
+    StoreError,
 };
 use crate::transport::mqtt::acks;
 
@@ -74,6 +75,7 @@ impl Tracker {
         principal: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+        device_acks: bool,
     ) -> Result<(), Unavailable> {
         let record = CommandRecord {
             command_id: command_id.to_owned(),
@@ -85,8 +87,8 @@ impl Tracker {
             sent_at: None,
             completed_at: None,
             expires_at,
-            // The generic profile acknowledges commands (SPEC 7.4).
-            device_acks: true,
+            // Whether the device's profile acknowledges commands (SPEC 7.4, 8).
+            device_acks,
             status_reason: None,
             fire_at: None,
             delivery: None,
@@ -95,6 +97,42 @@ impl Tracker {
             .create(record)
             .await
             .map_err(|e| self.failed("writing a new record", &e))
+    }
+
+    /// The record of an alarm the gateway holds until `fire_at` (SPEC 8.1): `scheduled`,
+    /// with what to publish then. Once this resolves the alarm is in the store (on disk
+    /// for `file:`), and the scheduler may claim it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn schedule(
+        &self,
+        command_id: &str,
+        device_id: &str,
+        principal: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        fire_at: DateTime<Utc>,
+        delivery: Delivery,
+    ) -> Result<(), Unavailable> {
+        let record = CommandRecord {
+            command_id: command_id.to_owned(),
+            device_id: device_id.to_owned(),
+            command_type: CommandType::SetAlarm.as_str().to_owned(),
+            principal: principal.to_owned(),
+            status: CommandStatus::Scheduled,
+            created_at: now,
+            sent_at: None,
+            completed_at: None,
+            expires_at,
+            // Only profiles without acknowledgements have gateway-held alarms.
+            device_acks: false,
+            status_reason: None,
+            fire_at: Some(fire_at),
+            delivery: Some(delivery),
+        };
+        self.store
+            .create(record)
+            .await
+            .map_err(|e| self.failed("writing a scheduled alarm", &e))
     }
 
     /// Every transport accepted the command. A failure here is logged, not answered: the

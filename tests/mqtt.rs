@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clock_server::startup::StartupError;
@@ -14,7 +13,7 @@ use common::app::{TestApp as App, client, env_with, start};
 use common::certs::TestPki;
 use common::eventually;
 use common::mosquitto::Mosquitto;
-use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
+use common::subscriber::{Received, Subscriber};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -128,98 +127,6 @@ fn command_id(body: &Value) -> String {
 // ---------------------------------------------------------------------------------------
 // A subscriber on the broker (the `mqtt5` client; `mosquitto_sub` where noted)
 // ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Received {
-    topic: String,
-    payload: Value,
-    qos: u8,
-    retain: bool,
-}
-
-struct Subscriber {
-    client: MqttClient,
-    got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Subscriber {
-    /// Subscribes to everything at QoS 2 (so each message keeps the QoS it was published with).
-    async fn plain(port: u16) -> Self {
-        Self::start(port, None, false).await
-    }
-
-    async fn with_credentials(port: u16, user: &str, pass: &str) -> Self {
-        Self::start(port, Some((user, pass)), false).await
-    }
-
-    /// A subscriber whose session (and so its subscription) outlives its connection and a
-    /// clean broker restart: everything published while it is away is kept for it.
-    async fn durable(port: u16) -> Self {
-        Self::start(port, None, true).await
-    }
-
-    async fn start(port: u16, credentials: Option<(&str, &str)>, durable: bool) -> Self {
-        let id = format!("test-sub-{}", uuid::Uuid::now_v7().simple());
-        let mut options = ConnectOptions::new(id)
-            .with_clean_start(!durable)
-            .with_automatic_reconnect(durable)
-            .with_reconnect_delay(Duration::from_millis(200), Duration::from_secs(1));
-        if durable {
-            options = options.with_session_expiry_interval(3600);
-        }
-        if let Some((user, pass)) = credentials {
-            options = options.with_credentials(user, pass);
-        }
-        let client = MqttClient::with_options(options);
-        client
-            .connect(&format!("mqtt://127.0.0.1:{port}"))
-            .await
-            .unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        client
-            .subscribe_with_options(
-                "#",
-                SubscribeOptions {
-                    qos: QoS::ExactlyOnce,
-                    ..SubscribeOptions::default()
-                },
-                move |m| {
-                    let payload = serde_json::from_slice(&m.payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&m.payload).into())
-                    });
-                    sink.lock().unwrap().push(Received {
-                        topic: m.topic,
-                        payload,
-                        qos: m.qos as u8,
-                        retain: m.retain,
-                    });
-                },
-            )
-            .await
-            .unwrap();
-        Self { client, got }
-    }
-
-    fn all(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-
-    fn find(&self, command_id: &str) -> Option<Received> {
-        self.all()
-            .into_iter()
-            .find(|r| r.payload["commandId"] == command_id)
-    }
-
-    async fn wait_for(&self, command_id: &str) -> Received {
-        eventually(
-            Duration::from_secs(15),
-            &format!("command {command_id} to arrive"),
-            || async { self.find(command_id) },
-        )
-        .await
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Topics, payloads, QoS, retained

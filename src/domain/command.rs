@@ -354,6 +354,8 @@ pub struct Envelope {
     /// Message Expiry Interval, Response Topic and Correlation Data. `None` with
     /// `STATE_STORE=none`.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The device's profile (SPEC 8): which wire form the transports use.
+    pub profile: super::Profile,
 }
 
 #[cfg(test)]

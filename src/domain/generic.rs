@@ -116,6 +116,7 @@ mod tests {
             device_id: DeviceId::parse("clock_1-A").unwrap(),
             command,
             expires_at: None,
+            profile: crate::domain::Profile::Generic,
         }
     }
 

@@ -11,9 +11,12 @@ use serde::Serialize;
 use super::extract::{ApiJson, Caller};
 use super::{ApiError, AppState, Principal, json_response, status_response};
 use crate::dispatch::{self, AuditContext, AuditedCommand};
-use crate::domain::{Command, CommandRequest, CommandType, DeviceId, Envelope, ValidationError};
+use crate::domain::awtrix3::Awtrix3Device;
+use crate::domain::{
+    Command, CommandRequest, CommandType, DeviceId, Envelope, Profile, ValidationError,
+};
 use crate::metrics;
-use crate::store::{self, CancelOutcome, CommandRecord, CommandStatus, IdemBegin};
+use crate::store::{self, CancelOutcome, CommandRecord, CommandStatus, Delivery, IdemBegin};
 use crate::tracking::{self, Tracker};
 
 pub async fn health() -> Response {
@@ -207,12 +210,19 @@ impl Caller {
         command: Command,
         command_type: CommandType,
     ) -> Result<Response, ApiError> {
+        let profile = state.devices.profile(&device_id).clone();
+        if profile.gateway_schedules_alarms() && command.alarm_instant().is_some() {
+            // Start-up refuses such a device without a store; never publish an alarm early.
+            tracing::error!(device_id = %device_id, "an alarm for a device whose alarms the gateway holds, without a state store");
+            return Err(ApiError::DispatchFailed { command_id: None });
+        }
         let envelope = Envelope {
             command_id: super::new_id().to_string(),
             request_id: self.request_id.0.clone(),
             device_id,
             command,
             expires_at: None,
+            profile,
         };
         state
             .dispatcher
@@ -244,13 +254,21 @@ impl Caller {
         ttl: Option<std::time::Duration>,
     ) -> Result<(StatusCode, Vec<u8>, String), ApiError> {
         let now = Utc::now();
+        let profile = state.devices.profile(&device_id).clone();
+        if let (Profile::Awtrix3(awtrix), Some(fire_at)) = (&profile, command.alarm_instant()) {
+            return self
+                .schedule(state, tracker, device_id, awtrix, command, fire_at, ttl)
+                .await;
+        }
         let expires_at = tracker.expires_at(now, ttl);
+        let device_acks = profile.acknowledges();
         let envelope = Envelope {
             command_id: super::new_id().to_string(),
             request_id: self.request_id.0.clone(),
             device_id,
             command,
             expires_at: Some(expires_at),
+            profile,
         };
         let device = envelope.device_id.as_str();
         tracker
@@ -261,6 +279,7 @@ impl Caller {
                 &self.principal.0.id,
                 now,
                 expires_at,
+                device_acks,
             )
             .await
             .map_err(|_| ApiError::StoreUnavailable)?;
@@ -287,6 +306,60 @@ impl Caller {
         })
         .unwrap_or_default();
         Ok((StatusCode::ACCEPTED, body, envelope.command_id))
+    }
+
+    /// An alarm the gateway holds (SPEC 8.1): the record is `scheduled` with what to
+    /// publish at `fire_at`; nothing leaves now. `expiresAt` is the alarm time plus the TTL.
+    #[allow(clippy::too_many_arguments)]
+    async fn schedule(
+        &self,
+        state: &AppState,
+        tracker: &Tracker,
+        device_id: DeviceId,
+        awtrix: &Awtrix3Device,
+        command: Command,
+        fire_at: chrono::DateTime<Utc>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(StatusCode, Vec<u8>, String), ApiError> {
+        let now = Utc::now();
+        let expires_at = tracker.expires_at(fire_at, ttl);
+        let publication = awtrix.publication(&command);
+        let command_id = super::new_id().to_string();
+        tracker
+            .schedule(
+                &command_id,
+                device_id.as_str(),
+                &self.principal.0.id,
+                now,
+                expires_at,
+                fire_at,
+                Delivery {
+                    topic: publication.topic,
+                    payload: publication.payload,
+                },
+            )
+            .await
+            .map_err(|_| ApiError::StoreUnavailable)?;
+        state.alarms.scheduled(fire_at);
+        dispatch::audit_scheduled(
+            &self.audit_context(CommandType::SetAlarm),
+            &AuditedCommand {
+                device_id: device_id.as_str(),
+                command_type: CommandType::SetAlarm.as_str(),
+                request_id: &self.request_id.0,
+                command_id: &command_id,
+            },
+            &store::format_time(fire_at),
+        );
+        let body = serde_json::to_vec(&Accepted {
+            result: CommandType::SetAlarm.accepted_result(),
+            command_id: &command_id,
+            device_id: device_id.as_str(),
+            status: Some(CommandStatus::Scheduled.as_str()),
+            expires_at: Some(store::format_time(expires_at)),
+        })
+        .unwrap_or_default();
+        Ok((StatusCode::ACCEPTED, body, command_id))
     }
 
     /// The remembered answer to an `Idempotency-Key`, byte for byte; nothing is dispatched.

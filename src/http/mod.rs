@@ -44,6 +44,10 @@ pub struct AppState {
     pub refusals: RefusalLog,
     /// Tracked commands (SPEC 7); `None` with `STATE_STORE=none`.
     pub tracker: Option<Arc<crate::tracking::Tracker>>,
+    /// The devices with a profile other than generic (SPEC 8).
+    pub devices: Arc<crate::domain::Devices>,
+    /// Tells the alarm scheduler about alarms scheduled here.
+    pub alarms: Arc<crate::scheduler::Wake>,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.

@@ -25,7 +25,13 @@ impl Transport for Fanout {
 
     fn send<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), TransportError>> {
         Box::pin(async move {
-            let results = join_all(self.transports.iter().map(|t| t.send(envelope))).await;
+            let results = join_all(
+                self.transports
+                    .iter()
+                    .filter(|t| t.reaches(&envelope.profile))
+                    .map(|t| t.send(envelope)),
+            )
+            .await;
             let mut failures: Vec<TransportError> =
                 results.into_iter().filter_map(Result::err).collect();
             match failures.len() {
@@ -34,6 +40,10 @@ impl Transport for Fanout {
                 _ => Err(TransportError::Many(failures)),
             }
         })
+    }
+
+    fn reaches(&self, profile: &crate::domain::Profile) -> bool {
+        self.transports.iter().any(|t| t.reaches(profile))
     }
 
     fn is_ready(&self) -> bool {

@@ -11,7 +11,7 @@ pub mod rest;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::domain::Envelope;
+use crate::domain::{Envelope, Profile};
 
 /// A boxed, sendable future (keeps [`Transport`] object safe without `async-trait`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -55,6 +55,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Delivers one command; resolves `Ok` only once the far side has accepted it.
     fn send<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), TransportError>>;
+
+    /// Whether this transport delivers to a device of `profile`. A fan-out skips the
+    /// transports that do not (an AWTRIX clock is reached over MQTT only, SPEC 8.1).
+    fn reaches(&self, profile: &Profile) -> bool {
+        !profile.mqtt_only()
+    }
 
     /// Whether the transport can deliver right now. Must be cheap: `/ready` calls it on
     /// every probe, so transports track readiness in the background.

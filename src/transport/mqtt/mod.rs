@@ -31,13 +31,15 @@ mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use mqtt5::{ConnectOptions, MqttError, PublishOptions, PublishResult, QoS};
 use tokio::sync::Semaphore;
 
 use self::link::{Link, Target, bracketed};
 use super::{BoxFuture, Transport, TransportError};
 use crate::config::MqttConfig;
-use crate::domain::Envelope;
+use crate::domain::{Envelope, Profile};
+use crate::store::Delivery;
 
 const NAME: &str = "mqtt";
 
@@ -144,7 +146,60 @@ impl MqttTransport {
         }))
     }
 
+    /// The topic, payload and options of `envelope` in its device's profile.
+    fn wire_form(&self, envelope: &Envelope) -> (String, Vec<u8>, PublishOptions) {
+        match &envelope.profile {
+            Profile::Generic => (
+                topic(&self.topic_prefix, envelope),
+                envelope.mqtt_payload(),
+                self.options_for(envelope),
+            ),
+            Profile::Awtrix3(device) => {
+                let publication = device.publication(&envelope.command);
+                (
+                    publication.topic,
+                    publication.payload,
+                    self.awtrix_options(envelope.expires_at),
+                )
+            }
+        }
+    }
+
+    /// Publishes a gateway-scheduled alarm's prepared [`Delivery`] (SPEC 8.1) with the
+    /// options of its profile, bounded by the publish timeout like any command.
+    pub async fn publish_delivery(
+        &self,
+        delivery: &Delivery,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), TransportError> {
+        if !self.link.is_up() {
+            return Err(TransportError::NotConnected { transport: NAME });
+        }
+        let publish = self.publish_raw(
+            delivery.topic.clone(),
+            delivery.payload.clone(),
+            self.awtrix_options(Some(expires_at)),
+        );
+        match tokio::time::timeout(self.publish_timeout, publish).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout {
+                transport: NAME,
+                timeout_ms: millis(self.publish_timeout),
+            }),
+        }
+    }
+
     async fn publish(&self, envelope: &Envelope) -> Result<(), TransportError> {
+        let (topic, payload, options) = self.wire_form(envelope);
+        self.publish_raw(topic, payload, options).await
+    }
+
+    async fn publish_raw(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        options: PublishOptions,
+    ) -> Result<(), TransportError> {
         let _slot = self
             .inflight
             .acquire()
@@ -157,11 +212,7 @@ impl MqttTransport {
         let result = self
             .link
             .client
-            .publish_with_options(
-                topic(&self.topic_prefix, envelope),
-                envelope.mqtt_payload(),
-                self.options_for(envelope),
-            )
+            .publish_with_options(topic, payload, options)
             .await;
         match result {
             Ok(PublishResult::Sent(delivery)) => {
@@ -209,6 +260,10 @@ impl Transport for MqttTransport {
         })
     }
 
+    fn reaches(&self, _: &Profile) -> bool {
+        true
+    }
+
     fn is_ready(&self) -> bool {
         self.link.is_up()
     }
@@ -250,19 +305,28 @@ impl MqttTransport {
     fn options_for(&self, envelope: &Envelope) -> PublishOptions {
         let mut options = self.publish.clone();
         if let Some(expires_at) = envelope.expires_at {
-            let left_ms = (expires_at - chrono::Utc::now()).num_milliseconds();
-            let secs = u32::try_from((left_ms + 999) / 1000).unwrap_or(if left_ms > 0 {
-                u32::MAX
-            } else {
-                1
-            });
-            options.properties.message_expiry_interval = Some(secs.max(1));
+            options.properties.message_expiry_interval = Some(expiry_interval(expires_at));
             options.properties.response_topic = Some(acks::ack_topic(
                 &self.topic_prefix,
                 envelope.device_id.as_str(),
             ));
             options.properties.correlation_data = Some(envelope.command_id.as_bytes().to_vec());
         }
+        options
+    }
+
+    /// The publish options of a command to an AWTRIX clock (SPEC 8.1): never retained
+    /// (`MQTT_RETAINED` does not apply: a retained notification would be shown again at
+    /// every reconnection), the Message Expiry Interval of a tracked command, and no
+    /// Response Topic or Correlation Data — the firmware never answers, so they would
+    /// only cost bytes.
+    fn awtrix_options(&self, expires_at: Option<DateTime<Utc>>) -> PublishOptions {
+        let mut options = PublishOptions {
+            qos: self.publish.qos,
+            retain: false,
+            ..PublishOptions::default()
+        };
+        options.properties.message_expiry_interval = expires_at.map(expiry_interval);
         options
     }
 
@@ -285,6 +349,14 @@ fn topic(prefix: &str, envelope: &Envelope) -> String {
     ];
     let skip = usize::from(prefix.is_empty());
     parts[skip..].join("/")
+}
+
+/// Whole seconds left until `expires_at`, at least 1 (SPEC 7.2).
+fn expiry_interval(expires_at: DateTime<Utc>) -> u32 {
+    let left_ms = (expires_at - Utc::now()).num_milliseconds();
+    let secs =
+        u32::try_from((left_ms + 999) / 1000).unwrap_or(if left_ms > 0 { u32::MAX } else { 1 });
+    secs.max(1)
 }
 
 fn failed(message: String) -> TransportError {
@@ -311,6 +383,7 @@ mod tests {
             device_id: DeviceId::parse("clock-1").unwrap(),
             command: Command::brightness(Some(40)).unwrap(),
             expires_at: None,
+            profile: crate::domain::Profile::Generic,
         };
         assert_eq!(
             topic("clocks/commands", &envelope),

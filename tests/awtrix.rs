@@ -1,0 +1,514 @@
+//! The `awtrix3` profile end to end (SPEC 8.1): the real application, a real Mosquitto and
+//! a subscriber that checks topics and payloads byte for byte; alarms the gateway holds
+//! (scheduled, published at their time once, cancelled, a broker outage within and past
+//! the grace, a restart with `file:`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::app::{CLOCKS_TOKEN, OPS_TOKEN, TestApp as App, env_with, start};
+use common::eventually;
+use common::mosquitto::Mosquitto;
+use common::subscriber::Subscriber;
+use serde_json::{Value, json};
+
+const DEVICES: &str = r#"
+[devices.kitchen]
+profile = "awtrix3"
+topic = "awtrix_k1"
+alarm_rtttl = "alarm:d=4,o=5,b=140:c6,p,c6"
+
+[devices.hall]
+profile = "awtrix3"
+topic = "home/awtrix/hall"
+"#;
+
+/// The devices file, kept for as long as the test runs.
+fn devices_file() -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(DEVICES.as_bytes()).unwrap();
+    file
+}
+
+fn env(
+    broker_url: &str,
+    devices: &tempfile::NamedTempFile,
+    vars: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut env = env_with(&[
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", broker_url),
+        ("ALLOW_INSECURE_MQTT", "true"),
+        ("READINESS_REQUIRE_AUTH", "false"),
+        ("MQTT_PUBLISH_TIMEOUT_MS", "1000"),
+    ]);
+    env.insert("DEVICES_FILE".into(), devices.path().display().to_string());
+    for (k, v) in vars {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+async fn spawn(broker_url: &str, devices: &tempfile::NamedTempFile, vars: &[(&str, &str)]) -> App {
+    match start(&env(broker_url, devices, vars), None).await {
+        Ok(app) => app,
+        Err(e) => panic!("the application did not start: {e}"),
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An alarm time `secs` from now (negative: in the past), at second precision as a caller
+/// would write it.
+fn alarm_at(secs: i64) -> DateTime<Utc> {
+    let t = Utc::now() + chrono::Duration::seconds(secs);
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+impl App {
+    async fn alarm(&self, device: &str, at: DateTime<Utc>, label: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"deviceId": device, "alarmTime": at.to_rfc3339()});
+        if let Some(label) = label {
+            body["label"] = json!(label);
+        }
+        self.call(reqwest::Method::POST, "/commands/alarms", &body)
+            .await
+    }
+
+    async fn record(&self, id: &str) -> Value {
+        let res = self.get(&format!("/commands/{id}"), Some(OPS_TOKEN)).await;
+        assert_eq!(res.status(), 200);
+        res.json_value().await
+    }
+
+    async fn status_is(&self, id: &str, status: &str, limit: Duration) -> Value {
+        eventually(limit, &format!("{id} to be {status}"), || async {
+            let record = self.record(id).await;
+            (record["status"] == status).then_some(record)
+        })
+        .await
+    }
+
+    async fn wait_until_ready(&self) {
+        eventually(Duration::from_secs(30), "/ready", || async {
+            (self.get("/ready", None).await.status() == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        serde_json::from_str(&self.text().await.unwrap()).unwrap()
+    }
+}
+
+fn id_of(body: &Value) -> String {
+    body["commandId"].as_str().unwrap().to_owned()
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn messages_and_brightness_reach_the_clocks_topics_exactly_and_never_retained() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    // MQTT_RETAINED=true applies to generic devices only: a retained notification would be
+    // shown again at every reconnection of the clock.
+    let app = spawn(&broker.url(), &devices, &[("MQTT_RETAINED", "true")]).await;
+    app.wait_until_ready().await;
+
+    for (level, bri) in [(0, 0), (40, 102), (100, 255)] {
+        let (status, body) = app
+            .call(
+                reqwest::Method::PUT,
+                "/commands/brightness",
+                &json!({"deviceId": "kitchen", "level": level}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "sent");
+        let want = format!(r#"{{"ABRI":false,"BRI":{bri}}}"#);
+        let got = eventually(Duration::from_secs(10), "the settings", || async {
+            sub.on("awtrix_k1/settings")
+                .into_iter()
+                .find(|r| text(&r.bytes) == want)
+        })
+        .await;
+        assert!(!got.retain, "never retained");
+        assert!(got.expiry.is_some(), "a tracked command carries its expiry");
+        assert!(
+            !got.request_response,
+            "no response topic for a clock that never answers"
+        );
+        let record = app.record(&id_of(&body)).await;
+        assert_eq!(record["deviceAcks"], false);
+        assert_eq!(record["status"], "sent");
+    }
+
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "hall", "message": "Tea \"now\" ☕", "durationSeconds": 15}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = eventually(Duration::from_secs(10), "the notification", || async {
+        sub.on("home/awtrix/hall/notify").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        text(&got.bytes),
+        r#"{"text":"Tea \"now\" ☕","duration":15}"#
+    );
+    assert!(!got.retain);
+
+    // A generic device on the same server keeps its topic, payload and retained flag.
+    let (status, body) = app
+        .call(
+            reqwest::Method::PUT,
+            "/commands/brightness",
+            &json!({"deviceId": "clock-1", "level": 40}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = eventually(Duration::from_secs(10), "the generic command", || async {
+        sub.on("clocks/commands/clock-1/set_brightness")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(got.payload["level"], 40);
+    assert!(got.retain && got.request_response);
+
+    // Only these topics were used: nothing went to the generic topics of the clocks.
+    let mut topics: Vec<String> = sub.all().into_iter().map(|r| r.topic).collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(
+        topics,
+        [
+            "awtrix_k1/settings",
+            "clocks/commands/clock-1/set_brightness",
+            "home/awtrix/hall/notify"
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scopes_apply_to_the_device_ids_of_the_devices_file() {
+    let broker = Mosquitto::start_plain();
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    // `clocks` may address clock-* only.
+    let res = app
+        .client
+        .put(app.url("/commands/brightness"))
+        .bearer_auth(CLOCKS_TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"deviceId":"kitchen","level":10}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn alarms_are_held_and_published_at_their_time_once_with_and_without_label_and_melody() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[("COMMAND_TTL_SECS", "300")]).await;
+    app.wait_until_ready().await;
+
+    let at = alarm_at(3);
+    let (status, kitchen) = app.alarm("kitchen", at, Some("Wake up")).await;
+    assert_eq!(status, 202, "{kitchen}");
+    assert_eq!(kitchen["result"], "scheduled");
+    assert_eq!(kitchen["status"], "scheduled");
+    assert_eq!(
+        kitchen["expiresAt"],
+        rfc3339(at + chrono::Duration::seconds(300)),
+        "expiresAt is the alarm time plus the TTL"
+    );
+    let (status, hall) = app.alarm("hall", at, None).await;
+    assert_eq!(status, 202, "{hall}");
+    let record = app.record(&id_of(&kitchen)).await;
+    assert_eq!(record["status"], "scheduled");
+    assert_eq!(record["deviceAcks"], false);
+    assert_eq!(record["sentAt"], Value::Null);
+
+    let kitchen_got = eventually(Duration::from_secs(10), "the kitchen alarm", || async {
+        sub.on("awtrix_k1/notify").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        text(&kitchen_got.bytes),
+        r#"{"text":"Wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6,p,c6"}"#
+    );
+    assert!(
+        kitchen_got.wall >= at,
+        "published early: at {} for {at}",
+        kitchen_got.wall
+    );
+    assert!(!kitchen_got.retain && !kitchen_got.request_response);
+    let hall_got = eventually(Duration::from_secs(10), "the hall alarm", || async {
+        sub.on("home/awtrix/hall/notify").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        text(&hall_got.bytes),
+        r#"{"text":"Alarm","hold":true,"wakeup":true}"#
+    );
+    assert!(hall_got.wall >= at);
+
+    let record = app
+        .status_is(&id_of(&kitchen), "sent", Duration::from_secs(5))
+        .await;
+    let sent_at: DateTime<Utc> = record["sentAt"].as_str().unwrap().parse().unwrap();
+    assert!(sent_at >= at, "sentAt {sent_at} before the alarm time {at}");
+    app.status_is(&id_of(&hall), "sent", Duration::from_secs(5))
+        .await;
+
+    // Several more ticks of the scheduler: nothing is published a second time.
+    let after = Utc::now() + chrono::Duration::milliseconds(1500);
+    eventually(Duration::from_secs(5), "1.5 s to pass", || async {
+        (Utc::now() > after).then_some(())
+    })
+    .await;
+    assert_eq!(sub.on("awtrix_k1/notify").len(), 1);
+    assert_eq!(sub.on("home/awtrix/hall/notify").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_alarm_time_already_reached_fires_at_once() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+    let (status, body) = app.alarm("hall", alarm_at(-30), Some("late")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "scheduled");
+    let got = eventually(Duration::from_secs(3), "the alarm", || async {
+        sub.on("home/awtrix/hall/notify").into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        text(&got.bytes),
+        r#"{"text":"late","hold":true,"wakeup":true}"#
+    );
+    app.status_is(&id_of(&body), "sent", Duration::from_secs(5))
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_alarm_is_never_published() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+    let at = alarm_at(2);
+    let (status, body) = app.alarm("kitchen", at, Some("cancel me")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = id_of(&body);
+    let res = app
+        .client
+        .delete(app.url(&format!("/commands/{id}")))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let record = res.json_value().await;
+    assert_eq!(record["status"], "cancelled");
+    // A second alarm at the same time shows when the first would have gone out.
+    let (status, witness) = app.alarm("kitchen", at, Some("witness")).await;
+    assert_eq!(status, 202, "{witness}");
+    app.status_is(&id_of(&witness), "sent", Duration::from_secs(10))
+        .await;
+    let notes: Vec<String> = sub
+        .on("awtrix_k1/notify")
+        .into_iter()
+        .map(|r| r.payload["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(notes, ["witness"]);
+    assert_eq!(app.record(&id).await["status"], "cancelled");
+    let again = app
+        .client
+        .delete(app.url(&format!("/commands/{id}")))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    app.stop().await;
+}
+
+/// A broker whose durable subscriber keeps its session across a restart, so anything
+/// published after the restart is seen even before the subscriber reconnects.
+fn persistent_broker(dir: &tempfile::TempDir) -> Mosquitto {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    Mosquitto::start_with(&format!(
+        "allow_anonymous true\npersistence true\npersistence_location {}/\n",
+        dir.path().display()
+    ))
+}
+
+#[tokio::test]
+async fn a_broker_down_at_fire_time_and_back_within_the_grace_gets_the_alarm_once() {
+    let persist = tempfile::tempdir().unwrap();
+    let mut broker = persistent_broker(&persist);
+    let sub = Subscriber::durable(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+
+    broker.stop_gracefully();
+    eventually(Duration::from_secs(5), "not ready", || async {
+        (app.get("/ready", None).await.status() == 503).then_some(())
+    })
+    .await;
+    // Due at once, with 15 s of grace left.
+    let (status, body) = app.alarm("kitchen", alarm_at(-45), Some("outage")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = id_of(&body);
+    // Several claims while the broker is away: the alarm stays scheduled.
+    let until = Utc::now() + chrono::Duration::seconds(2);
+    eventually(Duration::from_secs(5), "2 s of outage", || async {
+        (Utc::now() > until).then_some(())
+    })
+    .await;
+    assert_eq!(app.record(&id).await["status"], "scheduled");
+
+    broker.start();
+    app.status_is(&id, "sent", Duration::from_secs(14)).await;
+    let got = eventually(Duration::from_secs(10), "the alarm", || async {
+        sub.on("awtrix_k1/notify").into_iter().next()
+    })
+    .await;
+    assert_eq!(got.payload["text"], "outage");
+    let until = Utc::now() + chrono::Duration::milliseconds(1500);
+    eventually(Duration::from_secs(5), "1.5 s to pass", || async {
+        (Utc::now() > until).then_some(())
+    })
+    .await;
+    assert_eq!(sub.on("awtrix_k1/notify").len(), 1, "published once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_down_past_the_grace_fails_the_alarm_which_is_never_published() {
+    let persist = tempfile::tempdir().unwrap();
+    let mut broker = persistent_broker(&persist);
+    let sub = Subscriber::durable(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+
+    broker.stop_gracefully();
+    eventually(Duration::from_secs(5), "not ready", || async {
+        (app.get("/ready", None).await.status() == 503).then_some(())
+    })
+    .await;
+    // Due at once, with 3 s of grace left.
+    let (status, body) = app.alarm("kitchen", alarm_at(-57), Some("missed")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = id_of(&body);
+    let record = app.status_is(&id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(record["statusReason"]["code"], "schedule_missed");
+    assert_eq!(record["sentAt"], Value::Null);
+
+    broker.start();
+    app.wait_until_ready().await;
+    // A command sent after the broker is back arrives; the missed alarm never does.
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "kitchen", "message": "after", "durationSeconds": 5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(
+        Duration::from_secs(10),
+        "the message after the outage",
+        || async {
+            sub.on("awtrix_k1/notify")
+                .into_iter()
+                .find(|r| r.payload["text"] == "after")
+        },
+    )
+    .await;
+    let until = Utc::now() + chrono::Duration::seconds(1);
+    eventually(Duration::from_secs(5), "1 s to pass", || async {
+        (Utc::now() > until).then_some(())
+    })
+    .await;
+    let texts: Vec<Value> = sub
+        .on("awtrix_k1/notify")
+        .into_iter()
+        .map(|r| r.payload["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("after")]);
+    assert_eq!(app.record(&id).await["status"], "failed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_alarm_survives_a_restart_with_a_file_store() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("state.db").display());
+    let vars = [("STATE_STORE", store.as_str())];
+
+    let app = spawn(&broker.url(), &devices, &vars).await;
+    app.wait_until_ready().await;
+    let at = alarm_at(4);
+    let (status, body) = app.alarm("kitchen", at, Some("after restart")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = id_of(&body);
+    app.stop().await;
+    assert!(
+        Utc::now() < at,
+        "the first server stopped before the alarm time"
+    );
+    assert!(sub.on("awtrix_k1/notify").is_empty());
+
+    let app = spawn(&broker.url(), &devices, &vars).await;
+    let record = app.record(&id).await;
+    assert_eq!(record["status"], "scheduled");
+    let got = eventually(
+        Duration::from_secs(15),
+        "the alarm after the restart",
+        || async { sub.on("awtrix_k1/notify").into_iter().next() },
+    )
+    .await;
+    assert_eq!(got.payload["text"], "after restart");
+    assert!(got.wall >= at);
+    app.status_is(&id, "sent", Duration::from_secs(5)).await;
+    app.stop().await;
+}
