@@ -53,6 +53,7 @@ bench: ## benchmark the release server against its own Mosquitto, then under att
 	./scripts/bench.sh
 	./scripts/bench-attacks.sh
 	./scripts/bench-store.sh
+	./scripts/bench-alarms.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked

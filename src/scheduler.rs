@@ -186,8 +186,17 @@ impl Scheduler {
     async fn fire(&self, record: CommandRecord, up: bool) {
         let id = record.command_id.as_str();
         let fire_at = record.fire_at.map(format_time).unwrap_or_default();
-        if record.schedule_missed(Utc::now()) {
+        let now = Utc::now();
+        if record.schedule_missed(now) {
             return self.missed(&record).await;
+        }
+        if record.expires_at <= now {
+            // A TTL shorter than the grace: the record is `expired`, never published. A
+            // read applies (and persists) the expiry, so it is not claimed again.
+            if let Err(e) = self.tracker.store.get(id, now).await {
+                self.tracker.failed("expiring a scheduled alarm", &e);
+            }
+            return;
         }
         let Some(delivery) = &record.delivery else {
             tracing::error!(

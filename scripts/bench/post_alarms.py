@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Posts N alarms to a clock-server over keep-alive connections, as fast as it takes them.
+
+usage: post_alarms.py URL TOKEN N ALARM_TIME DEVICES CONNECTIONS
+
+Alarm i goes to device `awtrix-<i mod DEVICES>`, labelled `a<i>`, at ALARM_TIME (RFC 3339).
+Prints one line: `posted=<n> accepted=<202s> seconds=<elapsed>`; exits 1 if any answer
+was not a 202.
+"""
+import http.client
+import json
+import sys
+import threading
+import time
+import urllib.parse
+
+
+def main() -> int:
+    url, token, n, alarm_time, devices, conns = sys.argv[1:7]
+    n, devices, conns = int(n), int(devices), int(conns)
+    target = urllib.parse.urlsplit(url)
+    accepted = [0] * conns
+    failures = []
+
+    def worker(k: int) -> None:
+        c = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for i in range(k, n, conns):
+            body = json.dumps(
+                {"deviceId": f"awtrix-{i % devices}", "alarmTime": alarm_time, "label": f"a{i}"}
+            )
+            c.request("POST", "/commands/alarms", body, headers)
+            res = c.getresponse()
+            data = res.read()
+            if res.status == 202:
+                accepted[k] += 1
+            elif len(failures) < 5:
+                failures.append(f"{res.status} {data[:200]!r}")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    print(f"posted={n} accepted={sum(accepted)} seconds={elapsed:.2f}")
+    for f in failures:
+        print(f"  not accepted: {f}", file=sys.stderr)
+    return 0 if sum(accepted) == n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
