@@ -512,3 +512,90 @@ async fn a_pending_alarm_survives_a_restart_with_a_file_store() {
     app.status_is(&id, "sent", Duration::from_secs(5)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_mqtt_and_rest_enabled_an_awtrix_clock_is_reached_over_mqtt_only() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    // A REST downstream where nothing listens: every command that goes there fails.
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let app = spawn(
+        &broker.url(),
+        &devices,
+        &[
+            ("ENABLED_SENDERS", "mqtt,rest"),
+            ("CLOCK_REST_BASE_URL", &dead),
+            ("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true"),
+        ],
+    )
+    .await;
+    app.wait_until_ready().await;
+    let message =
+        |device: &'static str| json!({"deviceId": device, "message": "hi", "durationSeconds": 5});
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &message("kitchen"),
+        )
+        .await;
+    assert_eq!(status, 202, "the REST transport is not asked: {body}");
+    eventually(Duration::from_secs(10), "the notification", || async {
+        sub.on("awtrix_k1/notify").into_iter().next()
+    })
+    .await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &message("clock-1"),
+        )
+        .await;
+    assert_eq!(status, 502, "a generic device goes to both: {body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_memory_store_warns_at_start_up_that_held_alarms_are_lost_on_restart() {
+    let broker = Mosquitto::start_plain();
+    let devices = devices_file();
+    let path = devices.path().display().to_string();
+    let url = broker.url();
+    let server = common::process::ServerProcess::start(&server_vars(&url, &path, "memory")).await;
+    let logs = eventually(Duration::from_secs(10), "the start-up lines", || async {
+        let logs = server.logs();
+        logs.contains("listening").then_some(logs)
+    })
+    .await;
+    assert!(
+        logs.contains("STATE_STORE=memory loses scheduled alarms on restart")
+            && logs.contains(&format!("DEVICES_FILE={path}"))
+            && logs.contains("hall,kitchen"),
+        "{logs}"
+    );
+    drop(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("state.db").display());
+    let server = common::process::ServerProcess::start(&server_vars(&url, &path, &store)).await;
+    let logs = eventually(Duration::from_secs(10), "the start-up lines", || async {
+        let logs = server.logs();
+        logs.contains("listening").then_some(logs)
+    })
+    .await;
+    assert!(!logs.contains("loses scheduled alarms"), "{logs}");
+}
+
+/// The binary's variables: one broker, the devices file at `path`, `store`.
+fn server_vars<'a>(url: &'a str, path: &'a str, store: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REQUIRE_TLS", "false"),
+        ("API_AUTH_CREDENTIALS", "ops|tok|*"),
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", url),
+        ("ALLOW_INSECURE_MQTT", "true"),
+        ("DEVICES_FILE", path),
+        ("STATE_STORE", store),
+    ]
+}
