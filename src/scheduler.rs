@@ -269,3 +269,35 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_loop_wakes_for_the_earliest_future_fire_time_and_forgets_past_ones() {
+        let wake = Wake::default();
+        for ms in [5_000, 1_000, 3_000] {
+            wake.scheduled(at(ms));
+        }
+        assert_eq!(wake.next_after(0), Some(1_000));
+        assert_eq!(wake.next_after(1_000), Some(3_000));
+        assert_eq!(wake.next_after(4_000), Some(5_000));
+        assert_eq!(wake.next_after(5_000), None);
+    }
+
+    #[test]
+    fn the_fire_times_kept_are_bounded_keeping_the_earliest() {
+        let wake = Wake::default();
+        for ms in (0..(MAX_HINTS as i64 + 10)).rev() {
+            wake.scheduled(at(ms + 1));
+        }
+        let kept = wake.fire_times.lock().map(|t| t.len()).unwrap_or_default();
+        assert_eq!(kept, MAX_HINTS);
+        assert_eq!(wake.next_after(0), Some(1));
+    }
+}
