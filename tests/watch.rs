@@ -899,3 +899,193 @@ async fn with_watch_acknowledging_clockctl_wait_ends_with_succeeded_on_a_real_se
     assert_eq!(code, 1);
     assert!(stderr.contains("no command no-such-command"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The AWTRIX 3 profile (SPEC 8.1): the payloads of the table, published by a plain client.
+
+/// `clockctl watch --device kitchen --profile awtrix3 --topic awtrix_a1b2c3 <extra>`.
+fn awtrix_watch(broker: &Mosquitto, extra: &[&str]) -> Watch {
+    let mut args = vec![
+        "--device",
+        "kitchen",
+        "--profile",
+        "awtrix3",
+        "--topic",
+        "awtrix_a1b2c3",
+    ];
+    args.extend_from_slice(extra);
+    Watch::start(&broker.url(), &args)
+}
+
+#[tokio::test]
+async fn watch_as_an_awtrix_clock_shows_each_payload_of_the_spec_table() {
+    let broker = Mosquitto::start_plain();
+    let mut watch = awtrix_watch(&broker, &[]);
+    assert_eq!(
+        watch.seen[0],
+        format!(
+            "watching awtrix_a1b2c3/notify awtrix_a1b2c3/notify/dismiss awtrix_a1b2c3/settings on {}",
+            broker.url()
+        )
+    );
+    let melody = "alarm:d=4,o=5,b=140:c6,p,c6,p,c6";
+    for (topic, payload, line) in [
+        (
+            "awtrix_a1b2c3/notify",
+            r#"{"text":"tea is ready","duration":10}"#.to_owned(),
+            r#"kitchen notify text="tea is ready" duration=10"#.to_owned(),
+        ),
+        // An alarm with a label and a melody, and one with neither ("Alarm", no rtttl).
+        (
+            "awtrix_a1b2c3/notify",
+            format!(r#"{{"text":"wake up","hold":true,"wakeup":true,"rtttl":"{melody}"}}"#),
+            format!(r#"kitchen alarm text="wake up" hold=true wakeup=true rtttl="{melody}""#),
+        ),
+        (
+            "awtrix_a1b2c3/notify",
+            r#"{"text":"Alarm","hold":true,"wakeup":true}"#.to_owned(),
+            r#"kitchen alarm text="Alarm" hold=true wakeup=true"#.to_owned(),
+        ),
+        (
+            "awtrix_a1b2c3/settings",
+            r#"{"ABRI":false,"BRI":0}"#.to_owned(),
+            "kitchen settings ABRI=false BRI=0".to_owned(),
+        ),
+        (
+            "awtrix_a1b2c3/settings",
+            r#"{"ABRI":false,"BRI":102}"#.to_owned(),
+            "kitchen settings ABRI=false BRI=102".to_owned(),
+        ),
+        (
+            "awtrix_a1b2c3/settings",
+            r#"{"ABRI":false,"BRI":255}"#.to_owned(),
+            "kitchen settings ABRI=false BRI=255".to_owned(),
+        ),
+        (
+            "awtrix_a1b2c3/notify/dismiss",
+            String::new(),
+            "kitchen dismiss".to_owned(),
+        ),
+    ] {
+        publish(&broker, topic, &payload, None).await;
+        assert_eq!(watch.next_line(), line, "{topic} {payload}");
+    }
+}
+
+#[tokio::test]
+async fn watch_as_an_awtrix_clock_rejects_what_the_clock_would_not_take_and_goes_on() {
+    let broker = Mosquitto::start_plain();
+    let mut watch = awtrix_watch(&broker, &[]);
+    for (topic, payload, error) in [
+        (
+            "awtrix_a1b2c3/notify",
+            "{\"text\":",
+            "the payload is not JSON",
+        ),
+        ("awtrix_a1b2c3/notify", "\"text\"", "not a JSON object"),
+        (
+            "awtrix_a1b2c3/notify",
+            r#"{"text":"x","duration":"ten"}"#,
+            "duration must be a whole number of seconds",
+        ),
+        (
+            "awtrix_a1b2c3/settings",
+            r#"{"BRI":256}"#,
+            "BRI must be an integer between 0 and 255",
+        ),
+        // Control characters a publisher sent stay escaped on the line.
+        (
+            "awtrix_a1b2c3/notify",
+            "\u{1b}[2J\u{9b}",
+            "the payload is not JSON",
+        ),
+    ] {
+        publish(&broker, topic, payload, None).await;
+        let line = watch.next_line();
+        let kind = topic.rsplit('/').next().unwrap();
+        assert!(
+            line.starts_with(&format!("kitchen invalid_command type=\"{kind}\" error=\""))
+                && line.contains(error),
+            "{payload}: {line}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+    // Still watching: the next valid payload is shown.
+    publish(
+        &broker,
+        "awtrix_a1b2c3/notify",
+        r#"{"text":"still here","duration":5}"#,
+        None,
+    )
+    .await;
+    assert_eq!(
+        watch.next_line(),
+        r#"kitchen notify text="still here" duration=5"#
+    );
+}
+
+#[tokio::test]
+async fn watch_as_an_awtrix_clock_prints_json_and_acknowledges_nothing() {
+    let broker = Mosquitto::start_plain();
+    let (_sub, seen) = subscriber(&broker, "#").await;
+    let mut watch = Watch::spawn(
+        &broker.url(),
+        &["--profile", "awtrix3", "--topic", "awtrix_a1b2c3", "--json"],
+    );
+    common::eventually(LINE_WITHIN, "the watching line", || {
+        let subscribed = watch.stderr().contains("watching awtrix_a1b2c3/notify");
+        async move { subscribed.then_some(()) }
+    })
+    .await;
+    // AWTRIX's own chatter under its prefix is not for the notification or settings view.
+    publish(&broker, "awtrix_a1b2c3/stats", r#"{"bat":90}"#, None).await;
+    // A commandId a generic clock would acknowledge, on the Response Topic it would use.
+    let payload = r#"{"text":"hi","duration":3,"commandId":"c1"}"#;
+    publish(
+        &broker,
+        "awtrix_a1b2c3/notify",
+        payload,
+        Some(("clocks/commands/kitchen/ack", b"c1")),
+    )
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"topic":"awtrix_a1b2c3/notify","retained":false,
+            "payload":{"text":"hi","duration":3,"commandId":"c1"}})
+    );
+    // The broker delivered the stats and the notification to the subscriber; an
+    // acknowledgement would follow within milliseconds: wait well beyond that.
+    received(&seen, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let topics: Vec<String> = seen.lock().unwrap().iter().map(|m| m.0.clone()).collect();
+    assert_eq!(topics, ["awtrix_a1b2c3/stats", "awtrix_a1b2c3/notify"]);
+}
+
+#[test]
+fn watch_refuses_an_awtrix_profile_without_a_topic_and_a_topic_without_it() {
+    for (args, says) in [
+        (
+            &["--profile", "awtrix3"][..],
+            "--profile awtrix3 needs --topic",
+        ),
+        (
+            &["--topic", "awtrix_a1b2c3"],
+            "--topic only applies with --profile awtrix3",
+        ),
+        (
+            &["--profile", "awtrix3", "--topic", "awtrix/#"],
+            "invalid --topic",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .arg("watch")
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

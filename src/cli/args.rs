@@ -45,6 +45,8 @@ const VALUE_FLAGS: &[&str] = &[
     "broker",
     "topic-prefix",
     "ca-file",
+    "profile",
+    "topic",
     "idempotency-key",
     "retries",
 ];
@@ -108,7 +110,9 @@ Environment (a flag wins over its variable):
                          for a broker with passwords (keeps the password out of `ps`)
   CLOCKCTL_TOPIC_PREFIX  topic prefix, default clocks/commands (the server's MQTT_TOPIC_PREFIX)
 
-It subscribes to <prefix>/<device>/+ for each --device, or <prefix>/+/+ for every device.
+It subscribes to <prefix>/<device>/+ for each --device, or <prefix>/+/+ for every device;
+with --profile awtrix3 --topic <T>, to T/notify, T/notify/dismiss and T/settings of that one
+AWTRIX clock (--device, if given, is the name it is shown under).
 On a terminal it shows a live view, redrawn every second: the time, the message being shown
 with its seconds left, the scheduled alarms with their labels, the brightness. Otherwise (or
 with --plain) it prints `watching <filters> on <broker>` once subscribed, then one line per
@@ -117,13 +121,19 @@ command, flushed at once:
   clock-1 display_message message=\"hello\" durationSeconds=10 commandId=0199...
   clock-1 set_brightness level=40 commandId=0199...
   clock-1 invalid_command type=\"...\" error=\"...\"   (a payload a clock would reject)
+and for an AWTRIX clock:
+  kitchen notify text=\"tea is ready\" duration=10
+  kitchen alarm text=\"wake up\" hold=true wakeup=true rtttl=\"alarm:d=4,o=5,b=140:c6\"
+  kitchen settings ABRI=false BRI=102
+  kitchen dismiss
 With --json: one JSON object per command, {\"topic\",\"retained\",\"payload\"}, and the
 `watching` line on stderr. If the broker goes away it reconnects (and says so on stderr).
 
 Like a device, it acknowledges each command it shows (QoS 1, on the publish's MQTT 5
 Response Topic, else <prefix>/<device>/ack): {\"commandId\":\"...\",\"status\":\"succeeded\"},
 or \"failed\" with a \"reason\" for a payload it rejects; --no-ack turns that off. A
-failed acknowledgement is reported once on stderr; watching goes on.
+failed acknowledgement is reported once on stderr; watching goes on. An AWTRIX clock never
+acknowledges.
 
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, or the reader of its output went away
@@ -165,6 +175,23 @@ pub struct WatchArgs {
     /// Do not acknowledge the commands shown (by default watch answers like a device)
     #[arg(long)]
     pub no_ack: bool,
+    /// The clock's firmware: generic (the server's own payloads under --topic-prefix) or
+    /// awtrix3 (one AWTRIX 3 clock, named by --topic)
+    #[arg(long, value_enum, value_name = "PROFILE", default_value_t = WatchProfile::Generic)]
+    pub profile: WatchProfile,
+    /// With --profile awtrix3: the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web
+    /// interface shows it under MQTT, Prefix)
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+}
+
+/// `clockctl watch --profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchProfile {
+    /// The generic payloads of the server's MQTT transport
+    Generic,
+    /// An AWTRIX 3 clock (e.g. the Ulanzi TC001): <topic>/notify and <topic>/settings
+    Awtrix3,
 }
 
 /// How a command is submitted and followed (SPEC 7.7); flattened into each command.

@@ -7,9 +7,10 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use super::CliError;
-use super::args::WatchArgs;
+use super::args::{WatchArgs, WatchProfile};
+use crate::clock::awtrix;
 use crate::clock::watch::{Broker, DEFAULT_BROKER_URL, DEFAULT_TOPIC_PREFIX, normalize_prefix};
-use crate::clock::{View, WatchOptions, Watcher};
+use crate::clock::{Profile, View, WatchOptions, Watcher};
 use crate::domain::DeviceId;
 
 /// Validates the arguments; nothing is connected yet. An empty broker or prefix (e.g. an
@@ -48,11 +49,41 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let topic = args.topic.as_deref();
+    let profile = match (args.profile, topic) {
+        (WatchProfile::Generic, None) => Profile::Generic,
+        (WatchProfile::Generic, Some(_)) => {
+            return Err(CliError::Invalid(
+                "--topic only applies with --profile awtrix3 (an AWTRIX clock's MQTT prefix); \
+                 the generic profile's topics start with --topic-prefix"
+                    .to_owned(),
+            ));
+        }
+        (WatchProfile::Awtrix3, None) => {
+            return Err(CliError::Invalid(
+                "--profile awtrix3 needs --topic <the clock's MQTT prefix>, e.g. --topic \
+                 awtrix_a1b2c3 (its web interface shows it under MQTT, Prefix)"
+                    .to_owned(),
+            ));
+        }
+        (WatchProfile::Awtrix3, Some(raw)) => Profile::Awtrix3 {
+            topic: awtrix::check_topic(raw)
+                .map_err(|e| CliError::Invalid(format!("invalid --topic: {e}")))?,
+        },
+    };
+    if matches!(profile, Profile::Awtrix3 { .. }) && devices.len() > 1 {
+        return Err(CliError::Invalid(
+            "--profile awtrix3 watches one clock: pass at most one --device (the name it is \
+             shown under); run one watch per AWTRIX clock"
+                .to_owned(),
+        ));
+    }
     Ok(WatchOptions {
         broker,
         devices,
         topic_prefix,
         acknowledge: !args.no_ack,
+        profile,
     })
 }
 
@@ -121,6 +152,52 @@ mod tests {
         let err = options(&watch_args(&["--device", "a/b"])).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn the_awtrix3_profile_needs_a_topic_and_the_topic_needs_the_profile() {
+        let o = options(&watch_args(&[
+            "--device",
+            "kitchen",
+            "--profile",
+            "awtrix3",
+            "--topic",
+            "awtrix_a1b2c3",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.profile,
+            Profile::Awtrix3 {
+                topic: "awtrix_a1b2c3".into()
+            }
+        );
+        assert_eq!(o.topic_filters()[0], "awtrix_a1b2c3/notify");
+        let generic = options(&watch_args(&["-profile=generic"])).unwrap();
+        assert_eq!(generic.profile, Profile::Generic);
+        for (argv, says) in [
+            (&["--profile", "awtrix3"][..], "needs --topic"),
+            (
+                &["--topic", "awtrix_a1b2c3"],
+                "--topic only applies with --profile awtrix3",
+            ),
+            (
+                &["--profile", "awtrix3", "--topic", "a/#"],
+                "invalid --topic",
+            ),
+            (&["--profile", "awtrix3", "--topic", " "], "invalid --topic"),
+            (
+                &["--profile", "awtrix3", "--topic", "t", "--device", "a,b"],
+                "at most one --device",
+            ),
+        ] {
+            let err = options(&watch_args(argv)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+            assert!(err.to_string().contains(says), "{argv:?}: {err}");
+        }
+        let err =
+            Cli::try_parse_go_style(["clockctl", "watch", "--profile", "lametric"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("awtrix3"), "{err}");
     }
 
     #[test]

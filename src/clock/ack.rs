@@ -14,10 +14,11 @@ pub type Ack = AckBody;
 impl Ack {
     /// The acknowledgement of what the clock made of `received`: `succeeded` for a command
     /// it shows, `failed` with the reason for one it rejects; `None` without a `commandId`
-    /// (nothing to acknowledge).
+    /// (nothing to acknowledge), and for an AWTRIX clock (it never acknowledges).
     pub fn of(received: &Received) -> Option<Self> {
         let command_id = received.command_id.clone()?;
         Some(match &received.action {
+            Action::Awtrix(_) => return None,
             Action::Command(_) => Self {
                 command_id,
                 status: SUCCEEDED.to_owned(),

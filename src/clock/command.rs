@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 
+use super::awtrix::Shown;
 use crate::domain::generic::Payload;
 use crate::domain::{Command, CommandType, DeviceId, field};
 
@@ -28,6 +29,8 @@ pub struct Received {
 pub enum Action {
     /// One of the commands of SPEC 4.1, validated as the server validates it.
     Command(Command),
+    /// What an AWTRIX 3 clock does with a valid delivery (SPEC 8.1).
+    Awtrix(Shown),
     /// A payload a device would reject; `kind` is the type it claimed (or the topic's).
     Invalid { kind: String, reason: String },
 }
@@ -37,6 +40,7 @@ impl Action {
     pub fn name(&self) -> &str {
         match self {
             Self::Command(c) => c.command_type().as_str(),
+            Self::Awtrix(shown) => shown.name(),
             Self::Invalid { .. } => "invalid_command",
         }
     }
@@ -73,7 +77,7 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Optio
 }
 
 /// Why a payload could not be read at all.
-fn unreadable(payload: &[u8], e: &serde_json::Error) -> String {
+pub(super) fn unreadable(payload: &[u8], e: &serde_json::Error) -> String {
     let object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     match e.classify() {
         serde_json::error::Category::Data if object => format!("the payload does not fit: {e}"),
@@ -159,6 +163,10 @@ impl Received {
             ),
             Action::Command(Command::SetBrightness { level }) => {
                 write!(line, " {}={level}", field::LEVEL)
+            }
+            Action::Awtrix(shown) => {
+                shown.write_fields(&mut line);
+                Ok(())
             }
             Action::Invalid { kind, reason } => {
                 write!(line, " type={kind:?} error={reason:?}")

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 
+use super::awtrix::{DEFAULT_DURATION_SECS, Shown};
 use super::command::{Action, Received, format_alarm_time};
 use crate::domain::Command;
 
@@ -24,23 +25,55 @@ pub struct Clocks {
 /// One clock's display.
 #[derive(Debug, Default)]
 struct Face {
-    message: Option<Shown>,
+    message: Option<OnScreen>,
     /// Keyed by the instant, so the same alarm sent twice is listed once (with the new label).
     alarms: BTreeMap<DateTime<Utc>, Alarm>,
-    brightness: Option<u8>,
+    /// An AWTRIX clock's held notification (how the gateway rings an alarm there).
+    held: Option<Held>,
+    brightness: Option<Brightness>,
+    /// An AWTRIX clock's `ABRI`: the light sensor sets the brightness.
+    auto_brightness: Option<bool>,
+    /// An AWTRIX 3 clock (SPEC 8.1): drawn with its own rows.
+    awtrix: bool,
     last: Option<Last>,
 }
 
 #[derive(Debug)]
-struct Shown {
+struct OnScreen {
     text: String,
     until: DateTime<Utc>,
+    melody: Option<String>,
 }
 
 #[derive(Debug)]
 struct Alarm {
     at: DateTime<FixedOffset>,
     label: String,
+}
+
+#[derive(Debug)]
+struct Held {
+    text: String,
+    since: DateTime<Utc>,
+    melody: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Brightness {
+    /// The generic profile's level, 0–100.
+    Percent(u8),
+    /// AWTRIX's `BRI`, 0–255.
+    Awtrix(u8),
+}
+
+impl Brightness {
+    fn percent(self) -> u8 {
+        match self {
+            Self::Percent(p) => p,
+            // At most 100: 255 * 100 / 255.
+            Self::Awtrix(b) => u8::try_from((u32::from(b) * 100 + 127) / 255).unwrap_or(100),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -69,12 +102,19 @@ impl Clocks {
                 duration_seconds,
             }) => {
                 // A clock shows one message at a time: the newest replaces the current one.
-                face.message = Some(Shown {
+                face.message = Some(OnScreen {
                     text: message.clone(),
                     until: now + TimeDelta::seconds(i64::from(*duration_seconds)),
+                    melody: None,
                 });
             }
-            Action::Command(Command::SetBrightness { level }) => face.brightness = Some(*level),
+            Action::Command(Command::SetBrightness { level }) => {
+                face.brightness = Some(Brightness::Percent(*level));
+            }
+            Action::Awtrix(shown) => {
+                face.awtrix = true;
+                face.show_awtrix(shown, now);
+            }
             Action::Invalid { .. } => {}
         }
         let what = match &received.action {
@@ -122,45 +162,42 @@ impl Clocks {
             ));
             out.push(match &face.message {
                 Some(m) if m.until > now_utc => format!(
-                    "│ message     {:?}  ({} s left)",
+                    "│ message     {:?}  ({} s left){}",
                     cut(&m.text),
-                    seconds_until(m.until, now_utc)
+                    seconds_until(m.until, now_utc),
+                    melody(m.melody.as_deref())
                 ),
                 _ => "│ message     -".to_owned(),
             });
-            if face.alarms.is_empty() {
-                out.push("│ alarms      -".to_owned());
+            if face.awtrix {
+                out.push(match &face.held {
+                    Some(h) => format!(
+                        "│ alarm       ALARM {:?}  since {} (holds until dismissed){}",
+                        cut(&h.text),
+                        h.since.with_timezone(now.offset()).format("%H:%M:%S"),
+                        melody(h.melody.as_deref())
+                    ),
+                    None => "│ alarm       -".to_owned(),
+                });
+            } else {
+                face.render_alarms(now_utc, &mut out);
             }
-            for (i, (at_utc, alarm)) in face.alarms.iter().take(MAX_ALARMS_SHOWN).enumerate() {
-                let head = if i == 0 {
-                    "│ alarms      "
-                } else {
-                    "│             "
-                };
-                let when = if *at_utc <= now_utc {
-                    "RINGING".to_owned()
-                } else {
-                    format!("in {}", human(*at_utc - now_utc))
-                };
-                let label = if alarm.label.is_empty() {
-                    String::new()
-                } else {
-                    format!("  {:?}", cut(&alarm.label))
-                };
-                out.push(format!(
-                    "{head}{}  {when}{label}",
-                    format_alarm_time(&alarm.at)
-                ));
-            }
-            if face.alarms.len() > MAX_ALARMS_SHOWN {
-                out.push(format!(
-                    "│             (and {} more)",
-                    face.alarms.len() - MAX_ALARMS_SHOWN
-                ));
-            }
+            let auto = match face.auto_brightness {
+                Some(true) => "  automatic (ABRI)",
+                Some(false) => "  manual",
+                None => "",
+            };
             out.push(match face.brightness {
-                Some(level) => format!("│ brightness  {level:>3} %  {}", bar(level)),
-                None => "│ brightness  -".to_owned(),
+                Some(Brightness::Percent(level)) => {
+                    format!("│ brightness  {level:>3} %  {}", bar(level))
+                }
+                Some(b @ Brightness::Awtrix(bri)) => format!(
+                    "│ brightness  {bri:>3}/255 ({} %)  {}{auto}",
+                    b.percent(),
+                    bar(b.percent())
+                ),
+                None if auto.is_empty() => "│ brightness  -".to_owned(),
+                None => format!("│ brightness  -{auto}"),
             });
             if let Some(last) = &face.last {
                 let id = last
@@ -177,6 +214,77 @@ impl Clocks {
             out.push(String::new());
         }
         out
+    }
+}
+
+impl Face {
+    /// The generic clock's scheduled alarms, in time order, ringing for a minute.
+    fn render_alarms(&self, now_utc: DateTime<Utc>, out: &mut Vec<String>) {
+        if self.alarms.is_empty() {
+            out.push("│ alarms      -".to_owned());
+        }
+        for (i, (at_utc, alarm)) in self.alarms.iter().take(MAX_ALARMS_SHOWN).enumerate() {
+            let head = if i == 0 {
+                "│ alarms      "
+            } else {
+                "│             "
+            };
+            let when = if *at_utc <= now_utc {
+                "RINGING".to_owned()
+            } else {
+                format!("in {}", human(*at_utc - now_utc))
+            };
+            let label = if alarm.label.is_empty() {
+                String::new()
+            } else {
+                format!("  {:?}", cut(&alarm.label))
+            };
+            out.push(format!(
+                "{head}{}  {when}{label}",
+                format_alarm_time(&alarm.at)
+            ));
+        }
+        if self.alarms.len() > MAX_ALARMS_SHOWN {
+            out.push(format!(
+                "│             (and {} more)",
+                self.alarms.len() - MAX_ALARMS_SHOWN
+            ));
+        }
+    }
+
+    fn show_awtrix(&mut self, shown: &Shown, now: DateTime<Utc>) {
+        match shown {
+            Shown::Notify(n) if n.hold => {
+                self.held = Some(Held {
+                    text: n.text.clone(),
+                    since: now,
+                    melody: n.rtttl.clone(),
+                });
+            }
+            Shown::Notify(n) => {
+                let seconds = n.duration.unwrap_or(DEFAULT_DURATION_SECS);
+                // The firmware queues notifications; the newest replacing the current one
+                // is close enough for a view redrawn every second.
+                self.message = Some(OnScreen {
+                    text: n.text.clone(),
+                    until: now + TimeDelta::seconds(i64::from(seconds)),
+                    melody: n.rtttl.clone(),
+                });
+            }
+            Shown::Dismiss => self.held = None,
+            Shown::Settings {
+                brightness,
+                auto_brightness,
+                ..
+            } => {
+                if let Some(b) = brightness {
+                    self.brightness = Some(Brightness::Awtrix(*b));
+                }
+                if auto_brightness.is_some() {
+                    self.auto_brightness = *auto_brightness;
+                }
+            }
+        }
     }
 }
 
@@ -199,6 +307,11 @@ fn human(d: TimeDelta) -> String {
     } else {
         format!("{seconds}s")
     }
+}
+
+/// `  ♪ <melody>` for a notification that plays one, cut to stay on the line.
+fn melody(rtttl: Option<&str>) -> String {
+    rtttl.map(|r| format!("  ♪ {}", cut(r))).unwrap_or_default()
 }
 
 /// A ten-cell bar for a brightness level.
@@ -314,6 +427,63 @@ mod tests {
         let view = clocks.render(t0).join("\n");
         assert!(view.contains("brightness   40 %"), "{view}");
         assert!(view.contains("rejected set_brightness: level"), "{view}");
+    }
+
+    fn apply_awtrix(clocks: &mut Clocks, level: &str, payload: &str, now: DateTime<FixedOffset>) {
+        let topic = format!("awtrix_a1/{level}");
+        let r =
+            crate::clock::awtrix::parse("kitchen", "awtrix_a1", &topic, payload.as_bytes(), false)
+                .unwrap();
+        clocks.apply(&r, now.to_utc());
+    }
+
+    #[test]
+    fn an_awtrix_clock_shows_its_notification_its_held_alarm_until_dismissed_and_bri() {
+        let t0 = at("2030-01-01T06:00:00Z");
+        let mut clocks = Clocks::default();
+        apply_awtrix(&mut clocks, "notify", r#"{"text":"tea"}"#, t0);
+        let view = clocks.render(t0 + TimeDelta::seconds(2)).join("\n");
+        // Without a duration: the firmware's app time, 7 s.
+        assert!(view.contains(r#"message     "tea"  (5 s left)"#), "{view}");
+        assert!(view.contains("│ alarm       -"), "{view}");
+        assert!(!view.contains("alarms"), "{view}");
+
+        apply_awtrix(
+            &mut clocks,
+            "notify",
+            r#"{"text":"wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
+            t0 + TimeDelta::seconds(3),
+        );
+        apply_awtrix(&mut clocks, "settings", r#"{"ABRI":false,"BRI":102}"#, t0);
+        let later = t0 + TimeDelta::hours(2);
+        clocks.expire(later.to_utc());
+        let view = clocks.render(later).join("\n");
+        assert!(
+            view.contains(
+                r#"│ alarm       ALARM "wake up"  since 06:00:03 (holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6"#
+            ),
+            "{view}"
+        );
+        assert!(
+            view.contains("│ brightness  102/255 (40 %)  ████░░░░░░  manual"),
+            "{view}"
+        );
+        assert!(view.contains("│ message     -"), "{view}");
+
+        apply_awtrix(&mut clocks, "notify/dismiss", "", later);
+        apply_awtrix(&mut clocks, "settings", r#"{"ABRI":true}"#, later);
+        let view = clocks.render(later).join("\n");
+        assert!(view.contains("│ alarm       -"), "{view}");
+        assert!(
+            view.contains("102/255 (40 %)  ████░░░░░░  automatic (ABRI)"),
+            "{view}"
+        );
+        apply_awtrix(&mut clocks, "settings", r#"{"BRI":300}"#, later);
+        let view = clocks.render(later).join("\n");
+        assert!(view.contains("102/255"), "{view}");
+        assert!(view.contains("rejected settings: BRI"), "{view}");
+        assert_eq!(Brightness::Awtrix(0).percent(), 0);
+        assert_eq!(Brightness::Awtrix(255).percent(), 100);
     }
 
     #[test]

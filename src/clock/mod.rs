@@ -2,6 +2,8 @@
 //! `clockctl watch` and `clock-server demo` both run it.
 //!
 //! - [`ack`]: the acknowledgement a clock publishes for what it showed (SPEC 7.4).
+//! - [`awtrix`]: the clock as an AWTRIX 3 clock (SPEC 8.1): its topics, what it makes of
+//!   notifications and settings.
 //! - [`command`]: a delivered topic and payload (SPEC 4.1) read as a device would, and the
 //!   one plain line printed per command.
 //! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
@@ -10,8 +12,9 @@
 //!   JSON lines or a live terminal view.
 
 pub mod ack;
+pub mod awtrix;
 pub mod command;
 pub mod face;
 pub mod watch;
 
-pub use watch::{Broker, View, WatchError, WatchOptions, Watcher};
+pub use watch::{Broker, Profile, View, WatchError, WatchOptions, Watcher};

@@ -1,5 +1,6 @@
-//! The virtual clock's MQTT side: connect, subscribe to `<prefix>/<device or +>/+`, and show
-//! each command as it arrives — a plain line, a JSON line, or a live terminal view.
+//! The virtual clock's MQTT side: connect, subscribe to `<prefix>/<device or +>/+` (or an
+//! AWTRIX clock's `<topic>/notify` and `<topic>/settings`), and show each command as it
+//! arrives — a plain line, a JSON line, or a live terminal view.
 //!
 //! The `mqtt5` client re-connects on its own after a loss (with back-off) and re-subscribes
 //! when the broker kept no session, so a watcher survives a broker restart; only the first
@@ -20,6 +21,7 @@ use mqtt5::{
 use tokio::sync::{Semaphore, mpsc};
 
 use super::ack::{Ack, ack_topic, is_ack_topic, usable_response_topic};
+use super::awtrix;
 use super::command::{self, Received};
 use super::face::Clocks;
 use crate::domain::DeviceId;
@@ -104,22 +106,40 @@ pub fn normalize_prefix(raw: &str) -> Result<String, String> {
     Ok(prefix.to_owned())
 }
 
+/// Which firmware the virtual clock plays (SPEC 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profile {
+    /// The generic payloads of SPEC 4.1 under the topic prefix, acknowledged (SPEC 7.4).
+    Generic,
+    /// One AWTRIX 3 clock with this MQTT prefix (checked by [`awtrix::check_topic`]); it
+    /// never acknowledges.
+    Awtrix3 { topic: String },
+}
+
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     /// The broker the devices subscribe to.
     pub broker: Broker,
-    /// The devices to show; empty means every device.
+    /// The devices to show; empty means every device. With [`Profile::Awtrix3`] at most one:
+    /// the name the clock is shown under.
     pub devices: Vec<DeviceId>,
-    /// Already normalised (see [`normalize_prefix`]).
+    /// Already normalised (see [`normalize_prefix`]); the generic profile's.
     pub topic_prefix: String,
     /// Acknowledge each command shown, as a device does (SPEC 7.4); `--no-ack` clears it.
+    /// An AWTRIX clock never does.
     pub acknowledge: bool,
+    /// The firmware the clock plays.
+    pub profile: Profile,
 }
 
 impl WatchOptions {
-    /// One filter per device, or `<prefix>/+/+` for all of them.
+    /// One filter per device, or `<prefix>/+/+` for all of them; an AWTRIX clock's own
+    /// topics.
     pub fn topic_filters(&self) -> Vec<String> {
+        if let Profile::Awtrix3 { topic } = &self.profile {
+            return awtrix::topic_filters(topic);
+        }
         if self.devices.is_empty() {
             return vec![format!("{}/+/+", self.topic_prefix)];
         }
@@ -261,6 +281,8 @@ pub struct Watcher {
     client: MqttClient,
     events: mpsc::UnboundedReceiver<Event>,
     prefix: String,
+    /// For an AWTRIX clock: the name it is shown under, and its MQTT prefix.
+    awtrix: Option<(String, String)>,
     filters: Vec<String>,
     broker: String,
     stopping: Arc<AtomicBool>,
@@ -369,7 +391,18 @@ impl Watcher {
                 });
             }
         }
-        let acker = options.acknowledge.then(|| Acker {
+        let awtrix = match &options.profile {
+            Profile::Generic => None,
+            Profile::Awtrix3 { topic } => Some((
+                options
+                    .devices
+                    .first()
+                    .map_or_else(|| topic.clone(), ToString::to_string),
+                topic.clone(),
+            )),
+        };
+        let acknowledge = options.acknowledge && awtrix.is_none();
+        let acker = acknowledge.then(|| Acker {
             client: client.clone(),
             prefix: options.topic_prefix.clone(),
             in_flight: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
@@ -381,6 +414,7 @@ impl Watcher {
             client,
             events,
             prefix: options.topic_prefix.clone(),
+            awtrix,
             filters,
             broker,
             stopping,
@@ -490,11 +524,12 @@ impl Watcher {
             retained,
             ..
         } = delivery;
-        // Devices' answers (this clock's own among them) are not commands.
-        if is_ack_topic(&self.prefix, topic) {
-            return Ok(());
-        }
-        let received = command::parse(&self.prefix, topic, payload, *retained);
+        let received = match &self.awtrix {
+            Some((name, base)) => awtrix::parse(name, base, topic, payload, *retained),
+            // Devices' answers (this clock's own among them) are not commands.
+            None if is_ack_topic(&self.prefix, topic) => return Ok(()),
+            None => command::parse(&self.prefix, topic, payload, *retained),
+        };
         match view {
             View::Json => {
                 let payload = serde_json::from_slice::<serde_json::Value>(payload)
@@ -631,6 +666,7 @@ mod tests {
             devices: vec![],
             topic_prefix: "clocks/commands".into(),
             acknowledge: true,
+            profile: Profile::Generic,
         };
         assert_eq!(o.topic_filters(), ["clocks/commands/+/+"]);
         o.devices = vec![
@@ -640,6 +676,17 @@ mod tests {
         assert_eq!(
             o.topic_filters(),
             ["clocks/commands/clock-1/+", "clocks/commands/clock-2/+"]
+        );
+        o.profile = Profile::Awtrix3 {
+            topic: "awtrix_a1b2c3".into(),
+        };
+        assert_eq!(
+            o.topic_filters(),
+            [
+                "awtrix_a1b2c3/notify",
+                "awtrix_a1b2c3/notify/dismiss",
+                "awtrix_a1b2c3/settings"
+            ]
         );
     }
 }

@@ -1,0 +1,351 @@
+//! The virtual clock as an AWTRIX 3 clock (SPEC 8.1): what such a clock makes of what
+//! arrives on `<topic>/notify`, `<topic>/notify/dismiss` and `<topic>/settings`.
+//!
+//! Read as the firmware reads it (`Blueforcer/awtrix3`, `docs/api.md`): a payload must be
+//! one JSON object; `text`, `duration` (seconds, default the clock's app time, 7 s), `hold`
+//! (shown until dismissed: how the gateway rings an alarm), `wakeup` and `rtttl` of a
+//! notification, and `BRI` (0–255) and `ABRI` (automatic brightness) of the settings are
+//! shown. The firmware's many other keys (colours, icons, ...) are valid but not drawn
+//! here: they are listed as ignored. A field of the wrong type is a rejection, with the
+//! reason. AWTRIX does not acknowledge anything, so neither does this clock.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use super::command::{Action, Received, unreadable};
+
+/// The topic level notifications arrive on.
+pub const NOTIFY: &str = "notify";
+/// The topic levels that dismiss a held notification (any payload).
+pub const DISMISS: &str = "notify/dismiss";
+/// The topic level settings arrive on.
+pub const SETTINGS: &str = "settings";
+/// How long a notification without `duration` is shown: the firmware's app time (`ATIME`)
+/// when nobody changed it.
+pub const DEFAULT_DURATION_SECS: u32 = 7;
+
+/// What an AWTRIX clock does with one valid delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// A notification: shown for `duration` seconds, or until dismissed when `hold`.
+    Notify(Notification),
+    /// The held notification is dismissed.
+    Dismiss,
+    /// Brightness settings (other settings are listed in `ignored`).
+    Settings {
+        /// `BRI`, 0–255.
+        brightness: Option<u8>,
+        /// `ABRI`: the light sensor sets the brightness.
+        auto_brightness: Option<bool>,
+        ignored: Vec<String>,
+    },
+}
+
+/// One notification's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Notification {
+    pub text: String,
+    /// `None`: the clock's app time ([`DEFAULT_DURATION_SECS`]).
+    pub duration: Option<u32>,
+    /// Shown until dismissed (an alarm, as the gateway sends it).
+    pub hold: bool,
+    /// Turns a switched-off display on for it.
+    pub wakeup: bool,
+    /// A melody (RTTTL) played with it.
+    pub rtttl: Option<String>,
+    /// Keys the firmware knows but this clock does not draw.
+    pub ignored: Vec<String>,
+}
+
+impl Shown {
+    /// The word after the device on the plain line: `notify`, `alarm` (a held
+    /// notification), `dismiss` or `settings`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Notify(n) if n.hold => "alarm",
+            Self::Notify(_) => NOTIFY,
+            Self::Dismiss => "dismiss",
+            Self::Settings { .. } => SETTINGS,
+        }
+    }
+
+    /// The fields for the plain line, ` key=value` each, text quoted and escaped.
+    pub fn write_fields(&self, line: &mut String) {
+        // Writing to a String cannot fail.
+        let ignored = match self {
+            Self::Notify(n) => {
+                let _ = write!(line, " text={:?}", n.text);
+                if let Some(d) = n.duration {
+                    let _ = write!(line, " duration={d}");
+                }
+                if n.hold {
+                    line.push_str(" hold=true");
+                }
+                if n.wakeup {
+                    line.push_str(" wakeup=true");
+                }
+                if let Some(r) = &n.rtttl {
+                    let _ = write!(line, " rtttl={r:?}");
+                }
+                &n.ignored
+            }
+            Self::Dismiss => return,
+            Self::Settings {
+                brightness,
+                auto_brightness,
+                ignored,
+            } => {
+                if let Some(a) = auto_brightness {
+                    let _ = write!(line, " ABRI={a}");
+                }
+                if let Some(b) = brightness {
+                    let _ = write!(line, " BRI={b}");
+                }
+                ignored
+            }
+        };
+        if !ignored.is_empty() {
+            let _ = write!(line, " ignored={:?}", ignored.join(","));
+        }
+    }
+}
+
+/// The topics an AWTRIX clock with MQTT prefix `topic` listens to, as far as this clock
+/// shows them.
+pub fn topic_filters(topic: &str) -> Vec<String> {
+    [NOTIFY, DISMISS, SETTINGS]
+        .iter()
+        .map(|level| format!("{topic}/{level}"))
+        .collect()
+}
+
+/// The clock's MQTT prefix as given (the firmware trims spaces, nothing else): not empty,
+/// no wildcard. The error says what is wrong.
+pub fn check_topic(raw: &str) -> Result<String, String> {
+    let topic = raw.trim();
+    if topic.is_empty() {
+        return Err(
+            "it is empty: pass the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web \
+                    interface shows it under MQTT, Prefix)"
+                .to_owned(),
+        );
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "{raw:?} must not contain the wildcards + or #: pass the clock's MQTT prefix, \
+             e.g. awtrix_a1b2c3"
+        ));
+    }
+    Ok(topic.to_owned())
+}
+
+/// Reads one delivery on `topic` for the AWTRIX clock `name` with MQTT prefix `base`.
+/// `None` when the topic is none of [`topic_filters`].
+pub fn parse(
+    name: &str,
+    base: &str,
+    topic: &str,
+    payload: &[u8],
+    retained: bool,
+) -> Option<Received> {
+    let level = topic.strip_prefix(base)?.strip_prefix('/')?;
+    let action = match level {
+        DISMISS => Action::Awtrix(Shown::Dismiss),
+        NOTIFY => object(NOTIFY, payload).map_or_else(
+            |invalid| invalid,
+            |fields| notification(fields).unwrap_or_else(|reason| invalid(NOTIFY, reason)),
+        ),
+        SETTINGS => object(SETTINGS, payload).map_or_else(
+            |invalid| invalid,
+            |fields| settings(fields).unwrap_or_else(|reason| invalid(SETTINGS, reason)),
+        ),
+        _ => return None,
+    };
+    Some(Received {
+        device_id: name.to_owned(),
+        action,
+        command_id: None,
+        retained,
+    })
+}
+
+fn invalid(kind: &str, reason: String) -> Action {
+    Action::Invalid {
+        kind: kind.to_owned(),
+        reason,
+    }
+}
+
+/// The payload as a JSON object, or the rejection.
+fn object(kind: &str, payload: &[u8]) -> Result<Map<String, Value>, Action> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(invalid(kind, "the payload is not a JSON object".to_owned())),
+        Err(e) => Err(invalid(kind, unreadable(payload, &e))),
+    }
+}
+
+fn notification(mut fields: Map<String, Value>) -> Result<Action, String> {
+    let n = Notification {
+        text: take_string(&mut fields, "text")?.unwrap_or_default(),
+        duration: take(&mut fields, "duration", |v| {
+            v.as_u64().and_then(|d| u32::try_from(d).ok())
+        })
+        .map_err(|()| "duration must be a whole number of seconds".to_owned())?,
+        hold: take_bool(&mut fields, "hold")?.unwrap_or(false),
+        wakeup: take_bool(&mut fields, "wakeup")?.unwrap_or(false),
+        rtttl: take_string(&mut fields, "rtttl")?,
+        ignored: fields.into_iter().map(|(k, _)| k).collect(),
+    };
+    Ok(Action::Awtrix(Shown::Notify(n)))
+}
+
+fn settings(mut fields: Map<String, Value>) -> Result<Action, String> {
+    let brightness = take(&mut fields, "BRI", |v| {
+        v.as_u64().and_then(|b| u8::try_from(b).ok())
+    })
+    .map_err(|()| "BRI must be an integer between 0 and 255".to_owned())?;
+    let auto_brightness = take_bool(&mut fields, "ABRI")?;
+    Ok(Action::Awtrix(Shown::Settings {
+        brightness,
+        auto_brightness,
+        ignored: fields.into_iter().map(|(k, _)| k).collect(),
+    }))
+}
+
+/// Removes `key`; `Ok(None)` when absent, `Err` when `read` refuses its value.
+fn take<T>(
+    fields: &mut Map<String, Value>,
+    key: &str,
+    read: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, ()> {
+    match fields.remove(key) {
+        None => Ok(None),
+        Some(v) => read(&v).map(Some).ok_or(()),
+    }
+}
+
+fn take_string(fields: &mut Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    take(fields, key, |v| v.as_str().map(str::to_owned))
+        .map_err(|()| format!("{key} must be a string"))
+}
+
+fn take_bool(fields: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
+    take(fields, key, Value::as_bool).map_err(|()| format!("{key} must be true or false"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(level: &str, payload: &str) -> String {
+        parse(
+            "kitchen",
+            "awtrix_a1b2c3",
+            &format!("awtrix_a1b2c3/{level}"),
+            payload.as_bytes(),
+            false,
+        )
+        .unwrap()
+        .plain_line()
+    }
+
+    #[test]
+    fn the_payloads_of_the_spec_table_become_one_plain_line_each() {
+        assert_eq!(
+            line("notify", r#"{"text": "tea is ready", "duration": 10}"#),
+            r#"kitchen notify text="tea is ready" duration=10"#
+        );
+        assert_eq!(
+            line(
+                "notify",
+                r#"{"text":"wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6,p,c6"}"#
+            ),
+            r#"kitchen alarm text="wake up" hold=true wakeup=true rtttl="alarm:d=4,o=5,b=140:c6,p,c6""#
+        );
+        assert_eq!(
+            line("notify", r#"{"text":"Alarm","hold":true,"wakeup":true}"#),
+            r#"kitchen alarm text="Alarm" hold=true wakeup=true"#
+        );
+        for bri in [0, 102, 255] {
+            assert_eq!(
+                line("settings", &format!(r#"{{"ABRI":false,"BRI":{bri}}}"#)),
+                format!("kitchen settings ABRI=false BRI={bri}")
+            );
+        }
+        assert_eq!(line("notify/dismiss", ""), "kitchen dismiss");
+    }
+
+    #[test]
+    fn keys_the_firmware_knows_but_this_clock_does_not_draw_are_listed_as_ignored() {
+        assert_eq!(
+            line(
+                "notify",
+                r##"{"text":"hi","icon":"1234","color":"#FF0000"}"##
+            ),
+            r#"kitchen notify text="hi" ignored="color,icon""#
+        );
+        assert_eq!(
+            line("settings", r#"{"TIM":false}"#),
+            r#"kitchen settings ignored="TIM""#
+        );
+    }
+
+    #[test]
+    fn payloads_the_clock_would_not_take_are_rejected_with_the_reason() {
+        for (level, payload, reason) in [
+            ("notify", "{not json", "not JSON"),
+            ("notify", "[1]", "not a JSON object"),
+            ("notify", r#"{"text":5}"#, "text must be a string"),
+            ("notify", r#"{"text":"a","duration":-1}"#, "duration"),
+            ("notify", r#"{"text":"a","duration":2.5}"#, "duration"),
+            ("notify", r#"{"hold":"yes"}"#, "hold must be true or false"),
+            ("notify", r#"{"rtttl":1}"#, "rtttl must be a string"),
+            (
+                "settings",
+                r#"{"BRI":256}"#,
+                "BRI must be an integer between 0 and 255",
+            ),
+            ("settings", r#"{"BRI":"40"}"#, "BRI"),
+            ("settings", r#"{"ABRI":0}"#, "ABRI must be true or false"),
+        ] {
+            let l = line(level, payload);
+            assert!(
+                l.starts_with(&format!("kitchen invalid_command type=\"{level}\" error=")),
+                "{payload}: {l}"
+            );
+            assert!(l.contains(reason), "{payload}: {l}");
+        }
+    }
+
+    #[test]
+    fn only_the_clocks_own_topics_are_read() {
+        assert!(parse("k", "awtrix_x", "awtrix_x/stats", b"{}", false).is_none());
+        assert!(parse("k", "awtrix_x", "awtrix_y/notify", b"{}", false).is_none());
+        assert_eq!(
+            topic_filters("home/awtrix_x"),
+            [
+                "home/awtrix_x/notify",
+                "home/awtrix_x/notify/dismiss",
+                "home/awtrix_x/settings"
+            ]
+        );
+        assert_eq!(check_topic(" awtrix_x ").unwrap(), "awtrix_x");
+        assert!(check_topic(" ").unwrap_err().contains("MQTT prefix"));
+        assert!(check_topic("awtrix/+").unwrap_err().contains("wildcards"));
+    }
+
+    #[test]
+    fn nothing_is_acknowledged() {
+        let r = parse(
+            "k",
+            "t",
+            "t/notify",
+            br#"{"text":"a","commandId":"c1"}"#,
+            false,
+        )
+        .unwrap();
+        assert!(super::super::ack::Ack::of(&r).is_none());
+    }
+}
