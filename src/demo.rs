@@ -349,7 +349,7 @@ mod running {
                 topic_prefix: crate::clock::watch::DEFAULT_TOPIC_PREFIX.to_owned(),
                 // The demo's clock answers like a device, so `clockctl ... --wait` ends.
                 acknowledge: true,
-                profile: crate::clock::Profile::Generic,
+                profile: crate::domain::Profile::Generic,
             };
             let watcher = Watcher::connect(&options)
                 .await

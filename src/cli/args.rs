@@ -5,6 +5,8 @@ use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::domain::ProfileName;
+
 /// Shown under every `--help`: the environment, the exit codes and the accepted flag forms.
 pub const AFTER_HELP: &str = "\
 Environment:
@@ -177,21 +179,20 @@ pub struct WatchArgs {
     pub no_ack: bool,
     /// The clock's firmware: generic (the server's own payloads under --topic-prefix) or
     /// awtrix3 (one AWTRIX 3 clock, named by --topic)
-    #[arg(long, value_enum, value_name = "PROFILE", default_value_t = WatchProfile::Generic)]
-    pub profile: WatchProfile,
+    #[arg(long, value_name = "PROFILE", default_value = "generic", value_parser = parse_profile)]
+    pub profile: ProfileName,
     /// With --profile awtrix3: the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web
     /// interface shows it under MQTT, Prefix)
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
 }
 
-/// `clockctl watch --profile`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WatchProfile {
-    /// The generic payloads of the server's MQTT transport
-    Generic,
-    /// An AWTRIX 3 clock (e.g. the Ulanzi TC001): <topic>/notify and <topic>/settings
-    Awtrix3,
+/// `--profile`: a profile name of `DEVICES_FILE`.
+fn parse_profile(raw: &str) -> Result<ProfileName, String> {
+    ProfileName::parse(raw.trim()).ok_or_else(|| {
+        let names: Vec<&str> = ProfileName::ALL.iter().map(|p| p.as_str()).collect();
+        format!("unknown profile; use one of {}", names.join(", "))
+    })
 }
 
 /// How a command is submitted and followed (SPEC 7.7); flattened into each command.

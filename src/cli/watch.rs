@@ -7,11 +7,13 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use super::CliError;
-use super::args::{WatchArgs, WatchProfile};
+use super::args::WatchArgs;
 use crate::clock::awtrix;
 use crate::clock::watch::{Broker, DEFAULT_BROKER_URL, DEFAULT_TOPIC_PREFIX, normalize_prefix};
-use crate::clock::{Profile, View, WatchOptions, Watcher};
+use crate::clock::{View, WatchOptions, Watcher};
 use crate::domain::DeviceId;
+use crate::domain::awtrix3::Awtrix3Device;
+use crate::domain::{Profile, ProfileName};
 
 /// Validates the arguments; nothing is connected yet. An empty broker or prefix (e.g. an
 /// empty variable) counts as unset, as everywhere in this project.
@@ -51,25 +53,26 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     let topic = args.topic.as_deref();
     let profile = match (args.profile, topic) {
-        (WatchProfile::Generic, None) => Profile::Generic,
-        (WatchProfile::Generic, Some(_)) => {
+        (ProfileName::Generic, None) => Profile::Generic,
+        (ProfileName::Generic, Some(_)) => {
             return Err(CliError::Invalid(
                 "--topic only applies with --profile awtrix3 (an AWTRIX clock's MQTT prefix); \
                  the generic profile's topics start with --topic-prefix"
                     .to_owned(),
             ));
         }
-        (WatchProfile::Awtrix3, None) => {
+        (ProfileName::Awtrix3, None) => {
             return Err(CliError::Invalid(
                 "--profile awtrix3 needs --topic <the clock's MQTT prefix>, e.g. --topic \
                  awtrix_a1b2c3 (its web interface shows it under MQTT, Prefix)"
                     .to_owned(),
             ));
         }
-        (WatchProfile::Awtrix3, Some(raw)) => Profile::Awtrix3 {
-            topic: awtrix::check_topic(raw)
-                .map_err(|e| CliError::Invalid(format!("invalid --topic: {e}")))?,
-        },
+        (ProfileName::Awtrix3, Some(raw)) => Profile::Awtrix3(Awtrix3Device::new(
+            awtrix::check_topic(raw)
+                .map_err(|e| CliError::Invalid(format!("invalid --topic {e}")))?,
+            None,
+        )),
     };
     if matches!(profile, Profile::Awtrix3 { .. }) && devices.len() > 1 {
         return Err(CliError::Invalid(
@@ -165,12 +168,7 @@ mod tests {
             "awtrix_a1b2c3",
         ]))
         .unwrap();
-        assert_eq!(
-            o.profile,
-            Profile::Awtrix3 {
-                topic: "awtrix_a1b2c3".into()
-            }
-        );
+        assert_eq!(o.profile.name(), "awtrix3");
         assert_eq!(o.topic_filters()[0], "awtrix_a1b2c3/notify");
         let generic = options(&watch_args(&["-profile=generic"])).unwrap();
         assert_eq!(generic.profile, Profile::Generic);

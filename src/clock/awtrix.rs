@@ -1,5 +1,7 @@
 //! The virtual clock as an AWTRIX 3 clock (SPEC 8.1): what such a clock makes of what
-//! arrives on `<topic>/notify`, `<topic>/notify/dismiss` and `<topic>/settings`.
+//! arrives on `<topic>/notify`, `<topic>/notify/dismiss` and `<topic>/settings`. The
+//! server's side of the same wire is [`crate::domain::awtrix3`]; a test here reads back
+//! every payload it writes.
 //!
 //! Read as the firmware reads it (`Blueforcer/awtrix3`, `docs/api.md`): a payload must be
 //! one JSON object; `text`, `duration` (seconds, default the clock's app time, 7 s), `hold`
@@ -14,13 +16,10 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use super::command::{Action, Received, unreadable};
+pub use crate::domain::awtrix3::{AwtrixTopic, NOTIFY, SETTINGS};
 
-/// The topic level notifications arrive on.
-pub const NOTIFY: &str = "notify";
 /// The topic levels that dismiss a held notification (any payload).
 pub const DISMISS: &str = "notify/dismiss";
-/// The topic level settings arrive on.
-pub const SETTINGS: &str = "settings";
 /// How long a notification without `duration` is shown: the firmware's app time (`ATIME`)
 /// when nobody changed it.
 pub const DEFAULT_DURATION_SECS: u32 = 7;
@@ -120,24 +119,15 @@ pub fn topic_filters(topic: &str) -> Vec<String> {
         .collect()
 }
 
-/// The clock's MQTT prefix as given (the firmware trims spaces, nothing else): not empty,
-/// no wildcard. The error says what is wrong.
-pub fn check_topic(raw: &str) -> Result<String, String> {
-    let topic = raw.trim();
-    if topic.is_empty() {
-        return Err(
-            "it is empty: pass the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web \
-                    interface shows it under MQTT, Prefix)"
-                .to_owned(),
-        );
-    }
-    if topic.contains(['+', '#', '\0']) {
-        return Err(format!(
-            "{raw:?} must not contain the wildcards + or #: pass the clock's MQTT prefix, \
-             e.g. awtrix_a1b2c3"
-        ));
-    }
-    Ok(topic.to_owned())
+/// The clock's MQTT prefix as given, surrounding spaces trimmed (as the firmware trims
+/// them), checked as `DEVICES_FILE` checks a `topic`. The error says what is wrong.
+pub fn check_topic(raw: &str) -> Result<AwtrixTopic, String> {
+    AwtrixTopic::parse(raw.trim()).map_err(|e| {
+        format!(
+            "{raw:?}: {e}; pass the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web \
+             interface shows it under MQTT, Prefix)"
+        )
+    })
 }
 
 /// Reads one delivery on `topic` for the AWTRIX clock `name` with MQTT prefix `base`.
@@ -331,9 +321,64 @@ mod tests {
                 "home/awtrix_x/settings"
             ]
         );
-        assert_eq!(check_topic(" awtrix_x ").unwrap(), "awtrix_x");
+        assert_eq!(check_topic(" awtrix_x ").unwrap().as_str(), "awtrix_x");
         assert!(check_topic(" ").unwrap_err().contains("MQTT prefix"));
         assert!(check_topic("awtrix/+").unwrap_err().contains("wildcards"));
+        assert!(check_topic("awtrix/").unwrap_err().contains("empty level"));
+    }
+
+    #[test]
+    fn every_payload_the_server_writes_is_read_back_as_sent() {
+        use crate::domain::Command;
+        use crate::domain::awtrix3::Awtrix3Device;
+        let show = |clock: &Awtrix3Device, command: Command| {
+            let p = clock.publication(&command);
+            parse("k", "awtrix_a1", &p.topic, &p.payload, false)
+                .unwrap()
+                .action
+        };
+        let plain = Awtrix3Device::new(check_topic("awtrix_a1").unwrap(), None);
+        let melody = Awtrix3Device::new(
+            check_topic("awtrix_a1").unwrap(),
+            Some("alarm:d=4,o=5,b=140:c6".into()),
+        );
+        assert_eq!(
+            show(
+                &plain,
+                Command::message(Some("tea".into()), Some(10)).unwrap()
+            ),
+            Action::Awtrix(Shown::Notify(Notification {
+                text: "tea".into(),
+                duration: Some(10),
+                ..Notification::default()
+            }))
+        );
+        for (clock, label, text, rtttl) in [
+            (&plain, None, "Alarm", None),
+            (&melody, Some("up"), "up", Some("alarm:d=4,o=5,b=140:c6")),
+        ] {
+            let alarm = Command::alarm("2030-01-01T07:00:00Z", label.map(Into::into)).unwrap();
+            assert_eq!(
+                show(clock, alarm),
+                Action::Awtrix(Shown::Notify(Notification {
+                    text: text.into(),
+                    hold: true,
+                    wakeup: true,
+                    rtttl: rtttl.map(Into::into),
+                    ..Notification::default()
+                }))
+            );
+        }
+        for (level, bri) in [(0, 0), (40, 102), (100, 255)] {
+            assert_eq!(
+                show(&plain, Command::brightness(Some(level)).unwrap()),
+                Action::Awtrix(Shown::Settings {
+                    brightness: Some(bri),
+                    auto_brightness: Some(false),
+                    ignored: vec![],
+                })
+            );
+        }
     }
 
     #[test]

@@ -17,4 +17,4 @@ pub mod command;
 pub mod face;
 pub mod watch;
 
-pub use watch::{Broker, Profile, View, WatchError, WatchOptions, Watcher};
+pub use watch::{Broker, View, WatchError, WatchOptions, Watcher};

@@ -24,7 +24,7 @@ use super::ack::{Ack, ack_topic, is_ack_topic, usable_response_topic};
 use super::awtrix;
 use super::command::{self, Received};
 use super::face::Clocks;
-use crate::domain::DeviceId;
+use crate::domain::{DeviceId, Profile};
 use crate::shared::{BrokerUrl, MAX_MQTT_PACKET_SIZE, Secret};
 use crate::terminal;
 
@@ -106,30 +106,21 @@ pub fn normalize_prefix(raw: &str) -> Result<String, String> {
     Ok(prefix.to_owned())
 }
 
-/// Which firmware the virtual clock plays (SPEC 8).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Profile {
-    /// The generic payloads of SPEC 4.1 under the topic prefix, acknowledged (SPEC 7.4).
-    Generic,
-    /// One AWTRIX 3 clock with this MQTT prefix (checked by [`awtrix::check_topic`]); it
-    /// never acknowledges.
-    Awtrix3 { topic: String },
-}
-
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     /// The broker the devices subscribe to.
     pub broker: Broker,
     /// The devices to show; empty means every device. With [`Profile::Awtrix3`] at most one:
-    /// the name the clock is shown under.
+    /// the name the clock is shown under (default: its topic).
     pub devices: Vec<DeviceId>,
     /// Already normalised (see [`normalize_prefix`]); the generic profile's.
     pub topic_prefix: String,
     /// Acknowledge each command shown, as a device does (SPEC 7.4); `--no-ack` clears it.
     /// An AWTRIX clock never does.
     pub acknowledge: bool,
-    /// The firmware the clock plays.
+    /// The firmware the clock plays: generic, or one AWTRIX 3 clock (its topic; the
+    /// melody is the server's business).
     pub profile: Profile,
 }
 
@@ -137,8 +128,8 @@ impl WatchOptions {
     /// One filter per device, or `<prefix>/+/+` for all of them; an AWTRIX clock's own
     /// topics.
     pub fn topic_filters(&self) -> Vec<String> {
-        if let Profile::Awtrix3 { topic } = &self.profile {
-            return awtrix::topic_filters(topic);
+        if let Profile::Awtrix3(clock) = &self.profile {
+            return awtrix::topic_filters(clock.topic.as_str());
         }
         if self.devices.is_empty() {
             return vec![format!("{}/+/+", self.topic_prefix)];
@@ -393,12 +384,12 @@ impl Watcher {
         }
         let awtrix = match &options.profile {
             Profile::Generic => None,
-            Profile::Awtrix3 { topic } => Some((
+            Profile::Awtrix3(clock) => Some((
                 options
                     .devices
                     .first()
-                    .map_or_else(|| topic.clone(), ToString::to_string),
-                topic.clone(),
+                    .map_or_else(|| clock.topic.to_string(), ToString::to_string),
+                clock.topic.to_string(),
             )),
         };
         let acknowledge = options.acknowledge && awtrix.is_none();
@@ -677,9 +668,10 @@ mod tests {
             o.topic_filters(),
             ["clocks/commands/clock-1/+", "clocks/commands/clock-2/+"]
         );
-        o.profile = Profile::Awtrix3 {
-            topic: "awtrix_a1b2c3".into(),
-        };
+        o.profile = Profile::Awtrix3(crate::domain::awtrix3::Awtrix3Device::new(
+            awtrix::check_topic("awtrix_a1b2c3").unwrap(),
+            None,
+        ));
         assert_eq!(
             o.topic_filters(),
             [
