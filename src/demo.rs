@@ -1,7 +1,8 @@
 //! `clock-server demo`: everything a newcomer needs in one process, on loopback only — an
 //! MQTT broker (in memory, anonymous), the API over plain HTTP with the well-known
-//! credential `demo|dev-token|*`, and a virtual clock ([`crate::clock`]) printing what it
-//! receives.
+//! credential `demo|dev-token|*`, and two virtual clocks ([`crate::clock`]) printing what
+//! they receive: a generic one for every device id, and [`AWTRIX_DEVICE`], an AWTRIX 3
+//! clock (SPEC 8.2) whose alarms the gateway holds until their time.
 //!
 //! The API is the real one: the configuration is built by [`Config::from_lookup`] from demo
 //! values and served by [`Application`], exactly as `clock-server` does from the
@@ -12,12 +13,29 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::config::{Config, LogFormat};
-use crate::domain::DeviceId;
+use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic};
+use crate::domain::{DeviceId, Profile};
 
 /// The demo's bearer token. Well known on purpose: the demo binds loopback only.
 pub const DEMO_TOKEN: &str = "dev-token";
 /// The demo's one credential: id `demo`, token [`DEMO_TOKEN`], every device.
 pub const DEMO_CREDENTIALS: &str = "demo|dev-token|*";
+/// The demo's virtual AWTRIX 3 clock (profile `awtrix3`), as if `DEVICES_FILE` listed it.
+pub const AWTRIX_DEVICE: &str = "awtrix-1";
+/// Its MQTT prefix (a real clock's looks like `awtrix_a1b2c3`).
+pub const AWTRIX_TOPIC: &str = "awtrix_demo";
+/// The melody its alarms play (`alarm_rtttl`).
+pub const AWTRIX_RTTTL: &str = "alarm:d=8,o=5,b=140:c6,p,c6,p,c6";
+
+/// The virtual AWTRIX's id and profile, as `DEVICES_FILE` would give them. (Constants: the
+/// error cannot happen, and a test keeps it so.)
+pub fn awtrix_device() -> Result<(DeviceId, Profile), String> {
+    let id = DeviceId::parse(AWTRIX_DEVICE).map_err(|e| format!("{AWTRIX_DEVICE}: {e}"))?;
+    let topic = AwtrixTopic::parse(AWTRIX_TOPIC).map_err(|e| format!("{AWTRIX_TOPIC}: {e}"))?;
+    let clock = Awtrix3Device::new(topic, Some(AWTRIX_RTTTL.to_owned()));
+    Ok((id, Profile::Awtrix3(clock)))
+}
+
 /// Log filter when neither `LOG_LEVEL` nor `RUST_LOG` is set: the server's own lines
 /// (start-up, one audit record per command), only warnings from the broker and MQTT client.
 pub const DEFAULT_LOG_FILTER: &str = "warn,clock_server=info,audit=info";
@@ -129,13 +147,18 @@ pub fn demo_config(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, crate::config::ConfigError> {
     let vars = demo_vars(http_addr, mqtt_addr);
-    Config::from_lookup(|name| match name {
+    let mut config = Config::from_lookup(|name| match name {
         "LOG_LEVEL" | "RUST_LOG" | "LOG_FORMAT" => env(name),
         _ => vars
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone()),
-    })
+    })?;
+    // What a DEVICES_FILE with `[devices.awtrix-1] profile = "awtrix3"` would add, without
+    // writing a file.
+    let (id, profile) = awtrix_device().map_err(|e| crate::config::ConfigError(vec![e]))?;
+    config.devices.insert(id, profile);
+    Ok(config)
 }
 
 /// The demo's settings as environment variables.
@@ -207,7 +230,7 @@ fn clockctl_command() -> String {
 }
 
 /// The start-up banner: what runs where, the token and that it is for local use only, and
-/// the commands to try.
+/// the commands to try (among them an alarm a minute ahead on the virtual AWTRIX).
 pub fn banner(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
@@ -234,17 +257,23 @@ pub fn banner(
     } else {
         format!(" --broker mqtt://{mqtt_addr}")
     };
+    let env = format!("{base_url}CLOCK_SERVER_TOKEN={DEMO_TOKEN}");
     format!(
         "{rule}
  clock-server DEMO -- FOR LOCAL USE ONLY: plain HTTP, a public token, no broker auth
    API     http://{http_addr}   (loopback only)
    token   {DEMO_TOKEN}   (credential {DEMO_CREDENTIALS}: every device)
    broker  mqtt://{mqtt_addr}   (embedded, anonymous, in memory)
-   clock   {clocks}; its lines follow below
+   clocks  {clocks} (generic profile), and
+           {AWTRIX_DEVICE}, a virtual AWTRIX 3 clock (profile awtrix3, MQTT prefix {AWTRIX_TOPIC});
+           their lines follow below
  Try in a second terminal:
-   {base_url}CLOCK_SERVER_TOKEN={DEMO_TOKEN} {clockctl} message --device {device} --message hello
- Watch the clock live in a third:
+   {env} {clockctl} message --device {device} --message hello
+ An alarm a minute from now on the AWTRIX (the server holds it until then):
+   {env} {clockctl} alarm --device {AWTRIX_DEVICE} --label \"wake up\" --time $(date -u -d '+1 min' +%Y-%m-%dT%H:%M:%SZ)
+ Watch the clocks live in a third:
    {clockctl} watch{broker_flag}
+   {clockctl} watch{broker_flag} --device {AWTRIX_DEVICE} --profile awtrix3 --topic {AWTRIX_TOPIC}
  Ctrl-C stops the demo.
 {rule}"
     )
@@ -262,9 +291,10 @@ mod running {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::watch;
 
-    use super::{Demo, DemoError, banner, clockctl_command, demo_config};
+    use super::{Demo, DemoError, awtrix_device, banner, clockctl_command, demo_config};
     use crate::clock::watch::Broker;
     use crate::clock::{View, WatchOptions, Watcher};
+    use crate::domain::Profile;
     use crate::startup::Application;
 
     /// How long the API may take to report ready before the banner is shown anyway.
@@ -343,17 +373,30 @@ mod running {
             })?;
             let http_addr = app.local_addr();
 
-            let options = WatchOptions {
-                broker: Broker::parse(&format!("mqtt://{mqtt_addr}")).map_err(DemoError::Start)?,
+            let broker = Broker::parse(&format!("mqtt://{mqtt_addr}")).map_err(DemoError::Start)?;
+            let generic = WatchOptions {
+                broker: broker.clone(),
                 devices: self.devices.clone(),
                 topic_prefix: crate::clock::watch::DEFAULT_TOPIC_PREFIX.to_owned(),
                 // The demo's clock answers like a device, so `clockctl ... --wait` ends.
                 acknowledge: true,
-                profile: crate::domain::Profile::Generic,
+                profile: Profile::Generic,
             };
-            let watcher = Watcher::connect(&options)
-                .await
-                .map_err(|e| DemoError::Start(format!("virtual clock: {e}")))?;
+            let (awtrix_id, awtrix_profile) = awtrix_device().map_err(DemoError::Start)?;
+            let awtrix = WatchOptions {
+                broker,
+                devices: vec![awtrix_id],
+                profile: awtrix_profile,
+                acknowledge: false,
+                ..generic.clone()
+            };
+            let mut watchers = Vec::new();
+            for options in [generic, awtrix] {
+                let watcher = Watcher::connect(&options)
+                    .await
+                    .map_err(|e| DemoError::Start(format!("virtual clock: {e}")))?;
+                watchers.push(watcher);
+            }
 
             let (stop, stopped) = watch::channel(false);
             let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -368,21 +411,27 @@ mod running {
             }
 
             let mut stdout = std::io::stdout();
-            let intro = format!(
-                "{}\n{}",
-                banner(http_addr, mqtt_addr, &self.devices, &clockctl_command()),
-                watcher.description()
-            );
+            let mut intro = banner(http_addr, mqtt_addr, &self.devices, &clockctl_command());
+            for watcher in &watchers {
+                intro.push('\n');
+                intro.push_str(&watcher.description());
+            }
             if let Err(e) = writeln!(stdout, "{intro}").and_then(|()| stdout.flush()) {
                 tracing::warn!(error = %e, "cannot write to stdout");
             }
-            let clock_stopped = stopped.clone();
-            let clock = tokio::spawn(async move {
-                let mut out = std::io::stdout();
-                watcher
-                    .run(View::Plain, &mut out, wait(clock_stopped))
-                    .await
-            });
+            // Both print whole lines to stdout (each line one locked write).
+            let clocks: Vec<_> = watchers
+                .into_iter()
+                .map(|watcher| {
+                    let clock_stopped = stopped.clone();
+                    tokio::spawn(async move {
+                        let mut out = std::io::stdout();
+                        watcher
+                            .run(View::Plain, &mut out, wait(clock_stopped))
+                            .await
+                    })
+                })
+                .collect();
 
             tokio::select! {
                 () = shutdown => {}
@@ -391,10 +440,12 @@ mod running {
             }
             let _ = stop.send(true);
             let _ = server.await;
-            match clock.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "virtual clock"),
-                Err(e) => tracing::warn!(error = %e, "virtual clock task"),
-                Ok(Ok(())) => {}
+            for clock in clocks {
+                match clock.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "virtual clock"),
+                    Err(e) => tracing::warn!(error = %e, "virtual clock task"),
+                    Ok(Ok(())) => {}
+                }
             }
             Ok(())
         }
@@ -484,6 +535,20 @@ mod tests {
         let mqtt = config.transports.mqtt().cloned().unwrap();
         assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
         assert!(config.transports.rest().is_none());
+        // awtrix-1 as a DEVICES_FILE would list it; every other device stays generic.
+        let awtrix = config
+            .devices
+            .profile(&DeviceId::parse("awtrix-1").unwrap());
+        assert_eq!(awtrix, &awtrix_device().unwrap().1);
+        let Profile::Awtrix3(clock) = awtrix else {
+            panic!("{awtrix:?}")
+        };
+        assert_eq!(clock.topic.as_str(), "awtrix_demo");
+        assert_eq!(clock.alarm_rtttl.as_deref(), Some(AWTRIX_RTTTL));
+        assert_eq!(
+            config.devices.profile(&DeviceId::parse("clock-1").unwrap()),
+            &Profile::Generic
+        );
     }
 
     #[test]
@@ -520,6 +585,18 @@ mod tests {
         );
         assert!(
             text.contains("\n   target/debug/clockctl watch\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n   CLOCK_SERVER_TOKEN=dev-token target/debug/clockctl alarm --device awtrix-1 --label \"wake up\" --time $(date -u -d '+1 min' +%Y-%m-%dT%H:%M:%SZ)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n   target/debug/clockctl watch --device awtrix-1 --profile awtrix3 --topic awtrix_demo\n"
+            ),
             "{text}"
         );
 
