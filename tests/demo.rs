@@ -246,7 +246,6 @@ fn every_command_sent_with_clockctl_reaches_the_demos_virtual_clock() {
 
 #[cfg(feature = "demo")]
 #[test]
-#[ignore = "needs the awtrix3 mapping in the MQTT transport and the alarm scheduler (branch devices)"]
 fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() {
     let mut demo = DemoProcess::start(&[]);
     let banner = demo.seen.join("\n");
@@ -274,29 +273,41 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
     let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
     assert_eq!(line, "awtrix-1 settings ABRI=false BRI=102");
 
-    // An alarm a minute ahead is held by the server: scheduled, nothing on the clock yet.
-    let ahead =
-        (Utc::now() + chrono::TimeDelta::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    // An alarm a few seconds ahead is held by the server ("scheduled"); one whose time has
+    // come goes off at once (SPEC 8.1): a held notification with the demo's melody.
+    let soon = Utc::now() + chrono::TimeDelta::seconds(3);
+    let soon_text = soon.to_rfc3339_opts(SecondsFormat::Secs, true);
     let answer = demo.clockctl(&[
-        "--json", "alarm", "--device", "awtrix-1", "--time", &ahead, "--label", "later",
+        "--json", "alarm", "--device", "awtrix-1", "--time", &soon_text, "--label", "soon",
     ]);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["status"], "scheduled", "{answer}");
-    // An alarm whose time has come goes off at once (SPEC 8.1): the held notification with
-    // the demo's melody. Its line is the next one for awtrix-1, so the alarm a minute ahead
-    // has not gone off early.
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
     demo.clockctl(&[
         "alarm", "--device", "awtrix-1", "--time", &now, "--label", "wake up",
     ]);
+    let melody = "alarm:d=8,o=5,b=140:c6,p,c6,p,c6";
     let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
     assert_eq!(
         line,
-        "awtrix-1 alarm text=\"wake up\" hold=true wakeup=true rtttl=\"alarm:d=8,o=5,b=140:c6,p,c6,p,c6\""
+        format!("awtrix-1 alarm text=\"wake up\" hold=true wakeup=true rtttl=\"{melody}\"")
     );
-    // The scheduled one can still be cancelled.
-    let id = answer["commandId"].as_str().unwrap();
-    demo.clockctl(&["cancel", id]);
+    // Then the held one goes off, not before its time (which has whole seconds).
+    let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
+    let at = chrono::DateTime::parse_from_rfc3339(&soon_text).unwrap();
+    assert!(Utc::now() >= at, "went off before {soon_text}");
+    assert_eq!(
+        line,
+        format!("awtrix-1 alarm text=\"soon\" hold=true wakeup=true rtttl=\"{melody}\"")
+    );
+
+    // One an hour ahead can still be cancelled.
+    let later =
+        (Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let answer = demo.clockctl(&["--json", "alarm", "--device", "awtrix-1", "--time", &later]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let out = demo.clockctl(&["cancel", answer["commandId"].as_str().unwrap()]);
+    assert!(out.contains("cancelled"), "{out}");
     // Nothing went to the generic topics for awtrix-1.
     assert!(
         !demo
