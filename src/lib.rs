@@ -24,7 +24,8 @@
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
 //! - [`cli`]: `clockctl`, the command-line client.
 //! - [`terminal`]: server and broker text made safe to print (control characters escaped).
-//! - [`clock`]: the virtual clock (MQTT subscriber and terminal view) of `clockctl watch` and the demo.
+//! - [`clock`]: the virtual clock (MQTT subscriber and terminal view) of `clockctl watch` and the
+//!   demo, generic or AWTRIX 3.
 //! - [`demo`]: `clock-server demo` — embedded broker (feature `demo`), API and virtual clock on
 //!   loopback, composed from outside both.
 

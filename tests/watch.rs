@@ -439,50 +439,7 @@ fn watch_refuses_bad_input_with_exit_2_before_connecting() {
 async fn on_a_terminal_watch_draws_a_live_view_of_the_clock() {
     let broker = Mosquitto::start_plain();
     let server = server(&broker).await;
-    // `script` gives clockctl a pseudo-terminal as stdout; its output is the screen.
-    let mut child = Command::new("script")
-        .args(["-qfec"])
-        .arg(format!(
-            "{} watch --broker {}",
-            env!("CARGO_BIN_EXE_clockctl"),
-            broker.url()
-        ))
-        .arg("/dev/null")
-        .env_clear()
-        .env("TERM", "xterm")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let screen = Arc::new(Mutex::new(String::new()));
-    let sink = screen.clone();
-    let mut out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let kill = KillOnDrop(child);
-    let screen_has = |text: &'static str| {
-        let screen = screen.clone();
-        move || {
-            let found = screen.lock().unwrap().contains(text);
-            async move { found.then_some(()) }
-        }
-    };
-    common::eventually(
-        Duration::from_secs(15),
-        "the live view's header",
-        screen_has("[connected]"),
-    )
-    .await;
+    let live = LiveView::start(&format!("--broker {}", broker.url())).await;
 
     send(
         &server,
@@ -500,19 +457,9 @@ async fn on_a_terminal_watch_draws_a_live_view_of_the_clock() {
         &server,
         &["brightness", "--device", "clock-1", "--level", "70"],
     );
-    common::eventually(
-        Duration::from_secs(15),
-        "the message in the live view",
-        screen_has("\"live hello\"  (3"),
-    )
-    .await;
-    common::eventually(
-        Duration::from_secs(15),
-        "the brightness in the live view",
-        screen_has("brightness   70 %"),
-    )
-    .await;
-    let text = screen.lock().unwrap().clone();
+    live.shows("\"live hello\"  (3").await;
+    live.shows("brightness   70 %").await;
+    let text = live.screen();
     assert!(
         text.contains("\x1b[?25l"),
         "the cursor is hidden while drawing"
@@ -521,16 +468,66 @@ async fn on_a_terminal_watch_draws_a_live_view_of_the_clock() {
         text.contains("\x1b[H"),
         "frames are drawn from the top left"
     );
-    drop(kill);
 }
 
-/// Kills the child when dropped.
-struct KillOnDrop(Child);
+/// `clockctl watch <args>` on a pseudo-terminal (`script` gives it one as stdout), so it
+/// draws the live view; what it wrote is the screen. Killed on drop.
+struct LiveView {
+    child: Child,
+    screen: Arc<Mutex<String>>,
+}
 
-impl Drop for KillOnDrop {
+impl LiveView {
+    /// Starts it and waits for the header saying it is connected.
+    async fn start(args: &str) -> Self {
+        let mut child = Command::new("script")
+            .args(["-qfec"])
+            .arg(format!("{} watch {args}", env!("CARGO_BIN_EXE_clockctl")))
+            .arg("/dev/null")
+            .env_clear()
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let screen = Arc::new(Mutex::new(String::new()));
+        let sink = screen.clone();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let live = Self { child, screen };
+        live.shows("[connected]").await;
+        live
+    }
+
+    /// Waits (bounded) until the screen shows `text`.
+    async fn shows(&self, text: &str) {
+        common::eventually(LINE_WITHIN, &format!("{text:?} on the screen"), || {
+            let found = self.screen.lock().unwrap().contains(text);
+            async move { found.then_some(()) }
+        })
+        .await;
+    }
+
+    fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LiveView {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1060,6 +1057,38 @@ async fn watch_as_an_awtrix_clock_prints_json_and_acknowledges_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let topics: Vec<String> = seen.lock().unwrap().iter().map(|m| m.0.clone()).collect();
     assert_eq!(topics, ["awtrix_a1b2c3/stats", "awtrix_a1b2c3/notify"]);
+}
+
+#[tokio::test]
+async fn on_a_terminal_watch_as_an_awtrix_clock_shows_the_held_alarm_and_bri() {
+    let broker = Mosquitto::start_plain();
+    let live = LiveView::start(&format!(
+        "--broker {} --device kitchen --profile awtrix3 --topic awtrix_a1b2c3",
+        broker.url()
+    ))
+    .await;
+    publish(
+        &broker,
+        "awtrix_a1b2c3/notify",
+        r#"{"text":"wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
+        None,
+    )
+    .await;
+    publish(
+        &broker,
+        "awtrix_a1b2c3/settings",
+        r#"{"ABRI":false,"BRI":102}"#,
+        None,
+    )
+    .await;
+    live.shows("ALARM \"wake up\"").await;
+    live.shows("102/255 (40 %)").await;
+    let text = live.screen();
+    assert!(
+        text.contains("(holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6"),
+        "{text}"
+    );
+    assert!(text.contains("┌ kitchen "), "{text}");
 }
 
 #[test]
