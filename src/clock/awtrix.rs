@@ -141,15 +141,10 @@ pub fn parse(
 ) -> Option<Received> {
     let level = topic.strip_prefix(base)?.strip_prefix('/')?;
     let action = match level {
+        // The firmware dismisses whatever the payload.
         DISMISS => Action::Awtrix(Shown::Dismiss),
-        NOTIFY => object(NOTIFY, payload).map_or_else(
-            |invalid| invalid,
-            |fields| notification(fields).unwrap_or_else(|reason| invalid(NOTIFY, reason)),
-        ),
-        SETTINGS => object(SETTINGS, payload).map_or_else(
-            |invalid| invalid,
-            |fields| settings(fields).unwrap_or_else(|reason| invalid(SETTINGS, reason)),
-        ),
+        NOTIFY => read(NOTIFY, payload, notification),
+        SETTINGS => read(SETTINGS, payload, settings),
         _ => return None,
     };
     Some(Received {
@@ -160,23 +155,28 @@ pub fn parse(
     })
 }
 
-fn invalid(kind: &str, reason: String) -> Action {
-    Action::Invalid {
-        kind: kind.to_owned(),
-        reason,
-    }
+/// What the clock makes of `payload` on the topic level `kind`: one JSON object whose
+/// fields `fields` accepts, else a rejection with the reason.
+fn read(
+    kind: &str,
+    payload: &[u8],
+    fields: fn(Map<String, Value>) -> Result<Shown, String>,
+) -> Action {
+    let shown = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(object)) => fields(object),
+        Ok(_) => Err("the payload is not a JSON object".to_owned()),
+        Err(e) => Err(unreadable(payload, &e)),
+    };
+    shown.map_or_else(
+        |reason| Action::Invalid {
+            kind: kind.to_owned(),
+            reason,
+        },
+        Action::Awtrix,
+    )
 }
 
-/// The payload as a JSON object, or the rejection.
-fn object(kind: &str, payload: &[u8]) -> Result<Map<String, Value>, Action> {
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(invalid(kind, "the payload is not a JSON object".to_owned())),
-        Err(e) => Err(invalid(kind, unreadable(payload, &e))),
-    }
-}
-
-fn notification(mut fields: Map<String, Value>) -> Result<Action, String> {
+fn notification(mut fields: Map<String, Value>) -> Result<Shown, String> {
     let n = Notification {
         text: take_string(&mut fields, "text")?.unwrap_or_default(),
         duration: take(&mut fields, "duration", |v| {
@@ -188,20 +188,20 @@ fn notification(mut fields: Map<String, Value>) -> Result<Action, String> {
         rtttl: take_string(&mut fields, "rtttl")?,
         ignored: fields.into_iter().map(|(k, _)| k).collect(),
     };
-    Ok(Action::Awtrix(Shown::Notify(n)))
+    Ok(Shown::Notify(n))
 }
 
-fn settings(mut fields: Map<String, Value>) -> Result<Action, String> {
+fn settings(mut fields: Map<String, Value>) -> Result<Shown, String> {
     let brightness = take(&mut fields, "BRI", |v| {
         v.as_u64().and_then(|b| u8::try_from(b).ok())
     })
     .map_err(|()| "BRI must be an integer between 0 and 255".to_owned())?;
     let auto_brightness = take_bool(&mut fields, "ABRI")?;
-    Ok(Action::Awtrix(Shown::Settings {
+    Ok(Shown::Settings {
         brightness,
         auto_brightness,
         ignored: fields.into_iter().map(|(k, _)| k).collect(),
-    }))
+    })
 }
 
 /// Removes `key`; `Ok(None)` when absent, `Err` when `read` refuses its value.
