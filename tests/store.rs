@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use clock_server::shared::Secret;
 use clock_server::store::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FileStore, FinalOutcome,
-    IdemBegin, MemoryStore, StateStore, StatusReason, StoreError, StoreSettings,
+    IdemBegin, MemoryStore, RedisStore, StateStore, StatusReason, StoreError, StoreSettings,
 };
 use tempfile::TempDir;
 
@@ -21,6 +22,7 @@ use tempfile::TempDir;
 enum Harness {
     Memory,
     File { _dir: TempDir, path: PathBuf },
+    Redis(common::redis::Redis),
 }
 
 impl Harness {
@@ -34,10 +36,18 @@ impl Harness {
         Self::File { _dir: dir, path }
     }
 
+    /// A redis-server of its own on a free port.
+    fn redis() -> Self {
+        Self::Redis(common::redis::Redis::start())
+    }
+
     fn open(&self, settings: StoreSettings) -> Arc<dyn StateStore> {
         match self {
             Self::Memory => Arc::new(MemoryStore::new(settings)),
             Self::File { path, .. } => Arc::new(FileStore::open(path, settings).unwrap()),
+            Self::Redis(server) => {
+                Arc::new(RedisStore::open(&Secret::new(server.url()), settings).unwrap())
+            }
         }
     }
 
@@ -575,6 +585,7 @@ macro_rules! conformance {
 
 conformance!(memory, Harness::memory());
 conformance!(file, Harness::file());
+conformance!(redis, Harness::redis());
 
 // ---------------------------------------------------------------------------------------
 // Memory only: the bound.

@@ -3,7 +3,7 @@
 //!
 //! - `memory`: [`MemoryStore`], in the process, bounded, lost on restart.
 //! - `file`: [`FileStore`], one SQLite file, group-committed; survives restarts.
-//! - `redis://…` is recognised but not built yet (another issue adds it behind this trait).
+//! - `redis://…` / `rediss://…`: [`RedisStore`], shared by every replica (SPEC 9).
 //!
 //! Invariants every backend keeps (the conformance suite `tests/store.rs` checks them):
 //! - The first final status wins: nothing changes a final record except `mark_sent`
@@ -18,6 +18,7 @@
 
 mod file;
 mod memory;
+mod redis;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use serde::{Serialize, Serializer};
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 use crate::config::redact_userinfo;
 use crate::shared::Secret;
@@ -61,9 +63,6 @@ pub enum StoreError {
     /// A record with this `commandId` exists already (ids are UUIDv7: a caller bug).
     #[error("command {command_id} already exists in the state store")]
     Duplicate { command_id: String },
-    /// A backend recognised by the parser but not part of this build.
-    #[error("{message}")]
-    NotBuilt { message: String },
 }
 
 /// Life cycle of a tracked command (SPEC 7.3).
@@ -280,7 +279,7 @@ impl Default for StoreSettings {
 /// `Arc<dyn StateStore>`. Every operation is atomic on its own; errors are
 /// [`StoreError::Unavailable`] unless stated.
 pub trait StateStore: Send + Sync + 'static {
-    /// Short name for logs and metrics: `memory`, `file`.
+    /// Short name for logs and metrics: `memory`, `file`, `redis`.
     fn name(&self) -> &'static str;
 
     /// Stores a new record (`Pending`, or `Scheduled` with `fire_at` and `delivery`).
@@ -460,7 +459,9 @@ pub fn parse_state_store(value: &str) -> Result<StoreKind, String> {
 }
 
 /// Opens the store `kind` names (`None` for `none`). Blocking I/O for `file:`: call it
-/// at start-up. Errors name the file or directory and what is wrong.
+/// at start-up. Errors name the file or directory and what is wrong. `redis://` needs a
+/// tokio runtime and returns at once: it connects in the background and is not ready
+/// until Redis answers (a server started while Redis is down recovers by itself).
 pub fn open(
     kind: &StoreKind,
     settings: StoreSettings,
@@ -469,9 +470,7 @@ pub fn open(
         StoreKind::None => Ok(None),
         StoreKind::Memory => Ok(Some(Arc::new(MemoryStore::new(settings)))),
         StoreKind::File(path) => Ok(Some(Arc::new(FileStore::open(path, settings)?))),
-        StoreKind::Redis(_) => Err(StoreError::NotBuilt {
-            message: format!("STATE_STORE={kind}: redis store not built yet"),
-        }),
+        StoreKind::Redis(url) => Ok(Some(Arc::new(RedisStore::open(url, settings)?))),
     }
 }
 
@@ -624,11 +623,26 @@ mod tests {
         let kind = parse_state_store("rediss://app:s3cret@redis.example:6380/1").unwrap();
         assert_eq!(kind.to_string(), "rediss://<redacted>@redis.example:6380/1");
         assert!(!format!("{kind:?}").contains("s3cret"));
+        // Outside a runtime the store cannot start; the error does not show the URL's
+        // password either.
         let err = open(&kind, StoreSettings::default()).err().unwrap();
-        assert!(matches!(err, StoreError::NotBuilt { .. }));
         let text = err.to_string();
         assert!(
-            text.contains("redis store not built yet") && !text.contains("s3cret"),
+            text.contains("tokio runtime") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let bad = parse_state_store("redis://app:s3cret@host:notaport").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let text = open(&bad, StoreSettings::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("not a valid Redis URL") && !text.contains("s3cret"),
             "{text}"
         );
         let err = parse_state_store("redis://app:s3cret@").unwrap_err();

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod mosquitto;
 pub mod mqtt_peer;
 pub mod process;
+pub mod redis;
 pub mod subscriber;
 
 use std::net::TcpListener;

@@ -1,0 +1,954 @@
+//! `STATE_STORE=redis://…` / `rediss://…`: Redis (or Valkey), shared by every replica
+//! (SPEC 7.1, 9).
+//!
+//! - One [`ConnectionManager`]: a single multiplexed connection that pipelines the
+//!   requests of every task and reconnects by itself.
+//! - Every operation is one `EVALSHA` of a Lua script, so each read-modify-write (lazy
+//!   expiry, first final status wins, claims, idempotency keys) is atomic in Redis, across
+//!   replicas. The rules are those of `mod.rs`, written again in Lua; the conformance suite
+//!   (`tests/store.rs`) checks that they agree.
+//! - Keys expire by themselves: each record gets a `PEXPIRE` at the end of its retention,
+//!   each idempotency key at the end of its TTL (or of [`IDEM_IN_PROGRESS_TIMEOUT`]). The
+//!   scripts also check the times against the caller's `now`, so the answers do not depend
+//!   on Redis's clock; the TTLs only free the memory.
+//! - Scheduled alarms wait in a sorted set by fire time; a claim moves them to a second
+//!   sorted set by lease end, from which a lease that ran out puts them back.
+//! - Readiness is a flag: the first failed call clears it and starts a background `PING`
+//!   every [`PROBE_INTERVAL`]; calls made meanwhile fail at once (503, nothing dispatched)
+//!   instead of queueing behind a dead connection.
+//!
+//! Key layout (all under [`PREFIX`], so a shared Redis is safe): see `docs/store.md`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Script, Value};
+
+use super::{
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
+    IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
+    idem_key, millis, normalise,
+};
+use crate::config::redact_userinfo;
+use crate::shared::Secret;
+use crate::shared::secret::REDACTED;
+use crate::transport::BoxFuture;
+
+/// Every key this store writes starts with it.
+pub const PREFIX: &str = "clock-server:";
+/// How often a failed store is probed with `PING` until it answers.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a call may wait for Redis's answer before the store counts as unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection attempt may take.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Helpers every script starts with. `SCHED` (KEYS[1]) holds scheduled alarms by fire
+/// time, `LEASED` (KEYS[2]) claimed ones by lease end. A record is a hash: `id`, `dev`,
+/// `type`, `pr` (principal), `st` (status), `c`, `s`, `d`, `e`, `f` (created, sent,
+/// completed, expires, fire: Unix milliseconds), `a` (device acks, 1/0), `rc`/`rm`
+/// (reason), `t`/`p` (delivery topic/payload), `l` (lease end).
+const PRELUDE: &str = r#"
+local SCHED, LEASED = KEYS[1], KEYS[2]
+local FINAL = {succeeded = true, failed = true, expired = true, cancelled = true}
+local function fmt(n) return string.format('%d', n) end
+local function final_at(k)
+  if FINAL[redis.call('HGET', k, 'st')] then
+    local d = redis.call('HGET', k, 'd')
+    if d then return tonumber(d) end
+  end
+  return tonumber(redis.call('HGET', k, 'e'))
+end
+-- Redis drops the record when its retention ends (the logical check below is what
+-- counts; this only frees the memory).
+local function keep(k, now, retention)
+  local ms = final_at(k) + retention - now
+  if ms < 1000 then ms = 1000 end
+  redis.call('PEXPIRE', k, fmt(ms))
+end
+local function unschedule(k, id)
+  redis.call('HDEL', k, 'l')
+  redis.call('ZREM', SCHED, id)
+  redis.call('ZREM', LEASED, id)
+end
+-- The record's status after the store's rules: nil if unknown or past retention (then
+-- deleted); a non-final record past its expiry becomes expired, persisted.
+local function load(k, id, now, retention)
+  if redis.call('EXISTS', k) == 0 then return nil end
+  if final_at(k) + retention <= now then
+    redis.call('DEL', k)
+    redis.call('ZREM', SCHED, id)
+    redis.call('ZREM', LEASED, id)
+    return nil
+  end
+  local st = redis.call('HGET', k, 'st')
+  if not FINAL[st] then
+    local e = redis.call('HGET', k, 'e')
+    if tonumber(e) <= now then
+      redis.call('HSET', k, 'st', 'expired', 'd', e)
+      unschedule(k, id)
+      keep(k, now, retention)
+      st = 'expired'
+    end
+  end
+  return st
+end
+local function answer(code, k)
+  local r = redis.call('HGETALL', k)
+  table.insert(r, 1, code)
+  return r
+end
+"#;
+
+/// KEYS: sched, leased, record. ARGV: id, now, retention, then the hash's fields/values.
+const CREATE: &str = r#"
+local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if load(k, id, now, retention) then return 0 end
+redis.call('HSET', k, unpack(ARGV, 4))
+keep(k, now, retention)
+if redis.call('HGET', k, 'st') == 'scheduled' then
+  redis.call('ZADD', SCHED, redis.call('HGET', k, 'f'), id)
+end
+return 1
+"#;
+
+/// KEYS: sched, leased, record. ARGV: id, now, retention.
+const GET: &str = r#"
+local k, id = KEYS[3], ARGV[1]
+if not load(k, id, tonumber(ARGV[2]), tonumber(ARGV[3])) then return {'none'} end
+return answer('ok', k)
+"#;
+
+/// KEYS: sched, leased, record. ARGV: id, now, retention.
+const MARK_SENT: &str = r#"
+local k, id = KEYS[3], ARGV[1]
+local st = load(k, id, tonumber(ARGV[2]), tonumber(ARGV[3]))
+if not st then return {'none'} end
+if st == 'pending' or st == 'scheduled' then
+  redis.call('HSET', k, 'st', 'sent', 's', ARGV[2])
+  unschedule(k, id)
+elseif not redis.call('HGET', k, 's') then
+  redis.call('HSET', k, 's', ARGV[2])
+end
+return answer('ok', k)
+"#;
+
+/// KEYS: sched, leased, record. ARGV: id, now, retention, device, final status,
+/// has-reason (1/0), reason code, reason message.
+const COMPLETE: &str = r#"
+local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local st = load(k, id, now, retention)
+if not st then return {'unknown'} end
+if redis.call('HGET', k, 'dev') ~= ARGV[4] then return {'wrong'} end
+if st == 'expired' then return {'expired'} end
+if FINAL[st] then return {'final', st} end
+redis.call('HSET', k, 'st', ARGV[5], 'd', ARGV[2])
+if ARGV[6] == '1' then
+  redis.call('HSET', k, 'rc', ARGV[7], 'rm', ARGV[8])
+else
+  redis.call('HDEL', k, 'rc', 'rm')
+end
+unschedule(k, id)
+keep(k, now, retention)
+return answer('ok', k)
+"#;
+
+/// KEYS: sched, leased, record. ARGV: id, now, retention.
+const CANCEL: &str = r#"
+local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local st = load(k, id, now, retention)
+if not st then return {'none'} end
+if st ~= 'scheduled' then return {'no', st} end
+local lease = redis.call('HGET', k, 'l')
+if lease and tonumber(lease) > now then return {'no', st} end
+redis.call('HSET', k, 'st', 'cancelled', 'd', ARGV[2])
+unschedule(k, id)
+keep(k, now, retention)
+return answer('ok', k)
+"#;
+
+/// KEYS: sched, leased. ARGV: now, retention, lease end, limit, record key prefix.
+/// Record keys are built here from the ids in the sorted sets (no Redis Cluster).
+const CLAIM_DUE: &str = r#"
+local now, retention, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+-- Leases that ran out (a claimer that failed or died): back in line by fire time.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASED, '-inf', ARGV[1])) do
+  redis.call('ZREM', LEASED, id)
+  local f = redis.call('HGET', ARGV[5] .. id, 'f')
+  if f and redis.call('HGET', ARGV[5] .. id, 'st') == 'scheduled' then
+    redis.call('ZADD', SCHED, f, id)
+  end
+end
+local out = {}
+while #out < limit do
+  local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', ARGV[1], 'LIMIT', 0, fmt(limit - #out))
+  if #due == 0 then break end
+  for _, id in ipairs(due) do
+    local k = ARGV[5] .. id
+    redis.call('ZREM', SCHED, id)
+    if load(k, id, now, retention) == 'scheduled' then
+      redis.call('HSET', k, 'l', lease)
+      redis.call('ZADD', LEASED, lease, id)
+      table.insert(out, redis.call('HGETALL', k))
+    end
+  end
+end
+return out
+"#;
+
+/// KEYS: idempotency key. ARGV: fingerprint, now, in-progress end, in-progress ms.
+const IDEM_BEGIN: &str = r#"
+local k = KEYS[1]
+local x = redis.call('HGET', k, 'x')
+if x and tonumber(x) > tonumber(ARGV[2]) then
+  if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {'mismatch'} end
+  local s = redis.call('HGET', k, 's')
+  if not s then return {'progress'} end
+  return {'replay', s, redis.call('HGET', k, 'b')}
+end
+redis.call('DEL', k)
+redis.call('HSET', k, 'fp', ARGV[1], 'x', ARGV[3])
+redis.call('PEXPIRE', k, ARGV[4])
+return {'new'}
+"#;
+
+/// KEYS: idempotency key. ARGV: fingerprint, status, body, end, ttl ms.
+const IDEM_FINISH: &str = r#"
+local k = KEYS[1]
+redis.call('DEL', k)
+redis.call('HSET', k, 'fp', ARGV[1], 's', ARGV[2], 'b', ARGV[3], 'x', ARGV[4])
+redis.call('PEXPIRE', k, ARGV[5])
+return 1
+"#;
+
+/// KEYS: idempotency key.
+const IDEM_ABORT: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 's') == 0 then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+struct Scripts {
+    create: Script,
+    get: Script,
+    mark_sent: Script,
+    complete: Script,
+    cancel: Script,
+    claim_due: Script,
+    idem_begin: Script,
+    idem_finish: Script,
+    idem_abort: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            create: with_prelude(CREATE),
+            get: with_prelude(GET),
+            mark_sent: with_prelude(MARK_SENT),
+            complete: with_prelude(COMPLETE),
+            cancel: with_prelude(CANCEL),
+            claim_due: with_prelude(CLAIM_DUE),
+            idem_begin: Script::new(IDEM_BEGIN),
+            idem_finish: Script::new(IDEM_FINISH),
+            idem_abort: Script::new(IDEM_ABORT),
+        }
+    }
+}
+
+/// The Redis store. Cheap to share: the connection is multiplexed.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    settings: StoreSettings,
+    scripts: Arc<Scripts>,
+    health: Arc<Health>,
+    sched: String,
+    leased: String,
+    record_prefix: String,
+    idem_prefix: String,
+}
+
+/// The readiness flags and what the probe needs to keep them.
+struct Health {
+    /// Redis answered the last call or probe (`is_ready`).
+    ready: AtomicBool,
+    /// A call or probe failed and no probe has succeeded since: calls fail at once.
+    down: AtomicBool,
+    probing: AtomicBool,
+    /// The password (as written and percent-decoded), cut out of every error message.
+    secrets: Vec<String>,
+    /// The URL with its password `<redacted>`, for logs.
+    shown: String,
+}
+
+impl Health {
+    fn redact(&self, text: String) -> String {
+        self.secrets
+            .iter()
+            .fold(text, |text, secret| text.replace(secret.as_str(), REDACTED))
+    }
+}
+
+impl RedisStore {
+    /// Parses `url` and returns at once: the connection is made in the background, so a
+    /// server started while Redis is down is `not_ready` until Redis answers. Needs a tokio
+    /// runtime. Errors (a malformed URL) never hold the password.
+    pub fn open(url: &Secret, settings: StoreSettings) -> Result<Self, StoreError> {
+        // rediss://: the ring provider this build uses everywhere (no-op if installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let health = Arc::new(Health {
+            ready: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            secrets: password_forms(url.expose()),
+            shown: redact_userinfo(url.expose()),
+        });
+        let open_error = |message: String| StoreError::Open {
+            message: health.redact(message),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(open_error(
+                "the redis store needs a tokio runtime".to_owned(),
+            ));
+        }
+        let client = Client::open(url.expose())
+            .map_err(|e| open_error(format!("not a valid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| open_error(format!("cannot set up the connection: {e}")))?;
+        let store = Self {
+            conn,
+            settings,
+            scripts: Arc::new(Scripts::new()),
+            health,
+            sched: format!("{PREFIX}scheduled"),
+            leased: format!("{PREFIX}leased"),
+            record_prefix: format!("{PREFIX}cmd:"),
+            idem_prefix: format!("{PREFIX}idem:"),
+        };
+        store.start_probe(None);
+        Ok(store)
+    }
+
+    /// Clears the readiness flag (after a failed call: `cause`, and calls fail at once
+    /// from now on) and, unless one runs already, starts the task that pings Redis until
+    /// it answers, then sets the flags again.
+    fn start_probe(&self, cause: Option<&str>) {
+        if cause.is_some() {
+            self.health.down.store(true, Ordering::SeqCst);
+        }
+        let was_ready = self.health.ready.swap(false, Ordering::SeqCst);
+        if was_ready {
+            tracing::warn!(
+                store = %self.health.shown,
+                error = cause.unwrap_or(""),
+                "state store unavailable; commands get 503 until it answers again"
+            );
+        }
+        if self.health.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let health = Arc::clone(&self.health);
+        let mut conn = self.conn.clone();
+        let starting = cause.is_none();
+        tokio::spawn(async move {
+            let mut logged = false;
+            loop {
+                let pong: Result<String, RedisError> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                match pong {
+                    Ok(_) => break,
+                    Err(e) if !logged => {
+                        health.down.store(true, Ordering::SeqCst);
+                        logged = true;
+                        tracing::warn!(
+                            store = %health.shown,
+                            error = %health.redact(e.to_string()),
+                            "state store not reachable; retrying every {} ms",
+                            PROBE_INTERVAL.as_millis()
+                        );
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+            health.ready.store(true, Ordering::SeqCst);
+            health.down.store(false, Ordering::SeqCst);
+            health.probing.store(false, Ordering::SeqCst);
+            if logged || !starting {
+                tracing::info!(store = %health.shown, "state store reachable again");
+            } else {
+                tracing::info!(store = %health.shown, "state store connected");
+            }
+        });
+    }
+
+    /// Fails at once while the store is known to be down (the probe brings it back).
+    fn check_ready(&self) -> Result<(), StoreError> {
+        if self.health.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable {
+                message: format!("{} is not reachable", self.health.shown),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A call got an answer.
+    fn answered<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
+        match result {
+            Ok(v) => {
+                if !self.health.probing.load(Ordering::SeqCst) {
+                    self.health.ready.store(true, Ordering::SeqCst);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.failed(&e)),
+        }
+    }
+
+    /// A failed call: the store is unavailable until the probe gets an answer.
+    fn failed(&self, e: &RedisError) -> StoreError {
+        let message = self.health.redact(e.to_string());
+        self.start_probe(Some(&message));
+        StoreError::Unavailable { message }
+    }
+
+    fn record_key(&self, id: &str) -> String {
+        format!("{}{id}", self.record_prefix)
+    }
+
+    fn idem_key(&self, principal: &str, key: &str) -> String {
+        format!("{}{}", self.idem_prefix, idem_key(principal, key))
+    }
+
+    fn retention_ms(&self) -> i64 {
+        duration_ms(self.settings.retention)
+    }
+
+    /// Runs one record script (KEYS: sched, leased, record; ARGV: id, now, retention,
+    /// `extra`…) and returns its answer.
+    async fn run_record(
+        &self,
+        script: &Script,
+        id: &str,
+        now: DateTime<Utc>,
+        extra: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        self.check_ready()?;
+        let mut call = script.prepare_invoke();
+        call.key(&self.sched)
+            .key(&self.leased)
+            .key(self.record_key(id))
+            .arg(id)
+            .arg(ms(now))
+            .arg(self.retention_ms());
+        for arg in extra {
+            call.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        let result = call.invoke_async(&mut conn).await;
+        self.answered(result)
+    }
+
+    async fn run_idem(
+        &self,
+        script: &Script,
+        key: String,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        self.check_ready()?;
+        let mut call = script.prepare_invoke();
+        call.key(key);
+        for arg in args {
+            call.arg(*arg);
+        }
+        let mut conn = self.conn.clone();
+        let result = call.invoke_async(&mut conn).await;
+        self.answered(result)
+    }
+}
+
+impl StateStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let record = normalise(record);
+            let fields = encode(&record);
+            let args: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            let id = record.command_id.clone();
+            // `create` takes no `now`: the record's own creation time stands for it.
+            let created = self
+                .run_record(&self.scripts.create, &id, record.created_at, &args)
+                .await?;
+            match created {
+                Value::Int(1) => Ok(()),
+                Value::Int(0) => Err(StoreError::Duplicate { command_id: id }),
+                other => Err(unexpected("create", &other)),
+            }
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        Box::pin(async move {
+            let answer = self
+                .run_record(&self.scripts.get, command_id, now, &[])
+                .await?;
+            match split(answer)? {
+                (code, fields) if code == "ok" => decode(fields).map(Some),
+                (code, _) if code == "none" => Ok(None),
+                (code, _) => Err(unexpected_code("get", &code)),
+            }
+        })
+    }
+
+    fn mark_sent<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+        Box::pin(async move {
+            let answer = self
+                .run_record(&self.scripts.mark_sent, command_id, now, &[])
+                .await?;
+            match split(answer)? {
+                (code, fields) if code == "ok" => decode(fields).map(Some),
+                (code, _) if code == "none" => Ok(None),
+                (code, _) => Err(unexpected_code("mark_sent", &code)),
+            }
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        command_id: &'a str,
+        device_id: &'a str,
+        outcome: FinalOutcome,
+        reason: Option<StatusReason>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
+        Box::pin(async move {
+            let status = match outcome {
+                FinalOutcome::Succeeded => CommandStatus::Succeeded,
+                FinalOutcome::Failed => CommandStatus::Failed,
+            };
+            let (has, code, message) = match &reason {
+                Some(r) => ("1", r.code.as_str(), r.message.as_str()),
+                None => ("0", "", ""),
+            };
+            let args: [&[u8]; 5] = [
+                device_id.as_bytes(),
+                status.as_str().as_bytes(),
+                has.as_bytes(),
+                code.as_bytes(),
+                message.as_bytes(),
+            ];
+            let answer = self
+                .run_record(&self.scripts.complete, command_id, now, &args)
+                .await?;
+            let (code, mut fields) = split(answer)?;
+            Ok(match code.as_str() {
+                "ok" => AckOutcome::Applied(Box::new(decode(fields)?)),
+                "unknown" => AckOutcome::Unknown,
+                "wrong" => AckOutcome::WrongDevice,
+                "expired" => AckOutcome::Expired,
+                "final" => AckOutcome::AlreadyFinal(status_of(fields.pop())?),
+                _ => return Err(unexpected_code("complete", &code)),
+            })
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        command_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<CancelOutcome, StoreError>> {
+        Box::pin(async move {
+            let answer = self
+                .run_record(&self.scripts.cancel, command_id, now, &[])
+                .await?;
+            let (code, mut fields) = split(answer)?;
+            Ok(match code.as_str() {
+                "ok" => CancelOutcome::Cancelled(Box::new(decode(fields)?)),
+                "none" => CancelOutcome::NotFound,
+                "no" => CancelOutcome::NotCancellable(status_of(fields.pop())?),
+                _ => return Err(unexpected_code("cancel", &code)),
+            })
+        })
+    }
+
+    fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            self.check_ready()?;
+            let until = ms(millis(add(now, lease)));
+            let mut call = self.scripts.claim_due.prepare_invoke();
+            call.key(&self.sched)
+                .key(&self.leased)
+                .arg(ms(now))
+                .arg(self.retention_ms())
+                .arg(until)
+                .arg(limit)
+                .arg(&self.record_prefix);
+            let mut conn = self.conn.clone();
+            let result = call.invoke_async(&mut conn).await;
+            let answer: Value = self.answered(result)?;
+            let Value::Array(records) = answer else {
+                return Err(unexpected("claim_due", &answer));
+            };
+            records
+                .into_iter()
+                .map(|r| match r {
+                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
+                    other => Err(unexpected("claim_due", &other)),
+                })
+                .collect()
+        })
+    }
+
+    fn idem_begin<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
+        Box::pin(async move {
+            let now_ms = ms(now).to_string();
+            let until = ms(millis(add(now, IDEM_IN_PROGRESS_TIMEOUT))).to_string();
+            let timeout = duration_ms(IDEM_IN_PROGRESS_TIMEOUT).to_string();
+            let args: [&[u8]; 4] = [
+                &fingerprint,
+                now_ms.as_bytes(),
+                until.as_bytes(),
+                timeout.as_bytes(),
+            ];
+            let answer = self
+                .run_idem(
+                    &self.scripts.idem_begin,
+                    self.idem_key(principal, key),
+                    &args,
+                )
+                .await?;
+            let (code, mut fields) = split(answer)?;
+            Ok(match code.as_str() {
+                "new" => IdemBegin::New,
+                "progress" => IdemBegin::InProgress,
+                "mismatch" => IdemBegin::Mismatch,
+                "replay" if fields.len() == 2 => {
+                    let body = fields.pop().unwrap_or_default();
+                    let status = text(fields.pop().unwrap_or_default())
+                        .parse()
+                        .map_err(|_| corrupt("idempotency status"))?;
+                    IdemBegin::Replay { status, body }
+                }
+                _ => return Err(unexpected_code("idem_begin", &code)),
+            })
+        })
+    }
+
+    fn idem_finish<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+        fingerprint: [u8; 32],
+        status: u16,
+        body: Vec<u8>,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let status = status.to_string();
+            let until = ms(millis(add(now, ttl))).to_string();
+            let ttl = duration_ms(ttl).max(1).to_string();
+            let args: [&[u8]; 5] = [
+                &fingerprint,
+                status.as_bytes(),
+                &body,
+                until.as_bytes(),
+                ttl.as_bytes(),
+            ];
+            self.run_idem(
+                &self.scripts.idem_finish,
+                self.idem_key(principal, key),
+                &args,
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn idem_abort<'a>(
+        &'a self,
+        principal: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run_idem(&self.scripts.idem_abort, self.idem_key(principal, key), &[])
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Redis drops expired records and keys by itself (their `PEXPIRE`), and the claim
+    /// script clears what it finds gone from the sorted sets: nothing to do here.
+    fn purge(&self, _now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.health.ready.load(Ordering::SeqCst)
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding.
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The record as the hash's field/value pairs (absent options are left out).
+fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(30);
+    let mut put = |field: &str, value: Vec<u8>| {
+        out.push(field.as_bytes().to_vec());
+        out.push(value);
+    };
+    let time = |t: DateTime<Utc>| ms(t).to_string().into_bytes();
+    put("id", r.command_id.clone().into_bytes());
+    put("dev", r.device_id.clone().into_bytes());
+    put("type", r.command_type.clone().into_bytes());
+    put("pr", r.principal.clone().into_bytes());
+    put("st", r.status.as_str().as_bytes().to_vec());
+    put("c", time(r.created_at));
+    put("e", time(r.expires_at));
+    put(
+        "a",
+        if r.device_acks {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        },
+    );
+    if let Some(t) = r.sent_at {
+        put("s", time(t));
+    }
+    if let Some(t) = r.completed_at {
+        put("d", time(t));
+    }
+    if let Some(reason) = &r.status_reason {
+        put("rc", reason.code.clone().into_bytes());
+        put("rm", reason.message.clone().into_bytes());
+    }
+    if let Some(t) = r.fire_at {
+        put("f", time(t));
+    }
+    if let Some(d) = &r.delivery {
+        put("t", d.topic.clone().into_bytes());
+        put("p", d.payload.clone());
+    }
+    out
+}
+
+/// The record from HGETALL's flat field/value list.
+fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
+    let mut id = None;
+    let (mut dev, mut kind, mut principal, mut status) = (None, None, None, None);
+    let (mut created, mut sent, mut completed, mut expires, mut fire) =
+        (None, None, None, None, None);
+    let (mut acks, mut code, mut message, mut topic, mut payload) = (false, None, None, None, None);
+    let mut it = fields.into_iter();
+    while let (Some(field), Some(value)) = (it.next(), it.next()) {
+        match field.as_slice() {
+            b"id" => id = Some(text(value)),
+            b"dev" => dev = Some(text(value)),
+            b"type" => kind = Some(text(value)),
+            b"pr" => principal = Some(text(value)),
+            b"st" => status = Some(status_of(Some(value))?),
+            b"c" => created = Some(time(&value)?),
+            b"s" => sent = Some(time(&value)?),
+            b"d" => completed = Some(time(&value)?),
+            b"e" => expires = Some(time(&value)?),
+            b"f" => fire = Some(time(&value)?),
+            b"a" => acks = value == b"1",
+            b"rc" => code = Some(text(value)),
+            b"rm" => message = Some(text(value)),
+            b"t" => topic = Some(text(value)),
+            b"p" => payload = Some(value),
+            _ => {}
+        }
+    }
+    let need = |v: Option<String>, what: &str| v.ok_or_else(|| corrupt(what));
+    Ok(CommandRecord {
+        command_id: need(id, "id")?,
+        device_id: need(dev, "dev")?,
+        command_type: need(kind, "type")?,
+        principal: need(principal, "pr")?,
+        status: status.ok_or_else(|| corrupt("st"))?,
+        created_at: created.ok_or_else(|| corrupt("c"))?,
+        sent_at: sent,
+        completed_at: completed,
+        expires_at: expires.ok_or_else(|| corrupt("e"))?,
+        device_acks: acks,
+        status_reason: code.map(|code| StatusReason {
+            code,
+            message: message.unwrap_or_default(),
+        }),
+        fire_at: fire,
+        delivery: topic.map(|topic| Delivery {
+            topic,
+            payload: payload.unwrap_or_default(),
+        }),
+    })
+}
+
+fn text(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn time(v: &[u8]) -> Result<DateTime<Utc>, StoreError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| corrupt("timestamp"))
+}
+
+fn status_of(v: Option<Vec<u8>>) -> Result<CommandStatus, StoreError> {
+    v.and_then(|v| CommandStatus::parse(&text(v)))
+        .ok_or_else(|| corrupt("st"))
+}
+
+fn bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        Value::Int(n) => n.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// A script's answer: its code (first element) and the rest.
+fn split(v: Value) -> Result<(String, Vec<Vec<u8>>), StoreError> {
+    let Value::Array(items) = v else {
+        return Err(unexpected("script", &v));
+    };
+    let mut items = items.into_iter().map(bytes);
+    let code = text(items.next().unwrap_or_default());
+    Ok((code, items.collect()))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("a record in Redis has a missing or malformed field {what:?}"),
+    }
+}
+
+fn unexpected(op: &str, v: &Value) -> StoreError {
+    StoreError::Unavailable {
+        message: format!(
+            "{op}: unexpected answer from Redis: {:.80}",
+            format!("{v:?}")
+        ),
+    }
+}
+
+fn unexpected_code(op: &str, code: &str) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("{op}: unexpected answer from Redis: {code:.40}"),
+    }
+}
+
+/// The password of `redis://user:password@host`, as written and percent-decoded (both
+/// may show up in an error message); empty passwords are not secrets worth cutting.
+fn password_forms(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let Some((userinfo, _)) = rest.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let decoded = percent_encoding::percent_decode_str(password)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut forms = vec![password.to_owned()];
+    if decoded != password {
+        forms.push(decoded);
+    }
+    forms
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_record_survives_encoding() {
+        let record = CommandRecord {
+            command_id: "c-1".into(),
+            device_id: "kitchen".into(),
+            command_type: "set_alarm".into(),
+            principal: "ops".into(),
+            status: CommandStatus::Failed,
+            created_at: DateTime::from_timestamp_millis(1_795_939_200_123).unwrap(),
+            sent_at: Some(DateTime::from_timestamp_millis(1_795_939_201_000).unwrap()),
+            completed_at: Some(DateTime::from_timestamp_millis(1_795_939_202_005).unwrap()),
+            expires_at: DateTime::from_timestamp_millis(1_795_939_800_000).unwrap(),
+            device_acks: false,
+            status_reason: Some(StatusReason::new("busy", "display \"busy\"")),
+            fire_at: Some(DateTime::from_timestamp_millis(1_795_939_200_000).unwrap()),
+            delivery: Some(Delivery {
+                topic: "awtrix_a1b2c3/notify".into(),
+                payload: b"\xff\x00{}".to_vec(),
+            }),
+        };
+        assert_eq!(decode(encode(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn the_password_is_found_as_written_and_decoded() {
+        assert_eq!(
+            password_forms("rediss://app:p%40ss@redis:6380/1"),
+            ["p%40ss", "p@ss"]
+        );
+        assert_eq!(password_forms("redis://:s3cret@redis"), ["s3cret"]);
+        assert!(password_forms("redis://redis:6379").is_empty());
+    }
+}

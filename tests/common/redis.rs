@@ -1,0 +1,189 @@
+//! A real `redis-server` on a free loopback port (no persistence), started and stopped by
+//! the test. `stop`/`start` keep the port, for outage tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` process; killed on drop.
+pub struct Redis {
+    pub port: u16,
+    args: Vec<String>,
+    password: Option<String>,
+    /// `--tls-port` is the served port; certificates from this PKI.
+    tls: bool,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+impl Redis {
+    /// No password.
+    pub fn start() -> Self {
+        Self::start_with(None, None)
+    }
+
+    /// `--requirepass password`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(Some(password), None)
+    }
+
+    /// TLS only (`--port 0 --tls-port N`), the server certificate of `pki`, no client
+    /// certificates (Debian's redis-server is built with TLS).
+    pub fn start_tls(pki: &super::certs::TestPki) -> Self {
+        Self::start_with(None, Some(pki))
+    }
+
+    fn start_with(password: Option<&str>, tls: Option<&super::certs::TestPki>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--loglevel".into(),
+            "warning".into(),
+        ];
+        match tls {
+            Some(pki) => args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                pki.server_cert.display().to_string(),
+                "--tls-key-file".into(),
+                pki.server_key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                pki.ca_cert.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]),
+            None => args.extend(["--port".into(), port.to_string()]),
+        }
+        if let Some(p) = password {
+            args.extend(["--requirepass".into(), p.to_owned()]);
+        }
+        let mut r = Self {
+            port,
+            args,
+            password: password.map(str::to_owned),
+            tls: tls.is_some(),
+            child: None,
+            _dir: dir,
+        };
+        r.start_again();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>` (with the password when there is one; `rediss://` for
+    /// TLS, by the name the certificate holds).
+    pub fn url(&self) -> String {
+        match (&self.password, self.tls) {
+            (_, true) => format!("rediss://localhost:{}", self.port),
+            (Some(p), false) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            (None, false) => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers PING.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(binary())
+                .args(&self.args)
+                .stdout(if std::env::var_os("TEST_LOG").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server (install it: make test-deps)");
+            loop {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && (self.tls || self.ping())
+                {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not start on {}",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server kept exiting on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server with SIGKILL (an outage) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One command over plain RESP (no TLS), e.g. `["DBSIZE"]`; the first reply line.
+    pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = String::new();
+        if let Some(p) = &self.password {
+            req.push_str(&resp(&["AUTH", p.as_str()]));
+        }
+        req.push_str(&resp(args));
+        stream.write_all(req.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        if self.password.is_some() {
+            reader.read_line(&mut line)?;
+            line.clear();
+        }
+        reader.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    }
+
+    fn ping(&self) -> bool {
+        self.try_command(&["PING"])
+            .is_ok_and(|reply| reply == "+PONG")
+    }
+}
+
+fn resp(args: &[&str]) -> String {
+    let mut s = format!("*{}\r\n", args.len());
+    for a in args {
+        s.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
