@@ -13,9 +13,10 @@
 //!   on Redis's clock; the TTLs only free the memory.
 //! - Scheduled alarms wait in a sorted set by fire time; a claim moves them to a second
 //!   sorted set by lease end, from which a lease that ran out puts them back.
-//! - Readiness is a flag: the first failed call clears it and starts a background `PING`
-//!   every [`PROBE_INTERVAL`]; calls made meanwhile fail at once (503, nothing dispatched)
-//!   instead of queueing behind a dead connection.
+//! - Readiness is a flag kept by a background `PING` (every [`HEARTBEAT`], every
+//!   [`PROBE_INTERVAL`] while Redis does not answer, at once after a failed call). While
+//!   it is down calls fail at once (503, nothing dispatched) instead of queueing behind a
+//!   dead connection.
 //!
 //! Key layout (all under [`PREFIX`], so a shared Redis is safe): see `docs/store.md`.
 
@@ -41,6 +42,8 @@ use crate::transport::BoxFuture;
 pub const PREFIX: &str = "clock-server:";
 /// How often a failed store is probed with `PING` until it answers.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a healthy store is checked with `PING`.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a call may wait for Redis's answer before the store counts as unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one connection attempt may take.
@@ -277,7 +280,8 @@ struct Health {
     ready: AtomicBool,
     /// A call or probe failed and no probe has succeeded since: calls fail at once.
     down: AtomicBool,
-    probing: AtomicBool,
+    /// Wakes the monitor after a failed call.
+    wake: Arc<tokio::sync::Notify>,
     /// The password (as written and percent-decoded), cut out of every error message.
     secrets: Vec<String>,
     /// The URL with its password `<redacted>`, for logs.
@@ -302,7 +306,7 @@ impl RedisStore {
         let health = Arc::new(Health {
             ready: AtomicBool::new(false),
             down: AtomicBool::new(false),
-            probing: AtomicBool::new(false),
+            wake: Arc::new(tokio::sync::Notify::new()),
             secrets: password_forms(url.expose()),
             shown: redact_userinfo(url.expose()),
         });
@@ -334,59 +338,48 @@ impl RedisStore {
             record_prefix: format!("{PREFIX}cmd:"),
             idem_prefix: format!("{PREFIX}idem:"),
         };
-        store.start_probe(None);
+        store.spawn_monitor();
         Ok(store)
     }
 
-    /// Clears the readiness flag (after a failed call: `cause`, and calls fail at once
-    /// from now on) and, unless one runs already, starts the task that pings Redis until
-    /// it answers, then sets the flags again.
-    fn start_probe(&self, cause: Option<&str>) {
-        if cause.is_some() {
-            self.health.down.store(true, Ordering::SeqCst);
-        }
-        let was_ready = self.health.ready.swap(false, Ordering::SeqCst);
-        if was_ready {
-            tracing::warn!(
-                store = %self.health.shown,
-                error = cause.unwrap_or(""),
-                "state store unavailable; commands get 503 until it answers again"
-            );
-        }
-        if self.health.probing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let health = Arc::clone(&self.health);
+    /// The task that keeps the readiness flags: a `PING` every [`HEARTBEAT`] while Redis
+    /// answers (so `/ready` notices an outage without traffic), every [`PROBE_INTERVAL`]
+    /// while it does not, and at once when a call failed. Ends with the store.
+    fn spawn_monitor(&self) {
+        let health = Arc::downgrade(&self.health);
         let mut conn = self.conn.clone();
-        let starting = cause.is_none();
         tokio::spawn(async move {
-            let mut logged = false;
+            let mut first = true;
             loop {
+                let Some(h) = health.upgrade() else { return };
                 let pong: Result<String, RedisError> =
                     redis::cmd("PING").query_async(&mut conn).await;
-                match pong {
-                    Ok(_) => break,
-                    Err(e) if !logged => {
-                        health.down.store(true, Ordering::SeqCst);
-                        logged = true;
-                        tracing::warn!(
-                            store = %health.shown,
-                            error = %health.redact(e.to_string()),
-                            "state store not reachable; retrying every {} ms",
-                            PROBE_INTERVAL.as_millis()
-                        );
+                let up = match pong {
+                    Ok(_) => {
+                        h.down.store(false, Ordering::SeqCst);
+                        if !h.ready.swap(true, Ordering::SeqCst) {
+                            tracing::info!(store = %h.shown, "state store connected");
+                        }
+                        true
                     }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
-            }
-            health.ready.store(true, Ordering::SeqCst);
-            health.down.store(false, Ordering::SeqCst);
-            health.probing.store(false, Ordering::SeqCst);
-            if logged || !starting {
-                tracing::info!(store = %health.shown, "state store reachable again");
-            } else {
-                tracing::info!(store = %health.shown, "state store connected");
+                    Err(e) => {
+                        h.down.store(true, Ordering::SeqCst);
+                        if h.ready.swap(false, Ordering::SeqCst) || first {
+                            tracing::warn!(
+                                store = %h.shown,
+                                error = %h.redact(e.to_string()),
+                                "state store unavailable: /ready says not_ready and commands get 503; retrying every {} ms",
+                                PROBE_INTERVAL.as_millis()
+                            );
+                        }
+                        false
+                    }
+                };
+                first = false;
+                let wake = Arc::clone(&h.wake);
+                drop(h);
+                let pause = if up { HEARTBEAT } else { PROBE_INTERVAL };
+                let _ = tokio::time::timeout(pause, wake.notified()).await;
             }
         });
     }
@@ -402,24 +395,24 @@ impl RedisStore {
         }
     }
 
-    /// A call got an answer.
-    fn answered<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
-        match result {
-            Ok(v) => {
-                if !self.health.probing.load(Ordering::SeqCst) {
-                    self.health.ready.store(true, Ordering::SeqCst);
-                }
-                Ok(v)
-            }
-            Err(e) => Err(self.failed(&e)),
-        }
-    }
-
-    /// A failed call: the store is unavailable until the probe gets an answer.
+    /// A failed call: the store counts as unavailable (calls fail at once) until the
+    /// monitor gets an answer again.
     fn failed(&self, e: &RedisError) -> StoreError {
         let message = self.health.redact(e.to_string());
-        self.start_probe(Some(&message));
+        self.health.down.store(true, Ordering::SeqCst);
+        if self.health.ready.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                store = %self.health.shown,
+                error = %message,
+                "state store unavailable: /ready says not_ready and commands get 503"
+            );
+        }
+        self.health.wake.notify_one();
         StoreError::Unavailable { message }
+    }
+
+    fn answered<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
+        result.map_err(|e| self.failed(&e))
     }
 
     fn record_key(&self, id: &str) -> String {

@@ -22,23 +22,33 @@ fn binary() -> String {
 }
 
 impl Redis {
-    /// No password.
+    /// No password, nothing kept on disk (`--save '' --appendonly no`).
     pub fn start() -> Self {
-        Self::start_with(None, None)
+        Self::start_with(None, None, false)
     }
 
     /// `--requirepass password`.
     pub fn start_with_password(password: &str) -> Self {
-        Self::start_with(Some(password), None)
+        Self::start_with(Some(password), None, false)
+    }
+
+    /// `--appendonly yes --appendfsync always` in its own directory: what was written
+    /// survives a SIGKILL and a restart on the same port.
+    pub fn start_durable() -> Self {
+        Self::start_with(None, None, true)
     }
 
     /// TLS only (`--port 0 --tls-port N`), the server certificate of `pki`, no client
     /// certificates (Debian's redis-server is built with TLS).
     pub fn start_tls(pki: &super::certs::TestPki) -> Self {
-        Self::start_with(None, Some(pki))
+        Self::start_with(None, Some(pki), false)
     }
 
-    fn start_with(password: Option<&str>, tls: Option<&super::certs::TestPki>) -> Self {
+    fn start_with(
+        password: Option<&str>,
+        tls: Option<&super::certs::TestPki>,
+        durable: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let mut args: Vec<String> = vec![
@@ -47,7 +57,9 @@ impl Redis {
             "--save".into(),
             String::new(),
             "--appendonly".into(),
-            "no".into(),
+            if durable { "yes" } else { "no" }.into(),
+            "--appendfsync".into(),
+            "always".into(),
             "--dir".into(),
             dir.path().display().to_string(),
             "--loglevel".into(),
