@@ -3,16 +3,19 @@
 # on loopback (a Mosquitto of its own on a free port, never 1883).
 #
 # 1. Stores: BENCH_CONNECTIONS keep-alive wrk clients post commands (QoS 1) to a fresh
-#    server with STATE_STORE=none, memory and file:<temp dir>/state.db, in interleaved
-#    rounds (BENCH_RUNS), BENCH_SECONDS each; medians with their spread, and the ratios
-#    against none. Targets: memory req/s >= 0.90x and p99 <= 1.25x; file req/s >= 0.50x.
+#    server with STATE_STORE=none, memory, file:<temp dir>/state.db and redis://<a
+#    redis-server of its own on a free loopback port, no persistence, flushed between
+#    rounds>, in interleaved rounds (BENCH_RUNS), BENCH_SECONDS each; medians with their
+#    spread, and the ratios against none. Targets: memory req/s >= 0.90x and p99 <=
+#    1.25x; file req/s >= 0.50x; redis req/s >= 0.70x and p99 <= 2x.
 # 2. A million commands: one STATE_STORE=memory server (default STATE_MAX_COMMANDS) takes
 #    BENCH_MILLION (1000000) commands; its peak RSS (VmHWM) must stay <= 64 MiB.
 # The figures are for reading, not asserting.
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
 # BENCH_MILLION (1000000; 0 skips it), BENCH_CARGO_FLAGS (--no-default-features),
-# BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR, MOSQUITTO.
+# BENCH_BUILD (1), BENCH_KEEP (0), BENCH_STORES ("none memory file redis"), CARGO,
+# CARGO_TARGET_DIR, MOSQUITTO, REDIS_SERVER (redis-server; its phase is skipped without it).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,20 +29,47 @@ CARGO=${CARGO:-cargo}
 CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+STORES=${BENCH_STORES:-none memory file redis}
 BENCH_NAME=bench-store
 # shellcheck source=scripts/bench/lib.sh
 . "$(dirname "$0")/bench/lib.sh"
 
+REDIS_PORT=""
+case " $STORES " in
+*" redis "*)
+	if command -v "$REDIS_SERVER" >/dev/null 2>&1; then
+		REDIS_PORT=$(free_port)
+		"$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+			--dir "$TMP" --loglevel warning >"$TMP/redis.log" 2>&1 &
+		PIDS="$PIDS $!"
+		wait_port "$REDIS_PORT" || die "redis-server did not start"
+	else
+		echo "bench-store: $REDIS_SERVER is missing (make test-deps): no redis phase"
+		STORES=$(echo "$STORES" | sed 's/redis//')
+	fi
+	;;
+esac
+# redis_flush: an empty Redis for the next round (RESP over bash's /dev/tcp).
+redis_flush() {
+	exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT"
+	printf '*1\r\n$8\r\nFLUSHALL\r\n' >&3
+	head -c 5 <&3 >/dev/null
+	exec 3<&-
+}
+
 store_value() {
 	case $1 in
 	file) echo "file:$TMP/state-$2.db" ;;
+	redis) echo "redis://127.0.0.1:$REDIS_PORT" ;;
 	*) echo "$1" ;;
 	esac
 }
 
 echo "bench-store: $CONNS connections at QoS 1, ${DURATION}s x $RUNS rounds"
 for run in $(seq "$RUNS"); do
-	for store in none memory file; do
+	for store in $STORES; do
+		[ "$store" != redis ] || redis_flush
 		start_server "$TMP/server-$store-$run.log" "STATE_STORE=$(store_value "$store" "$run")"
 		out=$TMP/wrk-$store-$run.out
 		wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s scripts/bench/wrk.lua \
@@ -52,7 +82,7 @@ for run in $(seq "$RUNS"); do
 	done
 done
 echo "bench-store: medians (spread)"
-for store in none memory file; do
+for store in $STORES; do
 	r=$(awk -v s="$store" '$1 == s {print $3}' "$TMP/stores.txt")
 	p=$(awk -v s="$store" '$1 == s {print $4 / 1000}' "$TMP/stores.txt")
 	printf '  %-6s %s req/s (%s)  p99 %s ms (%s)\n' "$store" "$(echo "$r" | median)" \
@@ -61,11 +91,17 @@ done
 med() { awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$TMP/stores.txt" | median; }
 awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" \
 	-v fr="$(med file 3)" -v fp="$(med file 4)" 'BEGIN {
-	printf "  memory / none: req/s %.2f (target >= 0.90: %s), p99 %.2fx (target <= 1.25x: %s)\n",
+	if (mr > 0) printf "  memory / none: req/s %.2f (target >= 0.90: %s), p99 %.2fx (target <= 1.25x: %s)\n",
 		mr / nr, (mr / nr >= 0.9 ? "PASS" : "MISS"), mp / np, (mp / np <= 1.25 ? "PASS" : "MISS")
-	printf "  file / none:   req/s %.2f (target >= 0.50: %s), p99 %.2fx\n",
+	if (fr > 0) printf "  file / none:   req/s %.2f (target >= 0.50: %s), p99 %.2fx\n",
 		fr / nr, (fr / nr >= 0.5 ? "PASS" : "MISS"), fp / np
 }'
+if [ -n "$REDIS_PORT" ]; then
+	awk -v nr="$(med none 3)" -v np="$(med none 4)" -v rr="$(med redis 3)" -v rp="$(med redis 4)" 'BEGIN {
+		printf "  redis / none:  req/s %.2f (target >= 0.70: %s), p99 %.2fx (target <= 2x: %s)\n",
+			rr / nr, (rr / nr >= 0.7 ? "PASS" : "MISS"), rp / np, (rp / np <= 2 ? "PASS" : "MISS")
+	}'
+fi
 
 if [ "$MILLION" -gt 0 ]; then
 	start_server "$TMP/server-million.log" STATE_STORE=memory
