@@ -58,17 +58,15 @@ const PRELUDE: &str = r#"
 local SCHED, LEASED = KEYS[1], KEYS[2]
 local FINAL = {succeeded = true, failed = true, expired = true, cancelled = true}
 local function fmt(n) return string.format('%d', n) end
-local function final_at(k)
-  if FINAL[redis.call('HGET', k, 'st')] then
-    local d = redis.call('HGET', k, 'd')
-    if d then return tonumber(d) end
-  end
-  return tonumber(redis.call('HGET', k, 'e'))
+-- When the retention clock starts: completion for a final record, else its expiry.
+local function final_at(st, d, e)
+  if FINAL[st] and d then return tonumber(d) end
+  return tonumber(e)
 end
--- Redis drops the record when its retention ends (the logical check below is what
+-- Redis drops the record when its retention ends (the logical check in load is what
 -- counts; this only frees the memory).
-local function keep(k, now, retention)
-  local ms = final_at(k) + retention - now
+local function keep(k, final, now, retention)
+  local ms = final + retention - now
   if ms < 1000 then ms = 1000 end
   redis.call('PEXPIRE', k, fmt(ms))
 end
@@ -80,22 +78,20 @@ end
 -- The record's status after the store's rules: nil if unknown or past retention (then
 -- deleted); a non-final record past its expiry becomes expired, persisted.
 local function load(k, id, now, retention)
-  if redis.call('EXISTS', k) == 0 then return nil end
-  if final_at(k) + retention <= now then
+  local v = redis.call('HMGET', k, 'st', 'd', 'e')
+  local st, e = v[1], v[3]
+  if not st then return nil end
+  if final_at(st, v[2], e) + retention <= now then
     redis.call('DEL', k)
     redis.call('ZREM', SCHED, id)
     redis.call('ZREM', LEASED, id)
     return nil
   end
-  local st = redis.call('HGET', k, 'st')
-  if not FINAL[st] then
-    local e = redis.call('HGET', k, 'e')
-    if tonumber(e) <= now then
-      redis.call('HSET', k, 'st', 'expired', 'd', e)
-      unschedule(k, id)
-      keep(k, now, retention)
-      st = 'expired'
-    end
+  if not FINAL[st] and tonumber(e) <= now then
+    redis.call('HSET', k, 'st', 'expired', 'd', e)
+    if st == 'scheduled' then unschedule(k, id) end
+    keep(k, tonumber(e), now, retention)
+    st = 'expired'
   end
   return st
 end
@@ -106,15 +102,14 @@ local function answer(code, k)
 end
 "#;
 
-/// KEYS: sched, leased, record. ARGV: id, now, retention, then the hash's fields/values.
+/// KEYS: sched, leased, record. ARGV: id, now, retention, when its retention clock
+/// starts, fire time ('' if none), then the hash's fields/values.
 const CREATE: &str = r#"
 local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if load(k, id, now, retention) then return 0 end
-redis.call('HSET', k, unpack(ARGV, 4))
-keep(k, now, retention)
-if redis.call('HGET', k, 'st') == 'scheduled' then
-  redis.call('ZADD', SCHED, redis.call('HGET', k, 'f'), id)
-end
+redis.call('HSET', k, unpack(ARGV, 6))
+keep(k, tonumber(ARGV[4]), now, retention)
+if ARGV[5] ~= '' then redis.call('ZADD', SCHED, ARGV[5], id) end
 return 1
 "#;
 
@@ -130,7 +125,9 @@ const MARK_SENT: &str = r#"
 local k, id = KEYS[3], ARGV[1]
 local st = load(k, id, tonumber(ARGV[2]), tonumber(ARGV[3]))
 if not st then return {'none'} end
-if st == 'pending' or st == 'scheduled' then
+if st == 'pending' then
+  redis.call('HSET', k, 'st', 'sent', 's', ARGV[2])
+elseif st == 'scheduled' then
   redis.call('HSET', k, 'st', 'sent', 's', ARGV[2])
   unschedule(k, id)
 elseif not redis.call('HGET', k, 's') then
@@ -155,7 +152,7 @@ else
   redis.call('HDEL', k, 'rc', 'rm')
 end
 unschedule(k, id)
-keep(k, now, retention)
+keep(k, now, now, retention)
 return answer('ok', k)
 "#;
 
@@ -169,7 +166,7 @@ local lease = redis.call('HGET', k, 'l')
 if lease and tonumber(lease) > now then return {'no', st} end
 redis.call('HSET', k, 'st', 'cancelled', 'd', ARGV[2])
 unschedule(k, id)
-keep(k, now, retention)
+keep(k, now, now, retention)
 return answer('ok', k)
 "#;
 
@@ -478,8 +475,14 @@ impl StateStore for RedisStore {
     fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let record = normalise(record);
+            let final_ms = ms(super::final_at(&record)).to_string();
+            let fire_ms = match (record.status, record.fire_at) {
+                (CommandStatus::Scheduled, Some(t)) => ms(t).to_string(),
+                _ => String::new(),
+            };
             let fields = encode(&record);
-            let args: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            let mut args: Vec<&[u8]> = vec![final_ms.as_bytes(), fire_ms.as_bytes()];
+            args.extend(fields.iter().map(Vec::as_slice));
             let id = record.command_id.clone();
             // `create` takes no `now`: the record's own creation time stands for it.
             let created = self
