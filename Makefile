@@ -39,7 +39,7 @@ run: ## run the server (configure with environment variables, see docs/configura
 test: test-deps ## install test dependencies if missing, then run all tests
 	$(CARGO) test --locked
 
-test-deps: ## install Mosquitto and openssl when missing (Debian/Ubuntu)
+test-deps: ## install Mosquitto, redis-server and openssl when missing (Debian/Ubuntu)
 	./scripts/install-test-deps.sh
 
 fmt: ## format the code
