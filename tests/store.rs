@@ -832,6 +832,47 @@ async fn a_failed_write_is_unavailable_and_the_store_recovers() {
 }
 
 // ---------------------------------------------------------------------------------------
+// ---------------------------------------------------------------------------------------
+// Redis only: grouped writes.
+
+/// `calls=N` of `cmdstat_evalsha` in INFO commandstats.
+fn evalsha_calls(server: &common::redis::Redis) -> u64 {
+    let info = server.bulk(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_redis_writes_share_script_calls_and_all_land() {
+    let server = common::redis::Redis::start();
+    let store: Arc<dyn StateStore> =
+        Arc::new(RedisStore::open(&Secret::new(server.url()), StoreSettings::default()).unwrap());
+    store.create(pending("warm-up", "clock-1")).await.unwrap();
+    let before = evalsha_calls(&server);
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let id = format!("c-{i}");
+                store.create(pending(&id, "clock-1")).await.unwrap();
+                store.mark_sent(&id, at(1)).await.unwrap().unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, CommandStatus::Sent);
+    }
+    let calls = evalsha_calls(&server) - before;
+    println!("1000 writes in {calls} script calls");
+    assert!(calls < 1000, "1000 writes took {calls} script calls");
+    for i in 0..500 {
+        let record = store.get(&format!("c-{i}"), at(2)).await.unwrap().unwrap();
+        assert_eq!(record.sent_at, Some(at(1)));
+    }
+}
+
 // Figures for docs/store.md: cargo test --release --test store -- --ignored --nocapture
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,9 @@
 //! (SPEC 7.1, 9).
 //!
 //! - One [`ConnectionManager`]: a single multiplexed connection that pipelines the
-//!   requests of every task and reconnects by itself.
+//!   requests of every task and reconnects by itself. The hot path's calls (`create`,
+//!   `mark_sent`) are grouped on top: whatever waits while the previous group is on the
+//!   wire goes as one script call ([`WRITES`]).
 //! - Every operation is one `EVALSHA` of a Lua script, so each read-modify-write (lazy
 //!   expiry, first final status wins, claims, idempotency keys) is atomic in Redis, across
 //!   replicas. The rules are those of `mod.rs`, written again in Lua; the conformance suite
@@ -27,6 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script, Value};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
@@ -102,37 +105,51 @@ local function answer(code, k)
 end
 "#;
 
-/// KEYS: sched, leased, record. ARGV: id, now, retention, when its retention clock
-/// starts, fire time ('' if none), then the hash's fields/values.
-const CREATE: &str = r#"
-local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-if load(k, id, now, retention) then return 0 end
-redis.call('HSET', k, unpack(ARGV, 6))
-keep(k, tonumber(ARGV[4]), now, retention)
-if ARGV[5] ~= '' then redis.call('ZADD', SCHED, ARGV[5], id) end
-return 1
+/// The hot path's two calls, grouped: every `create` and `mark_sent` waiting when the
+/// previous group left is run in one script call (as `file:` groups commits), so under
+/// load Redis runs one script and the connection one round trip for many commands.
+/// KEYS: sched, leased. ARGV: record key prefix, then per call `c` or `s`, its argument
+/// count, and its arguments: `c` id, now, retention, when its retention clock starts,
+/// fire time ('' if none), the hash's fields/values (answer 1, or 0 if the id exists);
+/// `s` id, now, retention (answer `{'none'}` or `{'ok', fields…}`).
+const WRITES: &str = r#"
+local prefix, out, i = ARGV[1], {}, 2
+while i <= #ARGV do
+  local kind, n, a = ARGV[i], tonumber(ARGV[i + 1]), i + 2
+  local id, now, retention = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local k = prefix .. id
+  local st = load(k, id, now, retention)
+  if kind == 'c' then
+    if st then
+      out[#out + 1] = 0
+    else
+      redis.call('HSET', k, unpack(ARGV, a + 5, a + n - 1))
+      keep(k, tonumber(ARGV[a + 3]), now, retention)
+      if ARGV[a + 4] ~= '' then redis.call('ZADD', SCHED, ARGV[a + 4], id) end
+      out[#out + 1] = 1
+    end
+  elseif not st then
+    out[#out + 1] = {'none'}
+  else
+    if st == 'pending' then
+      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+    elseif st == 'scheduled' then
+      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+      unschedule(k, id)
+    elseif not redis.call('HGET', k, 's') then
+      redis.call('HSET', k, 's', ARGV[a + 1])
+    end
+    out[#out + 1] = answer('ok', k)
+  end
+  i = a + n
+end
+return out
 "#;
 
 /// KEYS: sched, leased, record. ARGV: id, now, retention.
 const GET: &str = r#"
 local k, id = KEYS[3], ARGV[1]
 if not load(k, id, tonumber(ARGV[2]), tonumber(ARGV[3])) then return {'none'} end
-return answer('ok', k)
-"#;
-
-/// KEYS: sched, leased, record. ARGV: id, now, retention.
-const MARK_SENT: &str = r#"
-local k, id = KEYS[3], ARGV[1]
-local st = load(k, id, tonumber(ARGV[2]), tonumber(ARGV[3]))
-if not st then return {'none'} end
-if st == 'pending' then
-  redis.call('HSET', k, 'st', 'sent', 's', ARGV[2])
-elseif st == 'scheduled' then
-  redis.call('HSET', k, 'st', 'sent', 's', ARGV[2])
-  unschedule(k, id)
-elseif not redis.call('HGET', k, 's') then
-  redis.call('HSET', k, 's', ARGV[2])
-end
 return answer('ok', k)
 "#;
 
@@ -231,9 +248,8 @@ return 1
 "#;
 
 struct Scripts {
-    create: Script,
+    writes: Script,
     get: Script,
-    mark_sent: Script,
     complete: Script,
     cancel: Script,
     claim_due: Script,
@@ -246,9 +262,8 @@ impl Scripts {
     fn new() -> Self {
         let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
-            create: with_prelude(CREATE),
+            writes: with_prelude(WRITES),
             get: with_prelude(GET),
-            mark_sent: with_prelude(MARK_SENT),
             complete: with_prelude(COMPLETE),
             cancel: with_prelude(CANCEL),
             claim_due: with_prelude(CLAIM_DUE),
@@ -269,7 +284,22 @@ pub struct RedisStore {
     leased: String,
     record_prefix: String,
     idem_prefix: String,
+    /// `create` and `mark_sent` calls, for the writer task that groups them.
+    writes: mpsc::UnboundedSender<Write>,
 }
+
+/// One `create` or `mark_sent` for the [`WRITES`] script: its kind (`c`/`s`) and
+/// arguments, and where its answer goes.
+struct Write {
+    args: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// At most this many calls in one group.
+const MAX_GROUP: usize = 256;
+/// At most this many groups on the wire at once; calls arriving meanwhile wait and form
+/// the next group.
+const GROUPS_IN_FLIGHT: usize = 2;
 
 /// The readiness flags and what the probe needs to keep them.
 struct Health {
@@ -286,6 +316,22 @@ struct Health {
 }
 
 impl Health {
+    /// A failed call: the store counts as unavailable (calls fail at once) until the
+    /// monitor gets an answer again.
+    fn failed(&self, e: &RedisError) -> StoreError {
+        let message = self.redact(e.to_string());
+        self.down.store(true, Ordering::SeqCst);
+        if self.ready.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                store = %self.shown,
+                error = %message,
+                "state store unavailable: /ready says not_ready and commands get 503"
+            );
+        }
+        self.wake.notify_one();
+        StoreError::Unavailable { message }
+    }
+
     fn redact(&self, text: String) -> String {
         self.secrets
             .iter()
@@ -325,18 +371,107 @@ impl RedisStore {
             .set_connection_timeout(Some(CONNECTION_TIMEOUT));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| open_error(format!("cannot set up the connection: {e}")))?;
+        let (writes, queue) = mpsc::unbounded_channel();
         let store = Self {
             conn,
             settings,
             scripts: Arc::new(Scripts::new()),
             health,
+            writes,
             sched: format!("{PREFIX}scheduled"),
             leased: format!("{PREFIX}leased"),
             record_prefix: format!("{PREFIX}cmd:"),
             idem_prefix: format!("{PREFIX}idem:"),
         };
         store.spawn_monitor();
+        store.spawn_writer(queue);
         Ok(store)
+    }
+
+    /// The task that runs `create`/`mark_sent` calls in groups (see [`WRITES`]); ends
+    /// with the store (when its sender is dropped).
+    fn spawn_writer(&self, mut queue: mpsc::UnboundedReceiver<Write>) {
+        let (conn, scripts, health) = (
+            self.conn.clone(),
+            Arc::clone(&self.scripts),
+            Arc::clone(&self.health),
+        );
+        let keys = Arc::new([
+            self.sched.clone(),
+            self.leased.clone(),
+            self.record_prefix.clone(),
+        ]);
+        let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(write) => group.push(write),
+                        Err(_) => break,
+                    }
+                }
+                let (mut conn, scripts, health, keys) = (
+                    conn.clone(),
+                    Arc::clone(&scripts),
+                    Arc::clone(&health),
+                    Arc::clone(&keys),
+                );
+                tokio::spawn(async move {
+                    let mut call = scripts.writes.prepare_invoke();
+                    call.key(&keys[0]).key(&keys[1]).arg(&keys[2]);
+                    for write in &group {
+                        let (kind, args) = write.args.split_first().unzip();
+                        call.arg(kind.map_or(&[][..], Vec::as_slice))
+                            .arg(args.map_or(0, <[Vec<u8>]>::len));
+                        for arg in args.into_iter().flatten() {
+                            call.arg(arg.as_slice());
+                        }
+                    }
+                    let answer: Result<Value, RedisError> = call.invoke_async(&mut conn).await;
+                    drop(slot);
+                    match answer {
+                        Ok(Value::Array(answers)) if answers.len() == group.len() => {
+                            for (write, answer) in group.into_iter().zip(answers) {
+                                let _ = write.reply.send(Ok(answer));
+                            }
+                        }
+                        Ok(other) => {
+                            for write in group {
+                                let _ = write.reply.send(Err(unexpected("write", &other)));
+                            }
+                        }
+                        Err(e) => {
+                            let message = match health.failed(&e) {
+                                StoreError::Unavailable { message } => message,
+                                other => other.to_string(),
+                            };
+                            for write in group {
+                                let _ = write.reply.send(Err(StoreError::Unavailable {
+                                    message: message.clone(),
+                                }));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// Queues one `create`/`mark_sent` for the writer and waits for its answer.
+    async fn write(&self, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
+        self.check_ready()?;
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable {
+            message: "the state store's writer has stopped".to_owned(),
+        };
+        self.writes
+            .send(Write { args, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// The task that keeps the readiness flags: a `PING` every [`HEARTBEAT`] while Redis
@@ -392,20 +527,8 @@ impl RedisStore {
         }
     }
 
-    /// A failed call: the store counts as unavailable (calls fail at once) until the
-    /// monitor gets an answer again.
     fn failed(&self, e: &RedisError) -> StoreError {
-        let message = self.health.redact(e.to_string());
-        self.health.down.store(true, Ordering::SeqCst);
-        if self.health.ready.swap(false, Ordering::SeqCst) {
-            tracing::warn!(
-                store = %self.health.shown,
-                error = %message,
-                "state store unavailable: /ready says not_ready and commands get 503"
-            );
-        }
-        self.health.wake.notify_one();
-        StoreError::Unavailable { message }
+        self.health.failed(e)
     }
 
     fn answered<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
@@ -480,15 +603,18 @@ impl StateStore for RedisStore {
                 (CommandStatus::Scheduled, Some(t)) => ms(t).to_string(),
                 _ => String::new(),
             };
-            let fields = encode(&record);
-            let mut args: Vec<&[u8]> = vec![final_ms.as_bytes(), fire_ms.as_bytes()];
-            args.extend(fields.iter().map(Vec::as_slice));
             let id = record.command_id.clone();
             // `create` takes no `now`: the record's own creation time stands for it.
-            let created = self
-                .run_record(&self.scripts.create, &id, record.created_at, &args)
-                .await?;
-            match created {
+            let mut args = vec![
+                b"c".to_vec(),
+                id.clone().into_bytes(),
+                ms(record.created_at).to_string().into_bytes(),
+                self.retention_ms().to_string().into_bytes(),
+                final_ms.into_bytes(),
+                fire_ms.into_bytes(),
+            ];
+            args.extend(encode(&record));
+            match self.write(args).await? {
                 Value::Int(1) => Ok(()),
                 Value::Int(0) => Err(StoreError::Duplicate { command_id: id }),
                 other => Err(unexpected("create", &other)),
@@ -519,10 +645,13 @@ impl StateStore for RedisStore {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
         Box::pin(async move {
-            let answer = self
-                .run_record(&self.scripts.mark_sent, command_id, now, &[])
-                .await?;
-            match split(answer)? {
+            let args = vec![
+                b"s".to_vec(),
+                command_id.as_bytes().to_vec(),
+                ms(now).to_string().into_bytes(),
+                self.retention_ms().to_string().into_bytes(),
+            ];
+            match split(self.write(args).await?)? {
                 (code, fields) if code == "ok" => decode(fields).map(Some),
                 (code, _) if code == "none" => Ok(None),
                 (code, _) => Err(unexpected_code("mark_sent", &code)),

@@ -180,6 +180,27 @@ impl Redis {
         Ok(line.trim_end().to_owned())
     }
 
+    /// A command whose answer is one bulk string (e.g. `["INFO", "commandstats"]`).
+    pub fn bulk(&self, args: &[&str]) -> String {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(
+            self.password.is_none(),
+            "bulk() is for servers without a password"
+        );
+        stream.write_all(resp(args).as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        reader.read_line(&mut head).unwrap();
+        let len: usize = head.trim_end().trim_start_matches('$').parse().unwrap();
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
     fn ping(&self) -> bool {
         self.try_command(&["PING"])
             .is_ok_and(|reply| reply == "+PONG")
