@@ -303,7 +303,7 @@ const GROUPS_IN_FLIGHT: usize = 2;
 
 /// The readiness flags and what the probe needs to keep them.
 struct Health {
-    /// Redis answered the last call or probe (`is_ready`).
+    /// The last `PING` was answered and no call has failed since (`is_ready`).
     ready: AtomicBool,
     /// A call or probe failed and no probe has succeeded since: calls fail at once.
     down: AtomicBool,
