@@ -314,6 +314,136 @@ async fn acknowledgements_are_split_by_the_shared_group_and_each_applied_once() 
 }
 
 // ---------------------------------------------------------------------------------------
+// Gateway-held alarms (AWTRIX clocks, docs/devices.md) across replicas
+
+const DEVICES: &str = "[devices.kitchen]\nprofile = \"awtrix3\"\ntopic = \"awtrix_k1\"\n";
+
+/// The devices file naming one AWTRIX clock, `kitchen`, kept while the test runs.
+fn devices_file() -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(DEVICES.as_bytes()).unwrap();
+    file
+}
+
+/// `POST /commands/alarms` for `kitchen` at `at`, labelled `label`: the commandId.
+async fn schedule(replica: &Replica, at: chrono::DateTime<chrono::Utc>, label: &str) -> String {
+    let res = replica
+        .http
+        .post(replica.server.url("/commands/alarms"))
+        .bearer_auth(TOKEN)
+        .json_body(&json!({"deviceId": "kitchen", "alarmTime": at.to_rfc3339(), "label": label}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.bytes().await.unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "scheduled");
+    command_id(&body)
+}
+
+/// An alarm time `secs` from now, at second precision as a caller would write it.
+fn alarm_at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+    let t = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    chrono::DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+/// The labels of the alarms published to the kitchen clock, in order.
+fn published_labels(sub: &common::subscriber::Subscriber) -> Vec<String> {
+    sub.on("awtrix_k1/notify")
+        .iter()
+        .map(|m| m.payload["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_alarm_is_published_once_across_replicas() {
+    let (broker, redis) = (Mosquitto::start_plain(), Redis::start());
+    let sub = common::subscriber::Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let path = devices.path().display().to_string();
+    let vars = [
+        ("DEVICES_FILE", path.as_str()),
+        ("MQTT_PUBLISH_TIMEOUT_MS", "1000"),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::ready(&broker, &redis.url(), &vars).await);
+    }
+    // 30 alarms, scheduled through all three, due within the same two seconds.
+    let at = alarm_at(3);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let when = at + chrono::Duration::milliseconds(i * 60);
+        ids.push(schedule(&replicas[i as usize % 3], when, &format!("alarm-{i}")).await);
+    }
+    eventually(WAIT, "all 30 alarms published", || async {
+        (published_labels(&sub).len() >= 30).then_some(())
+    })
+    .await;
+    for id in &ids {
+        eventually(WAIT, "every record sent", || async {
+            (replicas[2].record(id).await.1["status"] == "sent").then_some(())
+        })
+        .await;
+    }
+    // Several more scheduler ticks on every replica: nothing is published again.
+    let after = Instant::now() + Duration::from_millis(1500);
+    eventually(WAIT, "1.5 s to pass", || async {
+        (Instant::now() > after).then_some(())
+    })
+    .await;
+    let labels = published_labels(&sub);
+    let distinct: HashSet<&String> = labels.iter().collect();
+    assert_eq!((labels.len(), distinct.len()), (30, 30), "{labels:?}");
+}
+
+#[tokio::test]
+async fn the_alarms_of_a_sigkilled_replica_are_published_by_another() {
+    let (broker, redis) = (Mosquitto::start_plain(), Redis::start());
+    let sub = common::subscriber::Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let path = devices.path().display().to_string();
+    let vars = [
+        ("DEVICES_FILE", path.as_str()),
+        ("MQTT_PUBLISH_TIMEOUT_MS", "1000"),
+    ];
+    let doomed = Replica::ready(&broker, &redis.url(), &vars).await;
+    let survivor = Replica::ready(&broker, &redis.url(), &vars).await;
+
+    let at = alarm_at(3);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(schedule(&doomed, at, &format!("orphan-{i}")).await);
+    }
+    common::process::signal(doomed.server.child.id(), "KILL");
+    assert!(chrono::Utc::now() < at, "killed before the alarm time");
+
+    eventually(WAIT, "the orphaned alarms published", || async {
+        (published_labels(&sub).len() >= 5).then_some(())
+    })
+    .await;
+    for id in &ids {
+        let record = eventually(WAIT, "sent", || async {
+            let (_, record) = survivor.record(id).await;
+            (record["status"] == "sent").then_some(record)
+        })
+        .await;
+        let sent_at: chrono::DateTime<chrono::Utc> =
+            record["sentAt"].as_str().unwrap().parse().unwrap();
+        assert!(sent_at >= at, "published early: {sent_at} < {at}");
+    }
+    let mut labels = published_labels(&sub);
+    labels.sort();
+    assert_eq!(
+        labels,
+        (0..5).map(|i| format!("orphan-{i}")).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Redis outages
 
 const PASSWORD: &str = "redis-pass-s3cret-4711";
