@@ -17,6 +17,12 @@ DOCKER_RUN_ARGS ?=
 # Platforms for docker-buildx-push.
 PLATFORMS ?= linux/amd64,linux/arm64
 HADOLINT ?= hadolint
+# Kubernetes (deploy/kubernetes, docs/kubernetes.md): the registry the dev overlay pulls
+# from (MicroK8s's built-in one), the kubectl to apply with (e.g. KUBECTL="microk8s kubectl")
+# and the overlay for kubernetes-apply (single, ha or dev; no default, on purpose).
+KUBERNETES_REGISTRY ?= localhost:32000
+KUBECTL ?= kubectl
+OVERLAY ?=
 # The Compose v2 plugin when it is installed, else the standalone docker-compose
 # (a recursive variable: only looked up when a Compose target runs).
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo '$(DOCKER) compose' || echo docker-compose)
@@ -24,10 +30,13 @@ COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo '$(DOCKER) 
 .PHONY: help run test test-deps fmt lint build build-clockctl clean bench
 .PHONY: docker-build docker-run docker-stop docker-clean docker-login docker-push docker-buildx-push
 .PHONY: compose-test lint-containers
+.PHONY: kubernetes-push kubernetes-check kubernetes-apply
 
 # The Dockerfile needs BuildKit (cache mounts, COPY --chmod): the default since Docker 23,
 # switched on here for older engines and for the standalone docker-compose v1.
 docker-build compose-test: export DOCKER_BUILDKIT = 1
+# docker-push (and its docker-build) run with this registry when reached from here.
+kubernetes-push: REGISTRY = $(KUBERNETES_REGISTRY)
 compose-test: export COMPOSE_DOCKER_CLI_BUILD = 1
 
 help: ## list targets
@@ -108,3 +117,15 @@ compose-test: ## run the Compose stack; passes only if the subscriber got clockc
 lint-containers: ## hadolint the Dockerfile and validate docker-compose.yml
 	$(HADOLINT) --failure-threshold warning Dockerfile
 	$(COMPOSE) config -q
+
+kubernetes-push: docker-push ## build, then push IMAGE_TAG and latest to KUBERNETES_REGISTRY (default localhost:32000, MicroK8s's)
+
+kubernetes-check: ## render every overlay in deploy/kubernetes and validate it offline (installs the pinned tools)
+	./scripts/check-kubernetes.sh
+
+kubernetes-apply: ## kubectl apply -k deploy/kubernetes/overlays/OVERLAY (OVERLAY=single|ha|dev required; KUBECTL)
+	@if [ -z "$(OVERLAY)" ] || [ ! -d "deploy/kubernetes/overlays/$(OVERLAY)" ]; then \
+		echo "kubernetes-apply: set OVERLAY to one of: $$(ls deploy/kubernetes/overlays | tr '\n' ' ')" >&2; \
+		exit 2; \
+	fi
+	$(KUBECTL) apply -k deploy/kubernetes/overlays/$(OVERLAY)

@@ -24,6 +24,9 @@ const MAKE_VARS: &[&str] = &[
     "PLATFORMS",
     "COMPOSE",
     "HADOLINT",
+    "KUBECTL",
+    "KUBERNETES_REGISTRY",
+    "OVERLAY",
     "CARGO",
     "DOCKER_BUILDKIT",
     "COMPOSE_DOCKER_CLI_BUILD",
@@ -94,10 +97,10 @@ struct Run {
     calls: Vec<Call>,
 }
 
-/// A directory holding the fake `docker` and `hadolint`.
+/// A directory holding the fake `docker`, `hadolint` and `kubectl`.
 fn fakes() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["docker", "hadolint"] {
+    for name in ["docker", "hadolint", "kubectl"] {
         let path = dir.path().join(name);
         std::fs::write(&path, FAKE).unwrap();
         #[cfg(unix)]
@@ -123,6 +126,7 @@ fn make_env(target: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
             "HADOLINT={}",
             dir.path().join("hadolint").display()
         ))
+        .arg(format!("KUBECTL={}", dir.path().join("kubectl").display()))
         .args(args);
     for var in MAKE_VARS {
         cmd.env_remove(var);
@@ -414,6 +418,44 @@ fn lint_containers() {
     assert_eq!(calls[1].args, ["compose", "config", "-q"]);
 }
 
+/// The dev overlay pulls `localhost:32000/clock-server` (MicroK8s's registry).
+#[test]
+fn kubernetes_push_pushes_to_the_microk8s_registry() {
+    assert_push(&make("kubernetes-push", &[]), "localhost:32000", "0.0.1");
+    let calls = make(
+        "kubernetes-push",
+        &["KUBERNETES_REGISTRY=10.0.0.5:32000", "IMAGE_TAG=1.2.3"],
+    );
+    assert_push(&calls, "10.0.0.5:32000", "1.2.3");
+    // docker-push itself keeps its own default.
+    assert_push(&make("docker-push", &[]), "192.168.2.201:32000", "0.0.1");
+}
+
+/// No default overlay: applying `dev` to a production cluster by accident is worse than
+/// typing the name.
+#[test]
+fn kubernetes_apply_needs_an_existing_overlay() {
+    for args in [&[][..], &["OVERLAY=nope"][..]] {
+        let run = make_env("kubernetes-apply", args, &[]);
+        assert!(!run.output.status.success(), "{args:?}");
+        assert!(run.calls.is_empty(), "{:?}", run.calls);
+        let stderr = String::from_utf8_lossy(&run.output.stderr);
+        assert!(
+            stderr.contains("set OVERLAY to one of: dev ha single"),
+            "{stderr}"
+        );
+    }
+    for overlay in ["single", "ha", "dev"] {
+        let calls = make("kubernetes-apply", &[&format!("OVERLAY={overlay}")]);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].program, "kubectl");
+        assert_eq!(
+            calls[0].args,
+            ["apply", "-k", &format!("deploy/kubernetes/overlays/{overlay}")]
+        );
+    }
+}
+
 #[test]
 fn help_lists_every_target() {
     let out = Command::new("make")
@@ -444,6 +486,9 @@ fn help_lists_every_target() {
         "docker-buildx-push",
         "compose-test",
         "lint-containers",
+        "kubernetes-push",
+        "kubernetes-check",
+        "kubernetes-apply",
     ] {
         assert!(
             help.lines()
