@@ -188,9 +188,9 @@ impl Rendered {
     /// Secrets are looked up in the rendered objects, then in the overlay's examples.
     fn data(&self, kind: &str, name: &str) -> BTreeMap<String, String> {
         let object = self.find(kind, name).or_else(|| {
-            self.examples.iter().find(|o| {
-                text(o, "kind") == Some(kind) && text(o, "metadata.name") == Some(name)
-            })
+            self.examples
+                .iter()
+                .find(|o| text(o, "kind") == Some(kind) && text(o, "metadata.name") == Some(name))
         });
         let object = object.unwrap_or_else(|| {
             panic!(
@@ -205,7 +205,12 @@ impl Rendered {
                 .as_mapping()
                 .into_iter()
                 .flatten()
-                .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         for (k, v) in pairs("data") {
@@ -360,7 +365,11 @@ fn assert_pod_hardened(overlay: &str, workload: &Value) {
             what("runAsNonRoot")
         );
         let uid = effective("runAsUser").as_u64();
-        assert!(uid.is_some_and(|u| u != 0), "{}", what("runAsUser non-zero"));
+        assert!(
+            uid.is_some_and(|u| u != 0),
+            "{}",
+            what("runAsUser non-zero")
+        );
         assert_eq!(
             text(effective("seccompProfile"), "type"),
             Some("RuntimeDefault"),
@@ -435,7 +444,9 @@ fn assert_app_pod(r: &Rendered) {
     let pre_stop = at(container, "lifecycle.preStop.sleep.seconds")
         .as_u64()
         .unwrap_or(0);
-    let grace = at(pod, "terminationGracePeriodSeconds").as_u64().unwrap_or(30);
+    let grace = at(pod, "terminationGracePeriodSeconds")
+        .as_u64()
+        .unwrap_or(30);
     assert!(
         grace * 1000 > pre_stop * 1000 + shutdown_ms,
         "{}",
@@ -513,7 +524,10 @@ fn each_overlay_has_what_it_is_for() {
     let single = render("single");
     assert_eq!(replicas(&single), 1);
     assert_eq!(
-        single.env(single.app_container()).get("STATE_STORE").map(String::as_str),
+        single
+            .env(single.app_container())
+            .get("STATE_STORE")
+            .map(String::as_str),
         Some("memory")
     );
 
@@ -539,7 +553,10 @@ fn each_overlay_has_what_it_is_for() {
         "ha: MQTT_SHARED_GROUP must be set"
     );
     let pdb = ha.get("PodDisruptionBudget", APP);
-    assert!(selects_app(&ha, at(pdb, "spec.selector")), "ha: PDB selector");
+    assert!(
+        selects_app(&ha, at(pdb, "spec.selector")),
+        "ha: PDB selector"
+    );
     assert!(
         !at(pdb, "spec.maxUnavailable").is_null() || !at(pdb, "spec.minAvailable").is_null(),
         "ha: PDB without a budget"
@@ -569,7 +586,11 @@ fn each_overlay_has_what_it_is_for() {
             "{}: Secrets belong in *.example.yaml, not in the kustomization",
             r.overlay
         );
-        assert!(!r.examples.is_empty(), "{}: no secret.example.yaml", r.overlay);
+        assert!(
+            !r.examples.is_empty(),
+            "{}: no secret.example.yaml",
+            r.overlay
+        );
         for secret in &r.examples {
             for (k, v) in r.data("Secret", text(secret, "metadata.name").unwrap()) {
                 assert!(
@@ -729,10 +750,19 @@ fn check_service_address(r: &Rendered, host: &str, port: u16, what: &str) {
                     .all(|(k, v)| labels.get(k.as_str().unwrap()) == Some(v))
             })
         })
-        .unwrap_or_else(|| panic!("{}: {what}: Service {host} selects no Deployment", r.overlay));
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: {what}: Service {host} selects no Deployment",
+                r.overlay
+            )
+        });
     let container = &seq(backend, "spec.template.spec.containers")[0];
     let target = at(entry, "targetPort");
-    let target = if target.is_null() { at(entry, "port") } else { target };
+    let target = if target.is_null() {
+        at(entry, "port")
+    } else {
+        target
+    };
     container_port(r, container, target);
 }
 
@@ -799,7 +829,9 @@ impl Replay {
                     let dir = text(m, "mountPath").unwrap().trim_end_matches('/');
                     Path::new(path).parent() == Some(Path::new(dir))
                 })
-                .unwrap_or_else(|| panic!("{}: {var}={path} is not in a mounted volume", r.overlay));
+                .unwrap_or_else(|| {
+                    panic!("{}: {var}={path} is not in a mounted volume", r.overlay)
+                });
             let volume = seq(r.app(), "spec.template.spec.volumes")
                 .iter()
                 .find(|v| text(v, "name") == text(mount, "name"))
@@ -851,7 +883,8 @@ impl Replay {
             let (scheme, userinfo, host, port, path) = split_url(&store, 6379);
             assert_eq!(scheme, "redis", "{}: rediss:// is not replayed", r.overlay);
             check_service_address(r, &host, port, "STATE_STORE");
-            let password = userinfo.map(|u| u.split_once(':').map_or(u.clone(), |(_, p)| p.to_owned()));
+            let password =
+                userinfo.map(|u| u.split_once(':').map_or(u.clone(), |(_, p)| p.to_owned()));
             let local_port = if start_redis {
                 let server = Redis::start(password.as_deref());
                 let port = server.port;
@@ -896,7 +929,11 @@ async fn replay_probe(r: &Rendered, replay: &Replay, server: &ServerProcess, kin
     let container = r.app_container();
     let probe = at(container, kind);
     let get = at(probe, "httpGet");
-    assert!(!get.is_null(), "{}: {kind} must be an httpGet probe", r.overlay);
+    assert!(
+        !get.is_null(),
+        "{}: {kind} must be an httpGet probe",
+        r.overlay
+    );
     assert!(
         at(get, "host").is_null(),
         "{}: {kind}: the probe must go to the pod's own address",

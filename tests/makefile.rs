@@ -451,7 +451,11 @@ fn kubernetes_apply_needs_an_existing_overlay() {
         assert_eq!(calls[0].program, "kubectl");
         assert_eq!(
             calls[0].args,
-            ["apply", "-k", &format!("deploy/kubernetes/overlays/{overlay}")]
+            [
+                "apply",
+                "-k",
+                &format!("deploy/kubernetes/overlays/{overlay}")
+            ]
         );
     }
 }
