@@ -21,9 +21,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -32,6 +31,7 @@ use serde_norway::Value;
 use common::certs::TestPki;
 use common::mosquitto::Mosquitto;
 use common::process::ServerProcess;
+use common::redis::Redis;
 
 const OVERLAYS: [&str; 3] = ["single", "ha", "dev"];
 /// The container of the overlays' Deployment `clock-server`.
@@ -639,57 +639,6 @@ fn kubectl_pins_agree() {
 // The probe replay
 // ---------------------------------------------------------------------------------------
 
-/// A redis-server on a free loopback port, in memory only; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start(password: Option<&str>) -> Redis {
-        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("redis-server not found: install Debian's redis-server package");
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut cmd = Command::new(binary);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(p) = password {
-            cmd.args(["--requirepass", p]);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut redis = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                redis.child.try_wait().unwrap().is_none(),
-                "redis-server exited"
-            );
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `scheme://[userinfo@]host[:port][/rest]` -> (scheme, userinfo, host, port, rest).
 fn split_url(url: &str, default_port: u16) -> (String, Option<String>, String, u16, String) {
     let (scheme, rest) = url
@@ -785,9 +734,7 @@ struct Replay {
 }
 
 impl Replay {
-    /// `start_redis`: false only where the server is expected to refuse the store before
-    /// connecting to it.
-    fn prepare(r: &Rendered, start_redis: bool) -> Replay {
+    fn prepare(r: &Rendered) -> Replay {
         let container = r.app_container();
         let mut env = r.env(container);
         let declared: Vec<u16> = seq(container, "ports")
@@ -883,16 +830,15 @@ impl Replay {
             let (scheme, userinfo, host, port, path) = split_url(&store, 6379);
             assert_eq!(scheme, "redis", "{}: rediss:// is not replayed", r.overlay);
             check_service_address(r, &host, port, "STATE_STORE");
+            // `[user:]password`: the test's redis-server takes the URL's password.
             let password =
                 userinfo.map(|u| u.split_once(':').map_or(u.clone(), |(_, p)| p.to_owned()));
-            let local_port = if start_redis {
-                let server = Redis::start(password.as_deref());
-                let port = server.port;
-                redis = Some(server);
-                port
-            } else {
-                common::free_port()
+            let server = match password.as_deref() {
+                Some(p) if !p.is_empty() => Redis::start_with_password(p),
+                _ => Redis::start(),
             };
+            let local_port = server.port;
+            redis = Some(server);
             let credentials = store
                 .split_once("://")
                 .unwrap()
@@ -989,7 +935,7 @@ async fn replay_probe(r: &Rendered, replay: &Replay, server: &ServerProcess, kin
 
 async fn probes_pass(overlay: &str) {
     let r = render(overlay);
-    let replay = Replay::prepare(&r, true);
+    let replay = Replay::prepare(&r);
     let server = ServerProcess::start(&replay.vars()).await;
     replay_probe(&r, &replay, &server, "livenessProbe").await;
     replay_probe(&r, &replay, &server, "readinessProbe").await;
@@ -1001,50 +947,11 @@ async fn single_overlay_probes_pass_against_the_server_with_its_environment() {
 }
 
 #[tokio::test]
-#[ignore = "needs the redis:// state store (issue 17, branch redis); see ha_and_dev_overlays_need_the_redis_store"]
 async fn ha_overlay_probes_pass_against_the_server_with_its_environment() {
     probes_pass("ha").await;
 }
 
 #[tokio::test]
-#[ignore = "needs the redis:// state store (issue 17, branch redis); see ha_and_dev_overlays_need_the_redis_store"]
 async fn dev_overlay_probes_pass_against_the_server_with_its_environment() {
     probes_pass("dev").await;
-}
-
-/// Until the `redis://` store is built, the server refuses the `ha` and `dev` overlays'
-/// environment, so their probe replays above are ignored. This test fails as soon as the
-/// store exists: then remove it and the two `#[ignore]`s.
-#[test]
-fn ha_and_dev_overlays_need_the_redis_store() {
-    for overlay in ["ha", "dev"] {
-        let r = render(overlay);
-        let replay = Replay::prepare(&r, false);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clock-server"));
-        cmd.env_clear()
-            .envs(&replay.env)
-            .env("HTTP_ADDR", format!("127.0.0.1:{}", common::free_port()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut logs = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
-        assert!(
-            status.is_some_and(|s| !s.success()) && logs.contains("redis store not built yet"),
-            "{overlay}: the server no longer refuses the redis:// store ({status:?}): remove \
-             this test and the #[ignore] of the {overlay} probe replay\n{logs}"
-        );
-    }
 }
