@@ -574,7 +574,7 @@ impl StateStore for FileStore {
         &'a self,
         command_id: &'a str,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<CommandStatus>, StoreError>> {
         let (id, retention) = (command_id.to_owned(), self.settings.retention);
         self.submit(move |conn| {
             let Some((mut record, _)) = live(conn, &id, retention, now)? else {
@@ -583,7 +583,7 @@ impl StateStore for FileStore {
             if apply_mark_sent(&mut record, now) {
                 update(conn, &record, None)?;
             }
-            Ok(Some(record))
+            Ok(Some(record.status))
         })
     }
 

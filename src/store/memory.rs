@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
-    apply_complete, apply_mark_sent, idem_key, millis, normalise,
+    apply_complete, idem_key, millis, normalise,
 };
 use crate::transport::BoxFuture;
 
@@ -639,22 +639,30 @@ impl StateStore for MemoryStore {
         &'a self,
         command_id: &'a str,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<CommandStatus>, StoreError>> {
         let key = Key::of(command_id);
         let mut inner = self.lock();
-        let record = match inner.live(&key, self.settings.retention, now) {
+        let status = match inner.live(&key, self.settings.retention, now) {
             Some(entry) => {
-                let mut record = entry.record(&key);
-                apply_mark_sent(&mut record, now);
-                entry.absorb(&record);
+                // `apply_mark_sent`'s rule, on the compact entry (no record is built).
+                let now = to_ms(millis(now));
+                match entry.status {
+                    CommandStatus::Pending | CommandStatus::Scheduled => {
+                        entry.status = CommandStatus::Sent;
+                        entry.sent_at = now;
+                    }
+                    _ if entry.sent_at == NONE => entry.sent_at = now,
+                    _ => {}
+                }
+                let status = entry.status;
                 entry.set_lease(None);
                 inner.settle(&key);
-                Some(record)
+                Some(status)
             }
             None => None,
         };
         drop(inner);
-        Box::pin(std::future::ready(Ok(record)))
+        Box::pin(std::future::ready(Ok(status)))
     }
 
     fn complete<'a>(

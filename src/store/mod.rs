@@ -298,12 +298,13 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every transport accepted the command (or the scheduler published the alarm):
     /// `Pending`/`Scheduled` become `Sent` with `sent_at = now` and any lease ends. A
     /// record already final (an ack overtook the PUBACK) keeps its status and only gets
-    /// `sent_at` if it had none. Returns the record as it is now; `None` if unknown.
+    /// `sent_at` if it had none. Returns the record's status now (not the record: this
+    /// is on every command's path, and nobody there reads more); `None` if unknown.
     fn mark_sent<'a>(
         &'a self,
         command_id: &'a str,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<CommandStatus>, StoreError>>;
 
     /// A final outcome from the device's acknowledgement, or `Failed` with
     /// [`StatusReason::dispatch_failed`] / [`StatusReason::schedule_missed`] from the

@@ -111,7 +111,7 @@ end
 /// KEYS: sched, leased. ARGV: record key prefix, then per call `c` or `s`, its argument
 /// count, and its arguments: `c` id, now, retention, when its retention clock starts,
 /// fire time ('' if none), the hash's fields/values (answer 1, or 0 if the id exists);
-/// `s` id, now, retention (answer `{'none'}` or `{'ok', fields…}`).
+/// `s` id, now, retention (answer `{'none'}` or `{'ok', status}`).
 const WRITES: &str = r#"
 local prefix, out, i = ARGV[1], {}, 2
 while i <= #ARGV do
@@ -133,13 +133,15 @@ while i <= #ARGV do
   else
     if st == 'pending' then
       redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+      st = 'sent'
     elseif st == 'scheduled' then
       redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
       unschedule(k, id)
+      st = 'sent'
     elseif not redis.call('HGET', k, 's') then
       redis.call('HSET', k, 's', ARGV[a + 1])
     end
-    out[#out + 1] = answer('ok', k)
+    out[#out + 1] = {'ok', st}
   end
   i = a + n
 end
@@ -643,7 +645,7 @@ impl StateStore for RedisStore {
         &'a self,
         command_id: &'a str,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<CommandStatus>, StoreError>> {
         Box::pin(async move {
             let args = vec![
                 b"s".to_vec(),
@@ -652,7 +654,7 @@ impl StateStore for RedisStore {
                 self.retention_ms().to_string().into_bytes(),
             ];
             match split(self.write(args).await?)? {
-                (code, fields) if code == "ok" => decode(fields).map(Some),
+                (code, fields) if code == "ok" => status_of(fields.into_iter().next()).map(Some),
                 (code, _) if code == "none" => Ok(None),
                 (code, _) => Err(unexpected_code("mark_sent", &code)),
             }
