@@ -22,6 +22,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Where a helper process's output goes: the test's own with `TEST_LOG` set, else nowhere.
+pub fn test_log() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
+/// Starts a helper process (a broker, a Redis) with `spawn` and waits until `ready` says
+/// it serves; one that exits first (e.g. its port was taken for a moment) is started
+/// again. Panics naming `what` after 10 s.
+pub fn start_until_ready(
+    what: &str,
+    mut spawn: impl FnMut() -> std::process::Child,
+    mut ready: impl FnMut() -> bool,
+) -> std::process::Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut child = spawn();
+        loop {
+            if ready() {
+                return child;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(Instant::now() < deadline, "{what} kept exiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where

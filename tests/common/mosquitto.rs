@@ -91,56 +91,36 @@ impl Mosquitto {
     /// (Re)starts the broker on the same port and waits until it accepts connections.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = Command::new(binary())
-                .arg("-c")
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                })
-                .spawn()
-                .expect("start mosquitto (install it: make test-deps)");
-            // Wait until every listener accepts (a config may add more listeners), or until
-            // it exits (e.g. a port is still in use).
-            let listeners: Vec<(String, u16)> = std::fs::read_to_string(&self.conf)
-                .unwrap()
-                .lines()
-                .filter_map(|l| l.strip_prefix("listener "))
-                .filter_map(|rest| {
-                    let mut words = rest.split_whitespace();
-                    let port = words.next()?.parse().ok()?;
-                    Some((words.next().unwrap_or("127.0.0.1").to_owned(), port))
-                })
-                .collect();
-            loop {
-                if listeners
+        // Wait until every listener accepts (a config may add more listeners), or until it
+        // exits (e.g. a port is still in use).
+        let listeners: Vec<(String, u16)> = std::fs::read_to_string(&self.conf)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("listener "))
+            .filter_map(|rest| {
+                let mut words = rest.split_whitespace();
+                let port = words.next()?.parse().ok()?;
+                Some((words.next().unwrap_or("127.0.0.1").to_owned(), port))
+            })
+            .collect();
+        let child = super::start_until_ready(
+            &format!("mosquitto on port {}", self.port),
+            || {
+                Command::new(binary())
+                    .arg("-c")
+                    .arg(&self.conf)
+                    .stdout(Stdio::null())
+                    .stderr(super::test_log())
+                    .spawn()
+                    .expect("start mosquitto (install it: make test-deps)")
+            },
+            || {
+                listeners
                     .iter()
                     .all(|(host, p)| std::net::TcpStream::connect((host.as_str(), *p)).is_ok())
-                {
-                    self.child = Some(child);
-                    return;
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto did not start on {}",
-                    self.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto kept exiting on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            },
+        );
+        self.child = Some(child);
     }
 
     /// Stops the broker (SIGKILL: an outage, not a clean shutdown) and waits for it to exit.

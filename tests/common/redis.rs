@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A `redis-server` process; killed on drop.
 pub struct Redis {
@@ -110,41 +110,19 @@ impl Redis {
     /// (Re)starts the server on the same port and waits until it answers PING.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut child = Command::new(binary())
-                .args(&self.args)
-                .stdout(if std::env::var_os("TEST_LOG").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
-                })
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server (install it: make test-deps)");
-            loop {
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && (self.tls || self.ping())
-                {
-                    self.child = Some(child);
-                    return;
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server did not start on {}",
-                    self.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server kept exiting on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = super::start_until_ready(
+            &format!("redis-server on port {}", self.port),
+            || {
+                Command::new(binary())
+                    .args(&self.args)
+                    .stdout(super::test_log())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start redis-server (install it: make test-deps)")
+            },
+            || TcpStream::connect(("127.0.0.1", self.port)).is_ok() && (self.tls || self.ping()),
+        );
+        self.child = Some(child);
     }
 
     /// Stops the server with SIGKILL (an outage) and waits for it to exit.
