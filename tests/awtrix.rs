@@ -376,8 +376,17 @@ fn persistent_broker(dir: &tempfile::TempDir) -> Mosquitto {
     ))
 }
 
-#[tokio::test]
-async fn a_broker_down_at_fire_time_and_back_within_the_grace_gets_the_alarm_once() {
+/// A running server whose broker has just gone away, with a durable subscriber that will
+/// see whatever is published once the broker is back.
+struct BrokerDown {
+    _persist: tempfile::TempDir,
+    broker: Mosquitto,
+    sub: Subscriber,
+    _devices: tempfile::NamedTempFile,
+    app: App,
+}
+
+async fn broker_down() -> BrokerDown {
     let persist = tempfile::tempdir().unwrap();
     let mut broker = persistent_broker(&persist);
     let sub = Subscriber::durable(broker.port).await;
@@ -390,6 +399,24 @@ async fn a_broker_down_at_fire_time_and_back_within_the_grace_gets_the_alarm_onc
         (app.get("/ready", None).await.status() == 503).then_some(())
     })
     .await;
+    BrokerDown {
+        _persist: persist,
+        broker,
+        sub,
+        _devices: devices,
+        app,
+    }
+}
+
+#[tokio::test]
+async fn a_broker_down_at_fire_time_and_back_within_the_grace_gets_the_alarm_once() {
+    let BrokerDown {
+        _persist,
+        mut broker,
+        sub,
+        _devices,
+        app,
+    } = broker_down().await;
     // Due at once, with 15 s of grace left.
     let (status, body) = app.alarm("kitchen", alarm_at(-45), Some("outage")).await;
     assert_eq!(status, 202, "{body}");
@@ -420,18 +447,13 @@ async fn a_broker_down_at_fire_time_and_back_within_the_grace_gets_the_alarm_onc
 
 #[tokio::test]
 async fn a_broker_down_past_the_grace_fails_the_alarm_which_is_never_published() {
-    let persist = tempfile::tempdir().unwrap();
-    let mut broker = persistent_broker(&persist);
-    let sub = Subscriber::durable(broker.port).await;
-    let devices = devices_file();
-    let app = spawn(&broker.url(), &devices, &[]).await;
-    app.wait_until_ready().await;
-
-    broker.stop_gracefully();
-    eventually(Duration::from_secs(5), "not ready", || async {
-        (app.get("/ready", None).await.status() == 503).then_some(())
-    })
-    .await;
+    let BrokerDown {
+        _persist,
+        mut broker,
+        sub,
+        _devices,
+        app,
+    } = broker_down().await;
     // Due at once, with 3 s of grace left.
     let (status, body) = app.alarm("kitchen", alarm_at(-57), Some("missed")).await;
     assert_eq!(status, 202, "{body}");
