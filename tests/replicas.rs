@@ -132,9 +132,7 @@ impl Replica {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0)
+        common::metric_value(&text, series)
     }
 }
 
@@ -390,11 +388,7 @@ async fn every_alarm_is_published_once_across_replicas() {
         .await;
     }
     // Several more scheduler ticks on every replica: nothing is published again.
-    let after = Instant::now() + Duration::from_millis(1500);
-    eventually(WAIT, "1.5 s to pass", || async {
-        (Instant::now() > after).then_some(())
-    })
-    .await;
+    common::observe_for(Duration::from_millis(1500)).await;
     let labels = published_labels(&sub);
     let distinct: HashSet<&String> = labels.iter().collect();
     assert_eq!((labels.len(), distinct.len()), (30, 30), "{labels:?}");

@@ -488,9 +488,7 @@ async fn metric(app: &TestApp, series: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    common::metric_value(&text, series)
 }
 
 async fn status_becomes(app: &TestApp, id: &str, status: &str) -> Value {

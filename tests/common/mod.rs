@@ -57,6 +57,22 @@ pub fn start_until_ready(
     }
 }
 
+/// Lets `period` pass, on purpose: asserting that something does NOT happen (a second
+/// publish, a late alarm) needs a window in which it could have, so this is a bounded
+/// observation period, not synchronisation.
+pub async fn observe_for(period: Duration) {
+    tokio::time::sleep(period).await;
+}
+
+/// The value of `series` (name and labels, as printed) in a Prometheus text scrape; 0
+/// when it is absent.
+pub fn metric_value(scrape: &str, series: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
