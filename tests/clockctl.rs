@@ -940,17 +940,8 @@ fn every_go_boolean_spelling_is_accepted_for_clockctl_allow_insecure_http() {
 }
 
 #[test]
-fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
-    for args in [
-        &["--help"][..],
-        &["-help"],
-        &["alarm", "--help"],
-        &["message", "-help"],
-        &["brightness", "-h"],
-        &["ready", "--help"],
-        &["status", "--help"],
-        &["cancel", "-help"],
-    ] {
+fn the_tools_help_lists_the_environment_and_a_subcommands_help_points_there() {
+    for args in [&["--help"][..], &["-help"]] {
         let run = clockctl(args, &[]);
         assert_code(&run, 0);
         for var in [
@@ -959,10 +950,28 @@ fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
             "CLOCK_SERVER_TOKEN",
             "CLOCKCTL_TIMEOUT_MS",
             "CLOCKCTL_ALLOW_INSECURE_HTTP",
+            "CLOCKCTL_BROKER_URL",
         ] {
             assert!(run.stdout.contains(var), "{args:?} lacks {var}: {run:#?}");
         }
         assert!(run.stdout.contains("Exit status"), "{args:?}");
+    }
+    for args in [
+        &["alarm", "--help"][..],
+        &["message", "-help"],
+        &["brightness", "-h"],
+        &["ready", "--help"],
+        &["status", "--help"],
+        &["cancel", "-help"],
+    ] {
+        let run = clockctl(args, &[]);
+        assert_code(&run, 0);
+        assert!(run.stdout.contains("clockctl --help"), "{args:?}: {run:#?}");
+        assert!(
+            !run.stdout.contains("CLOCKCTL_TIMEOUT_MS"),
+            "{args:?}: {run:#?}"
+        );
+        assert!(run.stdout.lines().count() < 20, "{args:?}: {run:#?}");
     }
     let run = clockctl(&["alarm", "--help"], &[]);
     for flag in [
@@ -976,6 +985,74 @@ fn help_for_the_tool_and_every_subcommand_lists_the_environment_variables() {
     ] {
         assert!(run.stdout.contains(flag), "{flag}");
     }
+}
+
+/// The help line of `--json` in `clockctl <sub> --help`.
+fn json_help(sub: &str) -> String {
+    let run = clockctl(&[sub, "--help"], &[]);
+    assert_code(&run, 0);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("--json"));
+    line.unwrap().to_owned()
+}
+
+#[test]
+fn each_subcommand_says_what_its_json_prints() {
+    assert!(json_help("alarm").contains("commandId"));
+    for sub in ["ready", "status", "cancel"] {
+        let help = json_help(sub);
+        assert!(
+            !help.contains("commandId") && !help.contains("watch"),
+            "{sub}: {help}"
+        );
+    }
+    assert!(json_help("ready").contains("not_ready"));
+    assert!(json_help("status").contains("record"));
+    assert!(json_help("watch").contains("topic"));
+}
+
+#[test]
+fn watch_help_shows_its_variables_without_their_values() {
+    let run = clockctl(
+        &["watch", "--help"],
+        &[
+            ("CLOCKCTL_TOPIC_PREFIX", ""),
+            ("CLOCKCTL_CA_FILE", "/tmp/ca.pem"),
+        ],
+    );
+    assert_code(&run, 0);
+    for var in [
+        "CLOCKCTL_BROKER_URL",
+        "CLOCKCTL_TOPIC_PREFIX",
+        "CLOCKCTL_CA_FILE",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("[env: {var}]")),
+            "{var}: {run:#?}"
+        );
+    }
+    assert!(
+        !run.stdout.contains("=]") && !run.stdout.contains("ca.pem"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn a_mistyped_subcommand_or_flag_suggests_the_right_one() {
+    let run = clockctl(&["mesage", "--device", "clock-1"], &[]);
+    assert_code(&run, 2);
+    assert!(
+        run.stderr.contains("similar subcommand exists: 'message'"),
+        "{run:#?}"
+    );
+    let run = clockctl(&["message", "--devise", "clock-1", "--message", "m"], &[]);
+    assert_code(&run, 2);
+    assert!(
+        run.stderr.contains("similar argument exists: '--device'"),
+        "{run:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1322,6 +1399,18 @@ fn wait_gives_up_when_its_duration_ends_and_says_the_status_then() {
     assert!(run.stderr.contains("clockctl status"), "{run:#?}");
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[test]
+fn wait_with_a_space_before_its_duration_waits_that_long() {
+    let server = tracking_server("sent", vec![record("sent", None)]);
+    let run = run_with(&server, BRIGHTNESS, &["--wait", "300ms"]);
+    assert_code(&run, 1);
+    assert!(
+        run.stdout
+            .ends_with(&format!("command {ID} still sent after 300ms\n")),
+        "{run:#?}"
+    );
 }
 
 #[test]

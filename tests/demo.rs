@@ -389,7 +389,10 @@ fn without_arguments_the_binary_is_still_the_server_configured_by_the_environmen
         .output()
         .unwrap();
     assert!(help.status.success());
-    assert!(String::from_utf8_lossy(&help.stdout).contains("demo"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("demo"), "{help}");
+    // No subcommand is needed to run the server, and the usage line says so.
+    assert!(help.contains("Usage: clock-server [COMMAND]"), "{help}");
 }
 
 #[cfg(not(feature = "demo"))]

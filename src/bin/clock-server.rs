@@ -26,8 +26,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
                   (see docs/configuration.md)."
 )]
 struct Cli {
+    /// Optional: without one, this is the server (the usage line says so with `[COMMAND]`).
     #[command(subcommand)]
-    command: Sub,
+    command: Option<Sub>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,8 +49,10 @@ async fn main() -> ExitCode {
                 return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
             }
         };
-        let Sub::Demo(args) = cli.command;
-        return demo(&args).await;
+        // Arguments that name no subcommand (only `--`) leave the server to run.
+        if let Some(Sub::Demo(args)) = cli.command {
+            return demo(&args).await;
+        }
     }
     let config = match Config::from_env() {
         Ok(c) => c,

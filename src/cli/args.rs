@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::domain::ProfileName;
 
-/// Shown under every `--help`: the environment, the exit codes and the accepted flag forms.
+/// Shown under `clockctl --help` only: the environment, the exit codes and what every
+/// command shares. A subcommand's help points here instead of repeating it.
 pub const AFTER_HELP: &str = "\
 Environment:
   CLOCK_SERVER_BASE_URL         server URL, default http://localhost:8080 (trailing / dropped);
@@ -20,6 +21,8 @@ Environment:
   CLOCKCTL_ALLOW_INSECURE_HTTP  true: allow the token over http:// to a non-local host
                                 (default false; 1 t T TRUE true True 0 f F FALSE false False)
   SSL_CERT_FILE, SSL_CERT_DIR   CA certificates to trust instead of the system store
+  CLOCKCTL_BROKER_URL, CLOCKCTL_TOPIC_PREFIX, CLOCKCTL_CA_FILE
+                                watch only: see clockctl watch --help
 
 Exit status:
   0  the server accepted the command (with --wait: the device reported it succeeded; ready:
@@ -34,6 +37,10 @@ it, up to --retries times, after a connection failure, a timeout, a 502 or a 503
 server never delivers one key twice.
 
 Go-style flags work too: -device clock-1, -device=clock-1, --device=clock-1, -json=true.";
+
+/// Shown under each subcommand's `--help` but watch's.
+pub const SUBCOMMAND_AFTER_HELP: &str =
+    "Environment, exit status and the Go-style flag forms: clockctl --help";
 
 /// Flags that take a value: after one of these (without `=`), the next argument is its value
 /// and is never rewritten, so `--message -json` shows the text `-json`.
@@ -52,8 +59,8 @@ const VALUE_FLAGS: &[&str] = &[
     "idempotency-key",
     "retries",
 ];
-/// Flags without a value.
-/// (`wait` takes its optional value only after `=`, as clap reads it too.)
+/// Flags without a value. `wait` takes its optional value after `=`; a value after a space
+/// that starts with a digit (`--wait 5s`) is joined to it, since nothing else could follow.
 const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain", "wait", "no-ack"];
 /// Switches that Go's flag package also accepts as `-name=<bool>`.
 const BOOL_FLAGS: &[&str] = &["json", "plain"];
@@ -69,8 +76,11 @@ const BOOL_FLAGS: &[&str] = &["json", "plain"];
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Print the server's JSON answer (with its commandId) instead of the success line;
-    /// for watch, one JSON object per received command
+    /// Print JSON instead of text (the server's answer, control characters escaped); see
+    /// each command's --help
+    // Global so that `clockctl --json ready` and `clockctl ready --json` both work. A
+    // subcommand may declare its own `json` flag for a help text of its own: clap then
+    // does not propagate this one there, and its value still lands here.
     #[arg(long, global = true, display_order = 100)]
     pub json: bool,
 
@@ -80,38 +90,34 @@ pub struct Cli {
 }
 
 /// The subcommands; a new one is a new variant here and in [`crate::cli::request`].
+/// Each gets `after_help = SUBCOMMAND_AFTER_HELP` (the shared text is in the top-level help).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Set an alarm on a device (POST /commands/alarms)
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Alarm(AlarmArgs),
     /// Show a message on a device for some seconds (POST /commands/messages)
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Message(MessageArgs),
     /// Set a device's display brightness (PUT /commands/brightness)
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Brightness(BrightnessArgs),
     /// Ask whether the server is ready (GET /ready); prints ready or not_ready
-    #[command(after_help = AFTER_HELP)]
-    Ready,
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Ready(ReadyArgs),
     /// Show a command's status record (GET /commands/{commandId})
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Status(CommandIdArgs),
     /// Cancel a scheduled command (DELETE /commands/{commandId})
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Cancel(CommandIdArgs),
     /// Be a virtual clock: show the commands clocks receive from the MQTT broker
     #[command(after_help = WATCH_AFTER_HELP)]
     Watch(WatchArgs),
 }
 
-/// Shown under `clockctl watch --help`.
+/// Shown under `clockctl watch --help` (its variables are listed with the flags).
 pub const WATCH_AFTER_HELP: &str = "\
-Environment (a flag wins over its variable):
-  CLOCKCTL_BROKER_URL    broker, default mqtt://127.0.0.1:1883; mqtt://user:password@host:port
-                         for a broker with passwords (keeps the password out of `ps`)
-  CLOCKCTL_TOPIC_PREFIX  topic prefix, default clocks/commands (the server's MQTT_TOPIC_PREFIX)
-
 It subscribes to <prefix>/<device>/+ for each --device, or <prefix>/+/+ for every device;
 with --profile awtrix3 --topic <T>, to T/notify, T/notify/dismiss and T/settings of that one
 AWTRIX clock (--device, if given, is the name it is shown under).
@@ -128,8 +134,7 @@ and for an AWTRIX clock:
   kitchen alarm text=\"wake up\" hold=true wakeup=true rtttl=\"alarm:d=4,o=5,b=140:c6\"
   kitchen settings ABRI=false BRI=102
   kitchen dismiss
-With --json: one JSON object per command, {\"topic\",\"retained\",\"payload\"}, and the
-`watching` line on stderr. If the broker goes away it reconnects (and says so on stderr).
+If the broker goes away it reconnects (and says so on stderr).
 
 Like a device, it acknowledges each command it shows (QoS 1, on the publish's MQTT 5
 Response Topic, else <prefix>/<device>/ack): {\"commandId\":\"...\",\"status\":\"succeeded\"},
@@ -147,7 +152,9 @@ Go-style flags work too: -device clock-1, -broker=mqtt://host:1883.";
 /// `clockctl watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// MQTT broker the clocks subscribe to: mqtt://host[:port]
+    /// MQTT broker the clocks subscribe to: mqtt://host[:port], mqtts://host[:port];
+    /// mqtt://user:password@host:port for a broker with passwords (in the variable, the
+    /// password stays out of `ps`)
     #[arg(
         long,
         value_name = "URL",
@@ -164,12 +171,18 @@ pub struct WatchArgs {
         long,
         value_name = "PREFIX",
         env = "CLOCKCTL_TOPIC_PREFIX",
+        hide_env_values = true,
         default_value = crate::clock::watch::DEFAULT_TOPIC_PREFIX
     )]
     pub topic_prefix: String,
     /// For an mqtts:// broker: trust only the CA certificate(s) in this PEM file (default:
     /// the bundled Mozilla roots)
-    #[arg(long, value_name = "FILE", env = "CLOCKCTL_CA_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CLOCKCTL_CA_FILE",
+        hide_env_values = true
+    )]
     pub ca_file: Option<String>,
     /// One plain line per command even on a terminal (no live view)
     #[arg(long)]
@@ -185,6 +198,10 @@ pub struct WatchArgs {
     /// interface shows it under MQTT, Prefix)
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
+    /// One JSON object per command received, {"topic","retained","payload"} (control
+    /// characters escaped); the `watching` line goes to stderr
+    #[arg(long, display_order = 100)]
+    pub json: bool,
 }
 
 /// `--profile`: a profile name of `DEVICES_FILE`.
@@ -195,6 +212,24 @@ fn parse_profile(raw: &str) -> Result<ProfileName, String> {
     })
 }
 
+/// `--retries`: how often a request is tried again after a failure that a retry can
+/// mend (SPEC 7.7). Flatten it into every subcommand that calls the server.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Retries {
+    /// Retries after a connection failure, a timeout, a 502 or a 503, with back-off (a
+    /// command keeps its Idempotency-Key, so it is never delivered twice); 0 disables
+    #[arg(
+        id = "retries",
+        long = "retries",
+        value_name = "N",
+        default_value_t = DEFAULT_RETRIES,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
+        allow_negative_numbers = true,
+        display_order = 91
+    )]
+    pub count: u32,
+}
+
 /// How a command is submitted and followed (SPEC 7.7); flattened into each command.
 #[derive(Debug, Clone, Args)]
 pub struct Submit {
@@ -202,20 +237,11 @@ pub struct Submit {
     /// invocation. Re-using a key for the same command never delivers it twice
     #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key, display_order = 90)]
     pub idempotency_key: Option<String>,
-    /// Retries (with the same Idempotency-Key) after a connection failure, a timeout, a 502
-    /// or a 503, with back-off; 0 disables
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = DEFAULT_RETRIES,
-        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
-        allow_negative_numbers = true,
-        display_order = 91
-    )]
-    pub retries: u32,
+    #[command(flatten)]
+    pub retries: Retries,
     /// After the 202, follow the command until it ends (succeeded, failed, expired,
-    /// cancelled), for at most DURATION (default 30s; e.g. 500ms, 30s, 2m); exit 0 only
-    /// for succeeded
+    /// cancelled), for at most DURATION (default 30s; e.g. --wait=500ms, --wait=2m); exit 0
+    /// only for succeeded
     #[arg(
         long,
         value_name = "DURATION",
@@ -226,6 +252,18 @@ pub struct Submit {
         display_order = 92
     )]
     pub wait: Option<std::time::Duration>,
+    /// Print the server's JSON answer (with its commandId) instead of the success line;
+    /// with --wait, the final record
+    #[arg(long, display_order = 100)]
+    pub json: bool,
+}
+
+/// `clockctl ready`.
+#[derive(Debug, Args)]
+pub struct ReadyArgs {
+    /// Print the server's readiness JSON ({"status":...}) instead of ready or not_ready
+    #[arg(long, display_order = 100)]
+    pub json: bool,
 }
 
 /// `clockctl status` and `clockctl cancel`.
@@ -234,16 +272,11 @@ pub struct CommandIdArgs {
     /// The commandId of the 202 answer (shown with --json)
     #[arg(value_name = "COMMAND_ID")]
     pub command_id: String,
-    /// Retries after a connection failure, a timeout, a 502 or a 503, with back-off; 0
-    /// disables
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = DEFAULT_RETRIES,
-        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
-        allow_negative_numbers = true,
-    )]
-    pub retries: u32,
+    #[command(flatten)]
+    pub retries: Retries,
+    /// Print the command's record as the server's JSON instead of text
+    #[arg(long, display_order = 100)]
+    pub json: bool,
 }
 
 /// `--retries` when not given.
@@ -354,6 +387,8 @@ where
     let mut out = Vec::new();
     let mut next_is_value = false;
     let mut after_terminator = false;
+    // Set right after a `--wait` without `=`: where it is in `out`.
+    let mut bare_wait: Option<usize> = None;
     for (i, arg) in argv.into_iter().enumerate() {
         let arg: OsString = arg.into();
         if i == 0 || after_terminator || std::mem::take(&mut next_is_value) {
@@ -364,6 +399,14 @@ where
             out.push(arg);
             continue;
         };
+        if let Some(at) = bare_wait.take()
+            && text.starts_with(|c: char| c.is_ascii_digit())
+        {
+            // `--wait 5s`: the subcommands with --wait take no positional argument, so this
+            // can only be its value (and parse_wait explains a bad one).
+            out[at] = format!("--wait={text}").into();
+            continue;
+        }
         if text == "--" {
             after_terminator = true;
             out.push(arg);
@@ -397,6 +440,9 @@ where
                 None => out.push(format!("--{body}").into()),
             }
             continue;
+        }
+        if name == "wait" && inline_value.is_none() {
+            bare_wait = Some(out.len());
         }
         if single_dash && (takes_value || SWITCH_FLAGS.contains(&name)) {
             out.push(format!("-{text}").into());
@@ -521,6 +567,55 @@ mod tests {
         let err = Cli::try_parse_go_style(["clockctl", "brightness", "--device", "c"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--level"), "{err}");
+    }
+
+    #[test]
+    fn a_mistyped_flag_or_subcommand_is_answered_with_the_one_meant() {
+        for (argv, meant) in [
+            (&["clockctl", "alrm"][..], "'alarm'"),
+            (&["clockctl", "message", "--devcie", "c"], "'--device'"),
+            (&["clockctl", "status", "x", "--retry", "1"], "'--retries'"),
+        ] {
+            let err = Cli::try_parse_go_style(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+            let text = err.to_string();
+            assert!(text.contains("similar"), "{argv:?}: {text}");
+            assert!(text.contains(meant), "{argv:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn wait_joins_only_a_following_value_that_starts_with_a_digit() {
+        assert_eq!(
+            norm(&["message", "--wait", "5s", "-wait", "2m", "--wait", "--json"]),
+            ["message", "--wait=5s", "--wait=2m", "--wait", "--json"]
+        );
+        assert_eq!(
+            norm(&["message", "--message", "--wait", "5s"]),
+            ["message", "--message", "--wait", "5s"],
+            "a value of another flag is left alone"
+        );
+    }
+
+    #[test]
+    fn json_before_or_inside_a_subcommand_with_its_own_help_sets_the_same_flag() {
+        for argv in [
+            &["clockctl", "status", "x", "--json"][..],
+            &["clockctl", "--json", "status", "x"],
+            &["clockctl", "watch", "-json"],
+            &[
+                "clockctl",
+                "-json",
+                "message",
+                "--device",
+                "c",
+                "--message",
+                "m",
+            ],
+        ] {
+            assert!(Cli::try_parse_go_style(argv).unwrap().json, "{argv:?}");
+        }
+        assert!(!Cli::try_parse_go_style(["clockctl", "ready"]).unwrap().json);
     }
 
     #[test]

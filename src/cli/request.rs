@@ -81,7 +81,7 @@ impl ApiRequest {
             Command::Alarm(a) => alarm(a),
             Command::Message(m) => message(m),
             Command::Brightness(b) => brightness(b),
-            Command::Ready => Ok(Self {
+            Command::Ready(_) => Ok(Self {
                 method: Method::GET,
                 path: "/ready".to_owned(),
                 body: None,
@@ -121,7 +121,7 @@ impl ApiRequest {
                     .clone()
                     .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             ),
-            retries: submit.retries,
+            retries: submit.retries.count,
             wait: submit.wait,
             command_id: None,
         })
@@ -152,7 +152,7 @@ fn by_id(args: &CommandIdArgs, method: Method, kind: Kind) -> Result<ApiRequest,
         body: None,
         kind,
         idempotency_key: None,
-        retries: args.retries,
+        retries: args.retries.count,
         wait: None,
         command_id: Some(id.to_owned()),
     })
@@ -360,6 +360,15 @@ mod tests {
         assert_eq!(c.wait, Some(Duration::from_secs(30)));
         let d = build(&["message", "--device", "c", "--message", "m", "--wait=1m30s"]).unwrap();
         assert_eq!(d.wait, Some(Duration::from_secs(90)));
+        // A space instead of `=` works too (a newcomer's way of writing it).
+        for wait in [&["--wait", "5s"][..], &["-wait", "5s"]] {
+            let argv = ["message", "--device", "c"]
+                .iter()
+                .chain(wait)
+                .chain(&["--message", "m"]);
+            let e = build(&argv.copied().collect::<Vec<_>>()).unwrap();
+            assert_eq!(e.wait, Some(Duration::from_secs(5)), "{wait:?}");
+        }
         assert!(build(&["ready"]).unwrap().idempotency_key.is_none());
     }
 
@@ -374,7 +383,8 @@ mod tests {
             (&["--idempotency-key", long.as_str()], "--idempotency-key"),
             (&["--wait=soon"], "--wait"),
             (&["--wait=0s"], "--wait"),
-            (&["--wait", "30s"], "30s"),
+            (&["--wait", "soon"], "soon"),
+            (&["--wait", "5"], "--wait"),
             (&["--retries", "-1"], "--retries"),
             (&["--retries", "many"], "--retries"),
         ] {
