@@ -5,7 +5,7 @@
 //! - [`domain`]: `DeviceId`, `Scope`; each command's type, routes, fields, limits, validation
 //!   and request body (`command.rs`); each device profile's wire forms (`generic.rs`,
 //!   `awtrix3.rs`) and the map of devices to profiles (`profile.rs`). No I/O.
-//! - [`shared`]: what server and clients both use, once: `Secret`, the shutdown signal,
+//! - [`shared`]: what server and clients both use, once: `Secret`, `Redactor`, ids, the shutdown signal,
 //!   Go-style booleans, the MQTT broker URL parser.
 //! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once; the
 //!   enabled transports (never empty) and the TLS policy as types.

@@ -238,7 +238,7 @@ impl Tracker {
     fn ignored(&self, why: &'static str, topic: &str) {
         self.metrics.record_ack("ignored");
         // Debug only: a misbehaving device must not be able to flood the log.
-        tracing::debug!(why, topic = %crate::http::loggable_path(topic), "acknowledgement ignored");
+        tracing::debug!(why, topic = %crate::shared::loggable_path(topic), "acknowledgement ignored");
     }
 
     /// Drops old records and idempotency keys once a minute until the server stops.

@@ -11,11 +11,11 @@
 //! here: they are listed as ignored. A field of the wrong type is a rejection, with the
 //! reason. AWTRIX does not acknowledge anything, so neither does this clock.
 
-use std::fmt::Write as _;
-
 use serde_json::{Map, Value};
 
 use super::command::{Action, Received, unreadable};
+/// Defined in [`super::shown`], below both this file and [`super::command`].
+pub use super::shown::{Notification, Shown};
 pub use crate::domain::awtrix3::{AwtrixTopic, NOTIFY, SETTINGS};
 
 /// The topic levels that dismiss a held notification (any payload).
@@ -23,92 +23,6 @@ pub const DISMISS: &str = "notify/dismiss";
 /// How long a notification without `duration` is shown: the firmware's app time (`ATIME`)
 /// when nobody changed it.
 pub const DEFAULT_DURATION_SECS: u32 = 7;
-
-/// What an AWTRIX clock does with one valid delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shown {
-    /// A notification: shown for `duration` seconds, or until dismissed when `hold`.
-    Notify(Notification),
-    /// The held notification is dismissed.
-    Dismiss,
-    /// Brightness settings (other settings are listed in `ignored`).
-    Settings {
-        /// `BRI`, 0–255.
-        brightness: Option<u8>,
-        /// `ABRI`: the light sensor sets the brightness.
-        auto_brightness: Option<bool>,
-        ignored: Vec<String>,
-    },
-}
-
-/// One notification's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Notification {
-    pub text: String,
-    /// `None`: the clock's app time ([`DEFAULT_DURATION_SECS`]).
-    pub duration: Option<u32>,
-    /// Shown until dismissed (an alarm, as the gateway sends it).
-    pub hold: bool,
-    /// Turns a switched-off display on for it.
-    pub wakeup: bool,
-    /// A melody (RTTTL) played with it.
-    pub rtttl: Option<String>,
-    /// Keys the firmware knows but this clock does not draw.
-    pub ignored: Vec<String>,
-}
-
-impl Shown {
-    /// The word after the device on the plain line: `notify`, `alarm` (a held
-    /// notification), `dismiss` or `settings`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Notify(n) if n.hold => "alarm",
-            Self::Notify(_) => NOTIFY,
-            Self::Dismiss => "dismiss",
-            Self::Settings { .. } => SETTINGS,
-        }
-    }
-
-    /// The fields for the plain line, ` key=value` each, text quoted and escaped.
-    pub fn write_fields(&self, line: &mut String) {
-        // Writing to a String cannot fail.
-        let ignored = match self {
-            Self::Notify(n) => {
-                let _ = write!(line, " text={:?}", n.text);
-                if let Some(d) = n.duration {
-                    let _ = write!(line, " duration={d}");
-                }
-                if n.hold {
-                    line.push_str(" hold=true");
-                }
-                if n.wakeup {
-                    line.push_str(" wakeup=true");
-                }
-                if let Some(r) = &n.rtttl {
-                    let _ = write!(line, " rtttl={r:?}");
-                }
-                &n.ignored
-            }
-            Self::Dismiss => return,
-            Self::Settings {
-                brightness,
-                auto_brightness,
-                ignored,
-            } => {
-                if let Some(a) = auto_brightness {
-                    let _ = write!(line, " ABRI={a}");
-                }
-                if let Some(b) = brightness {
-                    let _ = write!(line, " BRI={b}");
-                }
-                ignored
-            }
-        };
-        if !ignored.is_empty() {
-            let _ = write!(line, " ignored={:?}", ignored.join(","));
-        }
-    }
-}
 
 /// The topics an AWTRIX clock with MQTT prefix `topic` listens to, as far as this clock
 /// shows them.

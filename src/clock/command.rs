@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 
-use super::awtrix::Shown;
+use super::shown::Shown;
 use crate::domain::generic::Payload;
 use crate::domain::{Command, CommandType, DeviceId, field};
 

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 
-use super::awtrix::{DEFAULT_DURATION_SECS, Shown};
+use super::awtrix::DEFAULT_DURATION_SECS;
 use super::command::{Action, Received, format_alarm_time};
+use super::shown::Shown;
 use crate::domain::Command;
 
 /// How long an alarm is shown as ringing before it is dropped.

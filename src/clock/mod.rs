@@ -8,6 +8,8 @@
 //!   one plain line printed per command.
 //! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
 //!   live view's lines; pure, time is passed in.
+//! - [`shown`]: what an AWTRIX clock does with a valid delivery (below `awtrix` and
+//!   `command`, which both use it).
 //! - [`watch`]: connecting, subscribing, re-connecting, and showing commands as plain lines,
 //!   JSON lines or a live terminal view.
 
@@ -15,6 +17,7 @@ pub mod ack;
 pub mod awtrix;
 pub mod command;
 pub mod face;
+pub mod shown;
 pub mod watch;
 
 pub use watch::{Broker, View, WatchError, WatchOptions, Watcher};

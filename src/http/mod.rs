@@ -6,7 +6,6 @@ mod error;
 mod extract;
 mod handlers;
 mod refusals;
-pub use refusals::loggable_path;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +26,7 @@ use crate::dispatch::Dispatcher;
 use crate::domain::{AlarmRequest, BrightnessRequest, CommandRequest, MessageRequest};
 use crate::metrics::{self, Metrics};
 use crate::security::{AuthThrottle, Credential, PresentedToken, ThrottleKey, authenticate};
+pub(crate) use crate::shared::new_id;
 use refusals::{Refusal, RefusalLog};
 
 /// What the handlers share.
@@ -167,7 +167,7 @@ impl AppState {
         let client_ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
         let route = metrics::route_label(path);
         let path = if route == metrics::UNMATCHED {
-            refusals::loggable_path(path)
+            crate::shared::loggable_path(path)
         } else {
             route.into()
         };
@@ -290,13 +290,6 @@ fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
-/// A new UUIDv7 for request and command ids: uuid's own generator (feature `fast-rng`), so
-/// the random bits come from a thread-local generator seeded once, not a system call per
-/// id; ids from one process are ordered, also within a millisecond.
-pub(crate) fn new_id() -> uuid::Uuid {
-    uuid::Uuid::now_v7()
-}
-
 /// `{"status": ...}`, the probes' body.
 #[derive(serde::Serialize)]
 struct Status<'a> {
@@ -329,23 +322,6 @@ mod tests {
         assert_eq!(request_id(&h), "abcd");
         h.insert("x-request-id", HeaderValue::from_bytes(b"\t\t").unwrap());
         assert!(request_id(&h).starts_with("req-"));
-    }
-
-    #[test]
-    fn new_ids_are_distinct_version_7_uuids_of_the_current_millisecond() {
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_id()).collect();
-        assert_eq!(ids.len(), 10_000);
-        for id in ids.iter().take(10) {
-            assert_eq!(id.get_version_num(), 7);
-            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
-            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
-            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!(millis >= before && millis <= before + 60_000, "{id}");
-        }
     }
 
     #[test]

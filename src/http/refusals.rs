@@ -42,9 +42,6 @@ impl Refusal {
     }
 }
 
-/// Longest request path written to a log line.
-pub const MAX_LOGGED_PATH_CHARS: usize = 128;
-
 /// How often each kind may be logged.
 const INTERVAL_MS: u64 = 1000;
 
@@ -101,18 +98,10 @@ impl RefusalLog {
     }
 }
 
-/// A path as it may be logged: at most [`MAX_LOGGED_PATH_CHARS`] characters, with `…`
-/// when cut.
-pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    match path.char_indices().nth(MAX_LOGGED_PATH_CHARS) {
-        None => path.into(),
-        Some((end, _)) => format!("{}…", &path[..end]).into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::{MAX_LOGGED_PATH_CHARS, loggable_path};
     use std::time::Duration;
 
     #[test]

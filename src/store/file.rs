@@ -32,7 +32,7 @@ use super::{
     apply_complete, apply_expiry, apply_mark_sent, final_at, idem_key, is_dropped, millis,
     normalise,
 };
-use crate::transport::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
 const APPLICATION_ID: i64 = 0x436C_6B31;

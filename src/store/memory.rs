@@ -31,7 +31,7 @@ use super::{
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     apply_complete, idem_key, millis, normalise,
 };
-use crate::transport::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// How many expired entries one write clears on its way (keeps purging incremental).
 const PURGE_STEP: usize = 4;

@@ -32,9 +32,9 @@ pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
-use crate::config::redact_userinfo;
 use crate::shared::Secret;
-use crate::transport::BoxFuture;
+use crate::shared::redact_userinfo;
+use futures_util::future::BoxFuture;
 
 /// How long after `fireAt` a scheduled alarm may still be published (SPEC 8.1); past it
 /// whoever sees the record still scheduled marks it `failed`/`schedule_missed`.

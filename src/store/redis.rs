@@ -36,10 +36,10 @@ use super::{
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     idem_key, millis, normalise,
 };
-use crate::config::redact_userinfo;
 use crate::shared::Secret;
+use crate::shared::redact_userinfo;
 use crate::shared::secret::REDACTED;
-use crate::transport::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Every key this store writes starts with it.
 pub const PREFIX: &str = "clock-server:";

@@ -8,13 +8,10 @@ pub mod fanout;
 pub mod mqtt;
 pub mod rest;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::domain::{Envelope, Profile};
 
 /// A boxed, sendable future (keeps [`Transport`] object safe without `async-trait`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// Why a transport did not accept a command. Never shown to API callers (they get a 502).
 #[derive(Debug, thiserror::Error)]

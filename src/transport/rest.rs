@@ -25,8 +25,9 @@ use reqwest::{Client, Response, Url, redirect};
 use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Transport, TransportError};
-use crate::config::{Redactor, RestConfig};
+use crate::config::RestConfig;
 use crate::domain::Envelope;
+use crate::shared::Redactor;
 use crate::tls::{ClientTls, client_config};
 
 const NAME: &str = "rest";

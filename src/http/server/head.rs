@@ -358,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadLimit<S> {
 /// the JSON body.
 fn refusal(status: &str, error: &str) -> Vec<u8> {
     let body = format!("{{\"error\":\"{error}\"}}");
-    let request_id = crate::http::new_id().simple();
+    let request_id = crate::shared::new_id().simple();
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-request-id: req-{request_id}\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\npragma: no-cache\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
