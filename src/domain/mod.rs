@@ -1,6 +1,7 @@
 //! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
 //! wire forms of a command per device profile ([`generic`], [`awtrix3`], chosen through
-//! [`profile`]), and a device's acknowledgement ([`ack`]).
+//! [`profile`]), a device's acknowledgement ([`ack`]), and a recurring alarm's rule and
+//! its occurrences across daylight saving ([`schedule`]).
 //!
 //! Everything here is pure (no I/O). Request bodies are turned into these types once, at
 //! the HTTP edge; transports only ever see a validated [`Envelope`] and ask it (through a
@@ -12,6 +13,7 @@ mod command;
 mod device;
 pub mod generic;
 pub mod profile;
+pub mod schedule;
 
 pub use command::{
     ALARM_PAST_TOLERANCE_SECS, AlarmRequest, BrightnessRequest, Command, CommandRequest,
