@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use clock_server::domain::schedule::{Rule, WallTime, Weekdays, Zone};
 use clock_server::shared::Secret;
+use clock_server::store::schedule::claim_due;
 use clock_server::store::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FileStore, FinalOutcome,
-    IdemBegin, MemoryStore, RedisStore, StateStore, StatusReason, StoreError, StoreSettings,
+    IdemBegin, MemoryStore, RedisStore, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore,
+    StatusReason, StoreError, StoreSettings,
 };
 use tempfile::TempDir;
 
@@ -555,6 +558,403 @@ async fn finished_records_are_dropped_after_retention(h: Harness) {
     assert!(store.get("later", at(900)).await.unwrap().is_some());
 }
 
+// ---------------------------------------------------------------------------------------
+// Schedules (SPEC 12), run against every backend too.
+
+/// Every day at 08:00 UTC (`at(0)` is 08:00Z), next at `at(next)`, created at `at(-60)`.
+fn schedule(id: &str, device: &str, next: i64) -> ScheduleRecord {
+    ScheduleRecord {
+        schedule_id: id.to_owned(),
+        device_id: device.to_owned(),
+        rule: Rule {
+            time: WallTime::parse("08:00").unwrap(),
+            days: Weekdays::EVERY_DAY,
+            zone: Zone::parse("UTC").unwrap(),
+        },
+        label: "work".to_owned(),
+        enabled: true,
+        ttl_seconds: None,
+        next_fire_at: Some(at(next)),
+        last_fired_at: None,
+        last_command_id: None,
+        principal: "ops".to_owned(),
+        created_at: at(-60),
+        updated_at: at(-60),
+        version: 0,
+    }
+}
+
+const DAY: i64 = 86_400;
+
+async fn a_schedule_reads_back_unchanged_and_renders_as_the_resource_of_12_1(h: Harness) {
+    let store = h.open_default();
+    let mut s = schedule("s-1", "kitchen", 0);
+    s.rule = Rule {
+        time: WallTime::parse("06:30").unwrap(),
+        days: Weekdays::MON_TO_FRI,
+        zone: Zone::parse("Europe/Berlin").unwrap(),
+    };
+    s.ttl_seconds = Some(300);
+    s.last_fired_at = Some(at(-DAY));
+    s.last_command_id = Some("0190a5e0-0000-7000-8000-000000000001".to_owned());
+    assert_eq!(
+        store.schedule_create(s.clone(), 32).await.unwrap(),
+        ScheduleCreated::Created
+    );
+    assert_eq!(store.schedule_get("s-1").await.unwrap(), Some(s.clone()));
+    assert_eq!(store.schedule_get("s-2").await.unwrap(), None);
+    let json: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "scheduleId": "s-1", "deviceId": "kitchen", "time": "06:30:00",
+            "days": ["mon", "tue", "wed", "thu", "fri"], "timeZone": "Europe/Berlin",
+            "label": "work", "enabled": true, "ttlSeconds": 300,
+            "nextFireAt": "2026-11-29T08:00:00.000Z", "lastFiredAt": "2026-11-28T08:00:00.000Z",
+            "lastCommandId": "0190a5e0-0000-7000-8000-000000000001", "principal": "ops",
+            "createdAt": "2026-11-29T07:59:00.000Z", "updatedAt": "2026-11-29T07:59:00.000Z"
+        })
+    );
+}
+
+async fn a_device_has_at_most_its_limit_of_schedules(h: Harness) {
+    let store = h.open_default();
+    for id in ["s-1", "s-2"] {
+        assert_eq!(
+            store
+                .schedule_create(schedule(id, "kitchen", 0), 2)
+                .await
+                .unwrap(),
+            ScheduleCreated::Created
+        );
+    }
+    assert_eq!(
+        store
+            .schedule_create(schedule("s-3", "kitchen", 0), 2)
+            .await
+            .unwrap(),
+        ScheduleCreated::TooMany
+    );
+    assert_eq!(store.schedule_get("s-3").await.unwrap(), None);
+    assert_eq!(
+        store
+            .schedule_create(schedule("s-3", "hall", 0), 2)
+            .await
+            .unwrap(),
+        ScheduleCreated::Created
+    );
+    assert_eq!(
+        store
+            .schedule_create(schedule("s-3", "attic", 0), 2)
+            .await
+            .unwrap(),
+        ScheduleCreated::Exists
+    );
+    // A deleted one frees its place.
+    assert_eq!(
+        store
+            .schedule_delete("s-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .schedule_id,
+        "s-1"
+    );
+    assert_eq!(store.schedule_delete("s-1").await.unwrap(), None);
+    assert_eq!(
+        store
+            .schedule_create(schedule("s-4", "kitchen", 0), 2)
+            .await
+            .unwrap(),
+        ScheduleCreated::Created
+    );
+}
+
+async fn concurrent_creates_never_pass_the_limit(h: Harness) {
+    let store = h.open_default();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .schedule_create(schedule(&format!("s-{i:02}"), "kitchen", 0), 5)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        created += usize::from(task.await.unwrap() == ScheduleCreated::Created);
+    }
+    assert_eq!(created, 5);
+    assert_eq!(store.schedule_list(Some("kitchen")).await.unwrap().len(), 5);
+}
+
+async fn the_list_is_by_next_occurrence_disabled_last_and_by_device(h: Harness) {
+    let store = h.open_default();
+    let mut off = schedule("s-0", "kitchen", 0);
+    off.enabled = false;
+    off.next_fire_at = None;
+    for s in [
+        off,
+        schedule("s-3", "kitchen", 60),
+        schedule("s-2", "hall", 60),
+        schedule("s-1", "kitchen", 120),
+    ] {
+        store.schedule_create(s, 32).await.unwrap();
+    }
+    let ids = |list: Vec<ScheduleRecord>| -> Vec<String> {
+        list.into_iter().map(|s| s.schedule_id).collect()
+    };
+    assert_eq!(
+        ids(store.schedule_list(None).await.unwrap()),
+        ["s-2", "s-3", "s-1", "s-0"]
+    );
+    assert_eq!(
+        ids(store.schedule_list(Some("kitchen")).await.unwrap()),
+        ["s-3", "s-1", "s-0"]
+    );
+    assert!(store.schedule_list(Some("attic")).await.unwrap().is_empty());
+    assert_eq!(store.schedule_count_enabled().await.unwrap(), 3);
+}
+
+async fn a_replace_is_a_compare_and_set_on_the_version(h: Harness) {
+    let store = h.open_default();
+    store
+        .schedule_create(schedule("s-1", "kitchen", 0), 32)
+        .await
+        .unwrap();
+    let mut change = schedule("s-1", "elsewhere", 0);
+    change.label = "gym".to_owned();
+    change.enabled = false;
+    change.next_fire_at = None;
+    change.updated_at = at(5);
+    let ScheduleWrite::Written(written) = store.schedule_replace(change.clone(), 0).await.unwrap()
+    else {
+        panic!("expected Written");
+    };
+    // The device stays; the version moves on.
+    assert_eq!(
+        (
+            written.device_id.as_str(),
+            written.label.as_str(),
+            written.version
+        ),
+        ("kitchen", "gym", 1)
+    );
+    assert_eq!(store.schedule_get("s-1").await.unwrap(), Some(*written));
+    assert_eq!(
+        store.schedule_replace(change.clone(), 0).await.unwrap(),
+        ScheduleWrite::Conflict
+    );
+    assert_eq!(
+        store
+            .schedule_replace(schedule("s-9", "kitchen", 0), 0)
+            .await
+            .unwrap(),
+        ScheduleWrite::NotFound
+    );
+    assert_eq!(store.schedule_count_enabled().await.unwrap(), 0);
+    assert!(store.schedule_due(at(10), 10).await.unwrap().is_empty());
+}
+
+async fn only_enabled_schedules_that_are_due_are_read_earliest_first(h: Harness) {
+    let store = h.open_default();
+    let mut off = schedule("s-off", "kitchen", 0);
+    off.enabled = false;
+    off.next_fire_at = None;
+    store.schedule_create(off, 32).await.unwrap();
+    for (id, next) in [("s-b", 30), ("s-a", 10), ("s-c", 61)] {
+        store
+            .schedule_create(schedule(id, "kitchen", next), 32)
+            .await
+            .unwrap();
+    }
+    let ids = |list: Vec<ScheduleRecord>| -> Vec<String> {
+        list.into_iter().map(|s| s.schedule_id).collect()
+    };
+    assert!(store.schedule_due(at(9), 10).await.unwrap().is_empty());
+    assert_eq!(
+        ids(store.schedule_due(at(60), 10).await.unwrap()),
+        ["s-a", "s-b"]
+    );
+    assert_eq!(ids(store.schedule_due(at(61), 1).await.unwrap()), ["s-a"]);
+}
+
+async fn concurrent_claimers_fire_each_occurrence_exactly_once(h: Harness) {
+    let store = h.open_default();
+    for i in 0..30 {
+        store
+            .schedule_create(schedule(&format!("s-{i:02}"), &format!("clock-{i}"), 0), 32)
+            .await
+            .unwrap();
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|c| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut fired = Vec::new();
+                // Small batches so the claimers interleave.
+                loop {
+                    let claims = claim_due(&*store, at(5), 3, || {
+                        n += 1;
+                        format!("cmd-{c}-{n}")
+                    })
+                    .await
+                    .unwrap();
+                    if claims.is_empty() {
+                        return fired;
+                    }
+                    fired.extend(claims);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    let ids: HashSet<_> = all.iter().map(|c| c.schedule.schedule_id.clone()).collect();
+    assert_eq!((all.len(), ids.len()), (30, 30));
+    for claim in &all {
+        let (occurrence, command_id) = claim.fire.clone().unwrap();
+        assert_eq!((occurrence, claim.missed), (at(0), 0));
+        let stored = store
+            .schedule_get(&claim.schedule.schedule_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, claim.schedule);
+        assert_eq!(
+            (
+                stored.next_fire_at,
+                stored.last_fired_at,
+                stored.last_command_id
+            ),
+            (Some(at(DAY)), Some(at(0)), Some(command_id))
+        );
+    }
+    // Nothing is due until tomorrow.
+    assert!(
+        claim_due(&*store, at(DAY - 1), 100, || "x".to_owned())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn occurrences_more_than_a_minute_late_are_missed_and_counted_never_fired(h: Harness) {
+    let store = h.open_default();
+    store
+        .schedule_create(schedule("late", "kitchen", 0), 32)
+        .await
+        .unwrap();
+    // Up to a minute late: fires, with the occurrence's own instant.
+    let claims = claim_due(&*store, at(60), 1, || "c-1".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        (claims[0].fire.clone(), claims[0].missed),
+        (Some((at(0), "c-1".to_owned())), 0)
+    );
+    store
+        .schedule_create(schedule("down", "hall", 0), 32)
+        .await
+        .unwrap();
+    // The other was down for three days: three missed, today's (10 s ago) fires.
+    let claims = claim_due(&*store, at(3 * DAY + 10), 10, || "c-2".to_owned())
+        .await
+        .unwrap();
+    let down = claims
+        .iter()
+        .find(|c| c.schedule.schedule_id == "down")
+        .unwrap();
+    assert_eq!(
+        (down.fire.clone(), down.missed, down.schedule.next_fire_at),
+        (Some((at(3 * DAY), "c-2".to_owned())), 3, Some(at(4 * DAY)))
+    );
+    let late = claims
+        .iter()
+        .find(|c| c.schedule.schedule_id == "late")
+        .unwrap();
+    assert_eq!(late.missed, 2);
+    // Back more than a minute after today's occurrence: missed only, nothing fired,
+    // and the next one is tomorrow's; the last firing stays what it was.
+    let claims = claim_due(&*store, at(5 * DAY + 61), 10, || "c-3".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 2);
+    for claim in claims {
+        assert_eq!((claim.fire, claim.missed), (None, 2));
+        assert_eq!(
+            (claim.schedule.next_fire_at, claim.schedule.last_fired_at),
+            (Some(at(6 * DAY)), Some(at(3 * DAY)))
+        );
+    }
+}
+
+async fn a_deleted_or_disabled_schedule_is_not_claimed(h: Harness) {
+    let store = h.open_default();
+    store
+        .schedule_create(schedule("gone", "kitchen", 0), 32)
+        .await
+        .unwrap();
+    store
+        .schedule_create(schedule("off", "kitchen", 0), 32)
+        .await
+        .unwrap();
+    store.schedule_delete("gone").await.unwrap();
+    let mut off = schedule("off", "kitchen", 0);
+    off.enabled = false;
+    off.next_fire_at = None;
+    store.schedule_replace(off, 0).await.unwrap();
+    assert!(
+        claim_due(&*store, at(1), 10, || "x".to_owned())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn schedules_and_their_last_firing_survive_a_restart(h: Harness) {
+    if matches!(h, Harness::Memory) {
+        return;
+    }
+    {
+        let store = h.open_default();
+        store
+            .schedule_create(schedule("s-1", "kitchen", 0), 32)
+            .await
+            .unwrap();
+        store
+            .schedule_create(schedule("s-2", "kitchen", 30), 32)
+            .await
+            .unwrap();
+        let claims = claim_due(&*store, at(1), 10, || "c-1".to_owned())
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 1);
+    }
+    let store = h.open_default();
+    // The occurrence fired before the restart is not fired again; the other one is.
+    let claims = claim_due(&*store, at(31), 10, || "c-2".to_owned())
+        .await
+        .unwrap();
+    let ids: Vec<_> = claims
+        .iter()
+        .map(|c| c.schedule.schedule_id.as_str())
+        .collect();
+    assert_eq!(ids, ["s-2"]);
+    let s1 = store.schedule_get("s-1").await.unwrap().unwrap();
+    assert_eq!(
+        (s1.next_fire_at, s1.last_command_id.as_deref()),
+        (Some(at(DAY)), Some("c-1"))
+    );
+}
+
 /// Instantiates the suite for one backend: one `#[tokio::test]` per function above.
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
@@ -576,6 +976,16 @@ macro_rules! conformance {
                 only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled,
                 an_alarm_still_scheduled_a_minute_after_its_time_is_failed_once,
                 finished_records_are_dropped_after_retention,
+                a_schedule_reads_back_unchanged_and_renders_as_the_resource_of_12_1,
+                a_device_has_at_most_its_limit_of_schedules,
+                concurrent_creates_never_pass_the_limit,
+                the_list_is_by_next_occurrence_disabled_last_and_by_device,
+                a_replace_is_a_compare_and_set_on_the_version,
+                only_enabled_schedules_that_are_due_are_read_earliest_first,
+                concurrent_claimers_fire_each_occurrence_exactly_once,
+                occurrences_more_than_a_minute_late_are_missed_and_counted_never_fired,
+                a_deleted_or_disabled_schedule_is_not_claimed,
+                schedules_and_their_last_firing_survive_a_restart,
             );
         }
     };
@@ -719,6 +1129,30 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
     assert_eq!(
         store.claim_due(at(90), secs(30), 10).await.unwrap()[0].command_id,
         "a-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_the_previous_schema_keeps_its_commands_and_gets_schedules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    {
+        let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+        store.create(pending("c-1", "clock-1")).await.unwrap();
+    }
+    // What the previous release wrote: schema version 1, no schedules table.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE schedules; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    assert!(store.get("c-1", at(1)).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .schedule_create(schedule("s-1", "kitchen", 0), 32)
+            .await
+            .unwrap(),
+        ScheduleCreated::Created
     );
 }
 

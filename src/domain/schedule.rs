@@ -71,6 +71,8 @@ pub struct WallTime {
 }
 
 impl WallTime {
+    pub const MIDNIGHT: Self = Self { seconds: 0 };
+
     /// `HH:MM` or `HH:MM:SS`, two digits each, 24-hour (surrounding spaces ignored).
     pub fn parse(text: &str) -> Result<Self, ScheduleError> {
         let invalid = || ScheduleError::TimeInvalid(text.to_owned());

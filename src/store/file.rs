@@ -26,18 +26,21 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::file_schedules;
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     apply_complete, apply_expiry, apply_mark_sent, final_at, idem_key, is_dropped, millis,
     normalise,
 };
+use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use futures_util::future::BoxFuture;
 
 /// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
 const APPLICATION_ID: i64 = 0x436C_6B31;
-/// `PRAGMA user_version`: the schema below.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version`: the schema below and the schedules' table
+/// ([`file_schedules::SCHEMA`]); a version 1 file (no schedules yet) gets the table.
+const SCHEMA_VERSION: i64 = 2;
 /// Jobs queued before senders wait: back-pressure when the disk cannot keep up.
 const QUEUE: usize = 4096;
 /// Most jobs committed together: bounds one transaction's size and latency.
@@ -261,8 +264,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
-                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {SCHEMA} {} PRAGMA application_id = {APPLICATION_ID}; \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                file_schedules::SCHEMA
+            ))?;
+        } else if app == APPLICATION_ID && version == 1 {
+            conn.execute_batch(&format!(
+                "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                file_schedules::SCHEMA
             ))?;
         } else if app != APPLICATION_ID {
             return Ok(Err(
@@ -769,6 +778,58 @@ impl StateStore for FileStore {
             )?;
             Ok(u64::try_from(records + keys).unwrap_or(u64::MAX))
         })
+    }
+
+    fn schedule_create(
+        &self,
+        record: ScheduleRecord,
+        max_per_device: usize,
+    ) -> BoxFuture<'_, Result<ScheduleCreated, StoreError>> {
+        self.submit(move |conn| file_schedules::create(conn, record, max_per_device))
+    }
+
+    fn schedule_get<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        let id = schedule_id.to_owned();
+        self.submit(move |conn| file_schedules::get(conn, &id))
+    }
+
+    fn schedule_list<'a>(
+        &'a self,
+        device_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ScheduleRecord>, StoreError>> {
+        let device = device_id.map(str::to_owned);
+        self.submit(move |conn| file_schedules::list(conn, device.as_deref()))
+    }
+
+    fn schedule_replace(
+        &self,
+        record: ScheduleRecord,
+        expected_version: u64,
+    ) -> BoxFuture<'_, Result<ScheduleWrite, StoreError>> {
+        self.submit(move |conn| file_schedules::replace(conn, record, expected_version))
+    }
+
+    fn schedule_delete<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        let id = schedule_id.to_owned();
+        self.submit(move |conn| file_schedules::delete(conn, &id))
+    }
+
+    fn schedule_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>, StoreError>> {
+        self.submit(move |conn| file_schedules::due(conn, now, limit))
+    }
+
+    fn schedule_count_enabled(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.submit(file_schedules::count_enabled)
     }
 
     fn is_ready(&self) -> bool {

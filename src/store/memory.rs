@@ -26,11 +26,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::memory_schedules::Schedules;
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     apply_complete, idem_key, millis, normalise,
 };
+use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use futures_util::future::BoxFuture;
 
 /// How many expired entries one write clears on its way (keeps purging incremental).
@@ -47,6 +49,7 @@ const DEVICES_INTERN_MAX: usize = 16_384;
 pub struct MemoryStore {
     settings: StoreSettings,
     inner: Mutex<Inner>,
+    schedules: Mutex<Schedules>,
 }
 
 /// One of the two record queues that retention purging walks.
@@ -348,6 +351,7 @@ impl MemoryStore {
         Self {
             settings,
             inner: Mutex::new(Inner::default()),
+            schedules: Mutex::new(Schedules::default()),
         }
     }
 
@@ -359,6 +363,12 @@ impl MemoryStore {
     /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn schedules(&self) -> std::sync::MutexGuard<'_, Schedules> {
+        self.schedules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -821,6 +831,57 @@ impl StateStore for MemoryStore {
             .lock()
             .purge_some(self.settings.retention, now, usize::MAX);
         Box::pin(std::future::ready(Ok(dropped)))
+    }
+
+    fn schedule_create(
+        &self,
+        record: ScheduleRecord,
+        max_per_device: usize,
+    ) -> BoxFuture<'_, Result<ScheduleCreated, StoreError>> {
+        let outcome = self.schedules().create(record, max_per_device);
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    fn schedule_get<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.schedules().get(schedule_id))))
+    }
+
+    fn schedule_list<'a>(
+        &'a self,
+        device_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ScheduleRecord>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.schedules().list(device_id))))
+    }
+
+    fn schedule_replace(
+        &self,
+        record: ScheduleRecord,
+        expected_version: u64,
+    ) -> BoxFuture<'_, Result<ScheduleWrite, StoreError>> {
+        let outcome = self.schedules().replace(record, expected_version);
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    fn schedule_delete<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.schedules().delete(schedule_id))))
+    }
+
+    fn schedule_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.schedules().due(now, limit))))
+    }
+
+    fn schedule_count_enabled(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.schedules().count_enabled())))
     }
 
     fn is_ready(&self) -> bool {

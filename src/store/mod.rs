@@ -17,8 +17,12 @@
 //! - Every method that depends on time takes `now`; no backend reads the clock.
 
 mod file;
+mod file_schedules;
 mod memory;
+mod memory_schedules;
 mod redis;
+mod redis_schedules;
+pub mod schedule;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -31,6 +35,7 @@ use serde::{Serialize, Serializer};
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use schedule::{Claim, ScheduleCreated, ScheduleRecord, ScheduleWrite};
 
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
@@ -380,6 +385,52 @@ pub trait StateStore: Send + Sync + 'static {
     /// entries; returns how many were dropped. The server calls it on a timer (say once
     /// a minute); reads already treat such entries as gone, so timing is not critical.
     fn purge(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Stores a new schedule unless its device has `max_per_device` already (SPEC 12.1);
+    /// the count and the insert are one atomic step, across replicas.
+    fn schedule_create(
+        &self,
+        record: ScheduleRecord,
+        max_per_device: usize,
+    ) -> BoxFuture<'_, Result<ScheduleCreated, StoreError>>;
+
+    /// The schedule, `None` for an unknown id.
+    fn schedule_get<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>>;
+
+    /// Every schedule, or the device's, in the order of [`schedule::sort`].
+    fn schedule_list<'a>(
+        &'a self,
+        device_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ScheduleRecord>, StoreError>>;
+
+    /// Writes `record` over the schedule with its id if that one's `version` is still
+    /// `expected_version` (compare-and-set); the stored `version` becomes one more. The
+    /// device id never changes (the caller keeps it).
+    fn schedule_replace(
+        &self,
+        record: ScheduleRecord,
+        expected_version: u64,
+    ) -> BoxFuture<'_, Result<ScheduleWrite, StoreError>>;
+
+    /// Removes the schedule; returns it as it was, `None` for an unknown id.
+    fn schedule_delete<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>>;
+
+    /// Up to `limit` enabled schedules whose `nextFireAt` is at or before `now`, earliest
+    /// first. Reading claims nothing: [`schedule::claim_due`] does, by compare-and-set.
+    fn schedule_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>, StoreError>>;
+
+    /// How many schedules are enabled (the `clock_server_schedules` gauge).
+    fn schedule_count_enabled(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Whether the store can serve right now. Cheap (`/ready` calls it on every probe).
     fn is_ready(&self) -> bool;

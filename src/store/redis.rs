@@ -31,11 +31,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::redis_schedules;
+use super::schedule;
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     idem_key, millis, normalise,
 };
+use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
 use crate::shared::secret::REDACTED;
@@ -258,6 +261,11 @@ struct Scripts {
     idem_begin: Script,
     idem_finish: Script,
     idem_abort: Script,
+    sch_create: Script,
+    sch_replace: Script,
+    sch_delete: Script,
+    sch_list: Script,
+    sch_due: Script,
 }
 
 impl Scripts {
@@ -272,6 +280,11 @@ impl Scripts {
             idem_begin: Script::new(IDEM_BEGIN),
             idem_finish: Script::new(IDEM_FINISH),
             idem_abort: Script::new(IDEM_ABORT),
+            sch_create: Script::new(redis_schedules::CREATE),
+            sch_replace: Script::new(redis_schedules::REPLACE),
+            sch_delete: Script::new(redis_schedules::DELETE),
+            sch_list: Script::new(redis_schedules::LIST),
+            sch_due: Script::new(redis_schedules::DUE),
         }
     }
 }
@@ -286,6 +299,11 @@ pub struct RedisStore {
     leased: String,
     record_prefix: String,
     idem_prefix: String,
+    /// Schedules: see `redis_schedules.rs` for the layout.
+    sch_prefix: String,
+    sch_all: String,
+    sch_dev_prefix: String,
+    sch_due: String,
     /// `create` and `mark_sent` calls, for the writer task that groups them.
     writes: mpsc::UnboundedSender<Write>,
 }
@@ -384,6 +402,10 @@ impl RedisStore {
             leased: format!("{PREFIX}leased"),
             record_prefix: format!("{PREFIX}cmd:"),
             idem_prefix: format!("{PREFIX}idem:"),
+            sch_prefix: format!("{PREFIX}sch:"),
+            sch_all: format!("{PREFIX}sch-all"),
+            sch_dev_prefix: format!("{PREFIX}sch-dev:"),
+            sch_due: format!("{PREFIX}sch-due"),
         };
         store.spawn_monitor();
         store.spawn_writer(queue);
@@ -572,6 +594,42 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let result = call.invoke_async(&mut conn).await;
         self.answered(result)
+    }
+
+    /// Runs a schedule script with `keys` and `args`.
+    async fn run_schedule(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: Vec<Vec<u8>>,
+    ) -> Result<Value, StoreError> {
+        self.check_ready()?;
+        let mut call = script.prepare_invoke();
+        for key in keys {
+            call.key(*key);
+        }
+        for arg in args {
+            call.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        let result = call.invoke_async(&mut conn).await;
+        self.answered(result)
+    }
+
+    /// A list of HGETALL answers as schedules, in the order of `schedule::sort`.
+    fn schedules_of(&self, op: &str, answer: Value) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let Value::Array(items) = answer else {
+            return Err(unexpected(op, &answer));
+        };
+        items
+            .into_iter()
+            .map(|r| match r {
+                Value::Array(fields) => {
+                    redis_schedules::decode(fields.into_iter().map(bytes).collect())
+                }
+                other => Err(unexpected(op, &other)),
+            })
+            .collect()
     }
 
     async fn run_idem(
@@ -843,6 +901,170 @@ impl StateStore for RedisStore {
     /// script clears what it finds gone from the sorted sets: nothing to do here.
     fn purge(&self, _now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn schedule_create(
+        &self,
+        record: ScheduleRecord,
+        max_per_device: usize,
+    ) -> BoxFuture<'_, Result<ScheduleCreated, StoreError>> {
+        Box::pin(async move {
+            let r = record.normalised();
+            let hash = format!("{}{}", self.sch_prefix, r.schedule_id);
+            let device = format!("{}{}", self.sch_dev_prefix, r.device_id);
+            let mut args = vec![
+                max_per_device.to_string().into_bytes(),
+                r.schedule_id.clone().into_bytes(),
+                redis_schedules::due_score(&r),
+            ];
+            args.extend(redis_schedules::encode(&r, r.version, true));
+            let answer = self
+                .run_schedule(
+                    &self.scripts.sch_create,
+                    &[&hash, &device, &self.sch_all, &self.sch_due],
+                    args,
+                )
+                .await?;
+            match answer {
+                Value::Int(1) => Ok(ScheduleCreated::Created),
+                Value::Int(0) => Ok(ScheduleCreated::Exists),
+                Value::Int(2) => Ok(ScheduleCreated::TooMany),
+                other => Err(unexpected("schedule_create", &other)),
+            }
+        })
+    }
+
+    fn schedule_get<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        Box::pin(async move {
+            self.check_ready()?;
+            let mut conn = self.conn.clone();
+            let result: Result<Vec<Vec<u8>>, RedisError> = redis::cmd("HGETALL")
+                .arg(format!("{}{schedule_id}", self.sch_prefix))
+                .query_async(&mut conn)
+                .await;
+            let fields = self.answered(result)?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            redis_schedules::decode(fields).map(Some)
+        })
+    }
+
+    fn schedule_list<'a>(
+        &'a self,
+        device_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<ScheduleRecord>, StoreError>> {
+        Box::pin(async move {
+            let set = match device_id {
+                Some(device) => format!("{}{device}", self.sch_dev_prefix),
+                None => self.sch_all.clone(),
+            };
+            let answer = self
+                .run_schedule(
+                    &self.scripts.sch_list,
+                    &[&set],
+                    vec![self.sch_prefix.clone().into_bytes()],
+                )
+                .await?;
+            let mut out = self.schedules_of("schedule_list", answer)?;
+            schedule::sort(&mut out);
+            Ok(out)
+        })
+    }
+
+    fn schedule_replace(
+        &self,
+        record: ScheduleRecord,
+        expected_version: u64,
+    ) -> BoxFuture<'_, Result<ScheduleWrite, StoreError>> {
+        Box::pin(async move {
+            let r = record.normalised();
+            let hash = format!("{}{}", self.sch_prefix, r.schedule_id);
+            let mut args = vec![
+                expected_version.to_string().into_bytes(),
+                r.schedule_id.clone().into_bytes(),
+                redis_schedules::due_score(&r),
+            ];
+            args.extend(redis_schedules::encode(
+                &r,
+                expected_version.saturating_add(1),
+                false,
+            ));
+            let answer = self
+                .run_schedule(&self.scripts.sch_replace, &[&hash, &self.sch_due], args)
+                .await?;
+            match split(answer)? {
+                (code, fields) if code == "ok" => Ok(ScheduleWrite::Written(Box::new(
+                    redis_schedules::decode(fields)?,
+                ))),
+                (code, _) if code == "conflict" => Ok(ScheduleWrite::Conflict),
+                (code, _) if code == "none" => Ok(ScheduleWrite::NotFound),
+                (code, _) => Err(unexpected_code("schedule_replace", &code)),
+            }
+        })
+    }
+
+    fn schedule_delete<'a>(
+        &'a self,
+        schedule_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ScheduleRecord>, StoreError>> {
+        Box::pin(async move {
+            let hash = format!("{}{schedule_id}", self.sch_prefix);
+            let answer = self
+                .run_schedule(
+                    &self.scripts.sch_delete,
+                    &[&hash, &self.sch_all, &self.sch_due],
+                    vec![
+                        schedule_id.as_bytes().to_vec(),
+                        self.sch_dev_prefix.clone().into_bytes(),
+                    ],
+                )
+                .await?;
+            match split(answer)? {
+                (code, fields) if code == "ok" => redis_schedules::decode(fields).map(Some),
+                (code, _) if code == "none" => Ok(None),
+                (code, _) => Err(unexpected_code("schedule_delete", &code)),
+            }
+        })
+    }
+
+    fn schedule_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let answer = self
+                .run_schedule(
+                    &self.scripts.sch_due,
+                    &[&self.sch_due],
+                    vec![
+                        ms(now).to_string().into_bytes(),
+                        limit.to_string().into_bytes(),
+                        self.sch_prefix.clone().into_bytes(),
+                    ],
+                )
+                .await?;
+            self.schedules_of("schedule_due", answer)
+        })
+    }
+
+    fn schedule_count_enabled(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.check_ready()?;
+            let mut conn = self.conn.clone();
+            let result: Result<u64, RedisError> = redis::cmd("ZCARD")
+                .arg(&self.sch_due)
+                .query_async(&mut conn)
+                .await;
+            self.answered(result)
+        })
     }
 
     fn is_ready(&self) -> bool {
