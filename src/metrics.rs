@@ -154,6 +154,11 @@ impl Metrics {
             commands.clone(),
         );
         let acks = Family::<AckLabels, Counter>::default();
+        // Present at 0 from the start, like the counters without labels, so a dashboard
+        // (or `rate()`) sees the series before the first acknowledgement.
+        for outcome in ["applied", "ignored"] {
+            let _ = acks.get_or_create(&AckLabels { outcome });
+        }
         registry.register(
             "acks",
             "Device acknowledgements received, by outcome (applied, ignored)",

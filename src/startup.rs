@@ -50,6 +50,22 @@ pub enum StartupError {
     },
 }
 
+impl StartupError {
+    /// The process exit code: 2 when the configuration points at something unusable (a
+    /// state store that cannot be opened, devices without the store they need), as for
+    /// an invalid variable; 1 otherwise (a port taken, a broker unreachable, ...).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Devices(_)
+            | Self::Store {
+                source: crate::store::StoreError::Open { .. },
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// A bound, ready-to-serve application.
 pub struct Application {
     listener: TcpListener,
@@ -114,14 +130,15 @@ fn build_tracker(
         .with_scheduled_alarms()
         .map(|d| d.as_str())
         .collect();
-    let devices_file = config.devices_file.as_ref().map_or_else(
-        || "the devices".to_owned(),
+    // Devices come from DEVICES_FILE, or from the demo, which adds its own in code.
+    let listed_by = config.devices_file.as_ref().map_or_else(
+        || "the configuration".to_owned(),
         |p| format!("DEVICES_FILE={}", p.display()),
     );
     let Some(store) = store else {
         if !held.is_empty() {
             return Err(StartupError::Devices(format!(
-                "{devices_file} names devices whose alarms the gateway holds until their time ({}), but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)",
+                "{listed_by} lists devices whose alarms the gateway holds until their time ({}), but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)",
                 held.join(", ")
             )));
         }
@@ -137,11 +154,18 @@ fn build_tracker(
             max_commands = tracking.settings.max_commands,
             "STATE_STORE=memory: command records and Idempotency-Keys are kept in this process only and are lost on restart"
         );
-        if !held.is_empty() {
-            tracing::warn!(
+        match &config.devices_file {
+            _ if held.is_empty() => {}
+            Some(path) => tracing::warn!(
                 devices = %held.join(","),
-                "{devices_file} names devices whose alarms the gateway holds (awtrix3), and STATE_STORE=memory loses scheduled alarms on restart; use STATE_STORE=file:<path> to keep them"
-            );
+                "DEVICES_FILE={} lists devices whose alarms the gateway holds until their time, and STATE_STORE=memory loses scheduled alarms on restart; set STATE_STORE=file:<path> to keep them",
+                path.display()
+            ),
+            // The demo's clock: it lives as long as the process, by design; nothing to fix.
+            None => tracing::info!(
+                devices = %held.join(","),
+                "scheduled alarms of these devices are held in memory until their time"
+            ),
         }
     }
     let tracker = Arc::new(Tracker::new(

@@ -1,6 +1,10 @@
 //! Text from a server or a broker made safe to print on a terminal: no control character
 //! it sent (C0 including ESC, DEL, C1 U+0080–U+009F) reaches the terminal as such, so an
-//! answer cannot retitle the window, clear the screen or fake output.
+//! answer cannot retitle the window, clear the screen or fake output; nor does a character
+//! that changes how the text around it reads while staying invisible itself (bidi
+//! overrides and isolates such as U+202E, the line and paragraph separators U+2028/U+2029,
+//! zero-width characters), so an answer cannot show `deliver` as `reviled` or start a fake
+//! line. Both kinds are escaped, never dropped, so what was sent stays readable.
 //!
 //! JSON is re-serialised by a small scanner rather than through `serde_json::Value`: the
 //! value type would sort object keys (the crate is built without `preserve_order`) and
@@ -10,9 +14,26 @@
 
 use std::fmt::Write as _;
 
+/// Whether `c` must not reach a terminal as such: a control character, or an invisible
+/// one that reorders, breaks or hides the text around it (the Unicode bidi controls
+/// U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069; the separators U+2028–U+2029; the
+/// zero-width U+180E, U+200B–U+200D, U+2060–U+2064 and U+FEFF).
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// The JSON in `text` re-serialised compactly (whitespace between tokens dropped, keys and
-/// numbers as sent) with every control character inside a string written as a `\uXXXX`
-/// escape. Text that is not JSON becomes a JSON string holding it, escaped the same way, so
+/// numbers as sent) with every character [`is_unsafe`] inside a string written as a
+/// `\uXXXX` escape. Text that is not JSON becomes a JSON string holding it, escaped the same way, so
 /// the output is always JSON.
 pub fn json(text: &str) -> String {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
@@ -22,17 +43,17 @@ pub fn json(text: &str) -> String {
     }
 }
 
-/// `value` as compact JSON with every control character written as a `\uXXXX` escape.
+/// `value` as compact JSON with every character [`is_unsafe`] written as a `\uXXXX` escape.
 pub fn json_value(value: &serde_json::Value) -> String {
     escape_valid_json(&value.to_string())
 }
 
-/// `text` with every control character written as Rust writes it in a debug string
-/// (`\n`, `\u{1b}`), for plain messages that quote what a server or broker said.
+/// `text` with every character [`is_unsafe`] written as Rust writes it in a debug string
+/// (`\n`, `\u{1b}`, `\u{202e}`), for plain messages that quote what a server or broker said.
 pub fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        if is_unsafe(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -41,8 +62,8 @@ pub fn plain(text: &str) -> String {
     out
 }
 
-/// Compacts `text`, which must be valid JSON, and escapes the control characters inside
-/// its strings. Outside strings valid JSON has no characters but whitespace to drop.
+/// Compacts `text`, which must be valid JSON, and escapes the [`is_unsafe`] characters
+/// inside its strings (all of them are in the Basic Multilingual Plane: one `\uXXXX` each). Outside strings valid JSON has no characters but whitespace to drop.
 fn escape_valid_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_string = false;
@@ -64,7 +85,7 @@ fn escape_valid_json(text: &str) -> String {
         } else if c == '"' {
             in_string = false;
         }
-        if c.is_control() {
+        if is_unsafe(c) {
             // Writing to a String cannot fail.
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
@@ -123,6 +144,27 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&out).unwrap(),
             value
         );
+    }
+
+    /// Reordering, line-breaking and zero-width characters, one of each kind.
+    const INVISIBLE: &str = "a\u{202e}b\u{2066}c\u{200f}d\u{2028}e\u{2029}f\u{200b}g\u{feff}h";
+
+    #[test]
+    fn invisible_characters_that_change_the_text_around_them_are_escaped_too() {
+        assert_eq!(
+            plain(INVISIBLE),
+            r"a\u{202e}b\u{2066}c\u{200f}d\u{2028}e\u{2029}f\u{200b}g\u{feff}h"
+        );
+        let out = json(&serde_json::Value::from(INVISIBLE).to_string());
+        assert_eq!(
+            out,
+            r#""a\u202eb\u2066c\u200fd\u2028e\u2029f\u200bg\ufeffh""#
+        );
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), INVISIBLE);
+        let value = serde_json::json!({ "payload": INVISIBLE });
+        assert!(!json_value(&value).chars().any(is_unsafe));
+        // Visible text, accents and emoji included, is left alone.
+        assert_eq!(plain("é ü 時計 ⏰ «x»"), "é ü 時計 ⏰ «x»");
     }
 
     #[test]

@@ -585,8 +585,21 @@ fn a_401_answer_suggests_checking_the_token_without_printing_it() {
     let run = against(&server, ALARM);
     assert_code(&run, 1);
     assert!(run.stderr.contains("status=401"), "{run:#?}");
-    assert!(run.stderr.contains("CLOCK_SERVER_TOKEN"), "{run:#?}");
+    assert!(run.stderr.contains("check CLOCK_SERVER_TOKEN"), "{run:#?}");
     assert_no_token(&run);
+}
+
+#[test]
+fn a_401_without_a_token_says_that_clock_server_token_is_not_set() {
+    let server = TestServer::start(Reply::new(401, r#"{"error":"unauthorized"}"#));
+    let run = clockctl(ALARM, &[("CLOCK_SERVER_BASE_URL", &server.url())]);
+    assert_code(&run, 1);
+    assert!(
+        run.stderr
+            .contains(r#"status=401 error="unauthorized" (CLOCK_SERVER_TOKEN is not set"#),
+        "{run:#?}"
+    );
+    assert_eq!(server.only_request().header("authorization"), None);
 }
 
 #[test]
@@ -624,6 +637,13 @@ fn a_refused_connection_exits_1_with_call_server() {
     );
     assert_code(&run, 1);
     assert!(run.stderr.contains("call server"), "{run:#?}");
+    // What to do, not hyper's layers of the same failure.
+    assert!(
+        run.stderr
+            .contains("connection refused: is the server running? (`cargo run -- demo` starts one"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("os error"), "{run:#?}");
     assert_no_token(&run);
 }
 
@@ -1483,6 +1503,12 @@ fn status_and_cancel_of_an_unknown_command_exit_1_explaining_the_404() {
             ),
             "{run:#?}"
         );
+        // SPEC 5: every non-2xx answer shows its status and the server's error text.
+        assert!(
+            run.stderr
+                .contains(r#"server answered status=404 error="not found""#),
+            "{run:#?}"
+        );
     }
 }
 
@@ -1507,6 +1533,11 @@ fn cancel_deletes_the_command_and_reports_409_with_the_status() {
     assert!(
         run.stderr
             .contains("can no longer be cancelled: it is sent"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr
+            .contains(r#"server answered status=409 error="command can no longer be cancelled""#),
         "{run:#?}"
     );
     assert_eq!(server.requests().len(), 1, "a 409 is not retried");
@@ -1560,6 +1591,124 @@ fn status_never_lets_a_control_character_of_the_record_reach_stdout() {
         run.stdout.contains(r"failed (busy\n\u{7f}\u{1b}[2J\u{9b})"),
         "{run:#?}"
     );
+}
+
+/// Characters that reorder or break the text around them while staying invisible: a
+/// right-to-left override, a line separator, a zero-width space, a left-to-right isolate.
+const INVISIBLE: [char; 4] = ['\u{202e}', '\u{2028}', '\u{200b}', '\u{2066}'];
+
+fn assert_nothing_invisible(run: &Run) {
+    for text in [&run.stdout, &run.stderr] {
+        assert!(
+            !text.contains(INVISIBLE) && !text.chars().any(|c| c.is_control() && c != '\n'),
+            "an invisible or control character reached the terminal: {run:#?}"
+        );
+    }
+}
+
+#[test]
+fn status_cancel_ready_and_json_escape_characters_that_reorder_the_text() {
+    // A record whose device "reads" as clock-1 on a terminal that honours the override.
+    let hostile = "{\"commandId\":\"x\u{202e}1-kcolc\",\"status\":\"failed\",\
+                   \"deviceId\":\"a\u{2028}fake line\",\"statusReason\":{\"code\":\"c\u{200b}\",\
+                   \"message\":\"busy\u{2066}\"}}";
+    let server = TestServer::start(Reply::new(200, hostile));
+    let run = against(&server, &["status", "x"]);
+    assert_code(&run, 0);
+    assert_nothing_invisible(&run);
+    assert!(run.stdout.contains(r"x\u{202e}1-kcolc"), "{run:#?}");
+    assert!(run.stdout.contains(r"a\u{2028}fake line"), "{run:#?}");
+    for argv in [&["status", "x", "--json"][..], &["cancel", "x", "--json"]] {
+        let run = against(&server, argv);
+        assert_code(&run, 0);
+        assert_nothing_invisible(&run);
+        assert!(run.stdout.contains(r"x\u202e1-kcolc"), "{run:#?}");
+        let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(printed["deviceId"], "a\u{2028}fake line");
+    }
+
+    // cancel's refusal, an error's text, and ready's bare word.
+    let server = TestServer::start(Reply::new(
+        409,
+        "{\"error\":\"no\u{202e}\",\"status\":\"sent\u{2028}x\"}",
+    ));
+    let run = against(&server, &["cancel", "x"]);
+    assert_code(&run, 1);
+    assert_nothing_invisible(&run);
+    assert!(run.stderr.contains(r"it is sent\u{2028}x"), "{run:#?}");
+    let server = TestServer::start(Reply::new(200, "{\"status\":\"rea\u{202e}dy\"}"));
+    let run = against(&server, &["ready"]);
+    assert_code(&run, 0);
+    assert_nothing_invisible(&run);
+    assert_eq!(run.stdout, "rea\\u{202e}dy\n");
+}
+
+/// A hostile HTTP server on 127.0.0.1: to every connection it sends `head` and then an
+/// endless body, as fast as the socket takes it. Counts the connections.
+struct EndlessServer {
+    url: String,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EndlessServer {
+    fn start(head: &'static str) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // The request head (all of it fits one read on loopback), then the answer.
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request);
+                    let chunk = [b'x'; 64 * 1024];
+                    let _ = stream.write_all(head.as_bytes());
+                    // Until the client hangs up.
+                    while stream.write_all(&chunk).is_ok() {}
+                });
+            }
+        });
+        Self { url, connections }
+    }
+}
+
+#[test]
+fn an_endless_answer_is_cut_at_a_mebibyte_and_not_tried_again() {
+    for head in [
+        // Close-delimited: no length announced.
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        // A length announced that no clock-server answer has.
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000000000\r\n\r\n",
+        // An error status, whose body would be quoted.
+        "HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n",
+    ] {
+        let server = EndlessServer::start(head);
+        let started = Instant::now();
+        let run = clockctl(
+            &["status", ID],
+            &[
+                ("CLOCK_SERVER_BASE_URL", &server.url),
+                ("CLOCKCTL_TIMEOUT_MS", "20000"),
+            ],
+        );
+        let elapsed = started.elapsed();
+        assert_code(&run, 1);
+        assert!(
+            run.stderr.contains("the answer is larger than 1024 KiB"),
+            "{head:?}: {run:#?}"
+        );
+        assert!(run.stderr.contains("CLOCK_SERVER_BASE_URL"), "{run:#?}");
+        assert!(elapsed < Duration::from_secs(10), "{head:?}: {elapsed:?}");
+        assert_eq!(
+            server.connections.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{head:?}: the same server would send the same again"
+        );
+    }
 }
 
 #[test]

@@ -26,6 +26,8 @@ struct DemoProcess {
     lines: mpsc::Receiver<String>,
     /// Every stdout line read so far (for failure messages and negative checks).
     seen: Vec<String>,
+    /// Everything on stderr so far (the log lines); also shown with `TEST_LOG` set.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -45,13 +47,23 @@ impl DemoProcess {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -68,6 +80,7 @@ impl DemoProcess {
             mqtt_port,
             lines,
             seen: Vec::new(),
+            stderr,
             dir,
         };
         let watching = format!("on mqtt://127.0.0.1:{mqtt_port}");
@@ -117,6 +130,25 @@ impl DemoProcess {
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
+    }
+
+    /// Runs the real `clockctl` against the demo's API, with `token` if given: exit code,
+    /// stdout, stderr.
+    fn clockctl_run(&self, args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clockctl"));
+        command.args(args).env_clear().env(
+            "CLOCK_SERVER_BASE_URL",
+            format!("http://127.0.0.1:{}", self.http_port),
+        );
+        if let Some(token) = token {
+            command.env("CLOCK_SERVER_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// SIGTERM, then the exit code (bounded wait).
@@ -316,6 +348,72 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
             .any(|l| l.starts_with("awtrix-1 set_") || l.starts_with("awtrix-1 display_")),
         "{:?}",
         demo.seen
+    );
+}
+
+#[cfg(feature = "demo")]
+#[test]
+fn a_newcomers_mistakes_against_the_demo_are_answered_with_what_to_do() {
+    let mut demo = DemoProcess::start(&[]);
+    // No warning at start-up that a newcomer could act on but the intended one.
+    let logs = demo.stderr.lock().unwrap().clone();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("demo mode: plain HTTP"),
+        "{logs}"
+    );
+
+    // No token: the 401 says which variable is missing.
+    let (code, _, stderr) = demo.clockctl_run(&["ready"], None);
+    assert_eq!(
+        code,
+        Some(0),
+        "the demo's readiness needs no token: {stderr}"
+    );
+    let (code, _, stderr) =
+        demo.clockctl_run(&["message", "--device", "clock-1", "--message", "hi"], None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("status=401") && stderr.contains("CLOCK_SERVER_TOKEN is not set"),
+        "{stderr}"
+    );
+
+    // status and cancel show the server's status and error text (SPEC 5), with the hint.
+    let (code, _, stderr) = demo.clockctl_run(&["status", "no-such-command"], Some("dev-token"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"status=404 error="not found""#)
+            && stderr.contains("no command no-such-command"),
+        "{stderr}"
+    );
+    let (code, answer, stderr) = demo.clockctl_run(
+        &[
+            "--json",
+            "message",
+            "--device",
+            "clock-1",
+            "--message",
+            "hi",
+        ],
+        Some("dev-token"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let id = answer["commandId"].as_str().unwrap();
+    let (code, _, stderr) = demo.clockctl_run(&["cancel", id], Some("dev-token"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("status=409 error=") && stderr.contains("can no longer be cancelled"),
+        "{stderr}"
+    );
+
+    // And once the demo is gone: is the server running?
+    assert_eq!(demo.terminate(), Some(0));
+    let (code, _, stderr) = demo.clockctl_run(&["ready"], Some("dev-token"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is the server running? (`cargo run -- demo`"),
+        "{stderr}"
     );
 }
 

@@ -215,6 +215,15 @@ async fn the_scrape_is_unauthenticated_prometheus_text_with_every_family_typed()
     ] {
         assert_eq!(m.type_of(family), Some(kind), "{family} in:\n{}", m.text);
     }
+    // Acknowledgement counters are there at 0 before the first acknowledgement.
+    for outcome in ["applied", "ignored"] {
+        assert_eq!(
+            m.value("clock_server_acks_total", &[("outcome", outcome)]),
+            Some(0.0),
+            "{outcome} in:\n{}",
+            m.text
+        );
+    }
     // The explicit buckets, not a summary.
     let bounds = m.label_values(DURATION_BUCKET, "le");
     for le in ["0.0005", "0.001", "0.01", "0.1", "1", "10", "+Inf"] {

@@ -206,3 +206,30 @@ async fn sigterm_ends_the_mqtt_session_with_a_disconnect_packet() {
         "{broker_log}"
     );
 }
+
+#[test]
+fn a_file_store_in_a_missing_directory_stops_start_up_with_exit_2_naming_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let store = format!("file:{}", missing.join("state.db").display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clock-server"))
+        .env_clear()
+        .env("REQUIRE_TLS", "false")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("API_AUTH_CREDENTIALS", "ops|tok|*")
+        .env("ENABLED_SENDERS", "rest")
+        .env("CLOCK_REST_BASE_URL", "http://127.0.0.1:9")
+        .env("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true")
+        .env("STATE_STORE", &store)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains(&format!("STATE_STORE={store}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("directory {} does not exist", missing.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(&*store).count(), 1, "said once: {stderr}");
+}

@@ -271,7 +271,17 @@ async fn watch_with_json_prints_the_topic_and_payload_of_each_command() {
         &server,
         &["brightness", "--device", "clock-3", "--level", "33"],
     );
-    let line: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    let raw = watch.next_line();
+    // The keys in the order docs/clockctl.md gives them.
+    assert!(
+        raw.starts_with(
+            r#"{"topic":"clocks/commands/clock-3/set_brightness","retained":false,"payload":{"#
+        ),
+        "{raw}"
+    );
+    let docs = std::fs::read_to_string("docs/clockctl.md").unwrap();
+    assert!(docs.contains(r#"`{"topic","retained","payload"}`"#));
+    let line: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(line["topic"], "clocks/commands/clock-3/set_brightness");
     assert_eq!(line["retained"], false);
     assert_eq!(line["payload"]["level"], 33);
@@ -290,26 +300,35 @@ async fn watch_with_json_escapes_every_control_character_a_publisher_sent() {
     .await;
     // Anyone who may publish on the broker: a JSON payload with DEL and C1 CSI raw (valid
     // inside JSON strings) and ESC escaped, then a payload that is not JSON, ESC raw.
+    // Then the invisible characters that reorder or break lines (bidi override, line
+    // separator, zero-width space), raw in a JSON string and in a topic.
     let json_payload = "{\"message\":\"\\u001b]0;pwned\\u0007 del\u{7f} csi\u{9b}2J\"}";
+    let invisible = "{\"message\":\"a\u{202e}b\u{2028}c\u{200b}d\"}";
     let raw_payload = "\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}";
     let publisher = mqtt5::MqttClient::new(format!("test-pub-{}", uuid::Uuid::now_v7().simple()));
     publisher.connect(&broker.url()).await.unwrap();
-    for payload in [json_payload, raw_payload] {
-        publisher
-            .publish_qos1("clocks/commands/clock-1/display_message", payload)
-            .await
-            .unwrap();
+    for (topic, payload) in [
+        ("clocks/commands/clock-1/display_message", json_payload),
+        ("clocks/commands/clock-1/display_message", raw_payload),
+        ("clocks/commands/clock\u{202e}1/display_message", invisible),
+    ] {
+        publisher.publish_qos1(topic, payload).await.unwrap();
     }
     let _ = publisher.disconnect().await;
 
     let first = watch.next_line();
     let second = watch.next_line();
-    for line in [&first, &second] {
+    let third = watch.next_line();
+    for line in [&first, &second, &third] {
         assert!(
-            !line.chars().any(char::is_control),
-            "control characters reached stdout: {line:?}"
+            !line.chars().any(clock_server::terminal::is_unsafe),
+            "control or invisible characters reached stdout: {line:?}"
         );
     }
+    assert!(
+        third.contains(r"clock\u202e1") && third.contains(r"a\u202eb\u2028c\u200bd"),
+        "{third}"
+    );
     assert!(
         first.contains(r"\u001b]0;pwned\u0007 del\u007f csi\u009b2J"),
         "{first}"

@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             // Logging is set up by now, so this line follows LOG_FORMAT (JSON stays JSON).
             tracing::error!("cannot start: {e:#}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     app.run_until_stopped(shutdown::signal()).await;

@@ -38,6 +38,11 @@ struct Body {
     status: Option<String>,
 }
 
+/// The largest answer `clockctl` reads. The server's are small (a status record is under
+/// 2 KiB); a bigger one is not the clock-server's, and reading it whole could exhaust the
+/// memory of the machine it runs on.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// Longest excerpt of a non-JSON error body that is shown (e.g. a proxy's HTML page).
 const EXCERPT_CHARS: usize = 200;
 
@@ -113,8 +118,9 @@ impl Answer {
         serde_json::from_str(&self.text).ok()
     }
 
-    /// The non-2xx answer as the error `clockctl` prints.
-    fn error(&self, attempts: Option<Attempts>) -> CliError {
+    /// The non-2xx answer: its status and the server's texts. `without_token`: the
+    /// request carried no token.
+    fn refusal(&self, attempts: Option<Attempts>, without_token: bool) -> ServerError {
         let (error, detail) = match self.body() {
             Some(Body {
                 error: Some(error),
@@ -123,7 +129,7 @@ impl Answer {
             }) => (error, detail),
             _ => (excerpt(&self.text), None),
         };
-        CliError::Status(ServerError {
+        ServerError {
             status: self.status.as_u16(),
             error,
             detail,
@@ -132,7 +138,8 @@ impl Answer {
                 .clone()
                 .filter(|_| self.status.is_redirection()),
             attempts,
-        })
+            without_token,
+        }
     }
 }
 
@@ -157,6 +164,21 @@ fn tls_refused(err: &reqwest::Error) -> bool {
             cause = inner;
         }
         if cause.is::<rustls::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether the connection was refused (nothing listens at that address).
+fn connection_refused(err: &reqwest::Error) -> bool {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
             return true;
         }
         source = cause.source();
@@ -195,6 +217,11 @@ fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
 }
 
 impl Caller<'_> {
+    /// A non-2xx `answer` as the error to print.
+    fn refusal(&self, answer: &Answer, attempts: Option<Attempts>) -> ServerError {
+        answer.refusal(attempts, self.settings.token.is_none())
+    }
+
     /// One request; `timeout` bounds it (the settings' timeout, or less while waiting).
     async fn once(
         &self,
@@ -233,6 +260,17 @@ impl Caller<'_> {
                     "no complete answer within {} ms (CLOCKCTL_TIMEOUT_MS)",
                     timeout.as_millis()
                 )
+            } else if connection_refused(&e) {
+                // The newcomer's first mistake: no server. Say what to do, not the layers.
+                if is_local(&self.settings.base_url) {
+                    "connection refused: is the server running? (`cargo run -- demo` starts \
+                     one on localhost:8080; otherwise set CLOCK_SERVER_BASE_URL)"
+                        .to_owned()
+                } else {
+                    "connection refused: is the server running there, and is \
+                     CLOCK_SERVER_BASE_URL right?"
+                        .to_owned()
+                }
             } else {
                 chain(&e.without_url())
             };
@@ -241,7 +279,7 @@ impl Caller<'_> {
                 permanent,
             }
         };
-        let response = builder.send().await.map_err(call_error)?;
+        let mut response = builder.send().await.map_err(call_error)?;
         let status = response.status();
         let headers = response.headers();
         let location = headers
@@ -251,7 +289,29 @@ impl Caller<'_> {
         let replayed = headers
             .get(IDEMPOTENT_REPLAYED)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let bytes = response.bytes().await.map_err(call_error)?;
+        // Read at most MAX_ANSWER_BYTES, whatever Content-Length says or the body brings.
+        let too_big = || Unanswered {
+            message: format!(
+                "{method} {shown}: the answer is larger than {} KiB, more than any clock-server \
+                 answer: is CLOCK_SERVER_BASE_URL the clock-server?",
+                MAX_ANSWER_BYTES / 1024
+            ),
+            // The same server would send the same again.
+            permanent: true,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(call_error)? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let text = String::from_utf8_lossy(&bytes).trim_end().to_owned();
         Ok(Answer {
             status,
@@ -341,10 +401,11 @@ impl Caller<'_> {
                 Ok(answer) if answer.status == StatusCode::NOT_FOUND => {
                     return Err(CliError::NoCommand {
                         id: terminal::plain(id),
+                        server: Box::new(self.refusal(&answer, None)),
                     });
                 }
                 Ok(answer) if !retryable(answer.status, Kind::Status) => {
-                    return Err(answer.error(None));
+                    return Err(CliError::Status(self.refusal(&answer, None)));
                 }
                 Err(e) if e.permanent => return Err(CliError::Call(e.message)),
                 // Transient: poll again.
@@ -425,7 +486,7 @@ pub async fn send(
                 stdout: if json {
                     terminal::json(&answer.text)
                 } else {
-                    sanitize(&state)
+                    terminal::plain(&state)
                 },
                 notes: (!ready)
                     .then(|| format!("server is not ready (status={})", status.as_u16()))
@@ -457,7 +518,10 @@ pub async fn send(
             })
         }
         Kind::Status | Kind::Cancel if status == StatusCode::NOT_FOUND => {
-            Err(CliError::NoCommand { id: id() })
+            Err(CliError::NoCommand {
+                id: id(),
+                server: Box::new(caller.refusal(&answer, gave_up)),
+            })
         }
         Kind::Cancel if status == StatusCode::CONFLICT => {
             let state = answer.body().and_then(|b| b.status).unwrap_or_default();
@@ -472,9 +536,10 @@ pub async fn send(
             Err(CliError::NotCancellable {
                 id: id(),
                 status: terminal::plain(if state.is_empty() { "unknown" } else { &state }),
+                server: Box::new(caller.refusal(&answer, gave_up)),
             })
         }
-        _ => Err(answer.error(gave_up)),
+        _ => Err(CliError::Status(caller.refusal(&answer, gave_up))),
     }
 }
 
@@ -567,11 +632,6 @@ fn excerpt(text: &str) -> String {
         out.push_str("...");
     }
     out
-}
-
-/// Drops control characters from a value printed as a bare line.
-fn sanitize(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 #[cfg(test)]

@@ -25,23 +25,30 @@ pub enum CliError {
     Status(ServerError),
     /// `status`, `cancel`, `--wait`: the server has no record of that command (exit 1).
     #[error(
-        "no command {id} (unknown, expired from the store, or outside your scopes): check the \
-         commandId of the 202 answer (clockctl --json prints it) and CLOCK_SERVER_TOKEN"
+        "{answer}: no command {id} (unknown, expired from the store, or outside your scopes): \
+         check the commandId of the 202 answer (clockctl --json prints it) and \
+         CLOCK_SERVER_TOKEN",
+        answer = server.answer()
     )]
     NoCommand {
         /// The id asked about, escaped for printing.
         id: String,
+        /// The 404 as the server gave it (SPEC 5: every non-2xx shows its status and error).
+        server: Box<ServerError>,
     },
     /// `cancel`: the command is past the point where it could be cancelled (exit 1).
     #[error(
-        "command {id} can no longer be cancelled: it is {status} (only a scheduled command can \
-         be; see clockctl status {id})"
+        "{answer}: command {id} can no longer be cancelled: it is {status} (only a scheduled \
+         command can be; see clockctl status {id})",
+        answer = server.answer()
     )]
     NotCancellable {
         /// The id, escaped for printing.
         id: String,
         /// Its status as the server reported it, escaped.
         status: String,
+        /// The 409 as the server gave it.
+        server: Box<ServerError>,
     },
     /// `watch`: the MQTT broker could not be reached or refused the subscription (exit 1).
     #[error(transparent)]
@@ -76,6 +83,8 @@ pub struct ServerError {
     pub location: Option<String>,
     /// When the status was one that is retried: how many attempts were made.
     pub attempts: Option<Attempts>,
+    /// The request went without a token (`CLOCK_SERVER_TOKEN` unset): a 401 says so.
+    pub without_token: bool,
 }
 
 /// How often a request was tried before giving up (shown with the final error).
@@ -103,6 +112,10 @@ impl ServerError {
     fn hint(&self) -> Option<&'static str> {
         Some(match self.status {
             300..=399 => "redirects are not followed; point CLOCK_SERVER_BASE_URL at the final URL",
+            401 if self.without_token => {
+                "CLOCK_SERVER_TOKEN is not set: export CLOCK_SERVER_TOKEN=<your token> (the \
+                 demo's is dev-token)"
+            }
             401 => "check CLOCK_SERVER_TOKEN",
             403 => "the token's scopes do not cover this device",
             404 => "check CLOCK_SERVER_BASE_URL (is it the clock-server?)",
@@ -111,22 +124,36 @@ impl ServerError {
             _ => return None,
         })
     }
+
+    /// `server answered status=<code> error="..."` with the detail and location when
+    /// present: what the server said, without a hint.
+    pub fn answer(&self) -> Answered<'_> {
+        Answered(self)
+    }
+}
+
+/// What [`ServerError::answer`] shows.
+pub struct Answered<'a>(&'a ServerError);
+
+impl fmt::Display for Answered<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.0;
+        // Debug-quoting escapes control characters and the invisible ones that reorder
+        // text (`\u{202e}`), so a hostile body cannot drive the terminal.
+        write!(f, "server answered status={} error={:?}", e.status, e.error)?;
+        if let Some(detail) = &e.detail {
+            write!(f, " detail={detail:?}")?;
+        }
+        if let Some(location) = &e.location {
+            write!(f, " location={location:?}")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Debug-quoting escapes control characters, so a hostile body cannot drive the terminal.
-        write!(
-            f,
-            "server answered status={} error={:?}",
-            self.status, self.error
-        )?;
-        if let Some(detail) = &self.detail {
-            write!(f, " detail={detail:?}")?;
-        }
-        if let Some(location) = &self.location {
-            write!(f, " location={location:?}")?;
-        }
+        write!(f, "{}", self.answer())?;
         if let Some(hint) = self.hint() {
             write!(f, " ({hint})")?;
         }
@@ -156,6 +183,7 @@ mod tests {
             detail: Some("bad\u{1b}[31m\u{7f}\u{9b}2J".into()),
             location: None,
             attempts: None,
+            without_token: false,
         };
         let text = e.to_string();
         assert!(text.contains("status=400"), "{text}");
@@ -165,5 +193,20 @@ mod tests {
             "{text}"
         );
         assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+
+    #[test]
+    fn the_debug_quoting_escapes_invisible_reordering_characters() {
+        let e = ServerError {
+            status: 500,
+            error: "a\u{202e}b\u{2028}c\u{200b}".into(),
+            detail: None,
+            location: None,
+            attempts: None,
+            without_token: false,
+        };
+        let text = e.to_string();
+        assert!(!text.chars().any(crate::terminal::is_unsafe), "{text:?}");
+        assert!(text.contains(r"a\u{202e}b\u{2028}c\u{200b}"), "{text}");
     }
 }

@@ -321,10 +321,17 @@ fn bar(level: u8) -> String {
     format!("{}{}", "█".repeat(full), "░".repeat(10 - full))
 }
 
-/// Control characters replaced, so text from the broker cannot drive the terminal.
+/// Control and invisible reordering characters replaced ([`crate::terminal::is_unsafe`]),
+/// so text from the broker cannot drive the terminal or turn the view around.
 fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '�' } else { c })
+        .map(|c| {
+            if crate::terminal::is_unsafe(c) {
+                '�'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

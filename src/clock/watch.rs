@@ -523,15 +523,15 @@ impl Watcher {
         };
         match view {
             View::Json => {
-                let payload = serde_json::from_slice::<serde_json::Value>(payload)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(payload).into_owned().into());
-                let line = serde_json::json!({
-                    "topic": topic,
-                    "retained": retained,
-                    "payload": payload,
-                });
-                // Topic and payload are whatever was published: escaped, not raw.
-                writeln!(out, "{}", terminal::json_value(&line))?;
+                // Keys in the order docs/clockctl.md gives them, and the payload as published
+                // (its keys in its order), or as a JSON string when it is not JSON. Topic and
+                // payload are whatever was published: escaped, not raw.
+                let topic = terminal::json_value(&serde_json::Value::from(topic.as_str()));
+                let payload = terminal::json(&String::from_utf8_lossy(payload));
+                writeln!(
+                    out,
+                    "{{\"topic\":{topic},\"retained\":{retained},\"payload\":{payload}}}"
+                )?;
                 out.flush()?;
             }
             View::Plain => {

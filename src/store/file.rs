@@ -222,11 +222,11 @@ fn check_directory(path: &Path) -> Result<(), StoreError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
+    // Start-up prefixes the error with STATE_STORE=file:<path>: the path is not repeated.
     let fail = |what: String| StoreError::Open {
         message: format!(
-            "state store directory {} {what} (STATE_STORE=file:{}); create it, writable by this user, or choose another path",
+            "state store directory {} {what}; create it, writable by this user, or choose another path",
             dir.display(),
-            path.display()
         ),
     };
     match std::fs::metadata(dir) {
