@@ -184,6 +184,16 @@ pub struct TrackingConfig {
     pub idempotency_ttl: Duration,
 }
 
+/// Presence settings (SPEC 11.1).
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceConfig {
+    /// `PRESENCE_TIMEOUT_SECS`: an AWTRIX clock that was online and has sent nothing on
+    /// `<topic>/stats` for this long is offline.
+    pub timeout: Duration,
+    /// `PRESENCE_POLL_SECS`: how often a device reached by polling is asked.
+    pub poll: Duration,
+}
+
 /// REST transport settings (SPEC 4.2).
 #[derive(Debug, Clone)]
 pub struct RestConfig {
@@ -214,6 +224,8 @@ pub struct Config {
     pub devices: Devices,
     /// Where [`Config::devices`] came from, for start-up messages.
     pub devices_file: Option<PathBuf>,
+    /// How presence is learnt (SPEC 11.1).
+    pub presence: PresenceConfig,
     /// Every secret above, for scrubbing logged text from outside.
     pub redactor: Redactor,
 }
@@ -489,6 +501,10 @@ impl Config {
         }
 
         let tracking = read_tracking(&mut r);
+        let presence = PresenceConfig {
+            timeout: Duration::from_secs(r.int("PRESENCE_TIMEOUT_SECS", 35, 5, 3600)),
+            poll: Duration::from_secs(r.int("PRESENCE_POLL_SECS", 30, 5, 3600)),
+        };
         let devices_file = r.path("DEVICES_FILE");
         let devices = match &devices_file {
             None => Devices::new(),
@@ -525,6 +541,7 @@ impl Config {
             tracking,
             devices,
             devices_file,
+            presence,
             redactor: Redactor::new(&r.secrets),
         })
     }

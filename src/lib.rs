@@ -18,6 +18,7 @@
 //! - [`store`]: the `StateStore` of tracked commands and idempotency keys; memory and file backends.
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
 //! - [`tracking`]: the server's rules around a tracked command: record, status, acks, `Idempotency-Key`.
+//! - [`presence`]: which devices are online, offline or unknown, from their own MQTT signals.
 //! - [`scheduler`]: the loop that publishes gateway-held alarms (AWTRIX) at their time.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
@@ -38,6 +39,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod scheduler;
 pub mod security;
 pub mod shared;

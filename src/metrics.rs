@@ -33,10 +33,9 @@ pub const DISPATCH_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The routes of the API besides the commands' own ([`CommandType::api_route`]); anything
-/// else is counted as `unmatched`, so a scanner probing random paths cannot blow up the
-/// number of series. The API has no path parameters, so a request matched a route exactly
-/// when its path is one of these (the router matches the raw path, as [`route_label`] does).
+/// The probes; with the commands' own routes ([`CommandType::api_route`]) and the
+/// templates below, every route of the API. Anything else is counted as `unmatched`, so a
+/// scanner probing random paths cannot blow up the number of series.
 const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/openapi.json"];
 
 /// `route` label of a request that matched no route.
@@ -76,6 +75,7 @@ pub struct Metrics {
     replays: Counter,
     store_errors: Counter,
     transports: Arc<ReadyCollector>,
+    presence: Arc<PresenceCollector>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +178,8 @@ impl Metrics {
         );
         let transports = Arc::new(ReadyCollector::default());
         registry.register_collector(Box::new(transports.clone()));
+        let presence = Arc::new(PresenceCollector::default());
+        registry.register_collector(Box::new(presence.clone()));
         Self {
             registry,
             http_requests,
@@ -191,6 +193,7 @@ impl Metrics {
             replays,
             store_errors,
             transports,
+            presence,
         }
     }
 
@@ -253,6 +256,18 @@ impl Metrics {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = Some(store);
+    }
+
+    /// Reports devices by presence (`clock_server_devices{presence}`) and the messages on
+    /// the presence topics (`clock_server_presence_messages_total{outcome}`), read at
+    /// scrape time.
+    pub fn watch_presence(&self, presence: Arc<crate::presence::Presence>) {
+        let mut slot = self
+            .presence
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(presence);
     }
 
     /// Wraps `inner` so that its latency, outcome, in-flight count and readiness are
@@ -318,11 +333,21 @@ pub fn route_label(path: &str) -> &'static str {
                 .filter(|id| !id.is_empty() && !id.contains('/'))
                 .map(|_| COMMAND_ROUTE)
         })
+        .or_else(|| (path == DEVICES_ROUTE).then_some(DEVICES_ROUTE))
+        .or_else(|| {
+            path.strip_prefix("/devices/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .map(|_| DEVICE_ROUTE)
+        })
         .unwrap_or(UNMATCHED)
 }
 
 /// The route template of the status resource (SPEC 7.3).
 pub const COMMAND_ROUTE: &str = "/commands/{commandId}";
+/// The devices resource (SPEC 11.2).
+pub const DEVICES_ROUTE: &str = "/devices";
+/// One device (SPEC 11.2).
+pub const DEVICE_ROUTE: &str = "/devices/{deviceId}";
 
 /// The `method` label: standard methods by name; anything else (a fuzzer's `FOO`) is `other`.
 pub fn method_label(method: &Method) -> &'static str {
@@ -391,6 +416,68 @@ impl Collector for ReadyCollector {
             metric
                 .encode_family(&TransportLabels { transport: "store" })?
                 .encode_gauge(&i64::from(store.is_ready()))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PresenceLabels {
+    presence: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// `clock_server_devices{presence}` and `clock_server_presence_messages_total{outcome}`,
+/// computed from the registry at scrape time (an AWTRIX clock's timeout needs no event).
+#[derive(Default)]
+struct PresenceCollector(RwLock<Option<Arc<crate::presence::Presence>>>);
+
+impl fmt::Debug for PresenceCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for PresenceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let presence = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(presence) = presence.as_ref() else {
+            return Ok(());
+        };
+        let mut devices = encoder.encode_descriptor(
+            "devices",
+            "Devices of the devices file and generic devices that announced themselves, by presence (online, offline, unknown), as this replica knows it",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, count) in presence.counts(chrono::Utc::now()) {
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            devices
+                .encode_family(&PresenceLabels {
+                    presence: state.as_str(),
+                })?
+                .encode_gauge(&count)?;
+        }
+        let mut messages = encoder.encode_descriptor(
+            "presence_messages",
+            "Messages on the presence topics (status, stats, stats/device) and acknowledgements seen by presence, by outcome: applied, or ignored (not presence, too big, or no room for a new device)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, count) in [
+            ("applied", presence.applied()),
+            ("ignored", presence.ignored()),
+        ] {
+            messages
+                .encode_family(&OutcomeLabels { outcome })?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, u64, f64>(&count, None)?;
         }
         Ok(())
     }

@@ -6,14 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TransportConfig};
 use crate::dispatch::Dispatcher;
+use crate::domain::DeviceId;
 use crate::http::server::{Limits, Timeouts, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::scheduler::SchedulerHandle;
 use crate::security::AuthThrottle;
 use crate::tls;
@@ -110,6 +113,60 @@ struct MqttAcks {
     transport: Arc<MqttTransport>,
     prefix: String,
     shared_group: Option<String>,
+}
+
+/// The subscriptions to what devices send: acknowledgements (SPEC 7.4) for the tracker
+/// and for presence, and the presence topics (SPEC 11.1). Presence subscriptions are never
+/// shared: every replica learns presence itself. With `MQTT_SHARED_GROUP` the
+/// acknowledgements are shared, so presence learns from those this replica receives (a
+/// second, unshared subscription to the same topics would hand every message to both
+/// callbacks of the client).
+fn subscribe_device_messages(
+    acks: &MqttAcks,
+    tracker: Option<&Arc<Tracker>>,
+    presence: &Arc<Presence>,
+) {
+    use crate::transport::mqtt::acks::{ack_filter, parse};
+    for filter in presence.topic_filters() {
+        let presence = presence.clone();
+        acks.transport.subscribe(
+            filter,
+            "presence",
+            Arc::new(move |topic, payload| presence.observe(topic, payload, Utc::now())),
+        );
+    }
+    let seen = {
+        let (presence, prefix) = (presence.clone(), acks.prefix.clone());
+        move |topic: &str, payload: &[u8]| {
+            if let Ok(device) = parse(&prefix, topic, payload)
+                .map_err(drop)
+                .and_then(|ack| DeviceId::parse(&ack.device_id).map_err(drop))
+            {
+                presence.acknowledged(&device, Utc::now());
+            }
+        }
+    };
+    match tracker {
+        Some(tracker) => {
+            let (sink, queue) = tokio::sync::mpsc::channel(crate::tracking::ACK_QUEUE);
+            let filter = ack_filter(&acks.prefix, acks.shared_group.as_deref());
+            acks.transport.subscribe(
+                filter,
+                "device acknowledgements",
+                Arc::new(move |topic, payload| {
+                    seen(topic, payload);
+                    // Never blocks the client's reader: a full queue drops the ack (counted).
+                    let _ = sink.try_send((topic.to_owned(), payload.to_vec()));
+                }),
+            );
+            tokio::spawn(tracker.clone().apply_acks(acks.prefix.clone(), queue));
+        }
+        None => acks.transport.subscribe(
+            ack_filter(&acks.prefix, None),
+            "device acknowledgements (presence)",
+            Arc::new(seen),
+        ),
+    }
 }
 
 /// The tracker of `STATE_STORE`, or `None` for `none`; the store is opened here, so a
@@ -211,14 +268,8 @@ impl Application {
                 publish_timeout,
             ));
         }
-        if let (Some(acks), Some(tracker)) = (acks, &app.state.tracker) {
-            let (sink, queue) = tokio::sync::mpsc::channel(crate::tracking::ACK_QUEUE);
-            let filter = crate::transport::mqtt::acks::ack_filter(
-                &acks.prefix,
-                acks.shared_group.as_deref(),
-            );
-            acks.transport.subscribe_acks(filter, sink);
-            tokio::spawn(tracker.clone().apply_acks(acks.prefix, queue));
+        if let Some(acks) = acks {
+            subscribe_device_messages(&acks, app.state.tracker.as_ref(), &app.state.presence);
         }
         Ok(app)
     }
@@ -261,6 +312,17 @@ impl Application {
             );
         }
         let tracker = build_tracker(&config, &metrics)?;
+        let devices = Arc::new(config.devices.clone());
+        let prefix = config
+            .transports
+            .mqtt()
+            .map_or("", |m| m.topic_prefix.as_str());
+        let presence = Arc::new(Presence::new(
+            prefix,
+            devices.clone(),
+            config.presence.timeout,
+        ));
+        metrics.watch_presence(presence.clone());
         let state = Arc::new(AppState {
             dispatcher: Dispatcher::new(transport),
             credentials: config.credentials.clone(),
@@ -272,8 +334,9 @@ impl Application {
             metrics,
             refusals: Default::default(),
             tracker,
-            devices: Arc::new(config.devices.clone()),
+            devices: devices.clone(),
             alarms: Arc::default(),
+            presence,
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,

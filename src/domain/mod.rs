@@ -1,7 +1,8 @@
 //! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
 //! wire forms of a command per device profile ([`generic`], [`awtrix3`], chosen through
-//! [`profile`]), a device's acknowledgement ([`ack`]), and a recurring alarm's rule and
-//! its occurrences across daylight saving ([`schedule`]).
+//! [`profile`]), a device's acknowledgement ([`ack`]) and its presence messages
+//! ([`presence`]), and a recurring alarm's rule and its occurrences across daylight saving
+//! ([`schedule`]).
 //!
 //! Everything here is pure (no I/O). Request bodies are turned into these types once, at
 //! the HTTP edge; transports only ever see a validated [`Envelope`] and ask it (through a
@@ -12,6 +13,7 @@ pub mod awtrix3;
 mod command;
 mod device;
 pub mod generic;
+pub mod presence;
 pub mod profile;
 pub mod schedule;
 

@@ -2,6 +2,7 @@
 //! TLS policy, public probes, throttle, authentication), the command handlers and the
 //! connection-level server.
 
+mod devices;
 mod error;
 mod extract;
 mod handlers;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub devices: Arc<crate::domain::Devices>,
     /// Tells the alarm scheduler about alarms scheduled here.
     pub alarms: Arc<crate::scheduler::Wake>,
+    /// Which devices are there (SPEC 11.1), learnt by this replica.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -82,6 +85,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(handlers::status)
                 .delete(handlers::cancel)
                 .fallback(not_allowed_get_delete),
+        )
+        .route(
+            metrics::DEVICES_ROUTE,
+            get(devices::list).fallback(not_allowed_get),
+        )
+        .route(
+            "/devices/{device_id}",
+            get(devices::one).fallback(not_allowed_get),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), front))

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod certs;
+pub mod device;
 pub mod mosquitto;
 pub mod mqtt_peer;
 pub mod process;

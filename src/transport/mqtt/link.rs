@@ -101,10 +101,22 @@ pub(super) struct Link {
     options: ConnectOptions,
     shutdown: watch::Sender<bool>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
-    /// The acknowledgement subscription, once asked for: (filter, sink).
-    acks: Mutex<Option<(String, super::AckSink)>>,
+    /// The subscriptions asked for (device acknowledgements, presence).
+    subscriptions: Mutex<Vec<Subscription>>,
+}
+
+/// What to do with each message received on one subscription; never blocks the client's
+/// reader.
+pub type OnMessage = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+
+/// One subscription, kept so that it can be (re)sent after a connection.
+#[derive(Clone)]
+struct Subscription {
+    filter: String,
+    what: &'static str,
+    on_message: OnMessage,
     /// Whether the client holds it (it re-subscribes by itself after a reconnection).
-    acks_subscribed: AtomicBool,
+    held: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -139,8 +151,7 @@ impl Link {
             options,
             shutdown: watch::Sender::new(false),
             supervisor: Mutex::new(None),
-            acks: Mutex::new(None),
-            acks_subscribed: AtomicBool::new(false),
+            subscriptions: Mutex::new(Vec::new()),
         })
     }
 
@@ -207,42 +218,63 @@ impl Link {
         }))
     }
 
-    /// Subscribes to acknowledgements now if connected, else after the next connection.
-    pub fn subscribe_acks(self: &Arc<Self>, filter: String, sink: super::AckSink) {
-        if let Ok(mut slot) = self.acks.lock() {
-            *slot = Some((filter, sink));
+    /// Subscribes to `filter` now if connected, and after every connection that finds it
+    /// missing; `what` names it in logs (`device acknowledgements`, `presence`).
+    pub fn subscribe(self: &Arc<Self>, filter: String, what: &'static str, on_message: OnMessage) {
+        if let Ok(mut all) = self.subscriptions.lock() {
+            all.push(Subscription {
+                filter,
+                what,
+                on_message,
+                held: Arc::new(AtomicBool::new(false)),
+            });
         }
         if self.is_up() {
             let link = self.clone();
-            tokio::spawn(async move { link.ensure_acks().await });
+            tokio::spawn(async move { link.ensure_subscriptions().await });
         }
     }
 
-    /// Sends the SUBSCRIBE for acknowledgements if the client does not hold it yet.
-    async fn ensure_acks(&self) {
-        let Some((filter, sink)) = self.acks.lock().ok().and_then(|a| a.clone()) else {
-            return;
-        };
-        if self.acks_subscribed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let options = mqtt5::SubscribeOptions {
-            qos: mqtt5::QoS::AtLeastOnce,
-            ..mqtt5::SubscribeOptions::default()
-        };
-        let callback = move |message: mqtt5::types::Message| {
-            // Never blocks the client's reader: a full queue drops the ack (counted).
-            let _ = sink.try_send((message.topic, message.payload));
-        };
-        match self
-            .client
-            .subscribe_with_options(filter.clone(), options, callback)
-            .await
-        {
-            Ok(_) => tracing::info!(filter = %filter, "subscribed to device acknowledgements"),
-            Err(e) => {
-                self.acks_subscribed.store(false, Ordering::SeqCst);
-                tracing::warn!(filter = %filter, error = %e, "cannot subscribe to device acknowledgements; retrying after the next reconnection");
+    /// Sends the SUBSCRIBE of each subscription the client does not hold yet.
+    async fn ensure_subscriptions(&self) {
+        let missing: Vec<Subscription> = self
+            .subscriptions
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .filter(|s| !s.held.load(Ordering::SeqCst))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut logged = std::collections::HashSet::new();
+        for sub in missing {
+            if sub.held.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            let options = mqtt5::SubscribeOptions {
+                qos: mqtt5::QoS::AtLeastOnce,
+                ..mqtt5::SubscribeOptions::default()
+            };
+            let on_message = sub.on_message.clone();
+            let callback = move |message: mqtt5::types::Message| {
+                on_message(&message.topic, &message.payload);
+            };
+            match self
+                .client
+                .subscribe_with_options(sub.filter.clone(), options, callback)
+                .await
+            {
+                Ok(_) => {
+                    // One line per kind, not per AWTRIX clock.
+                    if logged.insert(sub.what) {
+                        tracing::info!(filter = %sub.filter, "subscribed to {}", sub.what);
+                    }
+                }
+                Err(e) => {
+                    sub.held.store(false, Ordering::SeqCst);
+                    tracing::warn!(filter = %sub.filter, error = %e, "cannot subscribe to {}; retrying after the next reconnection", sub.what);
+                }
             }
         }
     }
@@ -265,7 +297,7 @@ impl Link {
             }
             let delay = match self.attempt().await {
                 Ok(()) => {
-                    self.ensure_acks().await;
+                    self.ensure_subscriptions().await;
                     let since = Instant::now();
                     let mut state = self.shared.state.subscribe();
                     tokio::select! {

@@ -330,16 +330,15 @@ impl MqttTransport {
         options
     }
 
-    /// Subscribes to device acknowledgements (SPEC 7.4) on `filter`, now if connected and
-    /// after every (re)connection that finds it missing; each message goes to `sink` as
-    /// (topic, payload). A full sink drops the message (the caller counts that).
-    pub fn subscribe_acks(&self, filter: String, sink: AckSink) {
-        self.link.subscribe_acks(filter, sink);
+    /// Subscribes to `filter`, now if connected and after every (re)connection that finds
+    /// it missing; each message is handed to `on_message` (topic, payload), which must not
+    /// block: it runs on the client's message task. `what` names the subscription in logs.
+    pub fn subscribe(&self, filter: String, what: &'static str, on_message: OnMessage) {
+        self.link.subscribe(filter, what, on_message);
     }
 }
 
-/// Where received acknowledgements go: (topic, payload), without blocking the client.
-pub type AckSink = tokio::sync::mpsc::Sender<(String, Vec<u8>)>;
+pub use self::link::OnMessage;
 
 fn topic(prefix: &str, envelope: &Envelope) -> String {
     let parts = [
