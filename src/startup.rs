@@ -127,14 +127,6 @@ fn subscribe_device_messages(
     presence: &Arc<Presence>,
 ) {
     use crate::transport::mqtt::acks::{ack_filter, parse};
-    for filter in presence.topic_filters() {
-        let presence = presence.clone();
-        acks.transport.subscribe(
-            filter,
-            "presence",
-            Arc::new(move |topic, payload| presence.observe(topic, payload, Utc::now())),
-        );
-    }
     let seen = {
         let (presence, prefix) = (presence.clone(), acks.prefix.clone());
         move |topic: &str, payload: &[u8]| {
@@ -166,6 +158,15 @@ fn subscribe_device_messages(
             "device acknowledgements (presence)",
             Arc::new(seen),
         ),
+    }
+    // After the acknowledgements: they settle commands, presence only informs.
+    for filter in presence.topic_filters() {
+        let presence = presence.clone();
+        acks.transport.subscribe(
+            filter,
+            "presence",
+            Arc::new(move |topic, payload| presence.observe(topic, payload, Utc::now())),
+        );
     }
 }
 
