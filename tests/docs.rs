@@ -381,8 +381,134 @@ fn example_env_file_is_accepted_by_the_server() {
     }
 }
 
+/// A table row said twice on a page is a copy left behind (header rows aside: two tables
+/// may have the same columns).
+#[test]
+fn no_page_repeats_a_table_row() {
+    for file in markdown_files() {
+        let text = read(&file);
+        let mut rows = BTreeSet::new();
+        let mut previous = "";
+        for (number, line) in prose_lines(&text) {
+            let is_header = !previous.starts_with('|');
+            previous = line;
+            if !line.starts_with('|') || is_header || line.starts_with("|--") {
+                continue;
+            }
+            assert!(
+                rows.insert(line),
+                "{}:{number} repeats a row: {line}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The code of a page: each line of a fenced block, and each inline code span (`…`) of
+/// the other lines, with their 1-based line numbers.
+fn code_snippets(text: &str) -> Vec<(usize, String)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if fenced {
+            out.push((i + 1, line.to_owned()));
+        } else {
+            let spans = line.split('`').skip(1).step_by(2);
+            out.extend(spans.map(|span| (i + 1, span.to_owned())));
+        }
+    }
+    out
+}
+
+/// The words of a shell command line, as far as a README uses quoting: `"…"` and `'…'`,
+/// up to a comment or the end of the command (`#`, `|`, `;`, `&`).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.get_or_insert_default().push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                word.get_or_insert_default();
+            }
+            (None, '#' | '|' | ';' | '&') => break,
+            (None, c) if c.is_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_default().push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// Every `clockctl` command the README gives works as typed on a fresh clone: nothing puts
+/// a bare `clockctl` on the PATH, so it is `cargo run --bin clockctl -- …` (or
+/// `bin/clockctl …` after `make build-clockctl`), and its arguments are accepted.
+#[test]
+fn every_clockctl_command_in_the_readme_runs_as_typed_on_a_fresh_clone() {
+    use clock_server::cli::args::Command;
+    let readme = read(Path::new("README.md"));
+    let mut checked = 0;
+    for (line, code) in code_snippets(&readme) {
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("clockctl") {
+            let before = &rest[..at];
+            let after = &rest[at + "clockctl".len()..];
+            rest = after;
+            let args = if before.ends_with("--bin ") {
+                after.strip_prefix(" -- ")
+            } else if before.ends_with("bin/") {
+                after.strip_prefix(' ')
+            } else {
+                let bare = after.starts_with(' ')
+                    && after[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '-');
+                assert!(
+                    !bare,
+                    "README.md:{line}: `clockctl{after}` is not on the PATH of a fresh clone: \
+                     write `cargo run --bin clockctl --{after}`"
+                );
+                None
+            };
+            let Some(args) = args else { continue };
+            let words = shell_words(args)
+                .into_iter()
+                .map(|w| w.replace("<commandId>", "0197a8c2-5e1f-7c3a-9b2d-4f6e8a0c1d3e"));
+            let cli = clock_server::cli::Cli::try_parse_go_style(
+                std::iter::once("clockctl".to_owned()).chain(words),
+            )
+            .unwrap_or_else(|e| panic!("README.md:{line}: {code}\n{e}"));
+            match &cli.command {
+                Command::Watch(watch) => clock_server::cli::watch::options(watch)
+                    .map(drop)
+                    .unwrap_or_else(|e| panic!("README.md:{line}: {code}\n{e}")),
+                other => clock_server::cli::request::ApiRequest::from_command(other)
+                    .map(drop)
+                    .unwrap_or_else(|e| panic!("README.md:{line}: {code}\n{e}")),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} clockctl commands found");
+}
+
 #[test]
 fn the_scanners_work_on_small_inputs() {
+    assert_eq!(
+        shell_words(r#"a  --m "x y" 'z' # c"#),
+        ["a", "--m", "x y", "z"]
+    );
+    assert_eq!(
+        code_snippets("p `a b` q `c`\n```sh\nx # y\n```\n"),
+        [
+            (1, "a b".to_owned()),
+            (1, "c".to_owned()),
+            (3, "x # y".to_owned())
+        ]
+    );
     assert_eq!(
         slug("`clockctl watch`: a virtual clock"),
         "clockctl-watch-a-virtual-clock"
