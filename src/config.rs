@@ -500,7 +500,8 @@ impl Config {
             );
         }
 
-        let tracking = read_tracking(&mut r);
+        let mut tracking = read_tracking(&mut r);
+        tracking.settings.shares = credentials.len().max(1);
         let presence = PresenceConfig {
             timeout: Duration::from_secs(r.int("PRESENCE_TIMEOUT_SECS", 35, 5, 3600)),
             poll: Duration::from_secs(r.int("PRESENCE_POLL_SECS", 30, 5, 3600)),
@@ -638,6 +639,14 @@ fn read_tracking<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> TrackingCo
     };
     let settings = StoreSettings {
         max_commands: r.int("STATE_MAX_COMMANDS", 100_000, 1000, 10_000_000) as usize,
+        max_bytes: r.int(
+            "STATE_MAX_BYTES",
+            crate::store::DEFAULT_MAX_BYTES as u64,
+            1 << 20,
+            1 << 40,
+        ) as usize,
+        // Set once the credentials are known (`Config::from_lookup`).
+        shares: 1,
         retention: Duration::from_secs(r.int("STATE_RETENTION_SECS", 86_400, 60, 2_592_000)),
     };
     TrackingConfig {

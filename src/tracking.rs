@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::CommandType;
 use crate::metrics::Metrics;
+use crate::shared::Folded;
 use crate::store::{
     AckOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome, StateStore, StatusReason,
     StoreError,
@@ -34,11 +35,18 @@ pub struct Tracker {
     /// `IDEMPOTENCY_TTL_SECS`.
     pub idempotency_ttl: Duration,
     metrics: Arc<Metrics>,
+    /// Store failures are logged at most once a second (one per request would flood the
+    /// log while the store is down).
+    failures: Folded,
 }
 
 /// A store operation failed: logged and counted here; the caller answers 503.
 #[derive(Debug)]
-pub struct Unavailable;
+pub struct Unavailable {
+    /// The `memory` store is full of unfinished commands and live keys
+    /// ([`StoreError::Full`]), rather than unreachable.
+    pub full: bool,
+}
 
 impl Tracker {
     pub fn new(
@@ -53,15 +61,21 @@ impl Tracker {
             command_ttl,
             idempotency_ttl,
             metrics,
+            failures: Folded::default(),
         }
     }
 
-    /// Logs and counts a store failure. The message never holds a password (the store's
-    /// errors are built without one).
+    /// Counts a store failure and logs it, folded: at most one line a second, with the
+    /// number of failures since the last line (`count`). The message never holds a
+    /// password (the store's errors are built without one).
     pub fn failed(&self, what: &str, e: &StoreError) -> Unavailable {
         self.metrics.record_store_error();
-        tracing::warn!(store = self.store.name(), error = %e, "state store: {what} failed");
-        Unavailable
+        if let Some(count) = self.failures.note() {
+            tracing::warn!(store = self.store.name(), error = %e, count, "state store: {what} failed");
+        }
+        Unavailable {
+            full: matches!(e, StoreError::Full { .. }),
+        }
     }
 
     /// The record of a command about to be dispatched, written before it leaves (so an

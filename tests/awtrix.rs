@@ -605,3 +605,77 @@ fn server_vars<'a>(url: &'a str, path: &'a str, store: &'a str) -> Vec<(&'a str,
         ("STATE_STORE", store),
     ]
 }
+
+/// A message `token` posts with `Idempotency-Key: key` (if any): status, headers, body.
+async fn keyed_message(
+    app: &App,
+    token: &str,
+    device: &str,
+    key: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/commands/messages"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(json!({"deviceId": device, "message": "hi", "durationSeconds": 5}).to_string());
+    if let Some(key) = key {
+        req = req.header("Idempotency-Key", key);
+    }
+    let res = req.send().await.unwrap();
+    let (status, headers) = (res.status().as_u16(), res.headers().clone());
+    (status, headers, res.json_value().await)
+}
+
+#[tokio::test]
+async fn one_credentials_flood_never_evicts_anothers_held_alarm_or_live_idempotency_key() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[("STATE_MAX_COMMANDS", "1000")]).await;
+    app.wait_until_ready().await;
+
+    // Credential `ops`: an alarm the gateway holds, and a message with a key.
+    let at = alarm_at(25);
+    let (status, alarm) = app.alarm("kitchen", at, Some("ops's alarm")).await;
+    assert_eq!(status, 202, "{alarm}");
+    let (status, _, first) = keyed_message(&app, OPS_TOKEN, "clock-1", Some("ops-1")).await;
+    assert_eq!(status, 202, "{first}");
+
+    // Credential `clocks`: 1,100 messages to clocks that never acknowledge (each record
+    // stays `sent`, unfinished), each with its own key.
+    let mut full = 0;
+    for i in 0..1100 {
+        let key = format!("clocks-{i}");
+        let device = format!("clock-{}", i % 10);
+        let (status, headers, body) = keyed_message(&app, CLOCKS_TOKEN, &device, Some(&key)).await;
+        match status {
+            202 => {}
+            503 => {
+                assert_eq!(body, json!({"error": "state store full"}));
+                assert_eq!(headers["retry-after"], "1");
+                full += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(full >= 500, "`clocks` is held to its share: {full} refused");
+
+    // `ops` lost nothing: the alarm is held, the keyed retry is a replay, and a new
+    // command still fits.
+    assert_eq!(app.record(&id_of(&alarm)).await["status"], "scheduled");
+    let (status, headers, replay) = keyed_message(&app, OPS_TOKEN, "clock-1", Some("ops-1")).await;
+    assert_eq!(status, 202, "{replay}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replay, first);
+    let (status, _, body) = keyed_message(&app, OPS_TOKEN, "clock-2", None).await;
+    assert_eq!(status, 202, "{body}");
+    // And the alarm fires.
+    eventually(Duration::from_secs(60), "the held alarm", || async {
+        sub.on("awtrix_k1/notify").into_iter().next()
+    })
+    .await;
+    app.status_is(&id_of(&alarm), "sent", Duration::from_secs(10))
+        .await;
+    app.stop().await;
+}

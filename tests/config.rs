@@ -511,6 +511,9 @@ fn the_state_store_and_its_limits_have_defaults_and_ranges() {
     let tracking = load(&[]).unwrap().tracking;
     assert_eq!(tracking.store, StoreKind::Memory);
     assert_eq!(tracking.settings.max_commands, 100_000);
+    assert_eq!(tracking.settings.max_bytes, 32 << 20);
+    // The bounds are shared by the credentials (one in this environment).
+    assert_eq!(tracking.settings.shares, 1);
     assert_eq!(tracking.settings.retention.as_secs(), 86_400);
     assert_eq!(tracking.command_ttl.as_secs(), 600);
     assert_eq!(tracking.idempotency_ttl.as_secs(), 86_400);
@@ -527,6 +530,11 @@ fn the_state_store_and_its_limits_have_defaults_and_ranges() {
     );
     for (var, bad, accepted) in [
         ("STATE_MAX_COMMANDS", "999", "from 1000 to 10000000"),
+        (
+            "STATE_MAX_BYTES",
+            "1048575",
+            "from 1048576 to 1099511627776",
+        ),
         ("STATE_RETENTION_SECS", "59", "from 60 to 2592000"),
         ("COMMAND_TTL_SECS", "0", "from 1 to 604800"),
         ("IDEMPOTENCY_TTL_SECS", "604801", "from 60 to 604800"),

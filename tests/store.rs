@@ -1007,7 +1007,7 @@ conformance!(redis, Harness::redis());
 // Memory only: the bound.
 
 #[tokio::test]
-async fn past_its_bound_memory_drops_the_oldest_finished_record_then_the_oldest() {
+async fn past_its_bound_memory_drops_the_oldest_finished_record_and_never_an_unfinished_one() {
     let store = MemoryStore::new(StoreSettings {
         max_commands: 3,
         ..StoreSettings::default()
@@ -1032,12 +1032,22 @@ async fn past_its_bound_memory_drops_the_oldest_finished_record_then_the_oldest(
     assert_eq!(store.get("c", at(3)).await.unwrap(), None);
     store.create(pending("e", "clock-1")).await.unwrap();
     assert_eq!(store.get("b", at(3)).await.unwrap(), None);
-    // Nothing finished is left: the oldest of all goes.
-    store.create(pending("f", "clock-1")).await.unwrap();
-    assert_eq!(store.get("a", at(3)).await.unwrap(), None);
-    for id in ["d", "e", "f"] {
+    // Nothing finished is left: the new record is refused, nothing is dropped.
+    let refused = store.create(pending("f", "clock-1")).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Full { message } if message.contains("STATE_MAX_COMMANDS")),
+        "{refused}"
+    );
+    assert_eq!(store.get("f", at(3)).await.unwrap(), None);
+    for id in ["a", "d", "e"] {
         assert!(store.get(id, at(3)).await.unwrap().is_some(), "{id}");
     }
+    // Once one of them has expired unseen it no longer holds a place.
+    store.create(pending("g", "clock-1")).await.unwrap_err();
+    let mut late = pending("h", "clock-1");
+    late.created_at = at(700);
+    late.expires_at = at(1300);
+    store.create(late).await.unwrap();
     assert_eq!(store.len(), 3);
 }
 
@@ -1051,12 +1061,10 @@ async fn memory_stays_bounded_under_a_long_run_of_commands() {
         let id = format!("c-{i}");
         store.create(pending(&id, "clock-1")).await.unwrap();
         store.mark_sent(&id, at(1)).await.unwrap();
-        if i % 2 == 0 {
-            store
-                .complete(&id, "clock-1", FinalOutcome::Succeeded, None, at(2))
-                .await
-                .unwrap();
-        }
+        store
+            .complete(&id, "clock-1", FinalOutcome::Succeeded, None, at(2))
+            .await
+            .unwrap();
         let key = format!("k-{i}");
         store.idem_begin("ops", &key, FP_A, at(0)).await.unwrap();
         store
@@ -1066,6 +1074,133 @@ async fn memory_stays_bounded_under_a_long_run_of_commands() {
     }
     assert_eq!(store.len(), 1000);
     assert!(store.get("c-19999", at(3)).await.unwrap().is_some());
+    // The credential's own oldest keys made room for its newest.
+    assert!(matches!(
+        store
+            .idem_begin("ops", "k-19999", FP_A, at(1))
+            .await
+            .unwrap(),
+        IdemBegin::Replay { .. }
+    ));
+    assert_eq!(
+        store.idem_begin("ops", "k-0", FP_A, at(1)).await.unwrap(),
+        IdemBegin::New
+    );
+}
+
+/// A message of credential `principal` (generic, acknowledging: unfinished until acked).
+fn message_of(principal: &str, id: &str) -> CommandRecord {
+    CommandRecord {
+        principal: principal.to_owned(),
+        ..pending(id, "clock-1")
+    }
+}
+
+#[tokio::test]
+async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_command_or_live_key() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 1000,
+        shares: 2,
+        ..StoreSettings::default()
+    });
+    let alarm = CommandRecord {
+        principal: "b".to_owned(),
+        ..alarm("b-alarm", 3600)
+    };
+    store.create(alarm).await.unwrap();
+    store.create(message_of("b", "b-message")).await.unwrap();
+    store.idem_begin("b", "b-key", FP_A, at(0)).await.unwrap();
+    store
+        .idem_finish("b", "b-key", FP_A, 202, b"{}".to_vec(), secs(86_400), at(0))
+        .await
+        .unwrap();
+    // Credential a: 1,100 commands that stay unfinished, each with its own key.
+    let mut refused = 0;
+    for i in 0..1100 {
+        let key = format!("a-key-{i}");
+        match store.idem_begin("a", &key, FP_A, at(1)).await {
+            Ok(IdemBegin::New) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(StoreError::Full { .. }) => {
+                refused += 1;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        match store.create(message_of("a", &format!("a-{i}"))).await {
+            Ok(()) => {
+                store.mark_sent(&format!("a-{i}"), at(1)).await.unwrap();
+                store
+                    .idem_finish("a", &key, FP_A, 202, vec![b'x'; 200], secs(86_400), at(1))
+                    .await
+                    .unwrap();
+            }
+            Err(StoreError::Full { message }) => {
+                assert!(message.contains("\"a\""), "names the credential: {message}");
+                refused += 1;
+                store.idem_abort("a", &key).await.unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 500, "a is held to its share: {refused} refused");
+    // b lost nothing, and still has room of its own.
+    let held = store.get("b-alarm", at(2)).await.unwrap().unwrap();
+    assert_eq!(held.status, CommandStatus::Scheduled);
+    assert_eq!(
+        store.get("b-message", at(2)).await.unwrap().unwrap().status,
+        CommandStatus::Pending
+    );
+    assert_eq!(
+        store.idem_begin("b", "b-key", FP_A, at(2)).await.unwrap(),
+        IdemBegin::Replay {
+            status: 202,
+            body: b"{}".to_vec()
+        }
+    );
+    store.create(message_of("b", "b-second")).await.unwrap();
+    assert_eq!(
+        store.claim_due(at(3600), secs(30), 10).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unique_idempotency_keys_cannot_grow_memory_past_its_byte_bound() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 10_000_000,
+        max_bytes: 1 << 20,
+        ..StoreSettings::default()
+    });
+    let long_key = "k".repeat(200);
+    for i in 0..20_000 {
+        let key = format!("{long_key}-{i}");
+        store.idem_begin("ops", &key, FP_A, at(0)).await.unwrap();
+        store
+            .idem_finish("ops", &key, FP_A, 202, vec![b'x'; 200], secs(86_400), at(0))
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.bytes() <= 1 << 20,
+        "{} bytes counted against a bound of {}",
+        store.bytes(),
+        1 << 20
+    );
+    // Held alarms with large deliveries count by their size too: past the bound the next
+    // one is refused rather than growing memory.
+    let mut refused = false;
+    for i in 0..2000 {
+        let mut big = alarm(&format!("big-{i}"), 3600);
+        big.delivery.as_mut().unwrap().payload = vec![b'x'; 4096];
+        if let Err(e) = store.create(big).await {
+            assert!(matches!(e, StoreError::Full { .. }), "{e}");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "1 MiB cannot hold 2000 alarms of 4 KiB");
+    assert!(store.bytes() <= 1 << 20, "{}", store.bytes());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -65,3 +65,76 @@ async fn measure_memory_store_bytes_per_record() {
         (hwm1 - rss0) as f64 * 1024.0 / held as f64
     );
 }
+
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_memory_store_rss_at_its_default_byte_bound() {
+    use clock_server::store::{DEFAULT_MAX_BYTES, Delivery, StoreError};
+    // FOOTPRINT_MAX_BYTES measures another bound.
+    let max_bytes = std::env::var("FOOTPRINT_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_BYTES);
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 10_000_000,
+        max_bytes,
+        ..StoreSettings::default()
+    });
+    let t0 = DateTime::<Utc>::from_timestamp(1_795_939_200, 0).unwrap();
+    let (rss0, _) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
+    // The worst case an authenticated caller can make: unique keys of 255 characters with
+    // their answers, then held alarms with large deliveries, until the store refuses.
+    let key = "k".repeat(250);
+    let mut keys = 0;
+    for i in 0.. {
+        let key = format!("{key}{i:05}");
+        if store.idem_begin("ops", &key, [0; 32], t0).await.is_err() || i >= 150_000 {
+            break;
+        }
+        store
+            .idem_finish(
+                "ops",
+                &key,
+                [0; 32],
+                202,
+                vec![b'x'; 220],
+                std::time::Duration::from_secs(86_400),
+                t0,
+            )
+            .await
+            .unwrap();
+        keys += 1;
+    }
+    let mut alarms = 0;
+    for i in 0.. {
+        let record = CommandRecord {
+            command_id: uuid::Uuid::now_v7().to_string(),
+            device_id: "kitchen".to_owned(),
+            command_type: "set_alarm".to_owned(),
+            principal: "ops".to_owned(),
+            status: CommandStatus::Scheduled,
+            created_at: t0,
+            sent_at: None,
+            completed_at: None,
+            expires_at: t0 + chrono::TimeDelta::seconds(86_400),
+            device_acks: false,
+            status_reason: None,
+            fire_at: Some(t0 + chrono::TimeDelta::seconds(3600 + i)),
+            delivery: Some(Delivery {
+                topic: "awtrix_kitchen/notify".to_owned(),
+                payload: vec![b'x'; 1200],
+            }),
+        };
+        match store.create(record).await {
+            Ok(()) => alarms += 1,
+            Err(StoreError::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (rss1, hwm1) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
+    println!(
+        "STATE_MAX_BYTES {max_bytes}: {keys} keys, then {alarms} alarms; counted {} bytes",
+        store.bytes()
+    );
+    println!("VmRSS {rss0} kB -> {rss1} kB (peak {hwm1} kB)");
+}

@@ -35,6 +35,9 @@ pub enum ApiError {
     },
     /// 503: the state store cannot be reached; nothing was dispatched (SPEC 7.1).
     StoreUnavailable,
+    /// 503 with `Retry-After: 1`: the `memory` store holds only unfinished commands and
+    /// live `Idempotency-Key`s, which are never evicted (SPEC 10); nothing was dispatched.
+    StoreFull,
     /// 400: an `Idempotency-Key` that is not 1–255 visible ASCII characters.
     InvalidIdempotencyKey,
     /// 409 with `Retry-After: 1`: the same key is being dispatched right now.
@@ -63,7 +66,7 @@ impl ApiError {
             }
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::DispatchFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::IdempotencyInProgress | Self::NotCancellable { .. } => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -95,6 +98,7 @@ impl ApiError {
                 return serde_json::json!({"error": "command dispatch failed", "commandId": id});
             }
             Self::StoreUnavailable => "state store unavailable".to_owned(),
+            Self::StoreFull => "state store full".to_owned(),
             Self::InvalidIdempotencyKey => "invalid Idempotency-Key".to_owned(),
             Self::IdempotencyInProgress => {
                 "request with this idempotency key is in progress".to_owned()
@@ -107,6 +111,16 @@ impl ApiError {
             }
         };
         serde_json::json!({ "error": error })
+    }
+}
+
+impl From<crate::tracking::Unavailable> for ApiError {
+    fn from(e: crate::tracking::Unavailable) -> Self {
+        if e.full {
+            Self::StoreFull
+        } else {
+            Self::StoreUnavailable
+        }
     }
 }
 
@@ -128,7 +142,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = json_response(self.status(), &self.body());
         match self {
-            Self::IdempotencyInProgress => {
+            Self::IdempotencyInProgress | Self::StoreFull => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }

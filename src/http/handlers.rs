@@ -161,10 +161,7 @@ impl Caller {
                 .store
                 .idem_begin(principal, &k.key, k.fingerprint, Utc::now())
                 .await
-                .map_err(|e| {
-                    tracker.failed("checking an Idempotency-Key", &e);
-                    ApiError::StoreUnavailable
-                })?;
+                .map_err(|e| ApiError::from(tracker.failed("checking an Idempotency-Key", &e)))?;
             match begun {
                 IdemBegin::New => {}
                 IdemBegin::InProgress => return Err(ApiError::IdempotencyInProgress),
@@ -282,7 +279,7 @@ impl Caller {
                 device_acks,
             )
             .await
-            .map_err(|_| ApiError::StoreUnavailable)?;
+            .map_err(ApiError::from)?;
         if state
             .dispatcher
             .dispatch(&envelope, &self.audit_context(command_type))
@@ -339,7 +336,7 @@ impl Caller {
                 },
             )
             .await
-            .map_err(|_| ApiError::StoreUnavailable)?;
+            .map_err(ApiError::from)?;
         state.alarms.scheduled(fire_at);
         dispatch::audit_scheduled(
             &self.audit_context(CommandType::SetAlarm),

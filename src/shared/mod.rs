@@ -1,6 +1,7 @@
 //! Small pieces that the server, `clockctl` and the virtual clock all use, each defined
 //! once here so that none of them has to import another's internals.
 //!
+//! - [`fold`]: [`Folded`], a log line at most once a second with the events folded in.
 //! - [`secret`]: [`Secret`], a string that never prints.
 //! - [`shutdown`]: the SIGINT/SIGTERM future every binary stops on.
 //! - [`go_bool`]: booleans as Go's `strconv.ParseBool` reads them (every variable of the SPEC).
@@ -12,12 +13,14 @@
 //! - [`MAX_MQTT_PACKET_SIZE`]: the largest packet the server and `clockctl watch` accept.
 
 pub mod broker_url;
+pub mod fold;
 pub mod go_bool;
 pub mod redact;
 pub mod secret;
 pub mod shutdown;
 
 pub use broker_url::{BrokerUrl, BrokerUrlError};
+pub use fold::Folded;
 pub use go_bool::parse_go_bool;
 pub use redact::{Redactor, redact_userinfo};
 pub use secret::Secret;

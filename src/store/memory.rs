@@ -38,6 +38,23 @@ use futures_util::future::BoxFuture;
 /// How many expired entries one write clears on its way (keeps purging incremental).
 const PURGE_STEP: usize = 4;
 
+/// What a record counts against `STATE_MAX_BYTES` besides its variable parts: the
+/// entry, its index slot and its queue places, at the peak (`tests/store_footprint.rs`
+/// measured 304 bytes, `scripts/bench-alarms.sh` about 420 for a pending alarm whose
+/// delivery is counted on top).
+const RECORD_BYTES: usize = 320;
+
+/// Likewise for an `Idempotency-Key`: its entry, map slot and two queue places.
+const IDEM_BYTES: usize = 160;
+
+/// What a key in progress counts for the answer it will hold (a 202 body is about 200
+/// bytes), so that finishing it does not need room that might not be there.
+const IDEM_ANSWER_RESERVE: usize = 256;
+
+/// How many of the oldest records one write looks at for an unseen expiry, when the
+/// store is full.
+const EXPIRE_STEP: usize = 256;
+
 /// At most this many distinct principals and command types are shared; past it each new
 /// record gets its own copy, so a flood of distinct names cannot grow the set unbounded.
 const INTERN_MAX: usize = 4096;
@@ -128,6 +145,9 @@ struct Entry {
     /// (sequence numbers start at 1).
     finished_seq: u64,
     rare: Option<Box<Rare>>,
+    /// What this record counts against `STATE_MAX_BYTES` ([`Entry::footprint`]); kept so
+    /// the totals change by exactly what was added when it changes or goes.
+    bytes: u32,
     status: CommandStatus,
     device_acks: bool,
 }
@@ -240,6 +260,28 @@ impl Entry {
         }
     }
 
+    /// The bytes this record stands for: [`RECORD_BYTES`] plus what varies (an id that is
+    /// not a UUID, the held alarm's delivery, a status reason).
+    fn footprint(&self, key: &Key) -> u32 {
+        let rare = self.rare.as_deref();
+        let varying = match key {
+            Key::Uuid(..) => 0,
+            Key::Other(id) => id.len(),
+        } + rare
+            .and_then(|r| r.delivery.as_ref())
+            .map_or(0, |d| d.bytes.len())
+            + rare
+                .and_then(|r| r.status_reason.as_deref())
+                .map_or(0, |r| 64 + r.code.len() + r.message.len());
+        u32::try_from(RECORD_BYTES + varying).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the record still holds a place nobody else's traffic may take (SPEC 10):
+    /// not final yet, so `pending`, `scheduled` or `sent`.
+    fn is_protected(&self) -> bool {
+        self.finished_seq == 0
+    }
+
     /// `super::is_dropped` on the compact form.
     fn is_dropped(&self, retention: Duration, now: DateTime<Utc>) -> bool {
         let final_at = match self.completed_at {
@@ -265,8 +307,34 @@ struct IdemEntry {
     /// `None` while in progress.
     answer: Option<(u16, Vec<u8>)>,
     expires_at: DateTime<Utc>,
-    /// Which `Inner::idem_order` entry is current.
+    /// Which `Inner::idem_order` (and holder's `keys`) entry is current.
     seq: u64,
+    /// The credential the key belongs to.
+    principal: Arc<str>,
+}
+
+impl IdemEntry {
+    /// The bytes this key stands for: [`IDEM_BYTES`], the key, and its answer (an answer
+    /// not there yet counts as [`IDEM_ANSWER_RESERVE`], so finishing rarely grows it).
+    fn footprint(&self, key: &str) -> usize {
+        let answer = self.answer.as_ref().map_or(0, |(_, body)| body.len());
+        IDEM_BYTES + key.len() + answer.max(IDEM_ANSWER_RESERVE)
+    }
+}
+
+/// What one credential holds that no other credential's traffic may take away (SPEC 10):
+/// its unfinished records and its live `Idempotency-Key`s, within its share of the bounds.
+#[derive(Default)]
+struct Holding {
+    /// Records not final yet.
+    unfinished: usize,
+    /// Live idempotency keys.
+    keys: usize,
+    /// Bytes of both.
+    bytes: usize,
+    /// Its keys in the order they were written (lazy deletion, like `idem_order`): the
+    /// oldest answered one goes when the credential needs room in its own share.
+    key_order: VecDeque<(u64, Arc<str>)>,
 }
 
 /// The records: entries in a slab (a `Vec` whose freed slots are reused) and an index
@@ -340,9 +408,13 @@ struct Inner {
     interned: HashSet<Arc<str>>,
     /// Shared device ids (at most `DEVICES_INTERN_MAX`): no allocation per record.
     devices: HashSet<Arc<str>>,
-    idem: HashMap<String, IdemEntry>,
+    idem: HashMap<Arc<str>, IdemEntry>,
     /// Idempotency entries in the order they were written, with their expiry then.
-    idem_order: VecDeque<(u64, DateTime<Utc>, String)>,
+    idem_order: VecDeque<(u64, DateTime<Utc>, Arc<str>)>,
+    /// Per credential: what it holds (see [`Holding`]).
+    holders: HashMap<Arc<str>, Holding>,
+    /// Bytes of every record and key ([`Entry::footprint`], [`IdemEntry::footprint`]).
+    bytes: usize,
     next_seq: u64,
 }
 
@@ -358,6 +430,11 @@ impl MemoryStore {
     /// Records held right now (live and not yet purged), for tests and metrics.
     pub fn len(&self) -> usize {
         self.lock().records.len()
+    }
+
+    /// Bytes of records and keys as counted against `STATE_MAX_BYTES`, for tests and metrics.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Whether no record is held.
@@ -388,6 +465,22 @@ impl Inner {
         intern(&mut self.interned, INTERN_MAX, s)
     }
 
+    fn holding(&mut self, principal: &Arc<str>) -> &mut Holding {
+        self.holders.entry(principal.clone()).or_default()
+    }
+
+    /// Forgets a credential that holds nothing any more (the map stays O(credentials
+    /// with something held)).
+    fn release_if_empty(&mut self, principal: &str) {
+        if self
+            .holders
+            .get(principal)
+            .is_some_and(|h| h.unfinished == 0 && h.keys == 0)
+        {
+            self.holders.remove(principal);
+        }
+    }
+
     /// The live record `key` with lazy expiry applied, or `None` (dropping it if it is
     /// past retention).
     fn live(&mut self, key: &Key, retention: Duration, now: DateTime<Utc>) -> Option<&mut Entry> {
@@ -402,24 +495,52 @@ impl Inner {
         self.records.get_mut(key)
     }
 
-    /// Bookkeeping after a record's status may have changed: leaves the scheduled set
-    /// when no longer scheduled, joins the finished queue once final.
+    /// Adds a new record (whose key is not present) and counts its bytes.
+    fn insert(&mut self, key: Key, mut entry: Entry) {
+        let bytes = entry.footprint(&key);
+        entry.bytes = bytes;
+        self.bytes += bytes as usize;
+        if entry.is_protected() {
+            let holding = self.holding(&entry.principal.clone());
+            holding.unfinished += 1;
+            holding.bytes += bytes as usize;
+        }
+        self.records.insert(key, entry);
+    }
+
+    /// Bookkeeping after a record may have changed: its bytes counted again, leaves the
+    /// scheduled set when no longer scheduled, joins the finished queue once final (and
+    /// then no longer counts against its credential's share).
     fn settle(&mut self, key: &Key) {
-        let Some(entry) = self.records.get(key) else {
+        let Some(entry) = self.records.get_mut(key) else {
             return;
         };
-        let (status, fire_at, finished) = (entry.status, entry.fire_at(), entry.finished_seq != 0);
+        let (old, new) = (entry.bytes as usize, entry.footprint(key));
+        entry.bytes = new;
+        let new = new as usize;
+        let (status, fire_at, protected) = (entry.status, entry.fire_at(), entry.is_protected());
+        let principal = entry.principal.clone();
+        self.bytes = (self.bytes + new).saturating_sub(old);
+        if protected {
+            let holding = self.holding(&principal);
+            holding.bytes = (holding.bytes + new).saturating_sub(old);
+        }
         if status != CommandStatus::Scheduled
             && let Some(fire_at) = fire_at
         {
             self.scheduled.remove(&(fire_at, key.clone()));
         }
-        if status.is_final() && !finished {
+        if status.is_final() && protected {
             let seq = self.seq();
             if let Some(entry) = self.records.get_mut(key) {
                 entry.finished_seq = seq;
                 entry.set_lease(None);
             }
+            if let Some(holding) = self.holders.get_mut(&*principal) {
+                holding.unfinished = holding.unfinished.saturating_sub(1);
+                holding.bytes = holding.bytes.saturating_sub(new);
+            }
+            self.release_if_empty(&principal);
             self.finished.push_back((seq, key.clone()));
             let Inner {
                 finished, records, ..
@@ -431,32 +552,156 @@ impl Inner {
     }
 
     fn remove(&mut self, key: &Key) {
-        if let Some((key, entry)) = self.records.remove_entry(key)
-            && let Some(fire_at) = entry.fire_at()
-        {
+        let Some((key, entry)) = self.records.remove_entry(key) else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(entry.bytes as usize);
+        if entry.is_protected() {
+            if let Some(holding) = self.holders.get_mut(&*entry.principal) {
+                holding.unfinished = holding.unfinished.saturating_sub(1);
+                holding.bytes = holding.bytes.saturating_sub(entry.bytes as usize);
+            }
+            self.release_if_empty(&entry.principal);
+        }
+        if let Some(fire_at) = entry.fire_at() {
             self.scheduled.remove(&(fire_at, key));
         }
     }
 
-    /// Makes room for one more record: the oldest finished first, then the oldest.
-    fn evict_for_one(&mut self, max: usize) {
-        while self.records.len() >= max.max(1) {
-            if let Some((seq, key)) = self.finished.pop_front() {
-                if self
-                    .records
-                    .get(&key)
-                    .is_some_and(|e| e.finished_seq == seq)
-                {
-                    self.remove(&key);
-                }
-            } else if let Some((seq, key)) = self.created.pop_front() {
-                if self.records.get(&key).is_some_and(|e| e.seq == seq) {
-                    self.remove(&key);
-                }
-            } else {
-                break;
+    /// Drops the record that finished first; `false` when no finished record is held.
+    fn evict_finished(&mut self) -> bool {
+        while let Some((seq, key)) = self.finished.pop_front() {
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|e| e.finished_seq == seq)
+            {
+                self.remove(&key);
+                return true;
             }
         }
+        false
+    }
+
+    /// Looks at the oldest records for ones whose `expiresAt` has passed unseen: they
+    /// become `expired` (final), so they no longer hold a place. Bounded by `budget`
+    /// records; the oldest records are the likeliest to have expired.
+    fn expire_some(&mut self, now: DateTime<Utc>, budget: usize) {
+        let due: Vec<Key> = self
+            .created
+            .iter()
+            .take(budget)
+            .filter(|(seq, key)| {
+                self.records.get(key).is_some_and(|e| {
+                    e.seq == *seq && !e.status.is_final() && to_time(e.expires_at) <= now
+                })
+            })
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in due {
+            if self
+                .records
+                .get_mut(&key)
+                .is_some_and(|e| e.apply_expiry(now))
+            {
+                self.settle(&key);
+            }
+        }
+    }
+
+    /// Makes room for one more record or key of `principal` taking `bytes` (SPEC 10,
+    /// "Bounded records"). Within the credential's share, its own oldest answered key
+    /// goes first; then, within the store's bounds, the record that finished first
+    /// (anyone's: a finished record holds nothing a caller still waits for). Never an
+    /// unfinished record, a held alarm or a live key: when only those are left, the
+    /// answer is [`StoreError::Full`] and nothing is written.
+    fn make_room(
+        &mut self,
+        settings: &StoreSettings,
+        principal: &Arc<str>,
+        what: Holds,
+        bytes: usize,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let shares = settings.shares.max(1);
+        let share_count = (settings.max_commands / shares).max(1);
+        let share_bytes = (settings.max_bytes / shares).max(1);
+        let over_share = |h: Option<&Holding>| {
+            let (records, keys, held) = h.map_or((0, 0, 0), |h| (h.unfinished, h.keys, h.bytes));
+            held + bytes > share_bytes
+                || match what {
+                    Holds::Record => records >= share_count,
+                    Holds::Key => keys >= share_count,
+                }
+        };
+        let mut expired_looked_at = false;
+        while over_share(self.holders.get(&**principal)) {
+            if self.evict_own_key(principal) {
+                continue;
+            }
+            if !expired_looked_at {
+                // Its own records that expired unseen free its share too.
+                expired_looked_at = true;
+                self.expire_some(now, EXPIRE_STEP);
+                continue;
+            }
+            return Err(StoreError::Full {
+                message: format!(
+                    "credential {principal:?} fills its share of the memory store with unfinished commands and live Idempotency-Keys ({share_count} records, {share_count} keys, {share_bytes} bytes: STATE_MAX_COMMANDS and STATE_MAX_BYTES shared by {shares} credentials)"
+                ),
+            });
+        }
+        loop {
+            let full = match what {
+                Holds::Record => self.records.len() >= settings.max_commands.max(1),
+                Holds::Key => false,
+            } || self.bytes + bytes > settings.max_bytes;
+            if !full {
+                return Ok(());
+            }
+            if self.evict_finished() {
+                continue;
+            }
+            if !expired_looked_at {
+                expired_looked_at = true;
+                self.expire_some(now, EXPIRE_STEP);
+                continue;
+            }
+            return Err(StoreError::Full {
+                message: format!(
+                    "only unfinished commands and live Idempotency-Keys are left ({} records, {} bytes; STATE_MAX_COMMANDS={}, STATE_MAX_BYTES={})",
+                    self.records.len(),
+                    self.bytes,
+                    settings.max_commands,
+                    settings.max_bytes
+                ),
+            });
+        }
+    }
+
+    /// Drops `principal`'s oldest answered key; `false` when it has none (only keys in
+    /// progress, whose request is still being answered).
+    fn evict_own_key(&mut self, principal: &str) -> bool {
+        let Inner { holders, idem, .. } = self;
+        let Some(holding) = holders.get_mut(principal) else {
+            return false;
+        };
+        let current = |seq: u64, key: &Arc<str>| idem.get(&**key).is_some_and(|e| e.seq == seq);
+        while let Some((seq, key)) = holding.key_order.front() {
+            if current(*seq, key) {
+                break;
+            }
+            holding.key_order.pop_front();
+        }
+        let victim = holding.key_order.iter().position(|(seq, key)| {
+            idem.get(&**key)
+                .is_some_and(|e| e.seq == *seq && e.answer.is_some())
+        });
+        let Some(victim) = victim.and_then(|i| holding.key_order.remove(i)) else {
+            return false;
+        };
+        self.idem_remove(&victim.1);
+        true
     }
 
     /// A few steps of retention purging from the fronts of the queues.
@@ -477,7 +722,8 @@ impl Inner {
                 .get(key)
                 .is_some_and(|e| e.seq == *seq && e.expires_at <= now)
             {
-                self.idem.remove(key);
+                let key = key.clone();
+                self.idem_remove(&key);
                 dropped += 1;
             }
             self.idem_order.pop_front();
@@ -527,28 +773,62 @@ impl Inner {
         dropped
     }
 
-    fn idem_put(&mut self, key: String, mut entry: IdemEntry, max: usize) {
+    /// Writes (or replaces) a key's entry and counts it.
+    fn idem_put(&mut self, key: &str, mut entry: IdemEntry) {
+        let key: Arc<str> = match self.idem.get_key_value(key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(key),
+        };
+        self.idem_remove(&key);
         let seq = self.seq();
         entry.seq = seq;
+        let bytes = entry.footprint(&key);
+        self.bytes += bytes;
+        let holding = self.holding(&entry.principal.clone());
+        holding.keys += 1;
+        holding.bytes += bytes;
+        holding.key_order.push_back((seq, key.clone()));
         self.idem_order
             .push_back((seq, entry.expires_at, key.clone()));
+        let principal = entry.principal.clone();
         self.idem.insert(key, entry);
-        // Bounded like the records: past the bound the oldest entries go.
-        while self.idem.len() > max.max(1) {
-            let Some((seq, _, key)) = self.idem_order.pop_front() else {
-                break;
-            };
-            if self.idem.get(&key).is_some_and(|e| e.seq == seq) {
-                self.idem.remove(&key);
-            }
-        }
         let Inner {
-            idem_order, idem, ..
+            idem_order,
+            idem,
+            holders,
+            ..
         } = self;
         compact(idem_order, idem.len(), |(s, _, k)| {
             idem.get(k).is_some_and(|e| e.seq == *s)
         });
+        if let Some(holding) = holders.get_mut(&*principal) {
+            let live = holding.keys;
+            compact(&mut holding.key_order, live, |(s, k)| {
+                idem.get(k).is_some_and(|e| e.seq == *s)
+            });
+        }
     }
+
+    /// Forgets a key and what it counted.
+    fn idem_remove(&mut self, key: &str) {
+        let Some(entry) = self.idem.remove(key) else {
+            return;
+        };
+        let bytes = entry.footprint(key);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if let Some(holding) = self.holders.get_mut(&*entry.principal) {
+            holding.keys = holding.keys.saturating_sub(1);
+            holding.bytes = holding.bytes.saturating_sub(bytes);
+        }
+        self.release_if_empty(&entry.principal);
+    }
+}
+
+/// What [`Inner::make_room`] makes room for.
+#[derive(Clone, Copy)]
+enum Holds {
+    Record,
+    Key,
 }
 
 /// The shared copy of `s` in `set`, added while the set holds fewer than `max`.
@@ -589,36 +869,39 @@ impl StateStore for MemoryStore {
                     command_id: record.command_id,
                 });
             }
-            inner.evict_for_one(self.settings.max_commands);
-            let seq = inner.seq();
-            let fire_at = record.fire_at.map(to_ms);
-            if record.status == CommandStatus::Scheduled
-                && let Some(fire_at) = fire_at
-            {
-                inner.scheduled.insert((fire_at, key.clone()));
-            }
-            inner.created.push_back((seq, key.clone()));
+            let principal = inner.intern(record.principal);
             let rare = Rare {
                 status_reason: record.status_reason.map(Box::new),
-                fire_at,
+                fire_at: record.fire_at.map(to_ms),
                 lease_until: None,
                 delivery: record.delivery.map(PackedDelivery::pack),
             };
             let entry = Entry {
                 device_id: intern(&mut inner.devices, DEVICES_INTERN_MAX, record.device_id),
                 command_type: inner.intern(record.command_type),
-                principal: inner.intern(record.principal),
+                principal: principal.clone(),
                 created_at: to_ms(record.created_at),
                 expires_at: to_ms(record.expires_at),
                 sent_at: to_opt_ms(record.sent_at),
                 completed_at: to_opt_ms(record.completed_at),
-                seq,
+                seq: 0,
                 finished_seq: 0,
                 rare: (!rare.is_empty()).then(|| Box::new(rare)),
+                bytes: 0,
                 status: record.status,
                 device_acks: record.device_acks,
             };
-            inner.records.insert(key.clone(), entry);
+            let bytes = entry.footprint(&key) as usize;
+            inner.make_room(&self.settings, &principal, Holds::Record, bytes, now)?;
+            let seq = inner.seq();
+            let entry = Entry { seq, ..entry };
+            if entry.status == CommandStatus::Scheduled
+                && let Some(fire_at) = entry.fire_at()
+            {
+                inner.scheduled.insert((fire_at, key.clone()));
+            }
+            inner.created.push_back((seq, key.clone()));
+            inner.insert(key.clone(), entry);
             inner.settle(&key);
             let Inner {
                 created, records, ..
@@ -767,28 +1050,39 @@ impl StateStore for MemoryStore {
         let key = idem_key(principal, key);
         let mut inner = self.lock();
         inner.purge_some(self.settings.retention, now, PURGE_STEP);
-        let result = match inner.idem.get(&key) {
-            Some(e) if e.expires_at > now => match &e.answer {
+        let result = match inner.idem.get(&*key) {
+            Some(e) if e.expires_at > now => Ok(match &e.answer {
                 _ if e.fingerprint != fingerprint => IdemBegin::Mismatch,
                 None => IdemBegin::InProgress,
                 Some((status, body)) => IdemBegin::Replay {
                     status: *status,
                     body: body.clone(),
                 },
-            },
-            _ => {
+            }),
+            stale => {
+                if stale.is_some() {
+                    inner.idem_remove(&key);
+                }
                 let entry = IdemEntry {
                     fingerprint,
                     answer: None,
                     expires_at: millis(add(now, IDEM_IN_PROGRESS_TIMEOUT)),
                     seq: 0,
+                    principal: inner.intern(principal.to_owned()),
                 };
-                inner.idem_put(key, entry, self.settings.max_commands);
-                IdemBegin::New
+                let bytes = entry.footprint(&key);
+                let principal = entry.principal.clone();
+                match inner.make_room(&self.settings, &principal, Holds::Key, bytes, now) {
+                    Ok(()) => {
+                        inner.idem_put(&key, entry);
+                        Ok(IdemBegin::New)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         drop(inner);
-        Box::pin(std::future::ready(Ok(result)))
+        Box::pin(std::future::ready(result))
     }
 
     fn idem_finish<'a>(
@@ -801,14 +1095,18 @@ impl StateStore for MemoryStore {
         ttl: Duration,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut inner = self.lock();
         let entry = IdemEntry {
             fingerprint,
             answer: Some((status, body)),
             expires_at: millis(add(now, ttl)),
             seq: 0,
+            principal: inner.intern(principal.to_owned()),
         };
-        self.lock()
-            .idem_put(idem_key(principal, key), entry, self.settings.max_commands);
+        // No room is made here: the command is out, its answer must be kept. Its room was
+        // made by `idem_begin` (with `IDEM_ANSWER_RESERVE` for the answer).
+        inner.idem_put(&idem_key(principal, key), entry);
+        drop(inner);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -819,8 +1117,8 @@ impl StateStore for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let key = idem_key(principal, key);
         let mut inner = self.lock();
-        if inner.idem.get(&key).is_some_and(|e| e.answer.is_none()) {
-            inner.idem.remove(&key);
+        if inner.idem.get(&*key).is_some_and(|e| e.answer.is_none()) {
+            inner.idem_remove(&key);
         }
         drop(inner);
         Box::pin(std::future::ready(Ok(())))
@@ -941,6 +1239,7 @@ mod tests {
         let settings = StoreSettings {
             max_commands: 100,
             retention: Duration::from_secs(60),
+            ..StoreSettings::default()
         };
         let store = MemoryStore::new(settings);
         // Long-lived entries at the front of the queues: stale entries pile up behind

@@ -51,6 +51,10 @@ pub const IDEM_IN_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `STATE_MAX_COMMANDS` default.
 pub const DEFAULT_MAX_COMMANDS: usize = 100_000;
+/// `STATE_MAX_BYTES` default: what the `memory` store may hold (records and keys, as
+/// counted by the store), sized so that the server stays within the `single` Kubernetes
+/// overlay's 160Mi limit whatever authenticated callers send.
+pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
 /// `STATE_RETENTION_SECS` default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(86_400);
 
@@ -65,6 +69,11 @@ pub enum StoreError {
     /// read-only directory). Names the file or directory and what is wrong.
     #[error("{message}")]
     Open { message: String },
+    /// `memory` only: the new record or key would take room that only unfinished
+    /// commands, held alarms and live `Idempotency-Key`s fill (never evicted: SPEC 10,
+    /// "Bounded records"). The API answers `503 {"error":"state store full"}`.
+    #[error("state store full: {message}")]
+    Full { message: String },
     /// A record with this `commandId` exists already (ids are UUIDv7: a caller bug).
     #[error("command {command_id} already exists in the state store")]
     Duplicate { command_id: String },
@@ -262,11 +271,18 @@ pub enum IdemBegin {
     Mismatch,
 }
 
-/// The settings of `STATE_MAX_COMMANDS` and `STATE_RETENTION_SECS` (config fills them).
+/// The settings of `STATE_MAX_COMMANDS`, `STATE_MAX_BYTES` and `STATE_RETENTION_SECS`
+/// (config fills them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreSettings {
-    /// `memory` only: records kept; past it the oldest finished go first, then the oldest.
+    /// `memory` only: records kept, and live `Idempotency-Key`s kept; past it the oldest
+    /// finished record goes, never an unfinished one or a live key (docs/store.md).
     pub max_commands: usize,
+    /// `memory` only: bytes of records and keys (as the store counts them).
+    pub max_bytes: usize,
+    /// `memory` only: how many credentials share the bounds; each may fill at most its
+    /// share with unfinished commands and live keys.
+    pub shares: usize,
     /// How long a record is kept after it reached a final status.
     pub retention: Duration,
 }
@@ -275,6 +291,8 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             max_commands: DEFAULT_MAX_COMMANDS,
+            max_bytes: DEFAULT_MAX_BYTES,
+            shares: 1,
             retention: DEFAULT_RETENTION,
         }
     }
