@@ -26,14 +26,10 @@ PENDING=${BENCH_PENDING:-100000}
 DEVICES=${BENCH_DEVICES:-100}
 POSTERS=${BENCH_POSTERS:-8}
 STORES=${BENCH_STORES:-memory file}
-CARGO=${CARGO:-cargo}
-CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 MOSQUITTO_SUB=${MOSQUITTO_SUB:-mosquitto_sub}
-BENCH_NAME=bench-alarms
-# shellcheck source=scripts/bench/lib.sh
-. "$(dirname "$0")/bench/lib.sh"
+SCRIPT_NAME=bench-alarms
+# shellcheck source=scripts/bench/server.sh
+. scripts/bench/server.sh
 command -v "$MOSQUITTO_SUB" >/dev/null 2>&1 || die "mosquitto_sub is missing (mosquitto-clients)"
 
 for i in $(seq 0 $((DEVICES - 1))); do
@@ -51,7 +47,7 @@ for store in $STORES; do
 	sub_out=$TMP/sub-$store.txt
 	"$MOSQUITTO_SUB" -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -t 'bench/+/notify' -F '%U %t' >"$sub_out" &
 	SUB_PID=$!
-	PIDS="$PIDS $SUB_PID"
+	track "$SUB_PID"
 	# T: a whole second far enough ahead for the posts (measured, not guessed: a first
 	# small batch times the server).
 	probe=$(post 200 "$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)" "$DEVICES" "$POSTERS")
@@ -69,8 +65,7 @@ for store in $STORES; do
 		[ "$(date +%s)" -gt $((T + 30)) ] && break
 		sleep 0.1
 	done
-	kill "$SUB_PID" 2>/dev/null || true
-	wait "$SUB_PID" 2>/dev/null || true
+	stop "$SUB_PID"
 	awk -v t="$T" '{ printf "%.6f\n", $1 - t }' "$sub_out" | sort -n >"$TMP/lat-$store.txt"
 	awk -v n="$BURST" -v store="$store" '
 		{ lat[NR] = $1; if ($1 < 0) early++ }

@@ -22,18 +22,11 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-RUNS=${BENCH_RUNS:-3}
-DURATION=${BENCH_SECONDS:-10}
-HALF=$((${BENCH_CONNECTIONS:-64} / 2))
 HEADER_CONNS=${BENCH_HEADER_CONNS:-2000}
-CARGO=${CARGO:-cargo}
-CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
-
-BENCH_NAME=bench-attacks
-# shellcheck source=scripts/bench/lib.sh
-. "$(dirname "$0")/bench/lib.sh"
+SCRIPT_NAME=bench-attacks
+# shellcheck source=scripts/bench/server.sh
+. scripts/bench/server.sh
+HALF=$((CONNS / 2))
 
 # --- 1. token floods --------------------------------------------------------------------
 start_server "$TMP/server-floods.log" STATE_STORE=none

@@ -20,20 +20,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-RUNS=${BENCH_RUNS:-3}
-DURATION=${BENCH_SECONDS:-10}
-CONNS=${BENCH_CONNECTIONS:-64}
-THREADS=${BENCH_THREADS:-2}
 MILLION=${BENCH_MILLION:-1000000}
-CARGO=${CARGO:-cargo}
-CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 STORES=${BENCH_STORES:-none memory file redis}
-BENCH_NAME=bench-store
-# shellcheck source=scripts/bench/lib.sh
-. "$(dirname "$0")/bench/lib.sh"
+SCRIPT_NAME=bench-store
+# shellcheck source=scripts/bench/server.sh
+. scripts/bench/server.sh
 
 REDIS_PORT=""
 case " $STORES " in
@@ -42,7 +34,7 @@ case " $STORES " in
 		REDIS_PORT=$(free_port)
 		"$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
 			--dir "$TMP" --loglevel warning >"$TMP/redis.log" 2>&1 &
-		PIDS="$PIDS $!"
+		track $!
 		wait_port "$REDIS_PORT" || die "redis-server did not start"
 	else
 		echo "bench-store: $REDIS_SERVER is missing (make test-deps): no redis phase"

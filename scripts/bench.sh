@@ -34,24 +34,15 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-RUNS=${BENCH_RUNS:-3}
-DURATION=${BENCH_SECONDS:-10}
-CONNS=${BENCH_CONNECTIONS:-64}
-THREADS=${BENCH_THREADS:-2}
 LOG_LEVEL_=${BENCH_LOG_LEVEL:-info}
-CARGO=${CARGO:-cargo}
-CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 TOKEN=bench-token
 BODY='{"deviceId":"clock-1","message":"hello from the benchmark","durationSeconds":10}'
 # What the server publishes for BODY (a sample commandId of the same length).
 PAYLOAD='{"commandId":"01970f3c-8a2b-7c4d-9e1f-0123456789ab","deviceId":"clock-1","durationSeconds":10,"message":"hello from the benchmark","type":"display_message"}'
 
-die() {
-	echo "bench: $*" >&2
-	exit 1
-}
+SCRIPT_NAME=bench
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 # --- tools -----------------------------------------------------------------------------
 need=""
@@ -82,56 +73,7 @@ CEILING=$TARGET_DIR/release/examples/mqtt_ceiling
 if [ ! -x "$SERVER" ] || [ ! -x "$CEILING" ]; then die "build first: $SERVER, $CEILING"; fi
 
 # --- processes, cleaned up on every exit ----------------------------------------------
-TMP=$(mktemp -d /tmp/clock-bench.XXXXXX)
-PIDS=""
-cleanup() {
-	for pid in $PIDS; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in $PIDS; do
-		wait "$pid" 2>/dev/null || true
-	done
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then
-		echo "bench: logs kept in $TMP"
-	else
-		rm -rf "$TMP"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-track() { PIDS="$PIDS $1"; }
-untrack() { PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$1" | tr '\n' ' ' || true); }
-
-# Stops one of our processes by its pid and waits for it.
-stop() {
-	kill -TERM "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-	untrack "$1"
-}
-
-# A port below the kernel's ephemeral range (which wrk's and everybody's outgoing
-# connections use) that no TCP socket holds.
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-	local p span=$((EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 10000 : 20000))
-	for _ in $(seq 200); do
-		p=$((10000 + RANDOM % span))
-		if ! ss -Htan "sport = :$p" | grep -q .; then
-			echo "$p"
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-wait_port() {
-	for _ in $(seq 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	return 1
-}
+scratch
 
 MQTT_PORT=$(free_port)
 cat >"$TMP/mosquitto.conf" <<EOF

@@ -20,6 +20,9 @@ max_examples=${FUZZ_MAX_EXAMPLES:-200}
 seed=${FUZZ_SEED:-$(od -An -tu4 -N4 /dev/urandom | tr -d ' ')}
 venv=${FUZZ_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/clock-server/schemathesis-$SCHEMATHESIS_VERSION}
 
+SCRIPT_NAME=fuzz-api
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 log() { printf 'fuzz-api: %s\n' "$*" >&2; }
 
 # --- schemathesis, pinned, in its own venv (installed once, quietly) -------------------
@@ -46,44 +49,20 @@ fi
 # --- the server binary -----------------------------------------------------------------
 bin=${CLOCK_SERVER_BIN:-}
 if [ -z "$bin" ]; then
-    cargo build --quiet --locked --bin clock-server
+    "$CARGO" build --quiet --locked --bin clock-server
     bin="${CARGO_TARGET_DIR:-target}/debug/clock-server"
 fi
 
-mosquitto=${MOSQUITTO:-}
-if [ -z "$mosquitto" ]; then
-    for candidate in /usr/sbin/mosquitto /usr/local/sbin/mosquitto /usr/bin/mosquitto; do
-        if [ -x "$candidate" ]; then mosquitto=$candidate; break; fi
-    done
-fi
-[ -n "$mosquitto" ] || { log "mosquitto not found (./scripts/install-test-deps.sh installs it)"; exit 1; }
+[ -x "$MOSQUITTO" ] || die "mosquitto not found (./scripts/install-test-deps.sh installs it)"
 
 # --- processes, cleaned up however the script ends --------------------------------------
-work=$(mktemp -d)
-chmod 755 "$work" # Debian's mosquitto drops privileges and must read its config
-broker_pid=""
+scratch
 server_pid=""
-fuzzer_pid=""
-cleanup() {
-    status=$?
-    for pid in $fuzzer_pid $server_pid $broker_pid; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in $fuzzer_pid $server_pid $broker_pid; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$status" -ne 0 ] && [ -s "$work/server.log" ]; then
+on_failure() {
+    if [ -s "$TMP/server.log" ]; then
         log "server log (warnings and errors):"
-        cat "$work/server.log" >&2
+        cat "$TMP/server.log" >&2
     fi
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Polls until `$@` succeeds, for at most $1 seconds (the rest is the command).
@@ -97,8 +76,6 @@ wait_for() {
     done
 }
 
-listening() { python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$1"; }
-
 ready() {
     python3 - "$1" "$2" <<'EOF'
 import sys, urllib.request
@@ -109,17 +86,17 @@ EOF
 
 # A broker on a free loopback port (never 1883: a developer's own broker may be there).
 mqtt_port=$(free_port)
-cat >"$work/mosquitto.conf" <<EOF
+cat >"$TMP/mosquitto.conf" <<EOF
 persistence false
 log_dest stderr
 log_type error
 listener $mqtt_port 127.0.0.1
 allow_anonymous true
 EOF
-chmod 644 "$work/mosquitto.conf"
-"$mosquitto" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
-broker_pid=$!
-wait_for 10 listening "$mqtt_port" || { log "mosquitto did not start"; cat "$work/mosquitto.log" >&2; exit 1; }
+chmod 644 "$TMP/mosquitto.conf"
+"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
+track $!
+wait_port "$mqtt_port" || die "mosquitto did not start: $(cat "$TMP/mosquitto.log")"
 
 # The server: plain HTTP on loopback, one wildcard credential, MQTT to that broker. The
 # auth-failure limit is at its maximum so the fuzzer is never throttled: every request it
@@ -140,9 +117,10 @@ HTTP_ADDR="127.0.0.1:$api_port" \
     METRICS_ADDR="127.0.0.1:$metrics_port" \
     LOG_FORMAT=json \
     LOG_LEVEL=warn \
-    "$bin" 2>"$work/server.log" &
+    "$bin" 2>"$TMP/server.log" &
 server_pid=$!
-wait_for 30 ready "$base" "$token" || { log "the server did not become ready"; exit 1; }
+track "$server_pid"
+wait_for 30 ready "$base" "$token" || die "the server did not become ready"
 
 log "schemathesis $SCHEMATHESIS_VERSION against $base, seed $seed, at most $max_examples examples per operation"
 # Checks: the document's status codes, content types, body schemas and headers, no 5xx,
@@ -159,7 +137,7 @@ log "schemathesis $SCHEMATHESIS_VERSION against $base, seed $seed, at most $max_
 # lambdas (ast.parse in two threads) hits a CPython 3.11 race ("SystemError: AST constructor
 # recursion depth mismatch"), a runtime error in every run. One worker is about as fast here.
 document="$(pwd)/docs/openapi.json"
-cd "$work"
+cd "$TMP"
 "$venv/bin/schemathesis" --no-color run "$document" \
     --url "$base" \
     -H "Authorization: Bearer $token" \
@@ -172,12 +150,13 @@ cd "$work"
     --generation-database none \
     --output-sanitize true &
 fuzzer_pid=$!
+track "$fuzzer_pid"
 wait "$fuzzer_pid"
-fuzzer_pid=""
+untrack "$fuzzer_pid"
 
 # The server must have survived the whole run; its own tally must show commands
 # delivered (202: MQTT really took part) and no 5xx.
-kill -0 "$server_pid" 2>/dev/null || { log "the server died during the run"; exit 1; }
+kill -0 "$server_pid" 2>/dev/null || die "the server died during the run"
 python3 - "http://127.0.0.1:$metrics_port/metrics" <<'EOF'
 import re, sys, urllib.request
 text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()

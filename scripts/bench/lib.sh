@@ -1,34 +1,89 @@
-# Shared by scripts/bench-attacks.sh and scripts/bench-store.sh (sourced, not run): temp
-# dir and process clean-up, free ports, a Mosquitto of its own, the server started with
-# extra variables, and medians. Expects CARGO_FLAGS, TARGET_DIR, MOSQUITTO set.
+# Sourced, not run, by every script that starts its own processes (scripts/bench*.sh and
+# scripts/fuzz-api.sh): the variables the bench scripts share, dying with a message, a
+# temp dir and the processes a script starts cleaned up however it ends, free ports.
+# Set SCRIPT_NAME first: it prefixes the messages and names the temp dir.
+# scripts/bench/server.sh adds one Mosquitto and one server at a time on top of this.
+
+# --- the variables every bench script takes (their headers say which of them they use) ---
+RUNS=${BENCH_RUNS:-3}
+DURATION=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+CARGO=${CARGO:-cargo}
+CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+if [ -z "${MOSQUITTO:-}" ]; then
+	for candidate in /usr/sbin/mosquitto /usr/local/sbin/mosquitto /usr/bin/mosquitto; do
+		if [ -x "$candidate" ]; then
+			MOSQUITTO=$candidate
+			break
+		fi
+	done
+	MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+fi
 
 die() {
-	echo "${BENCH_NAME:-bench}: $*" >&2
+	echo "${SCRIPT_NAME:-bench}: $*" >&2
 	exit 1
 }
 
-command -v wrk >/dev/null 2>&1 || die "wrk is missing (scripts/bench.sh installs it)"
-[ -x "$MOSQUITTO" ] || die "mosquitto is missing"
-if [ "${BENCH_BUILD:-1}" = 1 ]; then
-	# shellcheck disable=SC2086
-	$CARGO build --release --locked $CARGO_FLAGS --bin clock-server
-fi
-SERVER=$TARGET_DIR/release/clock-server
-[ -x "$SERVER" ] || die "build first: $SERVER"
-
-TMP=$(mktemp -d "/tmp/${BENCH_NAME:-bench}.XXXXXX")
+# --- processes and a temp dir, cleaned up on every exit ---------------------------------
+TMP=""
 PIDS=""
+track() { PIDS="$PIDS $1"; }
+untrack() { PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$1" | tr '\n' ' ' || true); }
+# Stops one of our processes by its pid and waits for it.
+stop() {
+	kill -TERM "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+	untrack "$1"
+}
+# Kills every tracked process, runs the script's `on_failure` (if it defines one) when it
+# fails, then removes the temp dir (BENCH_KEEP=1 keeps it) and exits with the same status.
 cleanup() {
+	local status=$?
 	for pid in $PIDS; do kill "$pid" 2>/dev/null || true; done
 	for pid in $PIDS; do wait "$pid" 2>/dev/null || true; done
-	if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "${BENCH_NAME:-bench}: logs kept in $TMP"; else rm -rf "$TMP"; fi
+	if [ "$status" -ne 0 ] && declare -F on_failure >/dev/null; then on_failure || true; fi
+	if [ -n "$TMP" ]; then
+		if [ "${BENCH_KEEP:-0}" = 1 ]; then
+			echo "${SCRIPT_NAME:-bench}: logs kept in $TMP"
+		else
+			rm -rf "$TMP"
+		fi
+	fi
+	exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Creates TMP and sets the traps. World-readable: Debian's mosquitto drops its privileges
+# and must still read its configuration there.
+scratch() {
+	TMP=$(mktemp -d "/tmp/${SCRIPT_NAME:-bench}.XXXXXX")
+	chmod 755 "$TMP"
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+}
 
+# --- ports --------------------------------------------------------------------------------
+# A 127.0.0.1 port below the kernel's ephemeral range (which wrk's and everybody's outgoing
+# connections use) that no TCP socket holds; never 1883.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+	local p span=$((EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 10000 : 20000))
+	if ! command -v ss >/dev/null 2>&1; then
+		# No iproute2: a port the kernel hands out (in the ephemeral range, but free).
+		python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+		return
+	fi
+	for _ in $(seq 200); do
+		p=$((10000 + RANDOM % span))
+		if ! ss -Htan "sport = :$p" | grep -q .; then
+			echo "$p"
+			return
+		fi
+	done
+	die "no free port found"
 }
+# Waits up to 10 s until something accepts connections on 127.0.0.1:$1.
 wait_port() {
 	for _ in $(seq 100); do
 		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
@@ -36,41 +91,3 @@ wait_port() {
 	done
 	return 1
 }
-
-MQTT_PORT=$(free_port)
-printf 'persistence false\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$MQTT_PORT" >"$TMP/mosquitto.conf"
-"$MOSQUITTO" -c "$TMP/mosquitto.conf" 2>"$TMP/mosquitto.log" &
-PIDS="$PIDS $!"
-wait_port "$MQTT_PORT" || die "Mosquitto did not start"
-
-HTTP_PORT=""
-SERVER_PID=""
-# start_server LOG [VAR=value ...]: a fresh server (QoS 1, MQTT only) with extra variables.
-start_server() {
-	local log=$1
-	shift
-	HTTP_PORT=$(free_port)
-	env -i PATH="$PATH" HTTP_ADDR="127.0.0.1:$HTTP_PORT" REQUIRE_TLS=false \
-		API_AUTH_CREDENTIALS="bench|bench-token|*" ENABLED_SENDERS=mqtt \
-		MQTT_BROKER_URL="mqtt://127.0.0.1:$MQTT_PORT" ALLOW_INSECURE_MQTT=true MQTT_QOS=1 \
-		LOG_LEVEL=info "$@" "$SERVER" 2>"$log" &
-	SERVER_PID=$!
-	PIDS="$PIDS $SERVER_PID"
-	for _ in $(seq 100); do
-		if curl -fs -H "Authorization: Bearer bench-token" "http://127.0.0.1:$HTTP_PORT/ready" >/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	die "server did not become ready: $(tail -3 "$log")"
-}
-stop_server() {
-	kill -TERM "$SERVER_PID" 2>/dev/null || true
-	wait "$SERVER_PID" 2>/dev/null || true
-}
-# kib FIELD: a field of the server's /proc status in KiB (VmRSS, VmHWM).
-kib() { awk '/^'"$1"':/ {print $2}' "/proc/$SERVER_PID/status"; }
-# field FILE NAME: NAME=<number> from a wrk script's BENCH line.
-field() { sed -n "s/.*$2=\([0-9]*\).*/\1/p" "$1" | head -1; }
-# rate FILE: requests per second from a wrk script's BENCH line.
-rate() { awk -v r="$(field "$1" requests)" -v d="$(field "$1" duration_us)" 'BEGIN {printf "%.0f", r / (d / 1e6)}'; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-spread() { sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
