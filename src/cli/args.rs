@@ -43,7 +43,8 @@ pub const SUBCOMMAND_AFTER_HELP: &str =
     "Environment, exit status and the Go-style flag forms: clockctl --help";
 
 /// Flags that take a value: after one of these (without `=`), the next argument is its value
-/// and is never rewritten, so `--message -json` shows the text `-json`.
+/// and is never rewritten, so `--message -json` shows the text `-json`. A new value-taking
+/// flag goes here too (a test checks it against the clap definitions).
 const VALUE_FLAGS: &[&str] = &[
     "device",
     "time",
@@ -444,7 +445,10 @@ where
         if name == "wait" && inline_value.is_none() {
             bare_wait = Some(out.len());
         }
-        if single_dash && (takes_value || SWITCH_FLAGS.contains(&name)) {
+        // Every long flag: the known ones, and a mistyped `-devcie`, which clap would
+        // otherwise read as the short flags -d -e ... instead of suggesting `--device`.
+        let long_name = name.len() >= 2 && name.starts_with(|c: char| c.is_ascii_alphabetic());
+        if single_dash && (takes_value || SWITCH_FLAGS.contains(&name) || long_name) {
             out.push(format!("-{text}").into());
         } else {
             out.push(arg);
@@ -501,8 +505,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            norm(&["brightness", "-level", "-5", "-unknown"]),
-            ["brightness", "--level", "-5", "-unknown"]
+            norm(&["brightness", "-level", "-5", "-unknown", "-7", "-x"]),
+            ["brightness", "--level", "-5", "--unknown", "-7", "-x"]
         );
     }
 
@@ -575,6 +579,7 @@ mod tests {
             (&["clockctl", "alrm"][..], "'alarm'"),
             (&["clockctl", "message", "--devcie", "c"], "'--device'"),
             (&["clockctl", "status", "x", "--retry", "1"], "'--retries'"),
+            (&["clockctl", "message", "-devcie", "c"], "'--device'"),
         ] {
             let err = Cli::try_parse_go_style(argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");
@@ -616,6 +621,26 @@ mod tests {
             assert!(Cli::try_parse_go_style(argv).unwrap().json, "{argv:?}");
         }
         assert!(!Cli::try_parse_go_style(["clockctl", "ready"]).unwrap().json);
+    }
+
+    #[test]
+    fn every_flag_that_takes_a_value_is_listed_for_the_go_style_rewrite() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let known = VALUE_FLAGS.contains(&long) || SWITCH_FLAGS.contains(&long);
+                if arg.get_action().takes_values() && !known {
+                    missing.push(format!("{} --{long}", command.get_name()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), &mut missing);
+        assert!(missing.is_empty(), "add to VALUE_FLAGS: {missing:?}");
     }
 
     #[test]
