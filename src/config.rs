@@ -182,6 +182,8 @@ pub struct TrackingConfig {
     pub command_ttl: Duration,
     /// `IDEMPOTENCY_TTL_SECS`: how long an answer to an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// `SCHEDULES_MAX_PER_DEVICE`: how many schedules one device may have (SPEC 12.1).
+    pub schedules_max_per_device: usize,
 }
 
 /// Presence settings (SPEC 11.1).
@@ -654,6 +656,7 @@ fn read_tracking<F: Fn(&str) -> Option<String>>(r: &mut Reader<F>) -> TrackingCo
         settings,
         command_ttl: Duration::from_secs(r.int("COMMAND_TTL_SECS", 600, 1, 604_800)),
         idempotency_ttl: Duration::from_secs(r.int("IDEMPOTENCY_TTL_SECS", 86_400, 60, 604_800)),
+        schedules_max_per_device: r.int("SCHEDULES_MAX_PER_DEVICE", 32, 1, 1000) as usize,
     }
 }
 

@@ -4,7 +4,8 @@
 //! Where things live (docs/ARCHITECTURE.md has the path of a command and where to add one):
 //! - [`domain`]: `DeviceId`, `Scope`; each command's type, routes, fields, limits, validation
 //!   and request body (`command.rs`); each device profile's wire forms (`generic.rs`,
-//!   `awtrix3.rs`) and the map of devices to profiles (`profile.rs`). No I/O.
+//!   `awtrix3.rs`) and the map of devices to profiles (`profile.rs`); a recurring alarm's
+//!   rule and its occurrences across daylight saving (`schedule.rs`). No I/O.
 //! - [`shared`]: what server and clients both use, once: `Secret`, `Redactor`, ids, the shutdown signal,
 //!   Go-style booleans, the MQTT broker URL parser.
 //! - [`config`]: `Config::from_env()`, every variable of the spec, all errors at once; the
@@ -15,11 +16,14 @@
 //!   HTTP(S) server.
 //! - [`dispatch`]: `Dispatcher` — validated command to transports, plus the audit record.
 //! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
-//! - [`store`]: the `StateStore` of tracked commands and idempotency keys; memory and file backends.
+//! - [`store`]: the `StateStore` of tracked commands, idempotency keys and schedules; memory,
+//!   file and Redis backends.
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
 //! - [`tracking`]: the server's rules around a tracked command: record, status, acks, `Idempotency-Key`.
 //! - [`presence`]: which devices are online, offline or unknown, from their own MQTT signals.
 //! - [`scheduler`]: the loop that publishes gateway-held alarms (AWTRIX) at their time.
+//! - [`schedules`]: the rules of `/schedules` (SPEC 12): validation, scopes, merge patch, skip,
+//!   preview, `Idempotency-Key` on create.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
@@ -41,6 +45,7 @@ pub mod http;
 pub mod metrics;
 pub mod presence;
 pub mod scheduler;
+pub mod schedules;
 pub mod security;
 pub mod shared;
 pub mod startup;

@@ -339,7 +339,22 @@ pub fn route_label(path: &str) -> &'static str {
                 .filter(|id| !id.is_empty() && !id.contains('/'))
                 .map(|_| DEVICE_ROUTE)
         })
+        .or_else(|| schedule_route(path))
         .unwrap_or(UNMATCHED)
+}
+
+/// The route templates of `/schedules` (SPEC 12.1).
+fn schedule_route(path: &str) -> Option<&'static str> {
+    if path == "/schedules" {
+        return Some("/schedules");
+    }
+    let rest = path.strip_prefix("/schedules/")?;
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [id] if !id.is_empty() => Some("/schedules/{scheduleId}"),
+        [id, "skip"] if !id.is_empty() => Some("/schedules/{scheduleId}/skip"),
+        [id, "occurrences"] if !id.is_empty() => Some("/schedules/{scheduleId}/occurrences"),
+        _ => None,
+    }
 }
 
 /// The route template of the status resource (SPEC 7.3).

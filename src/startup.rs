@@ -324,6 +324,13 @@ impl Application {
             config.presence.timeout,
         ));
         metrics.watch_presence(presence.clone());
+        let schedules = tracker.as_ref().map(|t| {
+            Arc::new(crate::schedules::Schedules::new(
+                t.store.clone(),
+                config.tracking.schedules_max_per_device,
+                config.tracking.idempotency_ttl,
+            ))
+        });
         let state = Arc::new(AppState {
             dispatcher: Dispatcher::new(transport),
             credentials: config.credentials.clone(),
@@ -338,6 +345,7 @@ impl Application {
             devices: devices.clone(),
             alarms: Arc::default(),
             presence,
+            schedules,
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,

@@ -59,7 +59,14 @@ pub enum ScheduleError {
         "timeZone {0:?} is not in the time zone database; use an IANA time zone name such as Europe/Berlin, America/New_York or UTC"
     )]
     ZoneUnknown(String),
+    #[error("label must be at most {MAX_LABEL_CHARS} characters")]
+    LabelTooLong,
+    #[error("ttlSeconds must be an integer between 1 and 604800, or null for the server's default")]
+    TtlOutOfRange,
 }
+
+/// Longest `label`, as an alarm's (SPEC 10, "bounded records").
+pub const MAX_LABEL_CHARS: usize = 256;
 
 // ---------------------------------------------------------------------------------------
 // Time of day
@@ -73,10 +80,10 @@ pub struct WallTime {
 impl WallTime {
     pub const MIDNIGHT: Self = Self { seconds: 0 };
 
-    /// `HH:MM` or `HH:MM:SS`, two digits each, 24-hour (surrounding spaces ignored).
+    /// `HH:MM` or `HH:MM:SS`, two digits each, 24-hour, nothing around it.
     pub fn parse(text: &str) -> Result<Self, ScheduleError> {
         let invalid = || ScheduleError::TimeInvalid(text.to_owned());
-        let parts: Vec<&str> = text.trim().split(':').collect();
+        let parts: Vec<&str> = text.split(':').collect();
         if !(2..=3).contains(&parts.len()) {
             return Err(invalid());
         }
@@ -490,6 +497,28 @@ impl ScheduleRequest {
         let zone = Zone::parse(self.time_zone.as_deref().unwrap_or_default())?;
         Ok(Rule { time, days, zone })
     }
+
+    /// The label, empty when absent, at most [`MAX_LABEL_CHARS`].
+    pub fn label(&self) -> Result<String, ScheduleError> {
+        let label = self.label.clone().unwrap_or_default();
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ScheduleError::LabelTooLong);
+        }
+        Ok(label)
+    }
+
+    /// Each occurrence's TTL: `None` for the server's `COMMAND_TTL_SECS`, else within the
+    /// commands' range (SPEC 7.2).
+    pub fn ttl(&self) -> Result<Option<u32>, ScheduleError> {
+        self.ttl_seconds
+            .map(|t| {
+                u32::try_from(t)
+                    .ok()
+                    .filter(|t| super::command::TTL_SECONDS.contains(t))
+                    .ok_or(ScheduleError::TtlOutOfRange)
+            })
+            .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -520,10 +549,7 @@ mod tests {
     #[test]
     fn a_time_is_hh_mm_or_hh_mm_ss_on_a_24_hour_clock() {
         assert_eq!(WallTime::parse("06:30").unwrap().to_string(), "06:30:00");
-        assert_eq!(
-            WallTime::parse(" 23:59:59 ").unwrap().to_string(),
-            "23:59:59"
-        );
+        assert_eq!(WallTime::parse("23:59:59").unwrap().to_string(), "23:59:59");
         assert_eq!(WallTime::parse("00:00").unwrap().seconds_of_day(), 0);
         for bad in [
             "25:00",
@@ -535,6 +561,7 @@ mod tests {
             "06:30:00:00",
             "0a:30",
             "+6:30",
+            " 06:30",
             "",
         ] {
             assert_eq!(
@@ -810,6 +837,18 @@ mod tests {
         assert_eq!(req.rule(), Err(ScheduleError::ZoneMissing));
         req.time = None;
         assert_eq!(req.rule(), Err(ScheduleError::TimeMissing));
+        req.label = Some("x".repeat(257));
+        assert_eq!(req.label(), Err(ScheduleError::LabelTooLong));
+        for (ttl, ok) in [
+            (0, false),
+            (1, true),
+            (604_800, true),
+            (604_801, false),
+            (-1, false),
+        ] {
+            req.ttl_seconds = Some(ttl);
+            assert_eq!(req.ttl().is_ok(), ok, "{ttl}");
+        }
         let err = serde_json::from_str::<ScheduleRequest>(r#"{"tim":"06:30"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }

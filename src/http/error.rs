@@ -48,6 +48,12 @@ pub enum ApiError {
     NotCancellable {
         status: &'static str,
     },
+    /// 400: a query parameter (a preview's `from` or `count`, a list's `deviceId`).
+    InvalidParameter(String),
+    /// 409: the device has `SCHEDULES_MAX_PER_DEVICE` schedules already (SPEC 12.1).
+    TooManySchedules,
+    /// 409: a skip of a disabled schedule.
+    ScheduleDisabled,
 }
 
 impl ApiError {
@@ -67,7 +73,8 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::DispatchFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::StoreUnavailable | Self::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
-            Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::InvalidIdempotencyKey | Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            Self::TooManySchedules | Self::ScheduleDisabled => StatusCode::CONFLICT,
             Self::IdempotencyInProgress | Self::NotCancellable { .. } => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -106,6 +113,11 @@ impl ApiError {
             Self::IdempotencyMismatch => {
                 "idempotency key reused with a different request".to_owned()
             }
+            Self::InvalidParameter(detail) => {
+                return serde_json::json!({"error": "invalid query parameter", "detail": detail});
+            }
+            Self::TooManySchedules => "too many schedules for this device".to_owned(),
+            Self::ScheduleDisabled => "schedule is disabled".to_owned(),
             Self::NotCancellable { status } => {
                 return serde_json::json!({"error": "command can no longer be cancelled", "status": status});
             }

@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod handlers;
 mod refusals;
+mod schedules;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,8 @@ pub struct AppState {
     pub alarms: Arc<crate::scheduler::Wake>,
     /// Which devices are there (SPEC 11.1), learnt by this replica.
     pub presence: Arc<crate::presence::Presence>,
+    /// Recurring alarms (SPEC 12); `None` with `STATE_STORE=none` (no `/schedules` routes).
+    pub schedules: Option<Arc<crate::schedules::Schedules>>,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -70,6 +73,10 @@ pub struct Principal(pub Credential);
 
 /// The API router with all front checks applied.
 pub fn router(state: Arc<AppState>) -> Router {
+    let schedules = match state.schedules {
+        Some(_) => schedules::routes(),
+        None => Router::new(),
+    };
     Router::new()
         .route("/health", get(handlers::health).fallback(not_allowed_get))
         .route("/ready", get(handlers::ready).fallback(not_allowed_get))
@@ -94,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/devices/{device_id}",
             get(devices::one).fallback(not_allowed_get),
         )
+        .merge(schedules)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), front))
         .with_state(state)

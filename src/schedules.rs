@@ -1,0 +1,441 @@
+//! Schedules (SPEC 12.1): the rules of the `/schedules` resource, between the HTTP edge
+//! and the store. The edge extracts and maps outcomes to answers; this module decides:
+//! validation of a body into a record, scopes (a schedule outside the caller's scopes is
+//! as unknown as one that does not exist), the per-device limit, merge patches, skips,
+//! previews, and `Idempotency-Key` on create.
+//!
+//! Every change is a compare-and-set on the schedule's `version`
+//! ([`StateStore::schedule_replace`]): a `PATCH` racing the firing of an occurrence (or
+//! another `PATCH`) reads again and applies itself to the newer schedule, so neither
+//! undoes the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::DeviceId;
+use crate::domain::schedule::{ScheduleError, ScheduleRequest};
+use crate::security::Credential;
+use crate::store::{
+    IdemBegin, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore, StoreError,
+};
+
+/// `SCHEDULES_MAX_PER_DEVICE` bounds.
+pub const MAX_PER_DEVICE: std::ops::RangeInclusive<usize> = 1..=1000;
+/// A preview's `count`: bounds and default.
+pub const PREVIEW_COUNT: std::ops::RangeInclusive<usize> = 1..=100;
+pub const PREVIEW_DEFAULT: usize = 10;
+/// How often a change is retried when someone else wrote the schedule in between.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Why a schedule operation did not happen; the edge maps each to its answer.
+#[derive(Debug)]
+pub enum Refused {
+    /// 400 `invalid command` with this `detail`.
+    Invalid(String),
+    /// 400 `invalid request body` (not an object of the schedule's fields).
+    Body(String),
+    /// 400: a preview's `from` or `count`, or a list's `deviceId`.
+    Parameter(String),
+    /// 403: the body names a device outside the caller's scopes.
+    Forbidden,
+    /// 404: unknown, malformed or out of scope.
+    NotFound,
+    /// 409: the device has `SCHEDULES_MAX_PER_DEVICE` already.
+    TooMany,
+    /// 409: a skip of a disabled schedule.
+    Disabled,
+    /// `Idempotency-Key` outcomes (SPEC 7.6).
+    InProgress,
+    Mismatch,
+    /// 503: the store failed (logged here).
+    Unavailable,
+}
+
+/// The answer to a create: a new schedule, or the remembered 201 of an
+/// `Idempotency-Key`, byte for byte.
+pub enum Created {
+    New(Box<ScheduleRecord>),
+    Replay { status: u16, body: Vec<u8> },
+}
+
+/// An `Idempotency-Key` and the fingerprint of its request.
+pub struct IdemKey {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+/// The schedule rules of one server.
+pub struct Schedules {
+    pub store: Arc<dyn StateStore>,
+    /// `SCHEDULES_MAX_PER_DEVICE`.
+    pub max_per_device: usize,
+    /// `IDEMPOTENCY_TTL_SECS`.
+    pub idempotency_ttl: Duration,
+    /// Told about every change of a `nextFireAt`, so the firing loop wakes in time.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Schedules {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        max_per_device: usize,
+        idempotency_ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            max_per_device,
+            idempotency_ttl,
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Notified when a schedule's `nextFireAt` may have moved earlier.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    fn failed(&self, what: &str, e: &StoreError) -> Refused {
+        tracing::warn!(store = self.store.name(), error = %e, "state store: {what} failed");
+        Refused::Unavailable
+    }
+
+    /// `POST /schedules`.
+    pub async fn create(
+        &self,
+        caller: &Credential,
+        body: ScheduleRequest,
+        key: Option<IdemKey>,
+        now: DateTime<Utc>,
+    ) -> Result<Created, Refused> {
+        let record = new_record(caller, body, now)?;
+        let principal = caller.id.as_str();
+        if let Some(k) = &key {
+            let begun = self
+                .store
+                .idem_begin(principal, &k.key, k.fingerprint, now)
+                .await
+                .map_err(|e| self.failed("checking an Idempotency-Key", &e))?;
+            match begun {
+                IdemBegin::New => {}
+                IdemBegin::InProgress => return Err(Refused::InProgress),
+                IdemBegin::Mismatch => return Err(Refused::Mismatch),
+                IdemBegin::Replay { status, body } => return Ok(Created::Replay { status, body }),
+            }
+        }
+        let result = self.insert(record).await;
+        if let Some(k) = &key {
+            let stored = match &result {
+                Ok(record) => {
+                    self.store
+                        .idem_finish(
+                            principal,
+                            &k.key,
+                            k.fingerprint,
+                            201,
+                            record.to_json(),
+                            self.idempotency_ttl,
+                            Utc::now(),
+                        )
+                        .await
+                }
+                Err(_) => self.store.idem_abort(principal, &k.key).await,
+            };
+            if let Err(e) = stored {
+                self.failed("saving an Idempotency-Key", &e);
+            }
+        }
+        result.map(|r| Created::New(Box::new(r)))
+    }
+
+    async fn insert(&self, record: ScheduleRecord) -> Result<ScheduleRecord, Refused> {
+        let created = self
+            .store
+            .schedule_create(record.clone(), self.max_per_device)
+            .await
+            .map_err(|e| self.failed("creating a schedule", &e))?;
+        match created {
+            ScheduleCreated::Created => {
+                self.changed.notify_one();
+                Ok(record)
+            }
+            ScheduleCreated::TooMany => Err(Refused::TooMany),
+            // A fresh UUIDv7 collided: not the caller's fault, and nothing was stored.
+            ScheduleCreated::Exists => Err(Refused::Unavailable),
+        }
+    }
+
+    /// `GET /schedules[?deviceId=]`: the caller's schedules, in the store's order.
+    pub async fn list(
+        &self,
+        caller: &Credential,
+        device: Option<&str>,
+    ) -> Result<Vec<ScheduleRecord>, Refused> {
+        let device = device
+            .map(|d| DeviceId::parse(d).map_err(|e| Refused::Parameter(format!("deviceId: {e}"))))
+            .transpose()?;
+        let all = self
+            .store
+            .schedule_list(device.as_ref().map(DeviceId::as_str))
+            .await
+            .map_err(|e| self.failed("listing schedules", &e))?;
+        Ok(all.into_iter().filter(|s| covers(caller, s)).collect())
+    }
+
+    /// `GET /schedules/{id}`.
+    pub async fn get(&self, caller: &Credential, id: &str) -> Result<ScheduleRecord, Refused> {
+        if uuid::Uuid::try_parse(id).is_err() {
+            return Err(Refused::NotFound);
+        }
+        let record = self
+            .store
+            .schedule_get(id)
+            .await
+            .map_err(|e| self.failed("reading a schedule", &e))?
+            .ok_or(Refused::NotFound)?;
+        if covers(caller, &record) {
+            Ok(record)
+        } else {
+            Err(Refused::NotFound)
+        }
+    }
+
+    /// `PATCH /schedules/{id}`: `patch` (a JSON object) merged into the schedule's fields
+    /// as RFC 7386 says, then validated as a whole, as a create would be.
+    pub async fn patch(
+        &self,
+        caller: &Credential,
+        id: &str,
+        patch: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<ScheduleRecord, Refused> {
+        self.change(caller, id, |current| {
+            let mut fields = serde_json::to_value(request_of(current))
+                .map_err(|e| Refused::Body(e.to_string()))?;
+            merge(&mut fields, &patch);
+            let body: ScheduleRequest =
+                serde_json::from_value(fields).map_err(|e| Refused::Body(e.to_string()))?;
+            if body.device_id.as_deref() != Some(current.device_id.as_str()) {
+                return Err(Refused::Invalid("deviceId cannot be changed".to_owned()));
+            }
+            let mut next = new_record(caller, body, now)?;
+            next.schedule_id = current.schedule_id.clone();
+            next.principal = current.principal.clone();
+            next.created_at = current.created_at;
+            next.last_fired_at = current.last_fired_at;
+            next.last_command_id = current.last_command_id.clone();
+            // `nextFireAt` is computed afresh only when the rule changed or the schedule
+            // was enabled; otherwise a skip stays skipped.
+            if next.enabled && current.enabled && next.rule == current.rule {
+                next.next_fire_at = current.next_fire_at;
+            }
+            // Nothing changed: the schedule stays as it is (no write, same `updatedAt`).
+            let mut same = next.clone();
+            same.updated_at = current.updated_at;
+            same.version = current.version;
+            if same == *current {
+                return Ok(current.clone());
+            }
+            Ok(next)
+        })
+        .await
+    }
+
+    /// `POST /schedules/{id}/skip`: the next occurrence will not fire.
+    pub async fn skip(
+        &self,
+        caller: &Credential,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ScheduleRecord, Refused> {
+        self.change(caller, id, |current| {
+            let skipped = match (current.enabled, current.next_fire_at) {
+                (true, Some(at)) => at,
+                _ => return Err(Refused::Disabled),
+            };
+            let mut next = current.clone();
+            next.next_fire_at = current.rule.next_after(skipped.max(now));
+            next.updated_at = now;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Reads, changes and writes back with a compare-and-set, again while someone else
+    /// wrote in between.
+    async fn change(
+        &self,
+        caller: &Credential,
+        id: &str,
+        apply: impl Fn(&ScheduleRecord) -> Result<ScheduleRecord, Refused>,
+    ) -> Result<ScheduleRecord, Refused> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.get(caller, id).await?;
+            let next = apply(&current)?;
+            if next == current {
+                return Ok(current);
+            }
+            let written = self
+                .store
+                .schedule_replace(next, current.version)
+                .await
+                .map_err(|e| self.failed("changing a schedule", &e))?;
+            match written {
+                ScheduleWrite::Written(record) => {
+                    self.changed.notify_one();
+                    return Ok(*record);
+                }
+                ScheduleWrite::NotFound => return Err(Refused::NotFound),
+                ScheduleWrite::Conflict => continue,
+            }
+        }
+        tracing::warn!(
+            schedule_id = id,
+            "a schedule kept changing under a PATCH; gave up"
+        );
+        Err(Refused::Unavailable)
+    }
+
+    /// `DELETE /schedules/{id}`: the schedule as it was.
+    pub async fn delete(&self, caller: &Credential, id: &str) -> Result<ScheduleRecord, Refused> {
+        self.get(caller, id).await?;
+        self.store
+            .schedule_delete(id)
+            .await
+            .map_err(|e| self.failed("deleting a schedule", &e))?
+            .ok_or(Refused::NotFound)
+    }
+
+    /// `GET /schedules/{id}/occurrences`: the rule's next instants strictly after `from`
+    /// (default `now`), `enabled` and skips aside.
+    pub async fn occurrences(
+        &self,
+        caller: &Credential,
+        id: &str,
+        from: Option<&str>,
+        count: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, Refused> {
+        let from = match from {
+            None => now,
+            Some(text) => DateTime::parse_from_rfc3339(text)
+                .map(|t| t.to_utc())
+                .map_err(|_| {
+                    Refused::Parameter(format!(
+                        "from must be an RFC 3339 date-time such as 2027-03-28T00:00:00Z, not {text:?}"
+                    ))
+                })?,
+        };
+        let count = match count {
+            None => PREVIEW_DEFAULT,
+            Some(text) => Some(text)
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|n| PREVIEW_COUNT.contains(n))
+                .ok_or_else(|| {
+                    Refused::Parameter(format!(
+                        "count must be an integer between {} and {}, not {text:?}",
+                        PREVIEW_COUNT.start(),
+                        PREVIEW_COUNT.end()
+                    ))
+                })?,
+        };
+        let record = self.get(caller, id).await?;
+        Ok(record.rule.occurrences(from, count))
+    }
+}
+
+fn covers(caller: &Credential, record: &ScheduleRecord) -> bool {
+    DeviceId::parse(&record.device_id).is_ok_and(|d| caller.covers(&d))
+}
+
+/// A new schedule from a body: every field checked, `nextFireAt` from `now`.
+fn new_record(
+    caller: &Credential,
+    body: ScheduleRequest,
+    now: DateTime<Utc>,
+) -> Result<ScheduleRecord, Refused> {
+    let device = DeviceId::parse(body.device_id.as_deref().unwrap_or_default())
+        .map_err(|e| Refused::Invalid(e.to_string()))?;
+    if !caller.covers(&device) {
+        return Err(Refused::Forbidden);
+    }
+    let rule = body.rule().map_err(|e| Refused::Invalid(e.to_string()))?;
+    let invalid = |e: ScheduleError| Refused::Invalid(e.to_string());
+    let label = body.label().map_err(invalid)?;
+    let ttl_seconds = body.ttl().map_err(invalid)?;
+    let enabled = body.enabled.unwrap_or(true);
+    let next_fire_at = if enabled { rule.next_after(now) } else { None };
+    Ok(ScheduleRecord {
+        schedule_id: crate::shared::new_id().to_string(),
+        device_id: device.as_str().to_owned(),
+        rule,
+        label,
+        enabled,
+        ttl_seconds,
+        next_fire_at,
+        last_fired_at: None,
+        last_command_id: None,
+        principal: caller.id.clone(),
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+    .normalised())
+}
+
+/// A schedule's fields as a request body (the form a merge patch applies to).
+fn request_of(r: &ScheduleRecord) -> ScheduleRequest {
+    ScheduleRequest {
+        device_id: Some(r.device_id.clone()),
+        time: Some(r.rule.time.to_string()),
+        days: Some(r.rule.days.names().into_iter().map(str::to_owned).collect()),
+        time_zone: Some(r.rule.zone.name().to_owned()),
+        label: Some(r.label.clone()),
+        enabled: Some(r.enabled),
+        ttl_seconds: r.ttl_seconds.map(i64::from),
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes, anything else
+/// replaces.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge(
+                    target.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_merges_replaces_and_removes() {
+        let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        merge(
+            &mut target,
+            &json!({"a": null, "b": {"c": 9}, "e": [2], "f": "x"}),
+        );
+        assert_eq!(target, json!({"b": {"c": 9, "d": 3}, "e": [2], "f": "x"}));
+    }
+}
