@@ -25,11 +25,13 @@ Environment:
                                 watch only: see clockctl watch --help
 
 Exit status:
-  0  the server accepted the command (with --wait: the device reported it succeeded; ready:
-     the server is ready; status: the record was shown; cancel: the command was cancelled)
+  0  the server accepted the command (with --wait: the device reported it succeeded, or it
+     was sent to a device that never acknowledges; ready: the server is ready; status,
+     devices, device: the answer was shown; cancel: the command was cancelled)
   1  the server answered non-2xx (ready: not ready), could not be reached or timed out, the
      token was refused for a plain-http non-local URL (nothing sent); with --wait: the
-     command ended other than succeeded, or was still open when the wait ended
+     command ended other than succeeded, or was still open (queued, scheduled, sent to a
+     device that acknowledges) when the wait ended
   2  bad usage, invalid input or invalid environment (nothing sent)
 
 Commands carry an Idempotency-Key (a new UUID, or --idempotency-key) and are retried with
@@ -112,6 +114,12 @@ pub enum Command {
     /// Cancel a scheduled command (DELETE /commands/{commandId})
     #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Cancel(CommandIdArgs),
+    /// List the devices the server knows, with their presence (GET /devices)
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Devices(DevicesArgs),
+    /// Show one device's presence (GET /devices/{deviceId})
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Device(DeviceArgs),
     /// Be a virtual clock: show the commands clocks receive from the MQTT broker
     #[command(after_help = WATCH_AFTER_HELP)]
     Watch(WatchArgs),
@@ -142,6 +150,11 @@ Response Topic, else <prefix>/<device>/ack): {\"commandId\":\"...\",\"status\":\
 or \"failed\" with a \"reason\" for a payload it rejects; --no-ack turns that off. A
 failed acknowledgement is reported once on stderr; watching goes on. An AWTRIX clock never
 acknowledges.
+
+Like a device, it says it is there: each --device a retained online on
+<prefix>/<device>/status, with a retained offline as its MQTT Last Will (sent by the broker
+if watch dies); an AWTRIX clock online on T/stats/device (offline as its will) and its
+readings on T/stats every 10 s. A clean stop says offline itself.
 
 Exit status:
   0  stopped by Ctrl-C or SIGTERM, or the reader of its output went away
@@ -241,8 +254,8 @@ pub struct Submit {
     #[command(flatten)]
     pub retries: Retries,
     /// After the 202, follow the command until it ends (succeeded, failed, expired,
-    /// cancelled), for at most DURATION (default 30s; e.g. --wait=500ms, --wait=2m); exit 0
-    /// only for succeeded
+    /// cancelled; or sent, for a device that never acknowledges), for at most DURATION
+    /// (default 30s; e.g. --wait=500ms, --wait=2m); exit 0 only for succeeded or that sent
     #[arg(
         long,
         value_name = "DURATION",
@@ -276,6 +289,29 @@ pub struct CommandIdArgs {
     #[command(flatten)]
     pub retries: Retries,
     /// Print the command's record as the server's JSON instead of text
+    #[arg(long, display_order = 100)]
+    pub json: bool,
+}
+
+/// `clockctl devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    #[command(flatten)]
+    pub retries: Retries,
+    /// Print the server's JSON ({"devices":[...]}) instead of one line per device
+    #[arg(long, display_order = 100)]
+    pub json: bool,
+}
+
+/// `clockctl device`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device's id, e.g. clock-1
+    #[arg(value_name = "DEVICE_ID")]
+    pub device_id: String,
+    #[command(flatten)]
+    pub retries: Retries,
+    /// Print the server's JSON instead of text
     #[arg(long, display_order = 100)]
     pub json: bool,
 }

@@ -10,6 +10,7 @@ use reqwest::{Client, StatusCode, redirect};
 use serde::Deserialize;
 
 use super::CliError;
+use super::devices::{Device, DeviceList};
 use super::error::{Attempts, ServerError};
 use super::record::{Accepted, Record};
 use super::request::{ApiRequest, Kind, status_path};
@@ -370,8 +371,8 @@ impl Caller<'_> {
         }
     }
 
-    /// `--wait`: polls the status resource at `path` until the command is final or `wait`
-    /// has passed since the 202. Transient failures (no answer, 502, 503) are polled
+    /// `--wait`: polls the status resource at `path` until the command is settled
+    /// ([`Record::is_settled`]) or `wait` has passed since the 202. Transient failures (no answer, 502, 503) are polled
     /// through; any other non-200 ends the wait with its error.
     async fn follow(&self, path: &str, id: &str, wait: Duration) -> Result<Followed, CliError> {
         let deadline = Instant::now() + wait;
@@ -386,7 +387,7 @@ impl Caller<'_> {
             match self.once(&reqwest::Method::GET, path, None, timeout).await {
                 Ok(answer) if answer.status == StatusCode::OK => {
                     match Record::parse(&answer.text) {
-                        Some(record) if record.is_final() => {
+                        Some(record) if record.is_settled() => {
                             return Ok(Followed::Final(record, answer.text));
                         }
                         Some(record) => last = Some((record, answer.text)),
@@ -420,7 +421,7 @@ impl Caller<'_> {
 
 /// How `--wait` ended.
 enum Followed {
-    /// The command is final: the record and the server's JSON.
+    /// The command is settled: the record and the server's JSON.
     Final(Record, String),
     /// The wait ended first; the last record seen, if any.
     StillOpen(Option<(Record, String)>),
@@ -517,6 +518,45 @@ pub async fn send(
                 success: true,
             })
         }
+        Kind::Devices if status == StatusCode::OK => {
+            let list = DeviceList::parse(&answer.text).ok_or_else(|| {
+                CliError::Call(format!(
+                    "GET /devices: the answer is not a device list: {}",
+                    excerpt(&answer.text)
+                ))
+            })?;
+            Ok(Output {
+                stdout: if json {
+                    terminal::json(&answer.text)
+                } else {
+                    list.lines()
+                },
+                notes: Vec::new(),
+                success: true,
+            })
+        }
+        Kind::Device if status == StatusCode::OK => {
+            let device = Device::parse(&answer.text).ok_or_else(|| {
+                CliError::Call(format!(
+                    "GET {}: the answer is not a device: {}",
+                    request.path,
+                    excerpt(&answer.text)
+                ))
+            })?;
+            Ok(Output {
+                stdout: if json {
+                    terminal::json(&answer.text)
+                } else {
+                    device.readable()
+                },
+                notes: Vec::new(),
+                success: true,
+            })
+        }
+        Kind::Device if status == StatusCode::NOT_FOUND => Err(CliError::NoDevice {
+            id: id(),
+            server: Box::new(caller.refusal(&answer, gave_up)),
+        }),
         Kind::Status | Kind::Cancel if status == StatusCode::NOT_FOUND => {
             Err(CliError::NoCommand {
                 id: id(),
@@ -575,7 +615,7 @@ async fn wait_for(
     let shown_id = terminal::plain(&id);
     match caller.follow(&path, &id, wait).await? {
         Followed::Final(record, text) => {
-            out.success = record.status == "succeeded";
+            out.success = record.is_success();
             out.stdout = if json {
                 terminal::json(&text)
             } else {

@@ -36,6 +36,18 @@ pub enum CliError {
         /// The 404 as the server gave it (SPEC 5: every non-2xx shows its status and error).
         server: Box<ServerError>,
     },
+    /// `device`: the server does not show that device to this token (exit 1).
+    #[error(
+        "{answer}: no device {id} within your token's scopes: check the id and the scopes of \
+         CLOCK_SERVER_TOKEN (clockctl devices lists the devices it may see)",
+        answer = server.answer()
+    )]
+    NoDevice {
+        /// The id asked about, escaped for printing.
+        id: String,
+        /// The 404 as the server gave it.
+        server: Box<ServerError>,
+    },
     /// `cancel`: the command is past the point where it could be cancelled (exit 1).
     #[error(
         "{answer}: command {id} can no longer be cancelled: it is {status} (only a scheduled \
@@ -64,6 +76,7 @@ impl CliError {
             | Self::Call(_)
             | Self::Status(_)
             | Self::NoCommand { .. }
+            | Self::NoDevice { .. }
             | Self::NotCancellable { .. }
             | Self::Watch(_) => 1,
         }

@@ -7,11 +7,13 @@
 //! - [`client`]: the token-safety rule, the HTTP call with its retries, `--wait`, and what
 //!   to print.
 //! - [`record`]: a tracked command's status record (SPEC 7.3) and how it is shown.
+//! - [`devices`]: devices and their presence (SPEC 11.2) as `devices` and `device` show them.
 //! - [`error`]: [`CliError`], each variant with its exit code.
 //! - [`watch`]: `clockctl watch`, the virtual clock (see [`crate::clock`]).
 
 pub mod args;
 pub mod client;
+pub mod devices;
 pub mod error;
 pub mod record;
 pub mod request;

@@ -59,8 +59,27 @@ impl Record {
         is_final(&self.status)
     }
 
+    /// Whether nothing more will happen to it: final, or `sent` to a device that never
+    /// acknowledges (SPEC 11.4); `queued` and `scheduled` are still on their way.
+    pub fn is_settled(&self) -> bool {
+        self.is_final() || self.sent_without_acks()
+    }
+
+    /// `sent` to a device whose `deviceAcks` is false: as far as it goes.
+    pub fn sent_without_acks(&self) -> bool {
+        self.status == "sent" && self.device_acks == Some(false)
+    }
+
+    /// What `--wait` exits 0 for: `succeeded`, or [`Record::sent_without_acks`].
+    pub fn is_success(&self) -> bool {
+        self.status == "succeeded" || self.sent_without_acks()
+    }
+
     /// `succeeded`, `failed (display busy)`, `expired`: the status with its reason, escaped.
     pub fn outcome(&self) -> String {
+        if self.sent_without_acks() {
+            return "sent (the device does not acknowledge commands)".to_owned();
+        }
         let status = terminal::plain(&self.status);
         match self.reason() {
             Some(reason) => format!("{status} ({reason})"),
@@ -138,6 +157,30 @@ mod tests {
         assert_eq!(sent.outcome(), "sent");
         assert!(sent.readable("x").contains("command      x"));
         assert!(Record::parse(r#"{"error":"not found"}"#).is_none());
+    }
+
+    #[test]
+    fn a_command_sent_to_a_device_without_acks_is_settled_and_a_success() {
+        let record = |status: &str, acks: Option<bool>| Record {
+            status: status.to_owned(),
+            device_acks: acks,
+            ..Record::default()
+        };
+        let sent = record("sent", Some(false));
+        assert!(sent.is_settled() && sent.is_success() && !sent.is_final());
+        assert!(sent.outcome().starts_with("sent"));
+        for open in [
+            record("sent", Some(true)),
+            record("sent", None),
+            record("queued", Some(false)),
+            record("scheduled", Some(false)),
+            record("pending", Some(false)),
+        ] {
+            assert!(!open.is_settled() && !open.is_success(), "{open:?}");
+        }
+        assert!(record("succeeded", Some(true)).is_success());
+        let expired = record("expired", Some(false));
+        assert!(expired.is_settled() && !expired.is_success());
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum Kind {
     Status,
     /// `DELETE /commands/{id}`: cancel a scheduled command.
     Cancel,
+    /// `GET /devices`: every device in the token's scopes.
+    Devices,
+    /// `GET /devices/{id}`: one device.
+    Device,
 }
 
 /// A request that passed every client-side check.
@@ -46,7 +50,7 @@ pub struct ApiRequest {
     pub retries: u32,
     /// `--wait`: follow the command to its end for at most this long.
     pub wait: Option<Duration>,
-    /// For `status` and `cancel`: the id as typed (for messages).
+    /// For `status` and `cancel`: the id as typed (for messages); for `device`, the device.
     pub command_id: Option<String>,
 }
 
@@ -92,6 +96,36 @@ impl ApiRequest {
                 command_id: None,
             }),
             Command::Status(args) => by_id(args, Method::GET, Kind::Status),
+            Command::Devices(args) => Ok(Self {
+                method: Method::GET,
+                path: "/devices".to_owned(),
+                body: None,
+                kind: Kind::Devices,
+                idempotency_key: None,
+                retries: args.retries.count,
+                wait: None,
+                command_id: None,
+            }),
+            Command::Device(args) => {
+                let id = device(&args.device_id).map_err(|_| {
+                    CliError::Invalid(format!(
+                        "invalid DEVICE_ID {:?}: pass an id like clock-1 (1-64 characters of \
+                         A-Z a-z 0-9 _ -)",
+                        args.device_id
+                    ))
+                })?;
+                Ok(Self {
+                    method: Method::GET,
+                    // Only path-safe characters: nothing to escape.
+                    path: format!("/devices/{id}"),
+                    body: None,
+                    kind: Kind::Device,
+                    idempotency_key: None,
+                    retries: args.retries.count,
+                    wait: None,
+                    command_id: Some(id),
+                })
+            }
             Command::Cancel(args) => by_id(args, Method::DELETE, Kind::Cancel),
             Command::Watch(_) => Err(CliError::Invalid(
                 "watch talks to the MQTT broker, not the API: run it with cli::watch::run".into(),

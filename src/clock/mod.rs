@@ -8,6 +8,7 @@
 //!   one plain line printed per command.
 //! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
 //!   live view's lines; pure, time is passed in.
+//! - [`presence`]: how the clock says it is there: Last Will, birth, AWTRIX `stats`.
 //! - [`shown`]: what an AWTRIX clock does with a valid delivery (below `awtrix` and
 //!   `command`, which both use it).
 //! - [`watch`]: connecting, subscribing, re-connecting, and showing commands as plain lines,
@@ -17,6 +18,7 @@ pub mod ack;
 pub mod awtrix;
 pub mod command;
 pub mod face;
+pub mod presence;
 pub mod shown;
 pub mod watch;
 

@@ -24,6 +24,7 @@ use super::ack::{Ack, ack_topic, is_ack_topic, usable_response_topic};
 use super::awtrix;
 use super::command::{self, Received};
 use super::face::Clocks;
+use super::presence::Announce;
 use crate::domain::{DeviceId, Profile};
 use crate::shared::{BrokerUrl, MAX_MQTT_PACKET_SIZE, Secret};
 use crate::terminal;
@@ -277,6 +278,126 @@ pub struct Watcher {
     filters: Vec<String>,
     broker: String,
     stopping: Arc<AtomicBool>,
+    /// What this connection announces (its Last Will is set), if anything.
+    announce: Option<Announce>,
+    /// Further generic devices, each on a connection of its own (one will per connection).
+    others: Vec<(Announce, MqttClient)>,
+    /// AWTRIX: the 10-second `stats`.
+    stats: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// After a reconnection, how long to wait before saying `online` again: the client
+/// reports the connection before it has re-sent the subscriptions of its clean session,
+/// and a clock must not say it is there (so that held commands come) before it listens.
+const BIRTH_AFTER_RECONNECT: Duration = Duration::from_millis(500);
+
+impl WatchOptions {
+    /// What each watched device announces (SPEC 11.4): the AWTRIX clock, or each listed
+    /// generic device; nothing when watching every generic device (no id to announce).
+    pub fn announcements(&self) -> Vec<Announce> {
+        match &self.profile {
+            Profile::Awtrix3(clock) => vec![Announce::awtrix(clock.topic.as_str())],
+            Profile::Generic => {
+                let mut seen = std::collections::BTreeSet::new();
+                self.devices
+                    .iter()
+                    .filter(|d| seen.insert(d.as_str().to_owned()))
+                    .map(|d| Announce::generic(&self.topic_prefix, d.as_str()))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Connection options shared by the watcher and its presence-only connections.
+fn connect_options(options: &WatchOptions, kind: &str) -> ConnectOptions {
+    let client_id = format!("clock-{kind}-{}", uuid::Uuid::now_v7().simple());
+    let mut connect = ConnectOptions::new(client_id)
+        .with_clean_start(true)
+        .with_keep_alive(Duration::from_secs(30))
+        .with_automatic_reconnect(true)
+        .with_reconnect_delay(Duration::from_millis(500), Duration::from_secs(10));
+    // Payloads come from whoever may publish on the broker: a packet over this is refused
+    // (and the client reconnects) instead of buffered. A broker that honours the maximum
+    // simply does not forward bigger messages to us, which no clock face could show.
+    connect.properties.maximum_packet_size = Some(MAX_MQTT_PACKET_SIZE);
+    if let Some(user) = &options.broker.url.username {
+        let password = options
+            .broker
+            .url
+            .password
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        connect = connect.with_credentials(user.clone(), password);
+    }
+    connect
+}
+
+/// Says `online` again after every reconnection of `client`; `connected` says whether it
+/// has connected already (else its first connection is not a reconnection).
+async fn rebirth_on_reconnect(
+    client: &MqttClient,
+    announce: Announce,
+    stopping: Arc<AtomicBool>,
+    connected: bool,
+) {
+    let first = Arc::new(AtomicBool::new(!connected));
+    let again = client.clone();
+    let _ = client
+        .on_connection_event(move |event| {
+            if !matches!(event, ConnectionEvent::Connected { .. })
+                || first.swap(false, Ordering::SeqCst)
+                || stopping.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            let (client, announce) = (again.clone(), announce.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(BIRTH_AFTER_RECONNECT).await;
+                let _ = announce.birth(&client).await;
+            });
+        })
+        .await;
+}
+
+/// A connection that only announces `announce` (its will, then `online`).
+async fn presence_only(
+    options: &WatchOptions,
+    announce: &Announce,
+    stopping: &Arc<AtomicBool>,
+) -> Result<MqttClient, WatchError> {
+    let broker = options.broker.display();
+    let connect = connect_options(options, "presence").with_will(announce.will());
+    let client = MqttClient::with_options(connect.clone());
+    if options.broker.url.tls
+        && let Some(pem) = &options.broker.ca_pem
+    {
+        client.set_tls_config(None, None, Some(pem.clone())).await;
+    }
+    rebirth_on_reconnect(&client, announce.clone(), stopping.clone(), false).await;
+    let attempt = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.connect_with_options(&broker, connect),
+    )
+    .await;
+    let failure = match attempt {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    };
+    if let Some(reason) = failure {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
+        return Err(WatchError::Connect { broker, reason });
+    }
+    if let Err(reason) = announce.birth(&client).await {
+        eprintln!(
+            "cannot say online on {}: {}; watching goes on",
+            terminal::plain(announce.topic()),
+            terminal::plain(&reason)
+        );
+    }
+    Ok(client)
 }
 
 impl Watcher {
@@ -284,25 +405,12 @@ impl Watcher {
     /// subscription (SUBACK), so nothing published afterwards is missed.
     pub async fn connect(options: &WatchOptions) -> Result<Self, WatchError> {
         let broker = options.broker.display();
-        let client_id = format!("clock-watch-{}", uuid::Uuid::now_v7().simple());
-        let mut connect = ConnectOptions::new(client_id)
-            .with_clean_start(true)
-            .with_keep_alive(Duration::from_secs(30))
-            .with_automatic_reconnect(true)
-            .with_reconnect_delay(Duration::from_millis(500), Duration::from_secs(10));
-        // Payloads come from whoever may publish on the broker: a packet over this is refused
-        // (and the client reconnects) instead of buffered. A broker that honours the maximum
-        // simply does not forward bigger messages to us, which no clock face could show.
-        connect.properties.maximum_packet_size = Some(MAX_MQTT_PACKET_SIZE);
-        if let Some(user) = &options.broker.url.username {
-            let password = options
-                .broker
-                .url
-                .password
-                .as_ref()
-                .map(Secret::expose)
-                .unwrap_or_default();
-            connect = connect.with_credentials(user.clone(), password);
+        let mut announcements = options.announcements().into_iter();
+        // The first device's will rides on this connection, as on a real clock.
+        let announce = announcements.next();
+        let mut connect = connect_options(options, "watch");
+        if let Some(a) = &announce {
+            connect = connect.with_will(a.will());
         }
         let client = MqttClient::with_options(connect.clone());
         let (tx, events) = mpsc::unbounded_channel();
@@ -392,6 +500,31 @@ impl Watcher {
                 clock.topic.to_string(),
             )),
         };
+        // Listening now: say so (and, after a reconnection, again).
+        if let Some(a) = &announce {
+            rebirth_on_reconnect(&client, a.clone(), stopping.clone(), true).await;
+            if let Err(reason) = a.birth(&client).await {
+                eprintln!(
+                    "cannot say online on {}: {}; watching goes on",
+                    terminal::plain(a.topic()),
+                    terminal::plain(&reason)
+                );
+            }
+        }
+        let stats = announce
+            .as_ref()
+            .and_then(|a| a.spawn_stats(client.clone()));
+        let mut others = Vec::new();
+        for other in announcements {
+            match presence_only(options, &other, &stopping).await {
+                Ok(presence) => others.push((other, presence)),
+                Err(e) => {
+                    stopping.store(true, Ordering::SeqCst);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.disconnect()).await;
+                    return Err(e);
+                }
+            }
+        }
         let acknowledge = options.acknowledge && awtrix.is_none();
         let acker = acknowledge.then(|| Acker {
             client: client.clone(),
@@ -409,6 +542,9 @@ impl Watcher {
             filters,
             broker,
             stopping,
+            announce,
+            others,
+            stats,
         })
     }
 
@@ -429,6 +565,17 @@ impl Watcher {
     ) -> Result<(), WatchError> {
         let result = self.show(view, out, shutdown).await;
         self.stopping.store(true, Ordering::SeqCst);
+        if let Some(stats) = self.stats.take() {
+            stats.abort();
+        }
+        // A clean DISCONNECT does not send the will: say offline first.
+        if let Some(a) = &self.announce {
+            let _ = a.goodbye(&self.client).await;
+        }
+        for (a, presence) in &self.others {
+            let _ = a.goodbye(presence).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), presence.disconnect()).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
         match result {
             // The reader of a pipe has gone (e.g. `| head -3`): that ends watching, quietly.
@@ -517,8 +664,10 @@ impl Watcher {
         } = delivery;
         let received = match &self.awtrix {
             Some((name, base)) => awtrix::parse(name, base, topic, payload, *retained),
-            // Devices' answers (this clock's own among them) are not commands.
-            None if is_ack_topic(&self.prefix, topic) => return Ok(()),
+            // Devices' answers and presence (this clock's own among them) are not commands.
+            None if is_ack_topic(&self.prefix, topic) || is_status_topic(&self.prefix, topic) => {
+                return Ok(());
+            }
             None => command::parse(&self.prefix, topic, payload, *retained),
         };
         match view {
@@ -574,6 +723,16 @@ impl Watcher {
         out.write_all(frame.as_bytes())?;
         out.flush()
     }
+}
+
+/// Whether `topic` is a device's presence, `<prefix>/<device>/status` (the watch
+/// subscription `<prefix>/+/+` receives those too).
+fn is_status_topic(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.rsplit_once('/'))
+        .is_some_and(|(_, last)| last == crate::domain::presence::STATUS_LEVEL)
 }
 
 fn describe(reason: &DisconnectReason) -> String {
