@@ -19,9 +19,10 @@
 //! - [`store`]: the `StateStore` of tracked commands, idempotency keys and schedules; memory,
 //!   file and Redis backends.
 //! - [`tls`]: rustls configurations shared by the listener, transports and `clockctl`.
-//! - [`tracking`]: the server's rules around a tracked command: record, status, acks, `Idempotency-Key`.
+//! - [`commands`]: the core, one command's life: submission (`Idempotency-Key`, record,
+//!   dispatch or hold, audit), status, cancel, device acknowledgements, the loop that
+//!   publishes gateway-held alarms (AWTRIX) at their time. The only holder of the store.
 //! - [`presence`]: which devices are online, offline or unknown, from their own MQTT signals.
-//! - [`scheduler`]: the loop that publishes gateway-held alarms (AWTRIX) at their time.
 //! - [`schedules`]: the rules of `/schedules` (SPEC 12): validation, scopes, merge patch, skip,
 //!   preview, `Idempotency-Key` on create.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
@@ -36,6 +37,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod devices;
@@ -44,7 +46,6 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod presence;
-pub mod scheduler;
 pub mod schedules;
 pub mod security;
 pub mod shared;
@@ -53,5 +54,4 @@ pub mod store;
 pub mod telemetry;
 pub mod terminal;
 pub mod tls;
-pub mod tracking;
 pub mod transport;

@@ -248,14 +248,15 @@ impl Metrics {
         self.store_errors.inc();
     }
 
-    /// Reports the state store's readiness as `transport_ready{transport="store"}`.
-    pub fn watch_store(&self, store: Arc<dyn crate::store::StateStore>) {
+    /// Reports the state store's readiness (`ready`, cheap: asked at every scrape) as
+    /// `transport_ready{transport="store"}`.
+    pub fn watch_store(&self, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
         let mut slot = self
             .transports
             .store
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *slot = Some(store);
+        *slot = Some(ready);
     }
 
     /// Reports devices by presence (`clock_server_devices{presence}`) and the messages on
@@ -385,7 +386,7 @@ pub fn method_label(method: &Method) -> &'static str {
 #[derive(Default)]
 struct ReadyCollector {
     transports: RwLock<Vec<(&'static str, Arc<dyn Transport>)>>,
-    store: RwLock<Option<Arc<dyn crate::store::StateStore>>>,
+    store: RwLock<Option<Arc<dyn Fn() -> bool + Send + Sync>>>,
 }
 
 impl ReadyCollector {
@@ -430,7 +431,7 @@ impl Collector for ReadyCollector {
         if let Some(store) = store.as_ref() {
             metric
                 .encode_family(&TransportLabels { transport: "store" })?
-                .encode_gauge(&i64::from(store.is_ready()))?;
+                .encode_gauge(&i64::from(store()))?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::commands::{Commands, Tracking};
 use crate::config::{Config, TransportConfig};
 use crate::dispatch::Dispatcher;
 use crate::domain::DeviceId;
@@ -17,10 +18,8 @@ use crate::http::server::{Limits, Timeouts, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::scheduler::SchedulerHandle;
 use crate::security::AuthThrottle;
 use crate::tls;
-use crate::tracking::Tracker;
 use crate::transport::fanout::Fanout;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::rest::RestTransport;
@@ -78,8 +77,6 @@ pub struct Application {
     limits: Limits,
     /// The `/metrics` listener, when `METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
-    /// The loop publishing gateway-held alarms, when a device needs it.
-    scheduler: Option<SchedulerHandle>,
 }
 
 /// Each enabled transport on its own, in `ENABLED_SENDERS` order, and the MQTT one again
@@ -121,11 +118,7 @@ struct MqttAcks {
 /// acknowledgements are shared, so presence learns from those this replica receives (a
 /// second, unshared subscription to the same topics would hand every message to both
 /// callbacks of the client).
-fn subscribe_device_messages(
-    acks: &MqttAcks,
-    tracker: Option<&Arc<Tracker>>,
-    presence: &Arc<Presence>,
-) {
+fn subscribe_device_messages(acks: &MqttAcks, commands: &Commands, presence: &Arc<Presence>) {
     use crate::transport::mqtt::acks::{ack_filter, parse};
     let seen = {
         let (presence, prefix) = (presence.clone(), acks.prefix.clone());
@@ -138,9 +131,8 @@ fn subscribe_device_messages(
             }
         }
     };
-    match tracker {
-        Some(tracker) => {
-            let (sink, queue) = tokio::sync::mpsc::channel(crate::tracking::ACK_QUEUE);
+    match commands.start_acks(acks.prefix.clone()) {
+        Some(sink) => {
             let filter = ack_filter(&acks.prefix, acks.shared_group.as_deref());
             acks.transport.subscribe(
                 filter,
@@ -151,7 +143,6 @@ fn subscribe_device_messages(
                     let _ = sink.try_send((topic.to_owned(), payload.to_vec()));
                 }),
             );
-            tokio::spawn(tracker.clone().apply_acks(acks.prefix.clone(), queue));
         }
         None => acks.transport.subscribe(
             ack_filter(&acks.prefix, None),
@@ -170,12 +161,9 @@ fn subscribe_device_messages(
     }
 }
 
-/// The tracker of `STATE_STORE`, or `None` for `none`; the store is opened here, so a
-/// corrupt or unreadable file stops the start with an error naming it.
-fn build_tracker(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> Result<Option<Arc<Tracker>>, StartupError> {
+/// The store of `STATE_STORE` and its settings, or `None` for `none`; the store is opened
+/// here, so a corrupt or unreadable file stops the start with an error naming it.
+fn build_tracking(config: &Config) -> Result<Option<Tracking>, StartupError> {
     let tracking = &config.tracking;
     let store = crate::store::open(&tracking.store, tracking.settings).map_err(|source| {
         StartupError::Store {
@@ -226,14 +214,11 @@ fn build_tracker(
             ),
         }
     }
-    let tracker = Arc::new(Tracker::new(
+    Ok(Some(Tracking {
         store,
-        tracking.command_ttl,
-        tracking.idempotency_ttl,
-        metrics.clone(),
-    ));
-    tracker.spawn_purge();
-    Ok(Some(tracker))
+        command_ttl: tracking.command_ttl,
+        idempotency_ttl: tracking.idempotency_ttl,
+    }))
 }
 
 /// One transport as is, several behind a fan-out.
@@ -256,21 +241,16 @@ impl Application {
             .map(|t| metrics.instrument(t))
             .collect();
         let publish_timeout = config.transports.mqtt().map(|m| m.publish_timeout);
-        let mut app = Self::bind(config, combine(transports), metrics).await?;
-        if let (Some(acks), Some(tracker), Some(publish_timeout)) =
-            (&acks, &app.state.tracker, publish_timeout)
-            && app.state.devices.with_scheduled_alarms().next().is_some()
+        let holds_alarms = config.devices.with_scheduled_alarms().next().is_some();
+        let app = Self::bind(config, combine(transports), metrics).await?;
+        let commands = &app.state.commands;
+        if let (Some(acks), Some(publish_timeout)) = (&acks, publish_timeout)
+            && holds_alarms
         {
-            app.scheduler = Some(crate::scheduler::spawn(
-                tracker.clone(),
-                acks.transport.clone(),
-                app.state.alarms.clone(),
-                app.state.metrics.clone(),
-                publish_timeout,
-            ));
+            commands.start_scheduler(acks.transport.clone(), publish_timeout);
         }
         if let Some(acks) = acks {
-            subscribe_device_messages(&acks, app.state.tracker.as_ref(), &app.state.presence);
+            subscribe_device_messages(&acks, commands, &app.state.presence);
         }
         Ok(app)
     }
@@ -312,7 +292,6 @@ impl Application {
                 "using the legacy API_AUTH_TOKEN (one token, scope *); prefer API_AUTH_CREDENTIALS with per-caller ids and scopes"
             );
         }
-        let tracker = build_tracker(&config, &metrics)?;
         let devices = Arc::new(config.devices.clone());
         let prefix = config
             .transports
@@ -324,15 +303,22 @@ impl Application {
             config.presence.timeout,
         ));
         metrics.watch_presence(presence.clone());
-        let schedules = tracker.as_ref().map(|t| {
+        let tracking = build_tracking(&config)?;
+        let schedules = tracking.as_ref().map(|t| {
             Arc::new(crate::schedules::Schedules::new(
                 t.store.clone(),
                 config.tracking.schedules_max_per_device,
                 config.tracking.idempotency_ttl,
             ))
         });
+        let commands = Arc::new(Commands::new(
+            Dispatcher::new(transport),
+            devices,
+            metrics.clone(),
+            tracking,
+        ));
         let state = Arc::new(AppState {
-            dispatcher: Dispatcher::new(transport),
+            commands,
             credentials: config.credentials.clone(),
             throttle: AuthThrottle::new(config.auth_fail_limit_per_min),
             tls_policy: config.http.tls.clone(),
@@ -341,9 +327,6 @@ impl Application {
             read_timeout: config.http.read_timeout,
             metrics,
             refusals: Default::default(),
-            tracker,
-            devices: devices.clone(),
-            alarms: Arc::default(),
             presence,
             schedules,
         });
@@ -364,7 +347,6 @@ impl Application {
             timeouts,
             limits,
             metrics_listener,
-            scheduler: None,
         })
     }
 
@@ -380,6 +362,11 @@ impl Application {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The core (tests watch its background tasks stop).
+    pub fn commands(&self) -> Arc<Commands> {
+        self.state.commands.clone()
     }
 
     /// The application's metrics (what `/metrics` renders).
@@ -422,12 +409,10 @@ impl Application {
             shutdown,
         )
         .await;
-        // No alarm is claimed once the API has stopped; those being published settle
-        // before the transports close.
-        if let Some(scheduler) = self.scheduler {
-            scheduler.stop().await;
-        }
-        self.state.dispatcher.close().await;
+        // Submissions whose callers hung up finish, no alarm is claimed once the API has
+        // stopped, those being published settle, every background task ends; then the
+        // transports close.
+        self.state.commands.stop().await;
         if let Some((stop, task)) = metrics_task {
             let _ = stop.send(());
             let _ = task.await;

@@ -679,3 +679,53 @@ async fn one_credentials_flood_never_evicts_anothers_held_alarm_or_live_idempote
         .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_held_alarm_goes_to_the_clocks_current_topic_and_fails_for_a_removed_device() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("state.db").display());
+    let vars = [("STATE_STORE", store.as_str())];
+
+    let app = spawn(&broker.url(), &devices, &vars).await;
+    app.wait_until_ready().await;
+    let at = alarm_at(4);
+    let (status, body) = app.alarm("kitchen", at, Some("moved")).await;
+    assert_eq!(status, 202, "{body}");
+    let kitchen = id_of(&body);
+    let (status, body) = app.alarm("hall", at, Some("removed")).await;
+    assert_eq!(status, 202, "{body}");
+    let hall = id_of(&body);
+    app.stop().await;
+    assert!(
+        Utc::now() < at,
+        "the first server stopped before the alarm time"
+    );
+
+    // Before the alarm time the devices file changes: the kitchen clock has another
+    // prefix and melody, the hall clock is gone.
+    let mut changed = tempfile::NamedTempFile::new().unwrap();
+    changed
+        .write_all(
+            b"[devices.kitchen]\nprofile = \"awtrix3\"\ntopic = \"awtrix_k2\"\nalarm_rtttl = \"moved:d=4,o=5,b=100:c6\"\n",
+        )
+        .unwrap();
+    let app = spawn(&broker.url(), &changed, &vars).await;
+    let got = eventually(
+        Duration::from_secs(15),
+        "the alarm on the clock's new topic",
+        || async { sub.on("awtrix_k2/notify").into_iter().next() },
+    )
+    .await;
+    assert_eq!(got.payload["text"], "moved");
+    assert_eq!(got.payload["rtttl"], "moved:d=4,o=5,b=100:c6");
+    app.status_is(&kitchen, "sent", Duration::from_secs(5))
+        .await;
+    let record = app.status_is(&hall, "failed", Duration::from_secs(5)).await;
+    assert_eq!(record["statusReason"]["code"], "device_removed");
+    assert!(sub.on("awtrix_k1/notify").is_empty());
+    assert!(sub.on("home/awtrix/hall/notify").is_empty());
+    app.stop().await;
+}

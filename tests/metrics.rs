@@ -443,9 +443,18 @@ async fn a_dispatch_abandoned_by_its_caller_leaves_the_in_flight_gauge_at_zero()
             .await
     });
     app.fake().started.notified().await;
-    // The caller goes away: the connection closes and the server drops the request.
+    // The caller goes away: the connection closes and the server drops the request. The
+    // dispatch goes on without it (a command on its way is finished, SPEC 7.6, 10) and
+    // leaves the gauge when it ends.
     request.abort();
     let _ = request.await;
+    app.fake().release.notify_one();
+    common::eventually(
+        Duration::from_secs(5),
+        "the abandoned command to be delivered all the same",
+        || async { (app.fake().sent().len() == 1).then_some(()) },
+    )
+    .await;
     common::eventually(
         Duration::from_secs(5),
         "the in-flight gauge to fall back to 0",

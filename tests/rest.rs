@@ -956,3 +956,86 @@ async fn an_unreachable_broker_gives_502_and_the_audit_names_mqtt() {
     assert_eq!(downstream.requests().len(), 1, "REST still got it");
     assert_audit_failed(&rid, "mqtt");
 }
+
+// ---------------------------------------------------------------------------------------
+// A caller who hangs up mid-dispatch (SPEC 2.1 step 12, 7.6, 10).
+
+#[tokio::test]
+async fn a_caller_hanging_up_mid_dispatch_still_gets_its_command_recorded_audited_and_replayed() {
+    use tokio::io::AsyncWriteExt;
+
+    let downstream = Downstream::start().await;
+    let base = downstream.url("");
+    let app = spawn_app(&[
+        ("CLOCK_REST_BASE_URL", &base),
+        ("CLOCK_REST_TIMEOUT_MS", "30000"),
+    ])
+    .await;
+    downstream.hold(true);
+    let rid = request_id("hang-up");
+    let body = message("clock-1").api_body.to_string();
+
+    // A real socket: the request is written whole, then the caller closes the connection
+    // while the downstream still holds the command.
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /commands/messages HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {OPS_TOKEN}\r\n\
+         Content-Type: application/json\r\nIdempotency-Key: hang-up-1\r\nX-Request-Id: {rid}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.addr,
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    eventually(LIMIT, "the command to reach the downstream", || async {
+        (downstream.requests().len() == 1).then_some(())
+    })
+    .await;
+    drop(socket);
+    // The caller is gone (the server sees the closed connection within this), and only
+    // then does the downstream answer.
+    common::observe_for(Duration::from_millis(300)).await;
+    downstream.hold(false);
+
+    // The command was on its way: its audit record is written, and a retry with the same
+    // key gets the remembered answer (once the first dispatch has ended), never a second
+    // delivery.
+    let (status, body, replayed) = eventually(LIMIT, "the retry's answer", || async {
+        let response = app
+            .client
+            .post(app.url("/commands/messages"))
+            .bearer_auth(OPS_TOKEN)
+            .header("idempotency-key", "hang-up-1")
+            .header("content-type", "application/json")
+            .body(message("clock-1").api_body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let replayed = response.headers().get("idempotent-replayed").cloned();
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        (status != 409).then_some((status, body, replayed))
+    })
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(replayed.unwrap(), "true");
+    assert_eq!(downstream.requests().len(), 1, "delivered once");
+    let id = body["commandId"].as_str().unwrap();
+    let record: Value = serde_json::from_slice(
+        &app.client
+            .get(app.url(&format!("/commands/{id}")))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["status"], "sent", "{record}");
+    let audit: Vec<_> = log_lines(&rid)
+        .into_iter()
+        .filter(|l| l.contains("command dispatched") && l.contains("audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+}

@@ -774,3 +774,148 @@ async fn an_ack_that_overtakes_the_puback_is_applied_and_the_record_shows_sent_a
     assert!(is_utc_millis(&record["sentAt"]), "{record}");
     assert!(is_utc_millis(&record["completedAt"]), "{record}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Acknowledgements that cannot apply, a store that stalls, and shutdown
+// ---------------------------------------------------------------------------------------
+
+/// A devices file naming `kitchen` an AWTRIX 3 clock (no acknowledgements, alarms held).
+fn awtrix_devices() -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"[devices.kitchen]\nprofile = \"awtrix3\"\ntopic = \"awtrix_k1\"\n")
+        .unwrap();
+    file
+}
+
+#[tokio::test]
+async fn an_ack_applies_only_to_a_sent_command_of_a_device_that_acknowledges_and_only_as_an_object()
+{
+    let broker = Mosquitto::start_plain();
+    let devices = awtrix_devices();
+    let path = devices.path().display().to_string();
+    let app = mqtt_app(&broker, &[("DEVICES_FILE", path.as_str())]).await;
+    let device = Device::connect(broker.port).await;
+    let alarm_at = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/alarms",
+            &json!({"deviceId": "kitchen", "alarmTime": alarm_at}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "scheduled");
+    let alarm = body["commandId"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .call(reqwest::Method::POST, "/commands/messages", &msg("kitchen"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let message = body["commandId"].as_str().unwrap().to_owned();
+    let (status, _, answer) = post(&app, OPS_TOKEN, &msg("clock-1"), None).await;
+    assert_eq!(status, 202);
+    let generic = json(&answer)["commandId"].as_str().unwrap().to_owned();
+    device.received(&generic).await;
+
+    // A scheduled alarm has not left the gateway; an AWTRIX clock never acknowledges; an
+    // acknowledgement is exactly the object, never an array read into it.
+    for (topic, payload) in [
+        (
+            "clocks/commands/kitchen/ack",
+            format!(r#"{{"commandId":"{alarm}","status":"succeeded"}}"#),
+        ),
+        (
+            "clocks/commands/kitchen/ack",
+            format!(r#"{{"commandId":"{message}","status":"succeeded"}}"#),
+        ),
+        (
+            "clocks/commands/clock-1/ack",
+            format!(r#"["{generic}","succeeded"]"#),
+        ),
+    ] {
+        device.ack(topic, &payload).await;
+    }
+    eventually(Duration::from_secs(10), "3 ignored acks", || async {
+        (metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get_record(&app, OPS_TOKEN, &alarm).await.1["status"],
+        "scheduled"
+    );
+    assert_eq!(
+        get_record(&app, OPS_TOKEN, &message).await.1["status"],
+        "sent"
+    );
+    assert_eq!(
+        get_record(&app, OPS_TOKEN, &generic).await.1["status"],
+        "sent"
+    );
+    assert_eq!(
+        metric(&app, "clock_server_acks_total{outcome=\"applied\"}").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn after_a_store_stall_a_finished_key_is_replayed_not_left_in_progress() {
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let app = spawn_app(&[("STATE_STORE", url.as_str())]).await;
+    app.fake().hold.store(true, SeqCst);
+    let first = {
+        let (client, url) = (app.client.clone(), app.url("/commands/messages"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(OPS_TOKEN)
+                .header("idempotency-key", "stall-1")
+                .json_body(&msg("clock-1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    app.fake().started.notified().await;
+    // The store stalls while the command is on its way: its status and its key cannot be
+    // saved when the transport accepts it.
+    redis.pause();
+    app.fake().release.notify_one();
+    assert_eq!(first.await.unwrap(), 202);
+    redis.resume();
+
+    // Once the store is back, a retry gets the remembered answer: no 409 for a minute,
+    // and never a second delivery.
+    let (headers, answer) = eventually(Duration::from_secs(20), "the replay", || async {
+        let (status, headers, answer) =
+            post(&app, OPS_TOKEN, &msg("clock-1"), Some("stall-1")).await;
+        (status == 202).then_some((headers, answer))
+    })
+    .await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(app.fake().sent().len(), 1);
+    assert_eq!(
+        json(&answer)["commandId"].as_str(),
+        Some(app.fake().sent()[0].command_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn every_background_task_of_the_core_stops_on_shutdown() {
+    let broker = Mosquitto::start_plain();
+    let devices = awtrix_devices();
+    let path = devices.path().display().to_string();
+    // A store (purge), MQTT (the acknowledgement loop) and an AWTRIX clock (the alarm
+    // scheduler): every background task the core has.
+    let app = mqtt_app(&broker, &[("DEVICES_FILE", path.as_str())]).await;
+    let commands = app.commands.clone();
+    assert!(
+        commands.running_tasks() >= 3,
+        "{} tasks",
+        commands.running_tasks()
+    );
+    app.stop().await;
+    assert_eq!(commands.running_tasks(), 0);
+}

@@ -55,7 +55,7 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8], retained: bool) -> Optio
     if device.is_empty() || topic_type.is_empty() || topic_type.contains('/') {
         return None;
     }
-    let (action, command_id) = match serde_json::from_slice::<Payload>(payload) {
+    let (action, command_id) = match crate::shared::json_object::<Payload>(payload) {
         Ok(fields) => {
             let command_id = fields.command_id.clone().map(Cow::into_owned);
             (action(device, topic_type, fields), command_id)

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::commands::CommandError;
 use crate::domain::ValidationError;
 
 /// Every error the API can answer with (SPEC 2.1).
@@ -54,6 +55,21 @@ pub enum ApiError {
     TooManySchedules,
     /// 409: a skip of a disabled schedule.
     ScheduleDisabled,
+}
+
+/// The core's outcomes, as the API answers them.
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::StoreUnavailable => Self::StoreUnavailable,
+            CommandError::StoreFull => Self::StoreFull,
+            CommandError::IdempotencyInProgress => Self::IdempotencyInProgress,
+            CommandError::IdempotencyMismatch => Self::IdempotencyMismatch,
+            CommandError::DispatchFailed { command_id } => Self::DispatchFailed { command_id },
+            CommandError::NotFound => Self::NotFound,
+            CommandError::NotCancellable { status } => Self::NotCancellable { status },
+        }
+    }
 }
 
 impl ApiError {
@@ -123,16 +139,6 @@ impl ApiError {
             }
         };
         serde_json::json!({ "error": error })
-    }
-}
-
-impl From<crate::tracking::Unavailable> for ApiError {
-    fn from(e: crate::tracking::Unavailable) -> Self {
-        if e.full {
-            Self::StoreFull
-        } else {
-            Self::StoreUnavailable
-        }
     }
 }
 

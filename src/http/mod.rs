@@ -23,8 +23,8 @@ use axum::routing::{MethodFilter, any, get, on};
 pub use error::ApiError;
 pub use error::json_response;
 
+use crate::commands::Commands;
 use crate::config::TlsPolicy;
-use crate::dispatch::Dispatcher;
 use crate::domain::{AlarmRequest, BrightnessRequest, CommandRequest, MessageRequest};
 use crate::metrics::{self, Metrics};
 use crate::security::{AuthThrottle, Credential, PresentedToken, ThrottleKey, authenticate};
@@ -33,7 +33,8 @@ use refusals::{Refusal, RefusalLog};
 
 /// What the handlers share.
 pub struct AppState {
-    pub dispatcher: Dispatcher,
+    /// The core: every command's life (submission, status, cancel).
+    pub commands: Arc<Commands>,
     pub credentials: Vec<Credential>,
     pub throttle: AuthThrottle,
     pub tls_policy: TlsPolicy,
@@ -44,12 +45,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The log budget of refused requests.
     pub refusals: RefusalLog,
-    /// Tracked commands (SPEC 7); `None` with `STATE_STORE=none`.
-    pub tracker: Option<Arc<crate::tracking::Tracker>>,
-    /// The devices with a profile other than generic (SPEC 8).
-    pub devices: Arc<crate::domain::Devices>,
-    /// Tells the alarm scheduler about alarms scheduled here.
-    pub alarms: Arc<crate::scheduler::Wake>,
     /// Which devices are there (SPEC 11.1), learnt by this replica.
     pub presence: Arc<crate::presence::Presence>,
     /// Recurring alarms (SPEC 12); `None` with `STATE_STORE=none` (no `/schedules` routes).

@@ -139,11 +139,11 @@ fn idempotency_key(
     if values.next().is_some() {
         return Err(ApiError::InvalidIdempotencyKey);
     }
-    let key = crate::tracking::parse_idempotency_key(value.as_bytes())
+    let key = crate::commands::parse_idempotency_key(value.as_bytes())
         .ok_or(ApiError::InvalidIdempotencyKey)?;
     Ok(Some(IdemKey {
         key: key.to_owned(),
-        fingerprint: crate::tracking::fingerprint(COLLECTION, body),
+        fingerprint: crate::commands::fingerprint(COLLECTION, body),
     }))
 }
 

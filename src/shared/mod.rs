@@ -9,6 +9,7 @@
 //! - [`redact`]: [`Redactor`] and [`redact_userinfo`], secrets kept out of printed text.
 //! - [`loggable_path`]: a path or topic cut to a length that may be logged.
 //! - [`new_id`]: the UUIDv7 of request and command ids.
+//! - [`json_object`]: a JSON object read into a struct, never from an array.
 //! - [`process_env`]: the environment lookup the binaries pass to the configuration readers.
 //! - [`MAX_MQTT_PACKET_SIZE`]: the largest packet the server and `clockctl watch` accept.
 
@@ -55,9 +56,42 @@ pub fn new_id() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
 
+/// `bytes` as exactly one JSON object read into `T`. serde reads a struct from a JSON
+/// array too (`["id","succeeded"]` fills the fields in order); every JSON input whose
+/// shape is fixed goes through here instead, so an array is refused.
+pub fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Not JSON at all keeps serde's own error (a syntax error, with its place).
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)?;
+        return Err(<serde_json::Error as serde::de::Error>::custom(
+            "expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_struct_is_read_from_a_json_object_only_never_from_an_array() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Pair {
+            a: String,
+            b: String,
+        }
+        assert!(json_object::<Pair>(br#" {"a":"x","b":"y"}"#).is_ok());
+        assert!(serde_json::from_slice::<Pair>(br#"["x","y"]"#).is_ok());
+        for bad in [&br#"["x","y"]"#[..], b" [\"x\",\"y\"]", b"null"] {
+            let e = json_object::<Pair>(bad).unwrap_err();
+            assert!(e.is_data(), "{bad:?}: {e}");
+        }
+        for not_json in [&b""[..], b"  ", b"[1,"] {
+            assert!(json_object::<Pair>(not_json).is_err(), "{not_json:?}");
+        }
+    }
 
     #[test]
     fn new_ids_are_distinct_version_7_uuids_of_the_current_millisecond() {

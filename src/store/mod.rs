@@ -208,6 +208,53 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// The record of a command about to be dispatched: `pending`, written before it
+    /// leaves, its device acknowledging (see [`Self::without_device_acks`]).
+    pub fn pending(
+        command_id: &str,
+        device_id: &str,
+        command_type: &str,
+        principal: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            command_id: command_id.to_owned(),
+            device_id: device_id.to_owned(),
+            command_type: command_type.to_owned(),
+            principal: principal.to_owned(),
+            status: CommandStatus::Pending,
+            created_at: now,
+            sent_at: None,
+            completed_at: None,
+            expires_at,
+            device_acks: true,
+            status_reason: None,
+            fire_at: None,
+            delivery: None,
+        }
+    }
+
+    /// For a device whose profile does not acknowledge commands (SPEC 7.4, 8).
+    pub fn without_device_acks(self) -> Self {
+        Self {
+            device_acks: false,
+            ..self
+        }
+    }
+
+    /// An alarm the gateway holds until `fire_at` (SPEC 8.1): `scheduled`, with what to
+    /// publish then. Only profiles without acknowledgements have such alarms.
+    pub fn scheduled(self, fire_at: DateTime<Utc>, delivery: Delivery) -> Self {
+        Self {
+            status: CommandStatus::Scheduled,
+            device_acks: false,
+            fire_at: Some(fire_at),
+            delivery: Some(delivery),
+            ..self
+        }
+    }
+
     /// The status resource of SPEC 7.3 as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain strings, bools and timestamps into a Vec cannot fail.

@@ -98,6 +98,8 @@ pub struct TestApp {
     fake: Option<Arc<FakeTransport>>,
     pub client: reqwest::Client,
     pub scheme: &'static str,
+    /// The core (its background tasks and submissions under way).
+    pub commands: Arc<clock_server::commands::Commands>,
     /// Dropping it shuts the app down too.
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
@@ -248,6 +250,7 @@ pub async fn start(
     };
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let commands = app.commands();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -258,6 +261,7 @@ pub async fn start(
         fake,
         client: client(ca.as_deref()),
         scheme: if tls { "https" } else { "http" },
+        commands,
         shutdown: Some(tx),
         task: Some(task),
     })

@@ -125,6 +125,19 @@ impl Redis {
         self.child = Some(child);
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, as in a
+    /// stall. [`Self::resume`] lets it go on.
+    pub fn pause(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        super::process::signal(pid, "STOP");
+    }
+
+    /// Ends a [`Self::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        super::process::signal(pid, "CONT");
+    }
+
     /// Stops the server with SIGKILL (an outage) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -82,7 +82,7 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8]) -> Result<Ack, Malformed
     if device.as_str() != device_str_untrimmed(rest) {
         return Err(Malformed::Topic);
     }
-    let body: AckBody = serde_json::from_slice(payload).map_err(|_| Malformed::Body)?;
+    let body: AckBody = crate::shared::json_object(payload).map_err(|_| Malformed::Body)?;
     let outcome = match body.status.as_str() {
         SUCCEEDED => FinalOutcome::Succeeded,
         FAILED => FinalOutcome::Failed,
@@ -165,6 +165,9 @@ mod tests {
             br#"{"commandId":"c1","status":"succeeded","extra":1}"#,
             br#"{"commandId":1,"status":"succeeded"}"#,
             br#"{"commandId":"c1","status":"succeeded"} trailing"#,
+            // serde reads a struct from an array too; an ack is exactly the object.
+            br#"["c1","succeeded"]"#,
+            br#"["c1","failed","reason"]"#,
         ] {
             assert_eq!(parse("p", "p/c/ack", body), Err(Malformed::Body));
         }

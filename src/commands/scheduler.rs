@@ -21,6 +21,10 @@
 //!   `schedule_missed` on time and the rest can be taken by a replica that is connected.
 //! - **Batches.** Up to [`BATCH`] alarms per claim, published [`CONCURRENCY`] at a time
 //!   (the MQTT transport's in-flight window bounds them further).
+//! - **Where to.** An alarm goes to its device as the devices file says *now*: a clock
+//!   given another `topic` since (and a restart) gets it on the new one; a device no
+//!   longer listed as a clock whose alarms the gateway holds ends the record
+//!   `failed`/`device_removed`, never published to a topic nobody may read any more.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -29,14 +33,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
-use crate::domain::CommandType;
-use crate::metrics::Metrics;
+use super::records::Tracker;
+use crate::domain::awtrix3::{self, Awtrix3Device};
+use crate::domain::{DeviceId, Devices, Profile};
 use crate::store::{
-    AckOutcome, CommandRecord, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
+    AckOutcome, CommandRecord, Delivery, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
 };
-use crate::tracking::Tracker;
 use crate::transport::Transport;
 use crate::transport::mqtt::MqttTransport;
 
@@ -89,46 +92,31 @@ impl Wake {
     }
 }
 
-/// The running loop; [`SchedulerHandle::stop`] ends it.
-pub struct SchedulerHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl SchedulerHandle {
-    /// Stops claiming and waits for the alarms being published to settle (each publish is
-    /// bounded by the publish timeout).
-    pub async fn stop(self) {
-        self.stop.send_replace(true);
-        let _ = self.task.await;
-    }
-}
-
-/// Starts the loop: alarms of `tracker`'s store, published through `mqtt`.
-pub fn spawn(
+/// Starts the loop: alarms of `tracker`'s store, published through `mqtt` to the devices
+/// of `devices`, until `stop`.
+pub(super) async fn run_until(
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
+    devices: Arc<Devices>,
     wake: Arc<Wake>,
-    metrics: Arc<Metrics>,
     publish_timeout: Duration,
-) -> SchedulerHandle {
-    let (stop, stopped) = watch::channel(false);
+    stop: watch::Receiver<bool>,
+) {
     let scheduler = Scheduler {
         tracker,
         mqtt,
+        devices,
         wake,
-        metrics,
         lease: publish_timeout + LEASE_MARGIN,
     };
-    let task = tokio::spawn(scheduler.run(stopped));
-    SchedulerHandle { stop, task }
+    scheduler.run(stop).await;
 }
 
 struct Scheduler {
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
+    devices: Arc<Devices>,
     wake: Arc<Wake>,
-    metrics: Arc<Metrics>,
     lease: Duration,
 }
 
@@ -157,7 +145,12 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.wake.notify.notified() => {}
-                _ = stopped.changed() => {}
+                changed = stopped.changed() => {
+                    // The core that owned the signal is gone: nobody can stop us later.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         tracing::info!("alarm scheduler stopped");
@@ -205,6 +198,10 @@ impl Scheduler {
             );
             return self.missed(&record).await;
         };
+        let Some(delivery) = self.current_delivery(&record, delivery) else {
+            return self.device_removed(&record).await;
+        };
+        let delivery = &delivery;
         if !up {
             tracing::debug!(
                 command_id = id,
@@ -219,7 +216,7 @@ impl Scheduler {
             .await
         {
             Ok(()) => {
-                self.tracker.sent(id).await;
+                self.tracker.sent(id, &record.command_type).await;
                 tracing::info!(
                     command_id = id,
                     device_id = %record.device_id,
@@ -242,31 +239,78 @@ impl Scheduler {
     async fn missed(&self, record: &CommandRecord) {
         let outcome = self
             .tracker
-            .store
             .complete(
+                "marking a missed alarm",
                 &record.command_id,
                 &record.device_id,
                 FinalOutcome::Failed,
                 Some(StatusReason::schedule_missed()),
-                Utc::now(),
             )
             .await;
-        match outcome {
-            Ok(AckOutcome::Applied(_)) => {
-                self.metrics
-                    .record_final(CommandType::SetAlarm.as_str(), "failed");
-                tracing::warn!(
-                    command_id = %record.command_id,
-                    device_id = %record.device_id,
-                    fire_at = record.fire_at.map(format_time).unwrap_or_default(),
-                    "scheduled alarm not published within its grace; marked failed (schedule_missed)"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.tracker.failed("marking a missed alarm", &e);
-            }
+        if let Ok(AckOutcome::Applied(_)) = outcome {
+            tracing::warn!(
+                command_id = %record.command_id,
+                device_id = %record.device_id,
+                fire_at = record.fire_at.map(format_time).unwrap_or_default(),
+                "scheduled alarm not published within its grace; marked failed (schedule_missed)"
+            );
         }
+    }
+
+    /// The alarm's delivery to its device as the devices file describes it now: the
+    /// device's current topic and alarm melody. `None` when the device is no longer a
+    /// clock whose alarms the gateway holds.
+    fn current_delivery(&self, record: &CommandRecord, held: &Delivery) -> Option<Delivery> {
+        let device = DeviceId::parse(&record.device_id).ok()?;
+        let Profile::Awtrix3(awtrix) = self.devices.profile(&device) else {
+            return None;
+        };
+        Some(retarget(awtrix, held))
+    }
+
+    async fn device_removed(&self, record: &CommandRecord) {
+        let reason = StatusReason::new(
+            "device_removed",
+            "the devices file no longer lists this device as a clock whose alarms the gateway holds",
+        );
+        let outcome = self
+            .tracker
+            .complete(
+                "marking an alarm of a removed device",
+                &record.command_id,
+                &record.device_id,
+                FinalOutcome::Failed,
+                Some(reason),
+            )
+            .await;
+        if let Ok(AckOutcome::Applied(_)) = outcome {
+            tracing::warn!(
+                command_id = %record.command_id,
+                device_id = %record.device_id,
+                "scheduled alarm not published: the devices file no longer lists its device as an AWTRIX clock; marked failed (device_removed)"
+            );
+        }
+    }
+}
+
+/// A held alarm's delivery for the clock as it is configured now: the notification held
+/// at scheduling time, published on the clock's current topic with its current melody.
+fn retarget(device: &Awtrix3Device, held: &Delivery) -> Delivery {
+    let current = device.publication(&crate::domain::Command::SetAlarm {
+        alarm_time: chrono::DateTime::<chrono::FixedOffset>::default(),
+        label: String::new(),
+    });
+    let payload = match serde_json::from_slice::<awtrix3::Notify>(&held.payload) {
+        Ok(notify) => serde_json::to_vec(&awtrix3::Notify {
+            rtttl: device.alarm_rtttl.clone(),
+            ..notify
+        })
+        .unwrap_or_else(|_| held.payload.clone()),
+        Err(_) => held.payload.clone(),
+    };
+    Delivery {
+        topic: current.topic,
+        payload,
     }
 }
 

@@ -1,0 +1,170 @@
+//! The records of tracked commands (SPEC 7) and the one place their status changes pass
+//! through. The store behind it ([`crate::store`]) holds the state; this file holds the
+//! rules that are the server's, not the store's: which status follows which event, what
+//! is counted, and what a store failure means for the caller (503, nothing dispatched).
+//! Only the core ([`super`]) sees the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::watch;
+
+use crate::domain::CommandType;
+use crate::metrics::Metrics;
+use crate::shared::Folded;
+use crate::store::{
+    AckOutcome, CommandRecord, CommandStatus, FinalOutcome, StateStore, StatusReason, StoreError,
+};
+
+/// How often records past their retention and expired idempotency keys are dropped.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// The tracked-command rules of one server, around its store.
+pub(super) struct Tracker {
+    pub(super) store: Arc<dyn StateStore>,
+    /// `COMMAND_TTL_SECS`.
+    pub(super) command_ttl: Duration,
+    /// `IDEMPOTENCY_TTL_SECS`.
+    pub(super) idempotency_ttl: Duration,
+    metrics: Arc<Metrics>,
+    /// Store failures are logged at most once a second (one per request would flood the
+    /// log while the store is down).
+    failures: Folded,
+}
+
+/// A store operation failed: logged and counted here; the caller answers 503.
+#[derive(Debug)]
+pub(super) struct Unavailable {
+    /// The `memory` store is full of unfinished commands and live keys
+    /// ([`StoreError::Full`]), rather than unreachable.
+    pub(super) full: bool,
+}
+
+impl Tracker {
+    pub(super) fn new(
+        store: Arc<dyn StateStore>,
+        command_ttl: Duration,
+        idempotency_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let probe = store.clone();
+        metrics.watch_store(Arc::new(move || probe.is_ready()));
+        Self {
+            store,
+            command_ttl,
+            idempotency_ttl,
+            metrics,
+            failures: Folded::default(),
+        }
+    }
+
+    /// Counts a store failure and logs it, folded: at most one line a second, with the
+    /// number of failures since the last line (`count`). The message never holds a
+    /// password (the store's errors are built without one).
+    pub(super) fn failed(&self, what: &str, e: &StoreError) -> Unavailable {
+        self.metrics.record_store_error();
+        if let Some(count) = self.failures.note() {
+            tracing::warn!(store = self.store.name(), error = %e, count, "state store: {what} failed");
+        }
+        Unavailable {
+            full: matches!(e, StoreError::Full { .. }),
+        }
+    }
+
+    /// Every status change of a record passes here once it is in the store: counted now;
+    /// the live events of SPEC 13 are emitted from here.
+    pub(super) fn status_changed(&self, command_type: &str, status: CommandStatus) {
+        if status.is_final() {
+            let command_type =
+                CommandType::from_wire(command_type).map_or("unknown", CommandType::as_str);
+            self.metrics.record_final(command_type, status.as_str());
+        }
+    }
+
+    /// Writes a new record (`pending` before a dispatch, or `scheduled`): once this
+    /// resolves it is in the store (on disk for `file:`), so an acknowledgement can never
+    /// arrive for a command the store does not know, and the scheduler may claim an alarm.
+    pub(super) async fn create(&self, record: CommandRecord) -> Result<(), Unavailable> {
+        let (command_type, status) = (record.command_type.clone(), record.status);
+        self.store
+            .create(record)
+            .await
+            .map_err(|e| self.failed("writing a new record", &e))?;
+        self.status_changed(&command_type, status);
+        Ok(())
+    }
+
+    /// Every transport accepted the command (or the scheduler published the alarm). A
+    /// failure here is logged, not answered: the command is out, and its record shows
+    /// `pending` until it expires.
+    pub(super) async fn sent(&self, command_id: &str, command_type: &str) {
+        match self.store.mark_sent(command_id, Utc::now()).await {
+            Ok(Some(CommandStatus::Sent)) => self.status_changed(command_type, CommandStatus::Sent),
+            Ok(_) => {}
+            Err(e) => {
+                self.failed("marking a command sent", &e);
+            }
+        }
+    }
+
+    /// Ends a record with a final outcome from the server itself (a failed dispatch, a
+    /// missed schedule) or from the device; `Applied` only if it was not final yet.
+    pub(super) async fn complete(
+        &self,
+        what: &str,
+        command_id: &str,
+        device_id: &str,
+        outcome: FinalOutcome,
+        reason: Option<StatusReason>,
+    ) -> Result<AckOutcome, Unavailable> {
+        let done = self
+            .store
+            .complete(command_id, device_id, outcome, reason, Utc::now())
+            .await
+            .map_err(|e| self.failed(what, &e))?;
+        if let AckOutcome::Applied(record) = &done {
+            self.status_changed(&record.command_type, record.status);
+        }
+        Ok(done)
+    }
+
+    /// A transport refused the command: the record ends `failed` / `dispatch_failed`.
+    pub(super) async fn dispatch_failed(&self, command_id: &str, device_id: &str) {
+        let reason = StatusReason::dispatch_failed("a transport did not accept the command");
+        let _ = self
+            .complete(
+                "marking a failed dispatch",
+                command_id,
+                device_id,
+                FinalOutcome::Failed,
+                Some(reason),
+            )
+            .await;
+    }
+
+    /// The expiry of a command submitted now with the body's own TTL, if any.
+    pub(super) fn expires_at(&self, now: DateTime<Utc>, ttl: Option<Duration>) -> DateTime<Utc> {
+        let ttl = ttl.unwrap_or(self.command_ttl);
+        now + TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX)
+    }
+
+    /// Drops old records and idempotency keys once a minute until `stop`.
+    pub(super) async fn purge_until(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            match self.store.purge(Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(dropped = n, "state store purged"),
+                Err(e) => {
+                    self.failed("purging", &e);
+                }
+            }
+        }
+    }
+}
