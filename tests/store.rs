@@ -103,6 +103,24 @@ fn alarm(id: &str, fire: i64) -> CommandRecord {
     }
 }
 
+/// A message held for `device` (SPEC 11.3), accepted at `at(created)`, alive for 600 s.
+fn queued(id: &str, device: &str, created: i64) -> CommandRecord {
+    CommandRecord {
+        status: CommandStatus::Queued,
+        created_at: at(created),
+        expires_at: at(created + 600),
+        delivery: Some(Delivery {
+            topic: format!("clocks/commands/{device}/display_message"),
+            payload: format!(r#"{{"commandId":"{id}"}}"#).into_bytes(),
+        }),
+        ..pending(id, device)
+    }
+}
+
+fn ids(records: &[CommandRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.command_id.as_str()).collect()
+}
+
 fn applied(outcome: AckOutcome) -> CommandRecord {
     match outcome {
         AckOutcome::Applied(record) => *record,
@@ -955,6 +973,165 @@ async fn schedules_and_their_last_firing_survive_a_restart(h: Harness) {
     );
 }
 
+async fn queued_commands_are_claimed_per_device_in_the_order_accepted(h: Harness) {
+    let store = h.open_default();
+    // Created out of order; two at the same millisecond go by id.
+    for record in [
+        queued("q-4", "dev-a", 2),
+        queued("q-2", "dev-a", 1),
+        queued("q-3", "dev-b", 0),
+        queued("q-1b", "dev-a", 1),
+        queued("q-1", "dev-a", 0),
+    ] {
+        store.create(record).await.unwrap();
+    }
+    assert_eq!(
+        store.get("q-4", at(3)).await.unwrap(),
+        Some(queued("q-4", "dev-a", 2))
+    );
+    let lease = secs(30);
+    let first = store.claim_queued("dev-a", at(10), lease, 2).await.unwrap();
+    assert_eq!(ids(&first), ["q-1", "q-1b"]);
+    assert_eq!(first[0].delivery, queued("q-1", "dev-a", 0).delivery);
+    // While that claimer delivers, nobody else gets any of the device's queue.
+    assert!(
+        store
+            .claim_queued("dev-a", at(11), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .claim_queued("dev-b", at(11), lease, 10)
+            .await
+            .unwrap()),
+        ["q-3"]
+    );
+    assert_eq!(store.count_queued(at(12)).await.unwrap(), 5);
+    assert_eq!(
+        store.queued_devices(at(12)).await.unwrap(),
+        ["dev-a", "dev-b"]
+    );
+
+    for id in ["q-1", "q-1b"] {
+        assert_eq!(
+            store.mark_sent(id, at(12)).await.unwrap(),
+            Some(CommandStatus::Sent)
+        );
+    }
+    // Delivered: the rest of the queue is free at once, in order.
+    let rest = store
+        .claim_queued("dev-a", at(13), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), ["q-2", "q-4"]);
+    assert_eq!(store.count_queued(at(13)).await.unwrap(), 3);
+    // A claimer that died: its lease runs out and the records are claimed again.
+    let again = store
+        .claim_queued("dev-a", at(13) + TimeDelta::seconds(31), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), ["q-2", "q-4"]);
+    assert!(
+        store
+            .claim_queued("dev-c", at(13), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_queued_command_past_its_expiry_is_expired_and_never_claimed(h: Harness) {
+    let store = h.open_default();
+    store.create(queued("q-1", "dev-a", 0)).await.unwrap();
+    store.create(queued("q-2", "dev-a", 100)).await.unwrap();
+    assert_eq!(store.count_queued(at(601)).await.unwrap(), 1);
+    let claimed = store
+        .claim_queued("dev-a", at(601), secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&claimed), ["q-2"]);
+    let expired = store.get("q-1", at(602)).await.unwrap().unwrap();
+    assert_eq!(expired.status, CommandStatus::Expired);
+    assert_eq!(expired.completed_at, Some(at(600)));
+    assert_eq!(
+        store.queued_devices(at(701)).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.count_queued(at(701)).await.unwrap(), 0);
+}
+
+async fn a_queued_command_can_be_cancelled_unless_it_is_being_delivered(h: Harness) {
+    let store = h.open_default();
+    store.create(queued("q-1", "dev-a", 0)).await.unwrap();
+    store.create(queued("q-2", "dev-b", 0)).await.unwrap();
+    match store.cancel("q-1", at(5)).await.unwrap() {
+        CancelOutcome::Cancelled(record) => {
+            assert_eq!(record.status, CommandStatus::Cancelled);
+            assert_eq!(record.completed_at, Some(at(5)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .claim_queued("dev-a", at(6), secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .claim_queued("dev-b", at(6), secs(30), 10)
+            .await
+            .unwrap()),
+        ["q-2"]
+    );
+    assert_eq!(
+        store.cancel("q-2", at(7)).await.unwrap(),
+        CancelOutcome::NotCancellable(CommandStatus::Queued)
+    );
+    assert_eq!(store.count_queued(at(8)).await.unwrap(), 1);
+}
+
+async fn concurrent_claimers_deliver_a_devices_queue_once_and_in_order(h: Harness) {
+    let store = h.open_default();
+    let n = 60;
+    for i in 0..n {
+        store
+            .create(queued(&format!("q-{i:03}"), "dev-a", i))
+            .await
+            .unwrap();
+    }
+    let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut claimers = Vec::new();
+    for _ in 0..6 {
+        let (store, delivered) = (store.clone(), delivered.clone());
+        claimers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while store.count_queued(at(n)).await.unwrap() > 0 {
+                assert!(Instant::now() < deadline, "the queue did not drain");
+                let batch = store
+                    .claim_queued("dev-a", at(n), secs(30), 7)
+                    .await
+                    .unwrap();
+                for record in batch {
+                    // Delivered, in the order claimed, under the one lease.
+                    delivered.lock().unwrap().push(record.command_id.clone());
+                    store.mark_sent(&record.command_id, at(n)).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for claimer in claimers {
+        claimer.await.unwrap();
+    }
+    let delivered = delivered.lock().unwrap().clone();
+    let expected: Vec<String> = (0..n).map(|i| format!("q-{i:03}")).collect();
+    assert_eq!(delivered, expected, "each once, in the order accepted");
+}
+
 /// Instantiates the suite for one backend: one `#[tokio::test]` per function above.
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
@@ -986,6 +1163,10 @@ macro_rules! conformance {
                 occurrences_more_than_a_minute_late_are_missed_and_counted_never_fired,
                 a_deleted_or_disabled_schedule_is_not_claimed,
                 schedules_and_their_last_firing_survive_a_restart,
+                queued_commands_are_claimed_per_device_in_the_order_accepted,
+                a_queued_command_past_its_expiry_is_expired_and_never_claimed,
+                a_queued_command_can_be_cancelled_unless_it_is_being_delivered,
+                concurrent_claimers_deliver_a_devices_queue_once_and_in_order,
             );
         }
     };
@@ -1269,26 +1450,43 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_the_previous_schema_keeps_its_commands_and_gets_schedules() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = file_path(&dir);
-    {
+    // What earlier releases wrote: schema version 1 (no schedules table, no index of
+    // queued commands) and version 2 (no index of queued commands).
+    for (version, undo) in [
+        (1, "DROP TABLE schedules; DROP INDEX commands_queued;"),
+        (2, "DROP INDEX commands_queued;"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_path(&dir);
+        {
+            let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+            store.create(pending("c-1", "clock-1")).await.unwrap();
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("{undo} PRAGMA user_version = {version};"))
+            .unwrap();
+        drop(conn);
         let store = FileStore::open(&path, StoreSettings::default()).unwrap();
-        store.create(pending("c-1", "clock-1")).await.unwrap();
+        assert!(
+            store.get("c-1", at(1)).await.unwrap().is_some(),
+            "{version}"
+        );
+        assert_eq!(
+            store
+                .schedule_create(schedule("s-1", "kitchen", 0), 32)
+                .await
+                .unwrap(),
+            ScheduleCreated::Created
+        );
+        store.create(queued("q-1", "dev-a", 0)).await.unwrap();
+        assert_eq!(
+            ids(&store
+                .claim_queued("dev-a", at(1), secs(30), 10)
+                .await
+                .unwrap()),
+            ["q-1"]
+        );
     }
-    // What the previous release wrote: schema version 1, no schedules table.
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE schedules; PRAGMA user_version = 1;")
-        .unwrap();
-    drop(conn);
-    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
-    assert!(store.get("c-1", at(1)).await.unwrap().is_some());
-    assert_eq!(
-        store
-            .schedule_create(schedule("s-1", "kitchen", 0), 32)
-            .await
-            .unwrap(),
-        ScheduleCreated::Created
-    );
 }
 
 #[test]

@@ -39,8 +39,14 @@ use futures_util::future::BoxFuture;
 /// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
 const APPLICATION_ID: i64 = 0x436C_6B31;
 /// `PRAGMA user_version`: the schema below and the schedules' table
-/// ([`file_schedules::SCHEMA`]); a version 1 file (no schedules yet) gets the table.
-const SCHEMA_VERSION: i64 = 2;
+/// ([`file_schedules::SCHEMA`]); a version 1 file (no schedules yet) gets the table, and
+/// a version 1 or 2 file the index of queued commands ([`QUEUED_INDEX`]).
+const SCHEMA_VERSION: i64 = 3;
+
+/// `Queued` records by device, in the order accepted (SPEC 11.3), for `claim_queued`.
+const QUEUED_INDEX: &str = "
+CREATE INDEX commands_queued ON commands (device_id, created_ms, id) WHERE status = 'queued';
+";
 /// Jobs queued before senders wait: back-pressure when the disk cannot keep up.
 const QUEUE: usize = 4096;
 /// Most jobs committed together: bounds one transaction's size and latency.
@@ -264,14 +270,18 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA} {} PRAGMA application_id = {APPLICATION_ID}; \
+                "BEGIN; {SCHEMA} {} {QUEUED_INDEX} PRAGMA application_id = {APPLICATION_ID}; \
                  PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
                 file_schedules::SCHEMA
             ))?;
         } else if app == APPLICATION_ID && version == 1 {
             conn.execute_batch(&format!(
-                "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                "BEGIN; {} {QUEUED_INDEX} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
                 file_schedules::SCHEMA
+            ))?;
+        } else if app == APPLICATION_ID && version == 2 {
+            conn.execute_batch(&format!(
+                "BEGIN; {QUEUED_INDEX} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         } else if app != APPLICATION_ID {
             return Ok(Err(
@@ -632,7 +642,11 @@ impl StateStore for FileStore {
                 return Ok(CancelOutcome::NotFound);
             };
             let leased = lease.is_some_and(|until| until > now);
-            if record.status != CommandStatus::Scheduled || leased {
+            let holdable = matches!(
+                record.status,
+                CommandStatus::Scheduled | CommandStatus::Queued
+            );
+            if !holdable || leased {
                 return Ok(CancelOutcome::NotCancellable(record.status));
             }
             record.status = CommandStatus::Cancelled;
@@ -668,6 +682,73 @@ impl StateStore for FileStore {
                 claimed.push(record);
             }
             Ok(claimed)
+        })
+    }
+
+    fn claim_queued<'a>(
+        &'a self,
+        device_id: &'a str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
+        let until = millis(add(now, lease));
+        let device = device_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.submit(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM commands WHERE status = 'queued' AND device_id = ?1 \
+                 ORDER BY created_ms, id LIMIT ?2"
+            ))?;
+            let queued = stmt
+                .query_map(params![device, limit], from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut claimed = Vec::with_capacity(queued.len());
+            for (mut record, lease) in queued {
+                if lease.is_some_and(|t| t > now) {
+                    // Another claimer is delivering this device's queue: leave it all to
+                    // it (nothing written yet, so nothing to undo).
+                    return Ok(Vec::new());
+                }
+                if apply_expiry(&mut record, now) {
+                    update(conn, &record, None)?;
+                    continue;
+                }
+                claimed.push(record);
+            }
+            for record in &claimed {
+                exec(
+                    conn,
+                    "UPDATE commands SET lease_ms = ?2 WHERE id = ?1",
+                    params![record.command_id, ms(until)],
+                )?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn queued_devices(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.submit(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT device_id FROM commands WHERE status = 'queued' \
+                 AND expires_ms > ?1 ORDER BY device_id",
+            )?;
+            let devices = stmt
+                .query_map([ms(now)], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(devices)
+        })
+    }
+
+    fn count_queued(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.submit(move |conn| {
+            let n: i64 = query_row(
+                conn,
+                "SELECT count(*) FROM commands WHERE status = 'queued' AND expires_ms > ?1",
+                [ms(now)],
+                |row| row.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
         })
     }
 

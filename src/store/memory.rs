@@ -404,6 +404,8 @@ struct Inner {
     finished: VecDeque<(u64, Key)>,
     /// `Scheduled` records by fire time, for `claim_due`.
     scheduled: BTreeSet<(Millis, Key)>,
+    /// `Queued` records by device, then in the order accepted, for `claim_queued`.
+    queued: BTreeSet<(Arc<str>, Millis, Key)>,
     /// Shared principals and command types (at most `INTERN_MAX`).
     interned: HashSet<Arc<str>>,
     /// Shared device ids (at most `DEVICES_INTERN_MAX`): no allocation per record.
@@ -530,6 +532,12 @@ impl Inner {
         {
             self.scheduled.remove(&(fire_at, key.clone()));
         }
+        if status != CommandStatus::Queued
+            && let Some(entry) = self.records.get(key)
+        {
+            let queued = (entry.device_id.clone(), entry.created_at, key.clone());
+            self.queued.remove(&queued);
+        }
         if status.is_final() && protected {
             let seq = self.seq();
             if let Some(entry) = self.records.get_mut(key) {
@@ -564,8 +572,10 @@ impl Inner {
             self.release_if_empty(&entry.principal);
         }
         if let Some(fire_at) = entry.fire_at() {
-            self.scheduled.remove(&(fire_at, key));
+            self.scheduled.remove(&(fire_at, key.clone()));
         }
+        self.queued
+            .remove(&(entry.device_id, entry.created_at, key));
     }
 
     /// Drops the record that finished first; `false` when no finished record is held.
@@ -900,6 +910,10 @@ impl StateStore for MemoryStore {
             {
                 inner.scheduled.insert((fire_at, key.clone()));
             }
+            if entry.status == CommandStatus::Queued {
+                let queued = (entry.device_id.clone(), entry.created_at, key.clone());
+                inner.queued.insert(queued);
+            }
             inner.created.push_back((seq, key.clone()));
             inner.insert(key.clone(), entry);
             inner.settle(&key);
@@ -940,7 +954,7 @@ impl StateStore for MemoryStore {
                 // `apply_mark_sent`'s rule, on the compact entry (no record is built).
                 let now = to_ms(millis(now));
                 match entry.status {
-                    CommandStatus::Pending | CommandStatus::Scheduled => {
+                    CommandStatus::Pending | CommandStatus::Scheduled | CommandStatus::Queued => {
                         entry.status = CommandStatus::Sent;
                         entry.sent_at = now;
                     }
@@ -996,7 +1010,11 @@ impl StateStore for MemoryStore {
                 let leased = entry
                     .lease_until()
                     .is_some_and(|until| to_time(until) > now);
-                if entry.status != CommandStatus::Scheduled || leased {
+                let holdable = matches!(
+                    entry.status,
+                    CommandStatus::Scheduled | CommandStatus::Queued
+                );
+                if !holdable || leased {
                     CancelOutcome::NotCancellable(entry.status)
                 } else {
                     entry.status = CommandStatus::Cancelled;
@@ -1038,6 +1056,89 @@ impl StateStore for MemoryStore {
         }
         drop(inner);
         Box::pin(std::future::ready(Ok(claimed)))
+    }
+
+    fn claim_queued<'a>(
+        &'a self,
+        device_id: &'a str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
+        let mut inner = self.lock();
+        let retention = self.settings.retention;
+        let until = to_ms(millis(add(now, lease)));
+        let device: Arc<str> = Arc::from(device_id);
+        let keys: Vec<Key> = inner
+            .queued
+            .range((device.clone(), Millis::MIN, Key::Uuid(0, 0))..)
+            .take_while(|(d, _, _)| **d == *device_id)
+            .map(|(_, _, k)| k.clone())
+            .collect();
+        let mut claimed: Vec<CommandRecord> = Vec::new();
+        for key in keys {
+            if claimed.len() >= limit {
+                break;
+            }
+            // Lazy expiry: an expired one leaves the queue here.
+            let Some(entry) = inner.live(&key, retention, now) else {
+                continue;
+            };
+            if entry.status != CommandStatus::Queued {
+                continue;
+            }
+            if entry.lease_until().is_some_and(|t| to_time(t) > now) {
+                // Another claimer is delivering this device's queue: leave it all to it.
+                for record in &claimed {
+                    let key = Key::of(&record.command_id);
+                    if let Some(e) = inner.records.get_mut(&key) {
+                        e.set_lease(None);
+                    }
+                }
+                claimed.clear();
+                break;
+            }
+            entry.set_lease(Some(until));
+            claimed.push(entry.record(&key));
+        }
+        drop(inner);
+        drop(device);
+        Box::pin(std::future::ready(Ok(claimed)))
+    }
+
+    fn queued_devices(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let inner = self.lock();
+        let mut devices: Vec<String> = Vec::new();
+        for (device, _, key) in &inner.queued {
+            if devices.last().is_some_and(|d| **d == **device) {
+                continue;
+            }
+            let live = inner
+                .records
+                .get(key)
+                .is_some_and(|e| to_time(e.expires_at) > now);
+            if live {
+                devices.push(device.to_string());
+            }
+        }
+        drop(inner);
+        Box::pin(std::future::ready(Ok(devices)))
+    }
+
+    fn count_queued(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let inner = self.lock();
+        let count = inner
+            .queued
+            .iter()
+            .filter(|(_, _, key)| {
+                inner
+                    .records
+                    .get(key)
+                    .is_some_and(|e| to_time(e.expires_at) > now)
+            })
+            .count();
+        drop(inner);
+        Box::pin(std::future::ready(Ok(count as u64)))
     }
 
     fn idem_begin<'a>(

@@ -87,6 +87,8 @@ pub enum CommandStatus {
     Pending,
     /// An alarm the gateway holds until `fire_at` (SPEC 8).
     Scheduled,
+    /// Held until its device is online again (SPEC 11.3), with what to deliver then.
+    Queued,
     /// Every transport accepted it.
     Sent,
     Succeeded,
@@ -109,6 +111,7 @@ impl CommandStatus {
         match self {
             Self::Pending => "pending",
             Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
             Self::Sent => "sent",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
@@ -122,6 +125,7 @@ impl CommandStatus {
         Some(match s {
             "pending" => Self::Pending,
             "scheduled" => Self::Scheduled,
+            "queued" => Self::Queued,
             "sent" => Self::Sent,
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
@@ -352,7 +356,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Short name for logs and metrics: `memory`, `file`, `redis`.
     fn name(&self) -> &'static str;
 
-    /// Stores a new record (`Pending`, or `Scheduled` with `fire_at` and `delivery`).
+    /// Stores a new record (`Pending`, `Scheduled` with `fire_at` and `delivery`, or `Queued`
+    /// with `delivery`).
     /// On a durable backend it is on disk when this resolves: only then may the API
     /// answer 202 (or hand the alarm to the scheduler). `Duplicate` if the id exists.
     fn create(&self, record: CommandRecord) -> BoxFuture<'_, Result<(), StoreError>>;
@@ -366,7 +371,7 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<CommandRecord>, StoreError>>;
 
     /// Every transport accepted the command (or the scheduler published the alarm):
-    /// `Pending`/`Scheduled` become `Sent` with `sent_at = now` and any lease ends. A
+    /// `Pending`/`Scheduled`/`Queued` become `Sent` with `sent_at = now` and any lease ends. A
     /// record already final (an ack overtook the PUBACK) keeps its status and only gets
     /// `sent_at` if it had none. Returns the record's status now (not the record: this
     /// is on every command's path, and nobody there reads more); `None` if unknown.
@@ -389,8 +394,9 @@ pub trait StateStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<AckOutcome, StoreError>>;
 
-    /// `DELETE /commands/{id}` (SPEC 7.5): a `Scheduled` record that no publisher holds a
-    /// lease on becomes `Cancelled` (`completed_at = now`) and will never be claimed.
+    /// `DELETE /commands/{id}` (SPEC 7.5, 11.3): a `Scheduled` or `Queued` record that no
+    /// publisher holds a lease on becomes `Cancelled` (`completed_at = now`) and will never
+    /// be claimed.
     fn cancel<'a>(
         &'a self,
         command_id: &'a str,
@@ -410,6 +416,30 @@ pub trait StateStore: Send + Sync + 'static {
         lease: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
+
+    /// Leases, in the order they were accepted (`created_at`, then id), up to `limit`
+    /// `Queued` records of `device_id` until `now + lease` (SPEC 11.3), for delivery now
+    /// that the device is back. One device's queue goes to one claimer at a time: while
+    /// any of its records is leased by another, this returns nothing, so the records go
+    /// out in order and each once, across replicas. The claimer delivers them in order
+    /// and calls `mark_sent` for each (which ends its lease); one it could not deliver is
+    /// claimed again once the lease runs out. Records past `expiresAt` are `expired`, not
+    /// returned.
+    fn claim_queued<'a>(
+        &'a self,
+        device_id: &'a str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>>;
+
+    /// The devices with at least one `Queued` record not past its expiry at `now`, in id
+    /// order (a replica that starts, or missed a device's return, finds them here).
+    fn queued_devices(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// How many records are `Queued` and not past their expiry at `now` (the
+    /// `clock_server_commands_queued` gauge).
+    fn count_queued(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Checks and reserves `Idempotency-Key` `key` of `principal` (keys of different
     /// principals never collide). Atomic: of concurrent callers with the same key one
@@ -645,7 +675,7 @@ pub(crate) fn apply_expiry(r: &mut CommandRecord, now: DateTime<Utc>) -> bool {
 pub(crate) fn apply_mark_sent(r: &mut CommandRecord, now: DateTime<Utc>) -> bool {
     let now = millis(now);
     match r.status {
-        CommandStatus::Pending | CommandStatus::Scheduled => {
+        CommandStatus::Pending | CommandStatus::Scheduled | CommandStatus::Queued => {
             r.status = CommandStatus::Sent;
             r.sent_at = Some(now);
             true
@@ -795,7 +825,7 @@ mod tests {
     fn status_names_round_trip_and_only_four_are_final() {
         use CommandStatus::*;
         for s in [
-            Pending, Scheduled, Sent, Succeeded, Failed, Expired, Cancelled,
+            Pending, Scheduled, Queued, Sent, Succeeded, Failed, Expired, Cancelled,
         ] {
             assert_eq!(CommandStatus::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));

@@ -64,6 +64,17 @@ const PRELUDE: &str = r#"
 local SCHED, LEASED = KEYS[1], KEYS[2]
 local FINAL = {succeeded = true, failed = true, expired = true, cancelled = true}
 local function fmt(n) return string.format('%d', n) end
+-- Queued commands (SPEC 11.3), beside SCHED under the same prefix: every one in QALL,
+-- each device's in its own sorted set, by creation time (then id).
+local BASE = string.sub(SCHED, 1, #SCHED - #'scheduled')
+local QALL = BASE .. 'queued'
+local function qdev(dev) return BASE .. 'queued:' .. dev end
+local function unqueue(k, id)
+  local dev = redis.call('HGET', k, 'dev')
+  if dev then redis.call('ZREM', qdev(dev), id) end
+  redis.call('ZREM', QALL, id)
+  redis.call('HDEL', k, 'l')
+end
 -- When the retention clock starts: completion for a final record, else its expiry.
 local function final_at(st, d, e)
   if FINAL[st] and d then return tonumber(d) end
@@ -88,6 +99,7 @@ local function load(k, id, now, retention)
   local st, e = v[1], v[3]
   if not st then return nil end
   if final_at(st, v[2], e) + retention <= now then
+    if st == 'queued' then unqueue(k, id) end
     redis.call('DEL', k)
     redis.call('ZREM', SCHED, id)
     redis.call('ZREM', LEASED, id)
@@ -96,6 +108,7 @@ local function load(k, id, now, retention)
   if not FINAL[st] and tonumber(e) <= now then
     redis.call('HSET', k, 'st', 'expired', 'd', e)
     if st == 'scheduled' then unschedule(k, id) end
+    if st == 'queued' then unqueue(k, id) end
     keep(k, tonumber(e), now, retention)
     st = 'expired'
   end
@@ -129,6 +142,11 @@ while i <= #ARGV do
       redis.call('HSET', k, unpack(ARGV, a + 5, a + n - 1))
       keep(k, tonumber(ARGV[a + 3]), now, retention)
       if ARGV[a + 4] ~= '' then redis.call('ZADD', SCHED, ARGV[a + 4], id) end
+      local q = redis.call('HMGET', k, 'st', 'dev', 'c')
+      if q[1] == 'queued' then
+        redis.call('ZADD', qdev(q[2]), q[3], id)
+        redis.call('ZADD', QALL, q[3], id)
+      end
       out[#out + 1] = 1
     end
   elseif not st then
@@ -140,6 +158,10 @@ while i <= #ARGV do
     elseif st == 'scheduled' then
       redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
       unschedule(k, id)
+      st = 'sent'
+    elseif st == 'queued' then
+      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+      unqueue(k, id)
       st = 'sent'
     elseif not redis.call('HGET', k, 's') then
       redis.call('HSET', k, 's', ARGV[a + 1])
@@ -174,6 +196,7 @@ else
   redis.call('HDEL', k, 'rc', 'rm')
 end
 unschedule(k, id)
+unqueue(k, id)
 keep(k, now, now, retention)
 return answer('ok', k)
 "#;
@@ -183,11 +206,12 @@ const CANCEL: &str = r#"
 local k, id, now, retention = KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local st = load(k, id, now, retention)
 if not st then return {'none'} end
-if st ~= 'scheduled' then return {'no', st} end
+if st ~= 'scheduled' and st ~= 'queued' then return {'no', st} end
 local lease = redis.call('HGET', k, 'l')
 if lease and tonumber(lease) > now then return {'no', st} end
 redis.call('HSET', k, 'st', 'cancelled', 'd', ARGV[2])
 unschedule(k, id)
+unqueue(k, id)
 keep(k, now, now, retention)
 return answer('ok', k)
 "#;
@@ -219,6 +243,58 @@ while #out < limit do
   end
 end
 return out
+"#;
+
+/// KEYS: sched, leased. ARGV: now, retention, lease end, limit, record key prefix,
+/// device. One device's queue goes to one claimer at a time (see `claim_queued`).
+const CLAIM_QUEUED: &str = r#"
+local now, retention, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local prefix, q = ARGV[5], qdev(ARGV[6])
+local take = {}
+for _, id in ipairs(redis.call('ZRANGE', q, 0, -1)) do
+  if #take >= limit then break end
+  local k = prefix .. id
+  local st = load(k, id, now, retention)
+  if st == 'queued' then
+    local l = redis.call('HGET', k, 'l')
+    if l and tonumber(l) > now then return {} end
+    table.insert(take, id)
+  elseif not st then
+    redis.call('ZREM', q, id)
+    redis.call('ZREM', QALL, id)
+  end
+end
+local out = {}
+for _, id in ipairs(take) do
+  local k = prefix .. id
+  redis.call('HSET', k, 'l', lease)
+  table.insert(out, redis.call('HGETALL', k))
+end
+return out
+"#;
+
+/// KEYS: sched, leased. ARGV: now, retention, record key prefix. The devices with a
+/// queued command (sorted), and how many queued commands there are: `{count, dev...}`.
+const QUEUED: &str = r#"
+local now, retention, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local count, seen, devices = 0, {}, {}
+for _, id in ipairs(redis.call('ZRANGE', QALL, 0, -1)) do
+  local k = prefix .. id
+  local st = load(k, id, now, retention)
+  if st == 'queued' then
+    count = count + 1
+    local dev = redis.call('HGET', k, 'dev')
+    if not seen[dev] then
+      seen[dev] = true
+      table.insert(devices, dev)
+    end
+  elseif not st then
+    redis.call('ZREM', QALL, id)
+  end
+end
+table.sort(devices)
+table.insert(devices, 1, count)
+return devices
 "#;
 
 /// KEYS: idempotency key. ARGV: fingerprint, now, in-progress end, in-progress ms.
@@ -258,6 +334,8 @@ struct Scripts {
     complete: Script,
     cancel: Script,
     claim_due: Script,
+    claim_queued: Script,
+    queued: Script,
     idem_begin: Script,
     idem_finish: Script,
     idem_abort: Script,
@@ -277,6 +355,8 @@ impl Scripts {
             complete: with_prelude(COMPLETE),
             cancel: with_prelude(CANCEL),
             claim_due: with_prelude(CLAIM_DUE),
+            claim_queued: with_prelude(CLAIM_QUEUED),
+            queued: with_prelude(QUEUED),
             idem_begin: Script::new(IDEM_BEGIN),
             idem_finish: Script::new(IDEM_FINISH),
             idem_abort: Script::new(IDEM_ABORT),
@@ -597,6 +677,35 @@ impl RedisStore {
     }
 
     /// Runs a schedule script with `keys` and `args`.
+    /// How many commands are queued, and the devices they are for (the [`QUEUED`] script).
+    async fn queued(&self, now: DateTime<Utc>) -> Result<(u64, Vec<String>), StoreError> {
+        self.check_ready()?;
+        let mut call = self.scripts.queued.prepare_invoke();
+        call.key(&self.sched)
+            .key(&self.leased)
+            .arg(ms(now))
+            .arg(self.retention_ms())
+            .arg(&self.record_prefix);
+        let mut conn = self.conn.clone();
+        let result = call.invoke_async(&mut conn).await;
+        let answer: Value = self.answered(result)?;
+        let Value::Array(mut items) = answer else {
+            return Err(unexpected("queued", &answer));
+        };
+        if items.is_empty() {
+            return Err(unexpected("queued", &Value::Array(items)));
+        }
+        let count = match items.remove(0) {
+            Value::Int(n) => u64::try_from(n).unwrap_or(0),
+            other => return Err(unexpected("queued", &other)),
+        };
+        let devices = items
+            .into_iter()
+            .map(|d| String::from_utf8(bytes(d)).map_err(|_| unexpected_code("queued", "device")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((count, devices))
+    }
+
     async fn run_schedule(
         &self,
         script: &Script,
@@ -811,6 +920,52 @@ impl StateStore for RedisStore {
                 })
                 .collect()
         })
+    }
+
+    fn claim_queued<'a>(
+        &'a self,
+        device_id: &'a str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            self.check_ready()?;
+            let until = ms(millis(add(now, lease)));
+            let mut call = self.scripts.claim_queued.prepare_invoke();
+            call.key(&self.sched)
+                .key(&self.leased)
+                .arg(ms(now))
+                .arg(self.retention_ms())
+                .arg(until)
+                .arg(limit)
+                .arg(&self.record_prefix)
+                .arg(device_id);
+            let mut conn = self.conn.clone();
+            let result = call.invoke_async(&mut conn).await;
+            let answer: Value = self.answered(result)?;
+            let Value::Array(records) = answer else {
+                return Err(unexpected("claim_queued", &answer));
+            };
+            records
+                .into_iter()
+                .map(|r| match r {
+                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
+                    other => Err(unexpected("claim_queued", &other)),
+                })
+                .collect()
+        })
+    }
+
+    fn queued_devices(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.queued(now).await?.1) })
+    }
+
+    fn count_queued(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { Ok(self.queued(now).await?.0) })
     }
 
     fn idem_begin<'a>(
