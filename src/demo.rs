@@ -230,7 +230,8 @@ fn clockctl_command() -> String {
 }
 
 /// The start-up banner: what runs where, the token and that it is for local use only, and
-/// the commands to try (among them an alarm a minute ahead on the virtual AWTRIX).
+/// the commands to try (among them an alarm a minute ahead on the virtual AWTRIX, and a
+/// recurring one, SPEC 12).
 pub fn banner(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
@@ -271,6 +272,9 @@ pub fn banner(
    {env} {clockctl} message --device {device} --message hello
  An alarm a minute from now on the AWTRIX (the server holds it until then):
    {env} {clockctl} alarm --device {AWTRIX_DEVICE} --label \"wake up\" --time $(date -u -d '+1 min' +%Y-%m-%dT%H:%M:%SZ)
+ A recurring alarm, every weekday at 06:30 in this machine's time zone (--tz to choose one):
+   {env} {clockctl} schedule add --device {device} --time 06:30 --days weekdays --label work
+   {env} {clockctl} schedule list
  Watch the clocks live in a third:
    {clockctl} watch{broker_flag}
    {clockctl} watch{broker_flag} --device {AWTRIX_DEVICE} --profile awtrix3 --topic {AWTRIX_TOPIC}
@@ -596,6 +600,12 @@ mod tests {
         assert!(
             text.contains(
                 "\n   target/debug/clockctl watch --device awtrix-1 --profile awtrix3 --topic awtrix_demo\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n   CLOCK_SERVER_TOKEN=dev-token target/debug/clockctl schedule add --device clock-1 --time 06:30 --days weekdays --label work\n"
             ),
             "{text}"
         );

@@ -641,3 +641,168 @@ async fn without_a_state_store_schedules_are_an_unknown_path_after_authenticatio
         assert_eq!(res.status().as_u16(), 401);
     }
 }
+
+/// `clockctl` with exactly `env` (and the app's URL and token), run off the runtime.
+async fn clockctl(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clockctl"));
+    cmd.args(args)
+        .env_clear()
+        .env("CLOCK_SERVER_BASE_URL", app.url(""))
+        .env("CLOCK_SERVER_TOKEN", OPS_TOKEN)
+        .envs(env.iter().copied());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clockctl_adds_lists_previews_pauses_resumes_skips_and_removes_a_schedule() {
+    let app = spawn_app(&[]).await;
+    let berlin = [("TZ", "Europe/Berlin")];
+    let (code, out, err) = clockctl(
+        &app,
+        &[
+            "schedule", "add", "--device", "kitchen", "--time", "02:30", "--days", "mon-fri",
+            "--label", "work",
+        ],
+        &berlin,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // schedule <id> added: next <local time> (Europe/Berlin)
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        out.starts_with("schedule ") && out.contains("added: next "),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("(Europe/Berlin)"), "{out}");
+    let (_, _, stored) = send(
+        &app,
+        Method::GET,
+        &format!("/schedules/{id}"),
+        OPS_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (&stored["days"], &stored["timeZone"], &stored["time"]),
+        (
+            &json!(["mon", "tue", "wed", "thu", "fri"]),
+            &json!("Europe/Berlin"),
+            &json!("02:30:00")
+        )
+    );
+
+    let (code, out, _) = clockctl(&app, &["schedule", "list"], &[]).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("NEXT"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("weekdays"),
+        "{out}"
+    );
+
+    // Monday 2027-03-29 02:30 CEST after Friday 2027-03-26 02:30 CET.
+    let (code, out, _) = clockctl(
+        &app,
+        &[
+            "schedule",
+            "next",
+            &id,
+            "--count",
+            "2",
+            "--from",
+            "2027-03-26T00:00:00+00:00",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "2027-03-26T01:30:00.000Z\n2027-03-29T00:30:00.000Z\n")
+    );
+
+    let (code, out, _) = clockctl(&app, &["schedule", "pause", &id], &[]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("schedule {id} paused").as_str())
+    );
+    let (code, _, err) = clockctl(&app, &["schedule", "skip", &id], &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("schedule is disabled"),
+        "{err}"
+    );
+    let (code, out, _) = clockctl(&app, &["schedule", "resume", &id], &[]).await;
+    assert!(code == 0 && out.contains("resumed: next"), "{out}");
+    let (code, out, _) = clockctl(&app, &["schedule", "skip", &id], &[]).await;
+    assert!(code == 0 && out.contains("skipped one: next"), "{out}");
+    let (code, out, _) = clockctl(&app, &["--json", "schedule", "show", &id], &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["scheduleId"],
+        json!(id)
+    );
+    let (code, out, _) = clockctl(&app, &["schedule", "rm", &id], &[]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("schedule {id} removed").as_str())
+    );
+    let (code, _, err) = clockctl(&app, &["schedule", "show", &id], &[]).await;
+    assert!(code == 1 && err.contains("404"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clockctl_refuses_bad_schedule_input_with_exit_2_and_sends_nothing() {
+    let app = spawn_app(&[]).await;
+    let add = |extra: &'static [&'static str]| {
+        let mut args = vec!["schedule", "add", "--device", "kitchen", "--time", "06:30"];
+        args.extend_from_slice(extra);
+        args
+    };
+    for (args, env, culprit) in [
+        (add(&["--tz", "Mars/Olympus"]), vec![], "IANA"),
+        (add(&["--tz", "+01:00"]), vec![], "IANA"),
+        (
+            add(&["--days", "mon-mon-tue", "--tz", "UTC"]),
+            vec![],
+            "--days",
+        ),
+        (add(&["--ttl", "0", "--tz", "UTC"]), vec![], "--ttl"),
+        // A POSIX TZ rule names no IANA zone: ask for --tz rather than guess.
+        (add(&[]), vec![("TZ", "CET-1CEST")], "--tz"),
+        (
+            vec![
+                "schedule", "add", "--device", "kitchen", "--time", "25:00", "--tz", "UTC",
+            ],
+            vec![],
+            "--time",
+        ),
+        (vec!["schedule", "next", "not-an-id"], vec![], "SCHEDULE_ID"),
+        (
+            vec![
+                "schedule",
+                "next",
+                "0190a5e0-0000-7000-8000-000000000001",
+                "--count",
+                "0",
+            ],
+            vec![],
+            "--count",
+        ),
+    ] {
+        let (code, _, err) = clockctl(&app, &args, &env).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(culprit), "{args:?}: {err}");
+    }
+    let (_, _, list) = send(&app, Method::GET, "/schedules", OPS_TOKEN, None).await;
+    assert_eq!(list, json!({"schedules": []}));
+}

@@ -61,10 +61,17 @@ const VALUE_FLAGS: &[&str] = &[
     "topic",
     "idempotency-key",
     "retries",
+    "days",
+    "tz",
+    "ttl",
+    "count",
+    "from",
 ];
 /// Flags without a value. `wait` takes its optional value after `=`; a value after a space
 /// that starts with a digit (`--wait 5s`) is joined to it, since nothing else could follow.
-const SWITCH_FLAGS: &[&str] = &["json", "help", "version", "plain", "wait", "no-ack"];
+const SWITCH_FLAGS: &[&str] = &[
+    "json", "help", "version", "plain", "wait", "no-ack", "disabled",
+];
 /// Switches that Go's flag package also accepts as `-name=<bool>`.
 const BOOL_FLAGS: &[&str] = &["json", "plain"];
 
@@ -123,6 +130,115 @@ pub enum Command {
     /// Be a virtual clock: show the commands clocks receive from the MQTT broker
     #[command(after_help = WATCH_AFTER_HELP)]
     Watch(WatchArgs),
+    /// Recurring alarms the server keeps and sends (/schedules): add, list, show, next,
+    /// pause, resume, skip, rm
+    #[command(subcommand, after_help = SUBCOMMAND_AFTER_HELP)]
+    Schedule(ScheduleCommand),
+}
+
+/// `clockctl schedule …` (SPEC 12.4).
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a recurring alarm (POST /schedules); prints its id and next occurrence
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Add(ScheduleAddArgs),
+    /// List schedules: id, device, time, days, zone, next, enabled (GET /schedules)
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    List(ScheduleListArgs),
+    /// Show one schedule (GET /schedules/{scheduleId})
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Show(ScheduleIdArgs),
+    /// The next occurrences of a schedule's rule (GET /schedules/{scheduleId}/occurrences)
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Next(ScheduleNextArgs),
+    /// Stop a schedule until resumed (PATCH {"enabled":false})
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Pause(ScheduleIdArgs),
+    /// Start a paused schedule again (PATCH {"enabled":true})
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Resume(ScheduleIdArgs),
+    /// Skip the next occurrence (POST /schedules/{scheduleId}/skip); never retried, so it
+    /// never skips two
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Skip(ScheduleIdArgs),
+    /// Delete a schedule (DELETE /schedules/{scheduleId})
+    #[command(after_help = SUBCOMMAND_AFTER_HELP)]
+    Rm(ScheduleIdArgs),
+}
+
+/// `clockctl schedule add`.
+#[derive(Debug, Args)]
+pub struct ScheduleAddArgs {
+    /// Target device id: 1-64 of A-Z a-z 0-9 _ -
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Local wall time, 24-hour: HH:MM or HH:MM:SS, e.g. 06:30
+    #[arg(long, value_name = "HH:MM[:SS]")]
+    pub time: String,
+    /// Days: daily (default), weekdays (mon-fri), weekends, a range such as mon-fri, or a
+    /// list such as mon,wed,fri
+    #[arg(long, value_name = "DAYS")]
+    pub days: Option<String>,
+    /// IANA time zone, e.g. Europe/Berlin; default this machine's (TZ, else /etc/localtime)
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+    /// Label of each alarm (default empty)
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub label: Option<String>,
+    /// Time to live of each occurrence's command, 1-604800 seconds (default: the server's
+    /// COMMAND_TTL_SECS)
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub ttl: Option<i64>,
+    /// Add it paused (resume with clockctl schedule resume)
+    #[arg(long)]
+    pub disabled: bool,
+    /// Idempotency-Key to send (default: a new UUID per invocation), so a retry never adds
+    /// two
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key, display_order = 90)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub retries: Retries,
+}
+
+/// `clockctl schedule list`.
+#[derive(Debug, Args)]
+pub struct ScheduleListArgs {
+    /// Only this device's schedules
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub retries: Retries,
+}
+
+/// `clockctl schedule show|pause|resume|skip|rm`.
+#[derive(Debug, Args)]
+pub struct ScheduleIdArgs {
+    /// The scheduleId (clockctl schedule list shows them)
+    #[arg(value_name = "SCHEDULE_ID")]
+    pub schedule_id: String,
+    #[command(flatten)]
+    pub retries: Retries,
+}
+
+/// `clockctl schedule next`.
+#[derive(Debug, Args)]
+pub struct ScheduleNextArgs {
+    /// The scheduleId (clockctl schedule list shows them)
+    #[arg(value_name = "SCHEDULE_ID")]
+    pub schedule_id: String,
+    /// How many occurrences, 1-100
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
+    pub count: i64,
+    /// Start after this instant, RFC 3339 (default now)
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub retries: Retries,
 }
 
 /// Shown under `clockctl watch --help` (its variables are listed with the flags).

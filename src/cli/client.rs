@@ -557,6 +557,21 @@ pub async fn send(
             id: id(),
             server: Box::new(caller.refusal(&answer, gave_up)),
         }),
+        Kind::Schedule(op) if status.is_success() => {
+            let mut notes = Vec::new();
+            if answer.replayed {
+                notes.push(
+                    "the server already had this Idempotency-Key's schedule and answered from \
+                     its record (Idempotent-Replayed): nothing was added again"
+                        .to_owned(),
+                );
+            }
+            Ok(Output {
+                stdout: super::schedule::output(op, &answer.text, json)?,
+                notes,
+                success: true,
+            })
+        }
         Kind::Status | Kind::Cancel if status == StatusCode::NOT_FOUND => {
             Err(CliError::NoCommand {
                 id: id(),

@@ -8,6 +8,7 @@
 //!   to print.
 //! - [`record`]: a tracked command's status record (SPEC 7.3) and how it is shown.
 //! - [`devices`]: devices and their presence (SPEC 11.2) as `devices` and `device` show them.
+//! - [`schedule`]: `clockctl schedule …` (SPEC 12.4): requests, the machine's zone, output.
 //! - [`error`]: [`CliError`], each variant with its exit code.
 //! - [`watch`]: `clockctl watch`, the virtual clock (see [`crate::clock`]).
 
@@ -17,6 +18,7 @@ pub mod devices;
 pub mod error;
 pub mod record;
 pub mod request;
+pub mod schedule;
 pub mod settings;
 pub mod watch;
 
@@ -30,7 +32,7 @@ use settings::Settings;
 /// Runs one parsed invocation: validate the input, read the environment via `env`, then call
 /// the server. Nothing is sent unless every check passes.
 pub async fn run(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<Output, CliError> {
-    let request = ApiRequest::from_command(&cli.command)?;
+    let request = ApiRequest::from_command_with_tz(&cli.command, env("TZ"))?;
     let settings = Settings::from_lookup(env)?;
     client::send(&settings, &request, cli.json).await
 }

@@ -31,6 +31,8 @@ pub enum Kind {
     Devices,
     /// `GET /devices/{id}`: one device.
     Device,
+    /// `clockctl schedule …` (SPEC 12.4).
+    Schedule(super::schedule::Op),
 }
 
 /// A request that passed every client-side check.
@@ -79,9 +81,28 @@ pub fn status_path(command_id: &str) -> String {
 }
 
 impl ApiRequest {
-    /// Validates the arguments of `command` and builds its request.
+    /// Validates the arguments of `command` and builds its request. `schedule add`
+    /// without `--tz` takes the machine's zone (the `TZ` variable, else `/etc/localtime`).
     pub fn from_command(command: &Command) -> Result<Self, CliError> {
+        Self::from_command_with_tz(command, std::env::var("TZ").ok())
+    }
+
+    /// [`from_command`](Self::from_command) with the `TZ` variable given.
+    pub fn from_command_with_tz(command: &Command, tz: Option<String>) -> Result<Self, CliError> {
         match command {
+            Command::Schedule(schedule) => {
+                let call = super::schedule::request(schedule, tz)?;
+                Ok(Self {
+                    method: call.method,
+                    path: call.path,
+                    body: call.body,
+                    kind: Kind::Schedule(call.op),
+                    idempotency_key: call.idempotency_key,
+                    retries: call.retries,
+                    wait: None,
+                    command_id: call.id,
+                })
+            }
             Command::Alarm(a) => alarm(a),
             Command::Message(m) => message(m),
             Command::Brightness(b) => brightness(b),
