@@ -156,12 +156,12 @@ impl Metrics {
         let acks = Family::<AckLabels, Counter>::default();
         // Present at 0 from the start, like the counters without labels, so a dashboard
         // (or `rate()`) sees the series before the first acknowledgement.
-        for outcome in ["applied", "ignored"] {
+        for outcome in ["applied", "ignored", "dropped"] {
             let _ = acks.get_or_create(&AckLabels { outcome });
         }
         registry.register(
             "acks",
-            "Device acknowledgements received, by outcome (applied, ignored)",
+            "Device acknowledgements received, by outcome (applied, ignored, dropped: the queue to the state store was full)",
             acks.clone(),
         );
         let replays = Counter::default();
@@ -233,7 +233,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one device acknowledgement: `applied` or `ignored`.
+    /// Counts one device acknowledgement: `applied`, `ignored` or `dropped`.
     pub fn record_ack(&self, outcome: &'static str) {
         self.acks.get_or_create(&AckLabels { outcome }).inc();
     }

@@ -132,15 +132,15 @@ fn subscribe_device_messages(acks: &MqttAcks, commands: &Commands, presence: &Ar
         }
     };
     match commands.start_acks(acks.prefix.clone()) {
-        Some(sink) => {
+        Some(intake) => {
             let filter = ack_filter(&acks.prefix, acks.shared_group.as_deref());
             acks.transport.subscribe(
                 filter,
                 "device acknowledgements",
                 Arc::new(move |topic, payload| {
                     seen(topic, payload);
-                    // Never blocks the client's reader: a full queue drops the ack (counted).
-                    let _ = sink.try_send((topic.to_owned(), payload.to_vec()));
+                    // Screens and queues without waiting (a full queue drops, counted).
+                    intake.offer(topic, payload);
                 }),
             );
         }

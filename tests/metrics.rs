@@ -216,7 +216,7 @@ async fn the_scrape_is_unauthenticated_prometheus_text_with_every_family_typed()
         assert_eq!(m.type_of(family), Some(kind), "{family} in:\n{}", m.text);
     }
     // Acknowledgement counters are there at 0 before the first acknowledgement.
-    for outcome in ["applied", "ignored"] {
+    for outcome in ["applied", "ignored", "dropped"] {
         assert_eq!(
             m.value("clock_server_acks_total", &[("outcome", outcome)]),
             Some(0.0),

@@ -919,3 +919,127 @@ async fn every_background_task_of_the_core_stops_on_shutdown() {
     app.stop().await;
     assert_eq!(commands.running_tasks(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// A flood on the ack topics (issue 27 item 4).
+
+/// Publishes junk acknowledgements at QoS 0 as fast as it can until `stop`: ids that are
+/// not UUIDs, random UUIDv4s, and fresh UUIDv7s that name no command (those reach the
+/// store). Returns how many it published.
+fn flood(port: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let client = MqttClient::with_options(ConnectOptions::new(format!(
+            "test-flood-{}",
+            uuid::Uuid::now_v7().simple()
+        )));
+        client
+            .connect(&format!("mqtt://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let options = PublishOptions {
+            qos: QoS::AtMostOnce,
+            ..PublishOptions::default()
+        };
+        let mut sent = 0u64;
+        while !stop.load(SeqCst) {
+            let id = match sent % 4 {
+                0 => format!("junk-{sent}"),
+                1 | 2 => uuid::Builder::from_random_bytes(rand_bytes(sent))
+                    .into_uuid()
+                    .to_string(),
+                _ => uuid::Uuid::now_v7().to_string(),
+            };
+            let topic = format!("clocks/commands/clock-{}/ack", sent % 8);
+            let payload = format!(r#"{{"commandId":"{id}","status":"succeeded"}}"#);
+            if client
+                .publish_with_options(&topic, payload.into_bytes(), options.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// 16 bytes that differ for every `n` (a random-looking UUIDv4 without a RNG crate).
+fn rand_bytes(n: u64) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    bytes[..8].copy_from_slice(&h.to_le_bytes());
+    bytes[8..].copy_from_slice(&(h ^ 0xDEAD_BEEF_CAFE_F00D).rotate_left(17).to_le_bytes());
+    bytes
+}
+
+async fn real_acks_are_all_applied_during_a_flood_of_junk_acks(store: &str) {
+    let broker = Mosquitto::start_plain();
+    let app = mqtt_app(&broker, &[("STATE_STORE", store)]).await;
+    let device = Device::connect(broker.port).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2).map(|_| flood(broker.port, stop.clone())).collect();
+    // Let the flood build up first.
+    eventually(Duration::from_secs(10), "the flood to arrive", || async {
+        (metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await > 5000).then_some(())
+    })
+    .await;
+
+    // 400 real commands, eight clocks at a time, each acknowledged as soon as its 202 is
+    // there (the record exists then).
+    let clock = |c: usize| {
+        let (app, device) = (&app, &device);
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                let (status, _, answer) =
+                    post(app, OPS_TOKEN, &msg(&format!("clock-{c}")), None).await;
+                assert_eq!(status, 202);
+                let id = json(&answer)["commandId"].as_str().unwrap().to_owned();
+                device
+                    .ack(
+                        &format!("clocks/commands/clock-{c}/ack"),
+                        &format!(r#"{{"commandId":"{id}","status":"succeeded"}}"#),
+                    )
+                    .await;
+                ids.push(id);
+            }
+            ids
+        }
+    };
+    let ids: Vec<String> = futures_util::future::join_all((0..8).map(clock))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    stop.store(true, SeqCst);
+    let mut junk = 0;
+    for flooder in flooders {
+        junk += flooder.await.unwrap();
+    }
+    for id in &ids {
+        status_becomes(&app, id, "succeeded").await;
+    }
+    assert_eq!(
+        metric(&app, "clock_server_acks_total{outcome=\"applied\"}").await,
+        400
+    );
+    // Every junk ack that arrived was refused or found no command, and counted.
+    let ignored = metric(&app, "clock_server_acks_total{outcome=\"ignored\"}").await;
+    let dropped = metric(&app, "clock_server_acks_total{outcome=\"dropped\"}").await;
+    assert!(ignored + dropped <= junk, "{ignored} + {dropped} of {junk}");
+    assert!(ignored > 5000, "{ignored} of {junk} junk acks counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_file_store_real_acks_are_all_applied_during_a_flood_of_junk_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().join("state.db").display());
+    real_acks_are_all_applied_during_a_flood_of_junk_acks(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_redis_store_real_acks_are_all_applied_during_a_flood_of_junk_acks() {
+    let redis = common::redis::Redis::start();
+    real_acks_are_all_applied_during_a_flood_of_junk_acks(&redis.url()).await;
+}

@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use self::acks::ACK_QUEUE;
+pub use self::acks::AckIntake;
 use self::idempotency::Settlement;
 pub use self::idempotency::{IdempotencyKey, fingerprint, parse_idempotency_key};
 use self::records::{Tracker, Unavailable};
@@ -48,9 +48,6 @@ use crate::store::{
     CancelOutcome, CommandRecord, CommandStatus, Delivery, IdemBegin, StateStore, format_time,
 };
 use crate::transport::mqtt::MqttTransport;
-
-/// Where received acknowledgements go: (topic, payload).
-pub type AckSink = tokio::sync::mpsc::Sender<(String, Vec<u8>)>;
 
 /// A command to submit: validated, its device in the caller's scopes.
 #[derive(Debug, Clone)]
@@ -231,19 +228,20 @@ impl Commands {
     }
 
     /// Starts applying device acknowledgements (`prefix`: the topic prefix they are read
-    /// under) until [`Self::stop`]; returns the queue to hand them to (at most
-    /// [`ACK_QUEUE`] waiting). `None` without a store: nothing to acknowledge.
-    pub fn start_acks(&self, prefix: String) -> Option<AckSink> {
+    /// under) until [`Self::stop`]; returns the intake to hand each received message to
+    /// (it screens them and queues at most `transport::mqtt::acks::ACK_QUEUE`). `None`
+    /// without a store: nothing to acknowledge.
+    pub fn start_acks(&self, prefix: String) -> Option<AckIntake> {
         let tracker = self.tracker.as_ref()?;
-        let (sink, queue) = tokio::sync::mpsc::channel(ACK_QUEUE);
-        self.tasks.spawn(acks::apply_until(
+        let (intake, apply) = acks::start(
             tracker.clone(),
             self.metrics.clone(),
+            self.devices.clone(),
             prefix,
-            queue,
             self.stop.subscribe(),
-        ));
-        Some(sink)
+        );
+        self.tasks.spawn(apply);
+        Some(intake)
     }
 
     /// Publishes the alarms the gateway holds through `mqtt` at their time until

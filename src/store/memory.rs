@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 
 use super::memory_schedules::Schedules;
 use super::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery, FinalOutcome,
     IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
     apply_complete, idem_key, millis, normalise,
 };
@@ -819,6 +819,23 @@ impl Inner {
         }
     }
 
+    /// `complete` under the lock.
+    fn complete(&mut self, c: &Completion, retention: Duration, now: DateTime<Utc>) -> AckOutcome {
+        let key = Key::of(&c.command_id);
+        match self.live(&key, retention, now) {
+            Some(entry) if *entry.device_id != *c.device_id => AckOutcome::WrongDevice,
+            Some(entry) => {
+                let mut record = entry.record(&key);
+                let result =
+                    apply_complete(&mut record, &c.device_id, c.outcome, c.reason.clone(), now);
+                entry.absorb(&record);
+                self.settle(&key);
+                result
+            }
+            None => AckOutcome::Unknown,
+        }
+    }
+
     /// Forgets a key and what it counted.
     fn idem_remove(&mut self, key: &str) {
         let Some(entry) = self.idem.remove(key) else {
@@ -980,21 +997,30 @@ impl StateStore for MemoryStore {
         reason: Option<StatusReason>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
-        let key = Key::of(command_id);
-        let mut inner = self.lock();
-        let result = match inner.live(&key, self.settings.retention, now) {
-            Some(entry) if *entry.device_id != *device_id => AckOutcome::WrongDevice,
-            Some(entry) => {
-                let mut record = entry.record(&key);
-                let result = apply_complete(&mut record, device_id, outcome, reason, now);
-                entry.absorb(&record);
-                inner.settle(&key);
-                result
-            }
-            None => AckOutcome::Unknown,
+        let completion = Completion {
+            command_id: command_id.to_owned(),
+            device_id: device_id.to_owned(),
+            outcome,
+            reason,
         };
-        drop(inner);
+        let result = self
+            .lock()
+            .complete(&completion, self.settings.retention, now);
         Box::pin(std::future::ready(Ok(result)))
+    }
+
+    fn complete_many(
+        &self,
+        batch: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<Result<AckOutcome, StoreError>>> {
+        let mut inner = self.lock();
+        let results = batch
+            .into_iter()
+            .map(|c| Ok(inner.complete(&c, self.settings.retention, now)))
+            .collect();
+        drop(inner);
+        Box::pin(std::future::ready(results))
     }
 
     fn cancel<'a>(

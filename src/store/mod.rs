@@ -298,6 +298,15 @@ pub enum AckOutcome {
     Expired,
 }
 
+/// One call of [`StateStore::complete`] in a [`StateStore::complete_many`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub command_id: String,
+    pub device_id: String,
+    pub outcome: FinalOutcome,
+    pub reason: Option<StatusReason>,
+}
+
 /// What [`StateStore::cancel`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -393,6 +402,30 @@ pub trait StateStore: Send + Sync + 'static {
         reason: Option<StatusReason>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<AckOutcome, StoreError>>;
+
+    /// [`complete`](Self::complete) for each of `batch`, answered in the same order: how
+    /// device acknowledgements are applied, so that a flood of them costs one store call
+    /// per batch, not per acknowledgement. The default runs the calls concurrently, which
+    /// `file:` groups into one transaction and `redis://` pipelines on its connection;
+    /// `memory` takes its lock once.
+    fn complete_many(
+        &self,
+        batch: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<Result<AckOutcome, StoreError>>> {
+        Box::pin(async move {
+            let calls = batch.iter().map(|c| {
+                self.complete(
+                    &c.command_id,
+                    &c.device_id,
+                    c.outcome,
+                    c.reason.clone(),
+                    now,
+                )
+            });
+            futures_util::future::join_all(calls).await
+        })
+    }
 
     /// `DELETE /commands/{id}` (SPEC 7.5, 11.3): a `Scheduled` or `Queued` record that no
     /// publisher holds a lease on becomes `Cancelled` (`completed_at = now`) and will never
