@@ -228,6 +228,10 @@ pub struct Config {
     pub devices_file: Option<PathBuf>,
     /// How presence is learnt (SPEC 11.1).
     pub presence: PresenceConfig,
+    /// `EVENTS_MAX_STREAMS`: open `GET /events` streams at most (SPEC 13.1).
+    pub events_max_streams: usize,
+    /// `CONSOLE`: whether `/console` is served (SPEC 13.2).
+    pub console: bool,
     /// Every secret above, for scrubbing logged text from outside.
     pub redactor: Redactor,
 }
@@ -508,6 +512,13 @@ impl Config {
             timeout: Duration::from_secs(r.int("PRESENCE_TIMEOUT_SECS", 35, 5, 3600)),
             poll: Duration::from_secs(r.int("PRESENCE_POLL_SECS", 30, 5, 3600)),
         };
+        let events_max_streams = r.int(
+            "EVENTS_MAX_STREAMS",
+            crate::events::DEFAULT_MAX_STREAMS as u64,
+            1,
+            100_000,
+        ) as usize;
+        let console = r.bool("CONSOLE", true);
         let devices_file = r.path("DEVICES_FILE");
         let devices = match &devices_file {
             None => Devices::new(),
@@ -545,6 +556,8 @@ impl Config {
             devices,
             devices_file,
             presence,
+            events_max_streams,
+            console,
             redactor: Redactor::new(&r.secrets),
         })
     }

@@ -13,7 +13,7 @@
 //! - [`devices`]: `DEVICES_FILE`, the TOML file of devices with a profile, errors by line.
 //! - [`security`]: credentials, constant-time token lookup, the auth-failure throttle.
 //! - [`http`]: the router, the front checks of every request, extractors, handlers, the
-//!   HTTP(S) server.
+//!   `GET /events` stream, the `/console` web page, the HTTP(S) server.
 //! - [`dispatch`]: `Dispatcher` — validated command to transports, plus the audit record.
 //! - [`transport`]: the `Transport` trait and its MQTT, REST and fan-out adapters.
 //! - [`store`]: the `StateStore` of tracked commands, idempotency keys and schedules; memory,
@@ -27,6 +27,8 @@
 //!   preview, `Idempotency-Key` on create.
 //! - [`startup`]: `Application::build` binds; `run_until_stopped` serves and drains.
 //! - [`telemetry`]: log set-up (text or JSON).
+//! - [`events`]: live events (SPEC 13.1): the hub `GET /events` streams read, and its relay
+//!   through Redis between replicas.
 //! - [`metrics`]: Prometheus metrics, the per-transport instrumenting decorator, `/metrics`.
 //! - [`cli`]: `clockctl`, the command-line client.
 //! - [`terminal`]: server and broker text made safe to print (control characters escaped).
@@ -43,6 +45,7 @@ pub mod demo;
 pub mod devices;
 pub mod dispatch;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod presence;

@@ -36,7 +36,7 @@ pub const DISPATCH_BUCKETS: [f64; 15] = [
 /// The probes; with the commands' own routes ([`CommandType::api_route`]) and the
 /// templates below, every route of the API. Anything else is counted as `unmatched`, so a
 /// scanner probing random paths cannot blow up the number of series.
-const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/openapi.json"];
+const PROBE_ROUTES: [&str; 5] = ["/health", "/ready", "/openapi.json", "/events", "/console"];
 
 /// `route` label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -341,6 +341,7 @@ pub fn route_label(path: &str) -> &'static str {
                 .map(|_| DEVICE_ROUTE)
         })
         .or_else(|| schedule_route(path))
+        .or_else(|| path.starts_with("/console/").then_some(CONSOLE_FILES_ROUTE))
         .unwrap_or(UNMATCHED)
 }
 
@@ -357,6 +358,9 @@ fn schedule_route(path: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The route label of the console's files (SPEC 13.2).
+pub const CONSOLE_FILES_ROUTE: &str = "/console/{file}";
 
 /// The route template of the status resource (SPEC 7.3).
 pub const COMMAND_ROUTE: &str = "/commands/{commandId}";

@@ -292,6 +292,7 @@ impl Application {
                 "using the legacy API_AUTH_TOKEN (one token, scope *); prefer API_AUTH_CREDENTIALS with per-caller ids and scopes"
             );
         }
+        let events = Arc::new(crate::events::Hub::new(config.events_max_streams));
         let devices = Arc::new(config.devices.clone());
         let prefix = config
             .transports
@@ -304,6 +305,12 @@ impl Application {
         ));
         metrics.watch_presence(presence.clone());
         let tracking = build_tracking(&config)?;
+        if let crate::store::StoreKind::Redis(url) = &config.tracking.store {
+            // The URL parsed for the store already; this cannot fail on its form.
+            if let Err(e) = crate::events::relay::spawn(&events, url.expose()) {
+                tracing::warn!(error_kind = ?e.kind(), "events relay not started: other replicas' events will not be streamed here");
+            }
+        }
         let schedules = tracking.as_ref().map(|t| {
             Arc::new(crate::schedules::Schedules::new(
                 t.store.clone(),
@@ -316,6 +323,7 @@ impl Application {
             devices,
             metrics.clone(),
             tracking,
+            events.clone(),
         ));
         let state = Arc::new(AppState {
             commands,
@@ -329,6 +337,8 @@ impl Application {
             refusals: Default::default(),
             presence,
             schedules,
+            events,
+            console: config.console,
         });
         let timeouts = Timeouts {
             read_header: config.http.read_header_timeout,
@@ -400,6 +410,13 @@ impl Application {
         });
         tracing::info!(%addr, tls = self.tls.is_some(), "listening");
         let app = router(self.state.clone());
+        let events = self.state.events.clone();
+        // Event streams never finish by themselves: they end as the server stops
+        // accepting, so they do not hold the drain for its whole grace period.
+        let shutdown = async move {
+            shutdown.await;
+            events.close();
+        };
         serve(
             self.listener,
             self.tls,

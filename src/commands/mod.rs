@@ -201,6 +201,7 @@ impl Commands {
         devices: Arc<Devices>,
         metrics: Arc<Metrics>,
         tracking: Option<Tracking>,
+        events: Arc<crate::events::Hub>,
     ) -> Self {
         let tracker = tracking.map(|t| {
             Arc::new(Tracker::new(
@@ -208,6 +209,7 @@ impl Commands {
                 t.command_ttl,
                 t.idempotency_ttl,
                 metrics.clone(),
+                events,
             ))
         });
         let commands = Self {
@@ -528,7 +530,7 @@ impl Commands {
             .map_err(|e| store_failed(tracker, "cancelling", &e))?;
         match cancelled {
             CancelOutcome::Cancelled(record) => {
-                tracker.status_changed(&record.command_type, record.status);
+                tracker.status_changed(&record);
                 Ok(*record)
             }
             CancelOutcome::NotCancellable(status) => Err(CommandError::NotCancellable {

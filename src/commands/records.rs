@@ -11,6 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
 use crate::domain::CommandType;
+use crate::events::Hub;
 use crate::metrics::Metrics;
 use crate::shared::Folded;
 use crate::store::{
@@ -31,6 +32,8 @@ pub(super) struct Tracker {
     /// Store failures are logged at most once a second (one per request would flood the
     /// log while the store is down).
     failures: Folded,
+    /// Where every status change is published as a `command` event (SPEC 13.1).
+    events: Arc<Hub>,
 }
 
 /// A store operation failed: logged and counted here; the caller answers 503.
@@ -47,6 +50,7 @@ impl Tracker {
         command_ttl: Duration,
         idempotency_ttl: Duration,
         metrics: Arc<Metrics>,
+        events: Arc<Hub>,
     ) -> Self {
         let probe = store.clone();
         metrics.watch_store(Arc::new(move || probe.is_ready()));
@@ -56,6 +60,7 @@ impl Tracker {
             idempotency_ttl,
             metrics,
             failures: Folded::default(),
+            events,
         }
     }
 
@@ -72,35 +77,52 @@ impl Tracker {
         }
     }
 
-    /// Every status change of a record passes here once it is in the store: counted now;
-    /// the live events of SPEC 13 are emitted from here.
-    pub(super) fn status_changed(&self, command_type: &str, status: CommandStatus) {
-        if status.is_final() {
+    /// Every status change of a record passes here once it is in the store, with the
+    /// record as it is now: a final status is counted, and every change is published as
+    /// a `command` event (SPEC 13.1).
+    pub(super) fn status_changed(&self, record: &CommandRecord) {
+        if record.status.is_final() {
             let command_type =
-                CommandType::from_wire(command_type).map_or("unknown", CommandType::as_str);
-            self.metrics.record_final(command_type, status.as_str());
+                CommandType::from_wire(&record.command_type).map_or("unknown", CommandType::as_str);
+            self.metrics.record_final(command_type, record.status.as_str());
         }
+        self.events.command(record);
     }
 
     /// Writes a new record (`pending` before a dispatch, or `scheduled`): once this
     /// resolves it is in the store (on disk for `file:`), so an acknowledgement can never
     /// arrive for a command the store does not know, and the scheduler may claim an alarm.
     pub(super) async fn create(&self, record: CommandRecord) -> Result<(), Unavailable> {
-        let (command_type, status) = (record.command_type.clone(), record.status);
+        // A new record is never final (nothing to count): it is kept for its event only
+        // when someone listens.
+        let event = self.events.wanted().then(|| record.clone());
         self.store
             .create(record)
             .await
             .map_err(|e| self.failed("writing a new record", &e))?;
-        self.status_changed(&command_type, status);
+        if let Some(record) = event {
+            self.status_changed(&crate::store::normalised(record));
+        }
         Ok(())
     }
 
     /// Every transport accepted the command (or the scheduler published the alarm). A
     /// failure here is logged, not answered: the command is out, and its record shows
     /// `pending` until it expires.
-    pub(super) async fn sent(&self, command_id: &str, command_type: &str) {
+    pub(super) async fn sent(&self, command_id: &str, _command_type: &str) {
         match self.store.mark_sent(command_id, Utc::now()).await {
-            Ok(Some(CommandStatus::Sent)) => self.status_changed(command_type, CommandStatus::Sent),
+            // `sent` is not final (nothing to count), and the store answers the status
+            // only (this is every command's path): the record is read for its event only
+            // when someone listens.
+            Ok(Some(CommandStatus::Sent)) if self.events.wanted() => {
+                match self.store.get(command_id, Utc::now()).await {
+                    Ok(Some(record)) => self.status_changed(&record),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failed("reading a record for its event", &e);
+                    }
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 self.failed("marking a command sent", &e);
@@ -124,7 +146,7 @@ impl Tracker {
             .await
             .map_err(|e| self.failed(what, &e))?;
         if let AckOutcome::Applied(record) = &done {
-            self.status_changed(&record.command_type, record.status);
+            self.status_changed(record);
         }
         Ok(done)
     }

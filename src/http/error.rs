@@ -55,6 +55,8 @@ pub enum ApiError {
     TooManySchedules,
     /// 409: a skip of a disabled schedule.
     ScheduleDisabled,
+    /// 503 with `Retry-After`: `EVENTS_MAX_STREAMS` streams are open (SPEC 13.1).
+    TooManyEventStreams,
 }
 
 /// The core's outcomes, as the API answers them.
@@ -93,6 +95,7 @@ impl ApiError {
             Self::TooManySchedules | Self::ScheduleDisabled => StatusCode::CONFLICT,
             Self::IdempotencyInProgress | Self::NotCancellable { .. } => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyEventStreams => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -137,6 +140,7 @@ impl ApiError {
             Self::NotCancellable { status } => {
                 return serde_json::json!({"error": "command can no longer be cancelled", "status": status});
             }
+            Self::TooManyEventStreams => "too many event streams".to_owned(),
         };
         serde_json::json!({ "error": error })
     }
@@ -163,6 +167,11 @@ impl IntoResponse for ApiError {
             Self::IdempotencyInProgress | Self::StoreFull => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
+            // A stream usually lasts long: a place is unlikely to free up within a second.
+            Self::TooManyEventStreams => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(30u32));
             }
             Self::TooManyAuthFailures { retry_after } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -3,7 +3,9 @@
 //! connection-level server.
 
 mod devices;
+pub mod console;
 mod error;
+mod events;
 mod extract;
 mod handlers;
 mod refusals;
@@ -49,6 +51,10 @@ pub struct AppState {
     pub presence: Arc<crate::presence::Presence>,
     /// Recurring alarms (SPEC 12); `None` with `STATE_STORE=none` (no `/schedules` routes).
     pub schedules: Option<Arc<crate::schedules::Schedules>>,
+    /// Live events (SPEC 13.1): what `GET /events` streams.
+    pub events: Arc<crate::events::Hub>,
+    /// `CONSOLE`: whether `/console` is served (SPEC 13.2).
+    pub console: bool,
 }
 
 /// Facts about the connection a request arrived on, set by the server per connection.
@@ -97,6 +103,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(devices::one).fallback(not_allowed_get),
         )
         .merge(schedules)
+        .route("/events", get(events::events).fallback(not_allowed_get))
+        .merge(console::routes(state.console))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), front))
         .with_state(state)
@@ -225,6 +233,7 @@ fn check(state: &AppState, req: &mut Request, conn: Option<ConnInfo>) -> Result<
     if path == "/health"
         || path == "/openapi.json"
         || (path == "/ready" && !state.readiness_require_auth)
+        || (state.console && console::is_console_path(path))
     {
         return Ok(());
     }

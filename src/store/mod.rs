@@ -670,6 +670,12 @@ pub(crate) fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
+/// A new record as the store keeps it (timestamps truncated to the millisecond): what a
+/// read right after `create` returns.
+pub fn normalised(r: CommandRecord) -> CommandRecord {
+    normalise(r)
+}
+
 /// A new record's timestamps truncated to the millisecond.
 pub(crate) fn normalise(mut r: CommandRecord) -> CommandRecord {
     r.created_at = millis(r.created_at);

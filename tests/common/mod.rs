@@ -9,6 +9,7 @@ pub mod mosquitto;
 pub mod mqtt_peer;
 pub mod process;
 pub mod redis;
+pub mod sse;
 pub mod subscriber;
 
 use std::net::TcpListener;

@@ -10,7 +10,9 @@
 //! - `HTTP_WRITE_TIMEOUT_MS`: any single socket write that cannot progress for this long
 //!   fails the connection.
 //! - `HTTP_IDLE_TIMEOUT_MS`: any single socket read that waits this long closes the
-//!   connection (hyper has no separate keep-alive idle timer, hyperium/hyper#2355).
+//!   connection (hyper has no separate keep-alive idle timer, hyperium/hyper#2355) —
+//!   except while a response that is meant to last (`GET /events`) is being written: it
+//!   holds a [`Streaming`] guard, and the client says nothing meanwhile.
 //! - `HTTP_SHUTDOWN_TIMEOUT_MS`: how long in-flight requests may take after SIGTERM.
 //!
 //! And the limits (SPEC 10):
@@ -26,6 +28,10 @@ mod head;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -261,7 +267,14 @@ where
     let mut io = TimeoutStream::new(stream);
     io.set_read_timeout(Some(timeouts.idle));
     io.set_write_timeout(Some(timeouts.write));
-    let mut io = HeadLimit::new(Box::pin(io), limits.max_header_bytes, slot);
+    let streaming = Streaming::default();
+    let io = IdleGate {
+        inner: Box::pin(io),
+        idle: timeouts.idle,
+        streaming: streaming.clone(),
+        lifted: false,
+    };
+    let mut io = HeadLimit::new(io, limits.max_header_bytes, slot);
     // hyper (and its 8 KiB read buffer) takes over once the first head is complete; until
     // then the header-read timeout is ours, and a shutdown closes the connection, which has
     // no request yet.
@@ -279,6 +292,7 @@ where
     let io = TokioIo::new(io);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(conn);
+        req.extensions_mut().insert(streaming.clone());
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -290,5 +304,85 @@ where
         .serve_connection(io, service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Handed to every request: a handler whose response lasts (an event stream) holds
+/// [`Streaming::hold`]'s guard while it writes, which lifts the connection's idle read
+/// timeout meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Streaming(Arc<AtomicBool>);
+
+/// Lifts the idle read timeout until dropped.
+#[derive(Debug)]
+pub struct StreamingGuard(Arc<AtomicBool>);
+
+impl Streaming {
+    pub fn hold(&self) -> StreamingGuard {
+        self.0.store(true, Ordering::Release);
+        StreamingGuard(self.0.clone())
+    }
+}
+
+impl Drop for StreamingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The connection's stream with the idle read timeout lifted while a [`StreamingGuard`]
+/// is held. The timer of a read already waiting still fires once; the read it wakes finds
+/// the guard and goes on waiting without a timeout.
+struct IdleGate<S> {
+    inner: Pin<Box<TimeoutStream<S>>>,
+    idle: Duration,
+    streaming: Streaming,
+    /// Whether the timeout is lifted now.
+    lifted: bool,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> tokio::io::AsyncRead for IdleGate<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let lift = self.streaming.0.load(Ordering::Acquire);
+        if lift != self.lifted {
+            let timeout = (!lift).then_some(self.idle);
+            self.inner.as_mut().set_read_timeout_pinned(timeout);
+            self.lifted = lift;
+        }
+        self.inner.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> tokio::io::AsyncWrite for IdleGate<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

@@ -1,0 +1,307 @@
+//! Live events (SPEC 13.1): the [`Hub`] every change is published to and every
+//! `GET /events` stream reads from.
+//!
+//! - One `tokio::sync::broadcast` channel of 1024 events per replica: each stream has its
+//!   own cursor into it, so a stream that falls more than 1024 events behind is told so
+//!   (`Lagged`) and ends with `event: overflow` instead of growing a queue. Publishing is
+//!   one clone of an `Arc` per event, whatever the number of streams.
+//! - An event is serialised once, when published; streams filter by device and kind and
+//!   write the bytes as they are.
+//! - Streams are counted ([`StreamPermit`]); past `EVENTS_MAX_STREAMS` a new one is refused.
+//! - With `redis://` the `command` and `schedule` events also go to the other replicas
+//!   through Redis (the relay in [`relay`]); `device` events never leave the replica.
+//! - [`Hub::close`] at shutdown ends every stream, so open streams do not hold the
+//!   graceful shutdown for its whole grace period.
+
+pub mod relay;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Bytes;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::domain::DeviceId;
+use crate::store::CommandRecord;
+
+/// How far a stream may fall behind before it gets `event: overflow` (SPEC 13.1).
+pub const QUEUE: usize = 1024;
+/// `EVENTS_MAX_STREAMS` default.
+pub const DEFAULT_MAX_STREAMS: usize = 1000;
+/// Longest gap between two writes on a stream: a `: keep-alive` comment fills it.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The kinds of event (`event:` line, and the names `?types=` accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Command,
+    Device,
+    Schedule,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 3] = [Self::Command, Self::Device, Self::Schedule];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::Device => "device",
+            Self::Schedule => "schedule",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// A bit for filter sets.
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// One event, serialised once: the `event:`/`data:` block a stream writes as it is.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    pub device_id: DeviceId,
+    /// The `data:` JSON (one line: serde_json never writes a newline in compact form).
+    pub data: String,
+    /// `event: <kind>\ndata: <data>\n\n`.
+    pub frame: Bytes,
+}
+
+impl Event {
+    pub fn new(kind: EventKind, device_id: DeviceId, data: String) -> Self {
+        let frame = format!("event: {}\ndata: {data}\n\n", kind.as_str()).into();
+        Self {
+            kind,
+            device_id,
+            data,
+            frame,
+        }
+    }
+
+    /// A `command` event: the record as `GET /commands/{id}` shows it (`None` for a record
+    /// whose device id is not one: no stream could be shown it).
+    pub fn command(record: &CommandRecord) -> Option<Self> {
+        let device_id = DeviceId::parse(&record.device_id).ok()?;
+        let data = String::from_utf8(record.to_json()).unwrap_or_default();
+        Some(Self::new(EventKind::Command, device_id, data))
+    }
+
+    /// A `schedule` event: the schedule's JSON object as `GET /schedules/{id}` shows it,
+    /// with `"deleted"` added as its last field (the fields keep their order).
+    pub fn schedule(device_id: &DeviceId, schedule_json: &str, deleted: bool) -> Self {
+        let body = schedule_json.trim_end();
+        let data = match body.strip_suffix('}') {
+            Some(open) if open.trim_end().ends_with('{') => {
+                format!("{open}\"deleted\":{deleted}}}")
+            }
+            Some(open) => format!("{open},\"deleted\":{deleted}}}"),
+            None => format!("{{\"deleted\":{deleted}}}"),
+        };
+        Self::new(EventKind::Schedule, device_id.clone(), data)
+    }
+
+    /// A `device` event: the device's JSON object as `GET /devices/{id}` shows it.
+    pub fn device(device_id: &DeviceId, device_json: String) -> Self {
+        Self::new(EventKind::Device, device_id.clone(), device_json)
+    }
+}
+
+/// A set of event kinds (`?types=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    pub const ALL: Self = Self(0b111);
+
+    pub fn empty() -> Self {
+        Self(0)
+    }
+
+    pub fn insert(&mut self, kind: EventKind) {
+        self.0 |= kind.bit();
+    }
+
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// `command,device,schedule` (spaces around names ignored); `Err` names the culprit.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut kinds = Self::empty();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match EventKind::parse(name) {
+                Some(kind) => kinds.insert(kind),
+                None => {
+                    return Err(format!(
+                        "types: {name:?} is not an event type; expected a comma list of command, device, schedule"
+                    ));
+                }
+            }
+        }
+        if kinds == Self::empty() {
+            return Err(
+                "types is empty; expected a comma list of command, device, schedule".into(),
+            );
+        }
+        Ok(kinds)
+    }
+}
+
+/// The events of one replica.
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+    /// Open streams, and the cap (`EVENTS_MAX_STREAMS`).
+    streams: Arc<AtomicUsize>,
+    max_streams: usize,
+    /// To the other replicas (`redis://`), when set up.
+    relay: std::sync::OnceLock<mpsc::Sender<Arc<Event>>>,
+    /// `true` once the server is stopping: every stream ends.
+    closed: watch::Sender<bool>,
+}
+
+/// A place among the open streams; dropping it frees the place.
+pub struct StreamPermit {
+    streams: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a stream reads: the events from now on, and the shutdown signal.
+pub struct Subscription {
+    pub events: broadcast::Receiver<Arc<Event>>,
+    pub closed: watch::Receiver<bool>,
+    pub permit: StreamPermit,
+}
+
+impl Hub {
+    pub fn new(max_streams: usize) -> Self {
+        let (tx, _) = broadcast::channel(QUEUE);
+        Self {
+            tx,
+            streams: Arc::new(AtomicUsize::new(0)),
+            max_streams,
+            relay: std::sync::OnceLock::new(),
+            closed: watch::Sender::new(false),
+        }
+    }
+
+    /// Publishes a change made by this replica: to its streams, and (`command`,
+    /// `schedule`) to the other replicas.
+    pub fn publish(&self, event: Event) {
+        let event = Arc::new(event);
+        if event.kind != EventKind::Device
+            && let Some(relay) = self.relay.get()
+        {
+            // Full: the relay is behind (Redis slow or down); the other replicas miss
+            // this event, as a stream that overflows would. Never blocks a command.
+            if relay.try_send(event.clone()).is_err() {
+                tracing::debug!("events relay queue full; an event was not relayed");
+            }
+        }
+        let _ = self.tx.send(event);
+    }
+
+    /// Publishes an event another replica made (from the relay): to this replica's
+    /// streams only.
+    pub fn publish_local(&self, event: Event) {
+        let _ = self.tx.send(Arc::new(event));
+    }
+
+    /// A command's record changed (or was created).
+    pub fn command(&self, record: &CommandRecord) {
+        if self.wanted()
+            && let Some(event) = Event::command(record)
+        {
+            self.publish(event);
+        }
+    }
+
+    /// Whether anyone could receive an event now: a stream here, or other replicas.
+    /// Lets the callers skip building an event (e.g. reading a record) nobody reads.
+    pub fn wanted(&self) -> bool {
+        self.tx.receiver_count() > 0 || self.relay.get().is_some()
+    }
+
+    /// Sends this replica's `command` and `schedule` events to `relay` from now on.
+    pub fn set_relay(&self, relay: mpsc::Sender<Arc<Event>>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// A new stream, or `None` at the cap.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let taken = self
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_streams).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return None;
+        }
+        Some(Subscription {
+            events: self.tx.subscribe(),
+            closed: self.closed.subscribe(),
+            permit: StreamPermit {
+                streams: self.streams.clone(),
+            },
+        })
+    }
+
+    /// Open streams now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Acquire)
+    }
+
+    /// Ends every stream (shutdown); new streams end at once.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn types_are_a_comma_list_of_the_three_kinds() {
+        let kinds = Kinds::parse("command, schedule").unwrap();
+        assert!(kinds.contains(EventKind::Command) && kinds.contains(EventKind::Schedule));
+        assert!(!kinds.contains(EventKind::Device));
+        assert_eq!(Kinds::parse("device,command,schedule").unwrap(), Kinds::ALL);
+        let err = Kinds::parse("command,presence").unwrap_err();
+        assert!(err.contains("\"presence\""), "{err}");
+        assert!(Kinds::parse(" , ").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn the_stream_cap_frees_a_place_when_a_stream_ends() {
+        let hub = Hub::new(2);
+        let one = hub.subscribe().unwrap();
+        let _two = hub.subscribe().unwrap();
+        assert!(hub.subscribe().is_none());
+        drop(one);
+        assert!(hub.subscribe().is_some());
+    }
+
+    #[test]
+    fn a_frame_is_one_event_block() {
+        let event = Event::schedule(
+            &DeviceId::parse("k").unwrap(),
+            r#"{"scheduleId":"s","a":1}"#,
+            true,
+        );
+        assert_eq!(
+            &event.frame[..],
+            b"event: schedule\ndata: {\"scheduleId\":\"s\",\"a\":1,\"deleted\":true}\n\n"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! `GET /events` (SPEC 13.1) over real HTTP: what a stream carries, whose events it
+#![allow(clippy::unwrap_used)]
+//! shows, its filters, keep-alives, the cap on streams, overflow and shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::app::{CLOCKS_TOKEN, OPS_TOKEN, TestApp, spawn_app};
+use common::sse::{Block, EventStream};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn message(app: &TestApp, token: &str, device: &str) -> String {
+    let res = app
+        .post(
+            "/commands/messages",
+            Some(token),
+            json!({"deviceId": device, "message": "hi", "durationSeconds": 5}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    body["commandId"].as_str().unwrap().to_owned()
+}
+
+async fn stream(app: &TestApp, query: &str, token: &str) -> EventStream {
+    EventStream::open(&app.client, &app.url(&format!("/events{query}")), token).await
+}
+
+#[tokio::test]
+async fn a_stream_shows_a_command_from_its_creation_to_sent_as_get_shows_the_record() {
+    let app = spawn_app(&[]).await;
+    let mut events = stream(&app, "", OPS_TOKEN).await;
+    let id = message(&app, OPS_TOKEN, "clock-1").await;
+    let seen = events
+        .until(WAIT, "with status sent", |_, d| d["status"] == "sent")
+        .await;
+    let statuses: Vec<_> = seen
+        .iter()
+        .map(|(event, data)| {
+            assert_eq!(event, "command");
+            assert_eq!(data["commandId"], id.as_str());
+            data["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["pending", "sent"]);
+    let (_, record) = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/commands/{id}"),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(seen.last().unwrap().1, record);
+}
+
+#[tokio::test]
+async fn a_cancelled_alarm_is_an_event_too() {
+    // An AWTRIX device's alarm is held by the gateway: `scheduled`, then `cancelled`.
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.toml");
+    std::fs::write(
+        &devices,
+        "[devices.awtrix-1]\nprofile = \"awtrix3\"\ntopic = \"awtrix_1\"\n",
+    )
+    .unwrap();
+    let broker = common::mosquitto::Mosquitto::start_plain();
+    let url = broker.url();
+    let app = common::app::start(
+        &common::app::env_with(&[
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", url.as_str()),
+            ("ALLOW_INSECURE_MQTT", "true"),
+            ("DEVICES_FILE", devices.to_str().unwrap()),
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut events = stream(&app, "?types=command", OPS_TOKEN).await;
+    let at = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/alarms",
+            &json!({"deviceId": "awtrix-1", "alarmTime": at, "label": "x"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    events
+        .until(WAIT, "scheduled", |_, d| {
+            d["commandId"] == id.as_str() && d["status"] == "scheduled"
+        })
+        .await;
+    let (status, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/commands/{id}"),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let seen = events
+        .until(WAIT, "cancelled", |_, d| d["status"] == "cancelled")
+        .await;
+    assert_eq!(seen.last().unwrap().1["commandId"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_credential_sees_only_the_devices_in_its_scopes_and_a_filter_narrows_them() {
+    let app = spawn_app(&[]).await;
+    // `clocks` covers clock-*; a deviceId outside its scopes simply matches nothing.
+    let mut clocks = stream(&app, "", CLOCKS_TOKEN).await;
+    let mut lamp_only = stream(&app, "?deviceId=lamp-1", CLOCKS_TOKEN).await;
+    let mut clock_2 = stream(&app, "?deviceId=clock-2&deviceId=clock-3", OPS_TOKEN).await;
+    let mut devices_only = stream(&app, "?types=device,schedule", OPS_TOKEN).await;
+    message(&app, OPS_TOKEN, "lamp-1").await;
+    message(&app, OPS_TOKEN, "clock-1").await;
+    let last = message(&app, OPS_TOKEN, "clock-2").await;
+    let seen = clocks
+        .until(WAIT, "of the last command", |_, d| {
+            d["commandId"] == last.as_str() && d["status"] == "sent"
+        })
+        .await;
+    assert!(
+        seen.iter().all(|(_, d)| d["deviceId"] != "lamp-1"),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().any(|(_, d)| d["deviceId"] == "clock-1"));
+    let seen = clock_2
+        .until(WAIT, "of clock-2", |_, d| d["status"] == "sent")
+        .await;
+    assert!(seen.iter().all(|(_, d)| d["deviceId"] == "clock-2"));
+    // Nothing reached the other two: by now their events would have been written.
+    for stream in [&mut lamp_only, &mut devices_only] {
+        match stream.next_block(Duration::from_millis(300)).await {
+            None | Some(Block::Comment(_)) => {}
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_event_type_is_a_400_naming_it() {
+    let app = spawn_app(&[]).await;
+    let (status, body) = app
+        .call(
+            reqwest::Method::GET,
+            "/events?types=command,presence",
+            &json!(null),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid query parameter");
+    assert!(
+        body["detail"].as_str().unwrap().contains("presence"),
+        "{body}"
+    );
+    assert_eq!(app.get("/events", None).await.status(), 401);
+}
+
+#[tokio::test]
+async fn past_events_max_streams_a_new_stream_gets_503_with_retry_after() {
+    let app = spawn_app(&[("EVENTS_MAX_STREAMS", "2")]).await;
+    let first = stream(&app, "", OPS_TOKEN).await;
+    let _second = stream(&app, "", OPS_TOKEN).await;
+    let res = app.get("/events", Some(OPS_TOKEN)).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert_eq!(body, json!({"error": "too many event streams"}));
+    // A stream that ends frees its place.
+    drop(first);
+    common::eventually(WAIT, "a free place", || async {
+        let res = app.get("/events", Some(OPS_TOKEN)).await;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_quiet_stream_gets_a_keep_alive_at_least_every_15_seconds_and_outlives_the_idle_timeout()
+{
+    // An idle timeout shorter than the keep-alive: the stream must not be cut by it.
+    let app = spawn_app(&[("HTTP_IDLE_TIMEOUT_MS", "2000")]).await;
+    let mut events = stream(&app, "", OPS_TOKEN).await;
+    let opened = Instant::now();
+    let block = events.next_block(Duration::from_secs(16)).await;
+    assert_eq!(block, Some(Block::Comment("keep-alive".into())));
+    let gap = opened.elapsed();
+    assert!(gap <= Duration::from_secs(16), "{gap:?}");
+    message(&app, OPS_TOKEN, "clock-1").await;
+    events
+        .until(WAIT, "after the quiet period", |_, d| d["status"] == "sent")
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_overflow_and_its_stream_ends() {
+    let app = spawn_app(&[("HTTP_WRITE_TIMEOUT_MS", "60000")]).await;
+    // A raw client with a tiny receive buffer that reads nothing for a while.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut slow = socket.connect(app.addr).await.unwrap();
+    slow.write_all(
+        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPS_TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Far more than 1024 events behind (two per command, 350 bytes each) once the socket
+    // buffers are full: the kernel lets the server's grow to 4 MiB (tcp_wmem).
+    let sends = (0..8).map(|_| async {
+        for _ in 0..1200 {
+            message(&app, OPS_TOKEN, "clock-1").await;
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = slow.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..n]);
+            if n == 0 || received.ends_with(b"\r\n0\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        read.is_ok(),
+        "the stream did not end: {} bytes, ending {:?}",
+        text.len(),
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let tail = &text[text.len().saturating_sub(200)..];
+    assert!(tail.contains("event: overflow\n"), "{tail}");
+    // Not every event came: the stream stopped instead of queueing them all.
+    assert!(text.matches("event: command").count() < 2 * 8 * 1200);
+}
+
+#[tokio::test]
+async fn stopping_the_server_ends_open_streams_at_once() {
+    let mut app = spawn_app(&[]).await;
+    let mut events = stream(&app, "", OPS_TOKEN).await;
+    let stopping = Instant::now();
+    app.begin_shutdown();
+    while events.next_block(WAIT).await.is_some() {}
+    assert!(events.ended, "the stream did not end");
+    app.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn with_state_store_none_a_stream_opens_and_carries_no_command_events() {
+    let app = spawn_app(&[("STATE_STORE", "none")]).await;
+    let mut events = stream(&app, "", OPS_TOKEN).await;
+    message(&app, OPS_TOKEN, "clock-1").await;
+    match events.next_block(Duration::from_millis(300)).await {
+        None | Some(Block::Comment(_)) => {}
+        Some(other) => panic!("unexpected {other:?}"),
+    }
+}
