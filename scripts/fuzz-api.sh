@@ -136,10 +136,13 @@ log "schemathesis $SCHEMATHESIS_VERSION against $base, seed $seed, at most $max_
 # its path-parameter strategies at the same moment, and Hypothesis describing their filter
 # lambdas (ast.parse in two threads) hits a CPython 3.11 race ("SystemError: AST constructor
 # recursion depth mismatch"), a runtime error in every run. One worker is about as fast here.
+# GET /events is left out: its answer is a stream that stays open by design, so every
+# generated request would wait out --request-timeout (tests/events.rs covers it).
 document="$(pwd)/docs/openapi.json"
 cd "$TMP"
 "$venv/bin/schemathesis" --no-color run "$document" \
     --url "$base" \
+    --exclude-path /events \
     -H "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection,unsupported_method,allow_header_conformance,missing_required_header,ignored_auth \
     --phases examples,coverage,fuzzing \

