@@ -2,8 +2,8 @@
 //! TLS policy, public probes, throttle, authentication), the command handlers and the
 //! connection-level server.
 
-mod devices;
 pub mod console;
+mod devices;
 mod error;
 mod events;
 mod extract;
