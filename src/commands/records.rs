@@ -84,7 +84,8 @@ impl Tracker {
         if record.status.is_final() {
             let command_type =
                 CommandType::from_wire(&record.command_type).map_or("unknown", CommandType::as_str);
-            self.metrics.record_final(command_type, record.status.as_str());
+            self.metrics
+                .record_final(command_type, record.status.as_str());
         }
         self.events.command(record);
     }
