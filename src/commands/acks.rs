@@ -135,7 +135,7 @@ async fn apply(tracker: &Tracker, metrics: &Metrics, batch: Vec<Ack>) {
         match result {
             Ok(AckOutcome::Applied(record)) => {
                 metrics.record_ack("applied");
-                tracker.status_changed(&record.command_type, record.status);
+                tracker.status_changed(&record);
                 tracing::debug!(command_id = %record.command_id, status = record.status.as_str(), "acknowledgement applied");
             }
             Ok(AckOutcome::Unknown) => ignored(metrics, "unknown_command", device),
