@@ -242,6 +242,30 @@ async fn at_the_connection_cap_idle_connections_make_room_for_new_clients() {
 }
 
 #[tokio::test]
+async fn held_connections_at_the_open_file_limit_do_not_lock_others_out() {
+    // Soft and hard limit 256, far below the default cap of 10,000: the descriptors run
+    // out first. The header timeout is long, so held connections are not closed by it.
+    let mut vars = PLAIN.to_vec();
+    vars.push(("HTTP_READ_HEADER_TIMEOUT_MS", "60000"));
+    vars.push(("HTTP_IDLE_TIMEOUT_MS", "60000"));
+    let server = ServerProcess::start_with_ulimit("-n 256", &vars).await;
+    let held = idle_keep_alive_connections(server.port, 300).await;
+    assert!(held.len() >= 256, "{} connections held", held.len());
+    assert!(
+        new_client_answered(server.port, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a new client was locked out:\n{}",
+        server.logs()
+    );
+    assert!(
+        server.logs().contains("evicted_idle=true"),
+        "{}",
+        server.logs()
+    );
+}
+
+#[tokio::test]
 async fn at_the_cap_with_none_idle_a_new_connection_is_closed_at_once() {
     let mut vars = PLAIN.to_vec();
     vars.push(("HTTP_MAX_CONNECTIONS", "4"));

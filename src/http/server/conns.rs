@@ -3,7 +3,10 @@
 //! the longest-idle one (a keep-alive connection waiting for its next request, or one that
 //! has sent nothing yet); only when none is idle is the new one closed at once. So one
 //! client holding connections open cannot lock others out, and the process never runs into
-//! its open-file limit while it has room to choose.
+//! its open-file limit while it has room to choose. When the open-file limit is lower than
+//! the cap and `accept` fails for lack of descriptors, the longest-idle connection is
+//! closed the same way ([`ConnTable::evict_longest_idle`]), so the limit cannot lock
+//! others out either.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +80,18 @@ impl ConnTable {
             idle_since: Some(since),
             eviction,
         })
+    }
+
+    /// Tells the longest-idle connection to close: the process ran out of descriptors
+    /// (`accept` failed with EMFILE/ENFILE) below the cap. `false` when none is idle.
+    pub(super) fn evict_longest_idle(&self) -> bool {
+        let mut inner = self.lock();
+        let Some((_, victim)) = inner.idle.pop_first() else {
+            return false;
+        };
+        victim.chosen.store(true, Ordering::SeqCst);
+        victim.notify.notify_one();
+        true
     }
 
     /// Open connections (those chosen to make room count until they are gone).
@@ -163,6 +178,18 @@ mod tests {
         assert_eq!(table.open(), 2);
         drop((a, c));
         assert_eq!(table.open(), 0);
+    }
+
+    #[test]
+    fn out_of_descriptors_the_longest_idle_connection_is_told_to_close() {
+        let table = ConnTable::new(100);
+        let mut busy = table.admit().unwrap();
+        assert!(busy.set_busy());
+        assert!(!table.evict_longest_idle(), "nothing idle");
+        let idle = table.admit().unwrap();
+        assert!(table.evict_longest_idle());
+        assert!(idle.eviction.chosen.load(Ordering::SeqCst));
+        assert!(!busy.eviction.chosen.load(Ordering::SeqCst));
     }
 
     #[test]

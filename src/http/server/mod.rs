@@ -22,6 +22,8 @@
 //!   room first.
 //! - The open-file soft limit is raised to the hard limit at start
 //!   ([`raise_open_file_limit`]), and accept failures are logged at most once a second.
+//!   When `accept` fails for lack of descriptors (a hard limit below the cap), the
+//!   longest-idle connection is closed to make room, as at the cap.
 
 mod conns;
 mod head;
@@ -119,11 +121,16 @@ pub async fn serve(
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Usually EMFILE: back off briefly instead of spinning.
+                        // Out of descriptors below HTTP_MAX_CONNECTIONS: the longest-idle
+                        // connection makes room, as at the cap; the one waiting in the
+                        // backlog is accepted once its descriptor is closed.
+                        let evicted = out_of_descriptors(&e) && table.evict_longest_idle();
                         if let Some(count) = accept_failures.note() {
-                            tracing::warn!(error = %e, count, "accept failed");
+                            tracing::warn!(error = %e, count, evicted_idle = evicted, "accept failed");
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Back off instead of spinning; briefly when a connection is closing.
+                        let pause = if evicted { 5 } else { 50 };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
                         continue;
                     }
                 };
@@ -168,6 +175,12 @@ pub async fn serve(
             "shutdown grace period over; closing remaining connections"
         );
     }
+}
+
+/// Whether `accept` failed for lack of file descriptors (the process's or the system's).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// A log line at most once a second, with the number of events since the last one.
