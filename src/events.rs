@@ -259,6 +259,12 @@ impl Hub {
         self.streams.load(Ordering::Acquire)
     }
 
+    /// Resolves once the server is stopping ([`Hub::close`]): background publishers end.
+    pub async fn stopping(&self) {
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
     /// Ends every stream (shutdown); new streams end at once.
     pub fn close(&self) {
         self.closed.send_replace(true);

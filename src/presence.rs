@@ -47,6 +47,9 @@ pub struct Presence {
     ignored: AtomicU64,
     full_logged: AtomicBool,
     back_online: broadcast::Sender<DeviceId>,
+    /// Where each change of a device's presence is published as a `device` event (SPEC
+    /// 13.1), once the server sets it up.
+    events: std::sync::OnceLock<Arc<crate::events::Hub>>,
 }
 
 #[derive(Default)]
@@ -66,6 +69,9 @@ struct Entry {
     last_seen: Option<DateTime<Utc>>,
     /// AWTRIX: the last `stats` object, as sent.
     info: Option<Box<str>>,
+    /// The presence last published as a `device` event (so each change is one event,
+    /// also a change that only time makes: an AWTRIX clock falling silent).
+    shown: Option<PresenceState>,
 }
 
 /// What an AWTRIX topic of this server is about.
@@ -114,6 +120,56 @@ impl Presence {
             ignored: AtomicU64::new(0),
             full_logged: AtomicBool::new(false),
             back_online: broadcast::channel(ONLINE_EVENTS).0,
+            events: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Publishes each change of presence to `events` from now on.
+    pub fn publish_to(&self, events: Arc<crate::events::Hub>) {
+        let _ = self.events.set(events);
+    }
+
+    /// The `device` event of `entry` if its presence changed since the last one published.
+    fn change_event(
+        &self,
+        id: &DeviceId,
+        entry: &mut Entry,
+        now: DateTime<Utc>,
+    ) -> Option<crate::events::Event> {
+        let events = self.events.get()?;
+        let state = self.effective(self.devices.profile(id), entry, now);
+        if entry.shown == Some(state) || state == PresenceState::Unknown {
+            return None;
+        }
+        entry.shown = Some(state);
+        if !events.wanted() {
+            return None;
+        }
+        let view = self.view(id, Some(entry), now);
+        Some(crate::events::Event::device(
+            id,
+            serde_json::to_string(&view).unwrap_or_default(),
+        ))
+    }
+
+    /// Publishes the changes that time alone makes (an AWTRIX clock silent past
+    /// `PRESENCE_TIMEOUT_SECS` is offline): the server calls it every second.
+    pub fn publish_timeouts(&self, now: DateTime<Utc>) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let changed: Vec<_> = {
+            let mut registry = self.lock();
+            let ids: Vec<DeviceId> = self.awtrix.values().cloned().collect();
+            ids.iter()
+                .filter_map(|id| {
+                    let entry = registry.listed.get_mut(id)?;
+                    self.change_event(id, entry, now)
+                })
+                .collect()
+        };
+        for event in changed {
+            events.publish(event);
         }
     }
 
@@ -254,7 +310,13 @@ impl Presence {
             if change(entry) {
                 entry.last_seen = Some(now);
             }
-            (before, self.effective(profile, entry, now))
+            let after = self.effective(profile, entry, now);
+            if let Some(event) = self.change_event(device, entry, now)
+                && let Some(events) = self.events.get()
+            {
+                events.publish(event);
+            }
+            (before, after)
         };
         if before == PresenceState::Offline && after == PresenceState::Online {
             // Nobody listening is fine: then nothing is held.

@@ -75,6 +75,9 @@ pub struct Schedules {
     pub idempotency_ttl: Duration,
     /// Told about every change of a `nextFireAt`, so the firing loop wakes in time.
     changed: Arc<tokio::sync::Notify>,
+    /// Where each creation, change and deletion is published as a `schedule` event
+    /// (SPEC 13.1), once the server sets it up.
+    events: std::sync::OnceLock<Arc<crate::events::Hub>>,
 }
 
 impl Schedules {
@@ -88,7 +91,25 @@ impl Schedules {
             max_per_device,
             idempotency_ttl,
             changed: Arc::new(tokio::sync::Notify::new()),
+            events: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Publishes every creation, change and deletion to `events` from now on.
+    pub fn publish_to(&self, events: Arc<crate::events::Hub>) {
+        let _ = self.events.set(events);
+    }
+
+    /// A `schedule` event: `record` as it is now (or was, `deleted`).
+    pub fn published(&self, record: &ScheduleRecord, deleted: bool) {
+        let Some(events) = self.events.get().filter(|e| e.wanted()) else {
+            return;
+        };
+        let Ok(device) = DeviceId::parse(&record.device_id) else {
+            return;
+        };
+        let json = String::from_utf8(record.to_json()).unwrap_or_default();
+        events.publish(crate::events::Event::schedule(&device, &json, deleted));
     }
 
     /// Notified when a schedule's `nextFireAt` may have moved earlier.
@@ -158,6 +179,7 @@ impl Schedules {
         match created {
             ScheduleCreated::Created => {
                 self.changed.notify_one();
+                self.published(&record, false);
                 Ok(record)
             }
             ScheduleCreated::TooMany => Err(Refused::TooMany),
@@ -284,6 +306,7 @@ impl Schedules {
             match written {
                 ScheduleWrite::Written(record) => {
                     self.changed.notify_one();
+                    self.published(&record, false);
                     return Ok(*record);
                 }
                 ScheduleWrite::NotFound => return Err(Refused::NotFound),
@@ -300,11 +323,14 @@ impl Schedules {
     /// `DELETE /schedules/{id}`: the schedule as it was.
     pub async fn delete(&self, caller: &Credential, id: &str) -> Result<ScheduleRecord, Refused> {
         self.get(caller, id).await?;
-        self.store
+        let deleted = self
+            .store
             .schedule_delete(id)
             .await
             .map_err(|e| self.failed("deleting a schedule", &e))?
-            .ok_or(Refused::NotFound)
+            .ok_or(Refused::NotFound)?;
+        self.published(&deleted, true);
+        Ok(deleted)
     }
 
     /// `GET /schedules/{id}/occurrences`: the rule's next instants strictly after `from`

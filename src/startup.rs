@@ -221,6 +221,21 @@ fn build_tracking(config: &Config) -> Result<Option<Tracking>, StartupError> {
     }))
 }
 
+/// Publishes the presence changes that time alone makes (an AWTRIX clock falling silent)
+/// once a second, until the server stops.
+async fn publish_presence_timeouts(presence: Arc<Presence>, events: Arc<crate::events::Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = events.stopping();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => return,
+            _ = tick.tick() => presence.publish_timeouts(chrono::Utc::now()),
+        }
+    }
+}
+
 /// One transport as is, several behind a fan-out.
 fn combine(mut transports: Vec<Arc<dyn Transport>>) -> Arc<dyn Transport> {
     match transports.len() {
@@ -304,6 +319,8 @@ impl Application {
             config.presence.timeout,
         ));
         metrics.watch_presence(presence.clone());
+        presence.publish_to(events.clone());
+        tokio::spawn(publish_presence_timeouts(presence.clone(), events.clone()));
         let tracking = build_tracking(&config)?;
         if let crate::store::StoreKind::Redis(url) = &config.tracking.store {
             // The URL parsed for the store already; this cannot fail on its form.
@@ -312,11 +329,13 @@ impl Application {
             }
         }
         let schedules = tracking.as_ref().map(|t| {
-            Arc::new(crate::schedules::Schedules::new(
+            let schedules = crate::schedules::Schedules::new(
                 t.store.clone(),
                 config.tracking.schedules_max_per_device,
                 config.tracking.idempotency_ttl,
-            ))
+            );
+            schedules.publish_to(events.clone());
+            Arc::new(schedules)
         });
         let commands = Arc::new(Commands::new(
             Dispatcher::new(transport),

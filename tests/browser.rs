@@ -1,7 +1,8 @@
 //! The web console (SPEC 13.2) in a real browser: headless Chromium (Debian's `chromium`
 //! and `chromium-driver`, installed by `scripts/install-test-deps.sh`) driven over
 //! WebDriver (fantoccini) through the page of a real `clock-server demo` — its broker,
-//! API and virtual clocks. Controls are found the way a person finds them: by their
+//! API and virtual clocks (and one more clock, played by hand over MQTT, that loses
+//! power). Controls are found the way a person finds them: by their
 //! visible label, by a form's accessible name, by a button's text.
 //!
 //! `UPDATE_CONSOLE_SCREENSHOT=1 cargo test --test browser` also writes the screenshot
@@ -45,6 +46,7 @@ impl Drop for Process {
 struct Demo {
     _process: Process,
     console: String,
+    mqtt_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -56,6 +58,8 @@ impl Demo {
             .arg("demo")
             .args(["--mqtt-addr", &format!("127.0.0.1:{mqtt_port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            // A generic clock with an id says it is there (a catch-all one cannot).
+            .args(["--devices", "clock-1"])
             .env_clear()
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -91,6 +95,7 @@ impl Demo {
         Self {
             _process: process,
             console,
+            mqtt_port,
             _dir: dir,
         }
     }
@@ -264,6 +269,11 @@ fn form(name: &str) -> String {
     format!("//form[@aria-labelledby = //*[normalize-space()='{name}']/@id]")
 }
 
+/// The presence shown for `device` in the list of devices.
+fn presence(device: &str) -> String {
+    format!("//ul[@id='devices']/li[@data-device='{device}']/span[starts-with(@class,'presence-')]")
+}
+
 /// The activity entry of the newest command of `device` with `type`.
 fn activity(device: &str, command_type: &str) -> String {
     format!(
@@ -272,7 +282,7 @@ fn activity(device: &str, command_type: &str) -> String {
 }
 
 #[tokio::test]
-async fn in_a_real_browser_the_console_signs_in_sends_a_message_that_succeeds_and_cancels_a_held_alarm()
+async fn in_a_real_browser_the_console_signs_in_sees_a_clock_go_offline_sends_a_message_that_succeeds_and_cancels_a_held_alarm()
  {
     common::app::init_logging();
     let demo = Demo::start();
@@ -318,6 +328,27 @@ async fn in_a_real_browser_the_console_signs_in_sends_a_message_that_succeeds_an
     assert_eq!(stored[2], "");
     assert!(!stored[3].as_str().unwrap().contains("dev-token"));
     b.wait_text("//*[@id='live']", "the live stream", |t| t == "live")
+        .await;
+
+    // The demo's clocks are online; one that loses power goes offline, live.
+    for device in ["clock-1", "awtrix-1"] {
+        b.wait_text(&presence(device), &format!("{device} online"), |t| {
+            t == "online"
+        })
+        .await;
+    }
+    let status = "clocks/commands/clock-9/status";
+    let will = common::device::Will {
+        topic: status,
+        payload: b"offline",
+        retain: true,
+    };
+    let mut clock_9 = common::device::Device::connect(demo.mqtt_port, "clock-9", Some(will)).await;
+    clock_9.publish(status, b"online", true).await;
+    b.wait_text(&presence("clock-9"), "clock-9 online", |t| t == "online")
+        .await;
+    clock_9.lose_power();
+    b.wait_text(&presence("clock-9"), "clock-9 offline", |t| t == "offline")
         .await;
 
     // A message to the demo's generic virtual clock, which acknowledges it.

@@ -276,3 +276,92 @@ async fn with_state_store_none_a_stream_opens_and_carries_no_command_events() {
         Some(other) => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_device_that_comes_and_goes_is_a_device_event_each_time_as_get_devices_shows_it() {
+    let broker = common::mosquitto::Mosquitto::start_plain();
+    let url = broker.url();
+    let app = common::app::start(
+        &common::app::env_with(&[
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", url.as_str()),
+            ("ALLOW_INSECURE_MQTT", "true"),
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    common::eventually(WAIT, "the server's subscriptions", || async {
+        (app.get("/ready", Some(OPS_TOKEN)).await.status() == 200).then_some(())
+    })
+    .await;
+    let mut events = stream(&app, "?types=device", CLOCKS_TOKEN).await;
+    let status = "clocks/commands/clock-7/status";
+    let will = common::device::Will {
+        topic: status,
+        payload: b"offline",
+        retain: true,
+    };
+    let mut device = common::device::Device::connect(broker.port, "clock-7", Some(will)).await;
+    // Outside the credential's scopes: never shown to it.
+    device
+        .publish("clocks/commands/lamp-7/status", b"online", true)
+        .await;
+    device.publish(status, b"online", true).await;
+    let (event, online) = events.next_event(WAIT).await.expect("an online event");
+    assert_eq!(event, "device");
+    assert_eq!(online["deviceId"], "clock-7");
+    assert_eq!(online["presence"], "online");
+    let (_, now) = app
+        .call(reqwest::Method::GET, "/devices/clock-7", &json!(null))
+        .await;
+    assert_eq!(online, now);
+    // The same again changes nothing: no event.
+    device.publish(status, b"online", true).await;
+    device.lose_power();
+    let (_, offline) = events.next_event(WAIT).await.expect("an offline event");
+    assert_eq!(offline["deviceId"], "clock-7");
+    assert_eq!(offline["presence"], "offline");
+}
+
+#[tokio::test]
+async fn a_schedule_created_changed_and_deleted_is_a_schedule_event_each_time() {
+    let app = spawn_app(&[]).await;
+    let mut events = stream(&app, "?types=schedule&deviceId=clock-1", OPS_TOKEN).await;
+    let (status, created) = app
+        .call(
+            reqwest::Method::POST,
+            "/schedules",
+            &json!({"deviceId": "clock-1", "time": "06:30", "timeZone": "UTC", "label": "up"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["scheduleId"].as_str().unwrap().to_owned();
+    let (event, data) = events.next_event(WAIT).await.expect("a creation event");
+    assert_eq!(event, "schedule");
+    let mut expected = created.clone();
+    expected["deleted"] = json!(false);
+    assert_eq!(data, expected);
+    let (status, paused) = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/schedules/{id}"),
+            &json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{paused}");
+    let (_, data) = events.next_event(WAIT).await.expect("a change event");
+    assert_eq!(data["enabled"], false);
+    assert_eq!(data["deleted"], false);
+    let (status, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/schedules/{id}"),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, data) = events.next_event(WAIT).await.expect("a deletion event");
+    assert_eq!(data["scheduleId"], id.as_str());
+    assert_eq!(data["deleted"], true);
+}
