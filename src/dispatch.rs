@@ -73,6 +73,18 @@ pub fn audit_scheduled(ctx: &AuditContext<'_>, command: &AuditedCommand<'_>, fir
     );
 }
 
+/// The audit record of a command held until its device is online again (SPEC 11.3):
+/// accepted, nothing dispatched yet; its delivery writes the dispatch's own record.
+pub fn audit_queued(ctx: &AuditContext<'_>, command: &AuditedCommand<'_>) {
+    audit!(
+        info,
+        ctx,
+        command,
+        "queued",
+        "command held until its device is online"
+    );
+}
+
 /// Sends commands through the configured transport (a single one or a fan-out).
 #[derive(Clone)]
 pub struct Dispatcher {

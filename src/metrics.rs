@@ -74,6 +74,7 @@ pub struct Metrics {
     acks: Family<AckLabels, Counter>,
     replays: Counter,
     store_errors: Counter,
+    commands_queued: Gauge,
     transports: Arc<ReadyCollector>,
     presence: Arc<PresenceCollector>,
 }
@@ -176,6 +177,12 @@ impl Metrics {
             "State store operations that failed (the API answered 503, or a status was not saved)",
             store_errors.clone(),
         );
+        let commands_queued = Gauge::default();
+        registry.register(
+            "commands_queued",
+            "Tracked commands held until their device is online again (status queued, not expired), as the store held them at the last check (once a second)",
+            commands_queued.clone(),
+        );
         let transports = Arc::new(ReadyCollector::default());
         registry.register_collector(Box::new(transports.clone()));
         let presence = Arc::new(PresenceCollector::default());
@@ -192,6 +199,7 @@ impl Metrics {
             acks,
             replays,
             store_errors,
+            commands_queued,
             transports,
             presence,
         }
@@ -241,6 +249,12 @@ impl Metrics {
     /// Counts one answer replayed from an `Idempotency-Key`.
     pub fn record_replay(&self) {
         self.replays.inc();
+    }
+
+    /// Sets `clock_server_commands_queued`.
+    pub fn set_commands_queued(&self, n: u64) {
+        self.commands_queued
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts one failed state store operation.

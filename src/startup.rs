@@ -337,13 +337,16 @@ impl Application {
             schedules.publish_to(events.clone());
             Arc::new(schedules)
         });
-        let commands = Arc::new(Commands::new(
-            Dispatcher::new(transport),
-            devices,
-            metrics.clone(),
-            tracking,
-            events.clone(),
-        ));
+        let commands = Arc::new(
+            Commands::new(
+                Dispatcher::new(transport),
+                devices,
+                metrics.clone(),
+                tracking,
+                events.clone(),
+            )
+            .hold_for_offline_devices(presence.clone()),
+        );
         let state = Arc::new(AppState {
             commands,
             credentials: config.credentials.clone(),

@@ -118,7 +118,7 @@ pub enum Command {
     /// Show a command's status record (GET /commands/{commandId})
     #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Status(CommandIdArgs),
-    /// Cancel a scheduled command (DELETE /commands/{commandId})
+    /// Cancel a scheduled or queued command (DELETE /commands/{commandId})
     #[command(after_help = SUBCOMMAND_AFTER_HELP)]
     Cancel(CommandIdArgs),
     /// List the devices the server knows, with their presence (GET /devices)

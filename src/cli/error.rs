@@ -50,8 +50,8 @@ pub enum CliError {
     },
     /// `cancel`: the command is past the point where it could be cancelled (exit 1).
     #[error(
-        "{answer}: command {id} can no longer be cancelled: it is {status} (only a scheduled \
-         command can be; see clockctl status {id})",
+        "{answer}: command {id} can no longer be cancelled: it is {status} (only a scheduled or \
+         queued command can be; see clockctl status {id})",
         answer = server.answer()
     )]
     NotCancellable {

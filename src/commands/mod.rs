@@ -18,9 +18,11 @@
 //!   the submissions still under way.
 //!
 //! Submodules: `records` (the store behind the rules, status changes), `idempotency`
-//! (`Idempotency-Key`), `acks` (device acknowledgements), `scheduler` (held alarms).
+//! (`Idempotency-Key`), `acks` (device acknowledgements), `scheduler` (held alarms),
+//! `held` (commands held for an offline device, SPEC 11.3).
 
 mod acks;
+mod held;
 mod idempotency;
 mod records;
 mod scheduler;
@@ -41,8 +43,10 @@ use self::records::{Tracker, Unavailable};
 pub use self::scheduler::{BATCH, CONCURRENCY, DOWN_LEASE, LEASE_MARGIN, TICK, Wake};
 use self::tasks::Tasks;
 use crate::dispatch::{self, AuditContext, AuditedCommand, Dispatcher};
+use crate::domain::presence::PresenceState;
 use crate::domain::{Command, CommandType, DeviceId, Devices, Envelope, Profile};
 use crate::metrics::{self, Metrics};
+use crate::presence::Presence;
 use crate::security::Credential;
 use crate::store::{
     CancelOutcome, CommandRecord, CommandStatus, Delivery, IdemBegin, StateStore, format_time,
@@ -77,6 +81,8 @@ pub enum Submitted {
     Sent(Receipt),
     /// An alarm the gateway holds until its time; nothing has left yet.
     Scheduled(Receipt),
+    /// Held until its device is online again (SPEC 11.3); nothing has left yet.
+    Queued(Receipt),
     /// The remembered answer to an `Idempotency-Key`; nothing was dispatched again.
     Replayed(Receipt),
 }
@@ -84,7 +90,7 @@ pub enum Submitted {
 impl Submitted {
     pub fn receipt(&self) -> &Receipt {
         match self {
-            Self::Sent(r) | Self::Scheduled(r) | Self::Replayed(r) => r,
+            Self::Sent(r) | Self::Scheduled(r) | Self::Queued(r) | Self::Replayed(r) => r,
         }
     }
 }
@@ -168,6 +174,8 @@ enum Plan {
         fire_at: DateTime<Utc>,
         delivery: Delivery,
     },
+    /// Held until the device is online again (SPEC 11.3).
+    UntilOnline { delivery: Delivery },
 }
 
 /// The settings of the tracked commands, with the store they live in.
@@ -191,6 +199,8 @@ pub struct Commands {
     /// Background tasks and submissions under way.
     tasks: Tasks,
     stop: watch::Sender<bool>,
+    /// Which devices are there: commands for an offline one are held (SPEC 11.3).
+    presence: Option<Arc<Presence>>,
 }
 
 impl Commands {
@@ -220,6 +230,7 @@ impl Commands {
             wake: Arc::default(),
             tasks: Tasks::default(),
             stop: watch::channel(false).0,
+            presence: None,
         };
         if let Some(tracker) = &commands.tracker {
             commands
@@ -227,6 +238,24 @@ impl Commands {
                 .spawn(tracker.clone().purge_until(commands.stop.subscribe()));
         }
         commands
+    }
+
+    /// Holds commands for devices that `presence` says are offline, and delivers them
+    /// when they are back (SPEC 11.3), until [`Self::stop`]. Nothing is held without a
+    /// store. Call before serving.
+    pub fn hold_for_offline_devices(mut self, presence: Arc<Presence>) -> Self {
+        if let Some(tracker) = &self.tracker {
+            self.tasks.spawn(held::run_until(
+                tracker.clone(),
+                self.dispatcher.clone(),
+                self.devices.clone(),
+                presence.clone(),
+                self.metrics.clone(),
+                self.stop.subscribe(),
+            ));
+            self.presence = Some(presence);
+        }
+        self
     }
 
     /// Starts applying device acknowledgements (`prefix`: the topic prefix they are read
@@ -256,6 +285,7 @@ impl Commands {
             tracker.clone(),
             mqtt,
             self.devices.clone(),
+            self.presence.clone(),
             self.wake.clone(),
             publish_timeout,
             self.stop.subscribe(),
@@ -353,8 +383,10 @@ impl Commands {
         result
     }
 
-    /// Where `command` for a device of `profile` goes.
-    fn plan(&self, profile: &Profile, command: &Command) -> Plan {
+    /// Where `command` for `device` of `profile` goes: an alarm the gateway holds waits
+    /// for its time (and, if the device is offline then, for the device: the scheduler);
+    /// anything else for a device that is offline waits for it.
+    fn plan(&self, device: &DeviceId, profile: &Profile, command: &Command) -> Plan {
         match (profile, command.alarm_instant()) {
             (Profile::Awtrix3(awtrix), Some(fire_at)) => {
                 let publication = awtrix.publication(command);
@@ -364,6 +396,15 @@ impl Commands {
                         topic: publication.topic,
                         payload: publication.payload,
                     },
+                }
+            }
+            _ if self
+                .presence
+                .as_ref()
+                .is_some_and(|p| p.state(device, Utc::now()) == PresenceState::Offline) =>
+            {
+                Plan::UntilOnline {
+                    delivery: held::delivery_of(command),
                 }
             }
             _ => Plan::Now,
@@ -414,12 +455,13 @@ impl Commands {
         let profile = self.devices.profile(&s.device_id).clone();
         let command_id = crate::shared::new_id().to_string();
         let device = s.device_id.as_str();
-        let plan = self.plan(&profile, &s.command);
+        let plan = self.plan(&s.device_id, &profile, &s.command);
         // `expiresAt` of a held alarm is its time plus the TTL.
         let (expires_at, fire_at) = match &plan {
-            Plan::Now => (tracker.expires_at(now, s.ttl), None),
+            Plan::Now | Plan::UntilOnline { .. } => (tracker.expires_at(now, s.ttl), None),
             Plan::At { fire_at, .. } => (tracker.expires_at(*fire_at, s.ttl), Some(*fire_at)),
         };
+        let queued = matches!(plan, Plan::UntilOnline { .. });
         let record = CommandRecord::pending(
             &command_id,
             device,
@@ -430,6 +472,10 @@ impl Commands {
         );
         let record = match plan {
             Plan::At { fire_at, delivery } => record.scheduled(fire_at, delivery),
+            Plan::UntilOnline { delivery } if !profile.acknowledges() => {
+                record.without_device_acks().queued(delivery)
+            }
+            Plan::UntilOnline { delivery } => record.queued(delivery),
             Plan::Now if !profile.acknowledges() => record.without_device_acks(),
             Plan::Now => record,
         };
@@ -457,6 +503,18 @@ impl Commands {
                 &format_time(fire_at),
             );
             return Ok(Submitted::Scheduled(accepted(CommandStatus::Scheduled)));
+        }
+        if queued {
+            dispatch::audit_queued(
+                &audit_context(&s.origin, command_type),
+                &AuditedCommand {
+                    device_id: device,
+                    command_type: command_type.as_str(),
+                    request_id: &s.origin.request_id,
+                    command_id: &command_id,
+                },
+            );
+            return Ok(Submitted::Queued(accepted(CommandStatus::Queued)));
         }
         let envelope = Envelope {
             command_id: command_id.clone(),
@@ -515,8 +573,9 @@ impl Commands {
             .map(|(_, r)| r)
     }
 
-    /// `DELETE /commands/{commandId}` (SPEC 7.5): a scheduled command becomes
-    /// `cancelled`; any other status is `NotCancellable`; not found as for [`Self::status`].
+    /// `DELETE /commands/{commandId}` (SPEC 7.5, 11.3): a scheduled or queued command
+    /// becomes `cancelled`; any other status is `NotCancellable`; not found as for
+    /// [`Self::status`].
     pub async fn cancel(
         &self,
         viewer: &Credential,

@@ -36,7 +36,9 @@ use tokio::sync::{Notify, watch};
 
 use super::records::Tracker;
 use crate::domain::awtrix3::{self, Awtrix3Device};
+use crate::domain::presence::PresenceState;
 use crate::domain::{DeviceId, Devices, Profile};
+use crate::presence::Presence;
 use crate::store::{
     AckOutcome, CommandRecord, Delivery, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
 };
@@ -98,6 +100,7 @@ pub(super) async fn run_until(
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
     devices: Arc<Devices>,
+    presence: Option<Arc<Presence>>,
     wake: Arc<Wake>,
     publish_timeout: Duration,
     stop: watch::Receiver<bool>,
@@ -106,6 +109,7 @@ pub(super) async fn run_until(
         tracker,
         mqtt,
         devices,
+        presence,
         wake,
         lease: publish_timeout + LEASE_MARGIN,
     };
@@ -116,6 +120,8 @@ struct Scheduler {
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
     devices: Arc<Devices>,
+    /// An alarm due while its device is offline waits for it (SPEC 11.3).
+    presence: Option<Arc<Presence>>,
     wake: Arc<Wake>,
     lease: Duration,
 }
@@ -180,6 +186,19 @@ impl Scheduler {
         let id = record.command_id.as_str();
         let fire_at = record.fire_at.map(format_time).unwrap_or_default();
         let now = Utc::now();
+        if self.device_offline(&record, now) {
+            // Past its grace the device never got it; before, the lease runs out and it
+            // is claimed again (delivered as soon as the device is back).
+            if record.schedule_missed(now) {
+                return self.offline_too_long(&record).await;
+            }
+            tracing::debug!(
+                command_id = id,
+                fire_at,
+                "alarm due while its device is offline; waiting for it until its grace ends"
+            );
+            return;
+        }
         if record.schedule_missed(now) {
             return self.missed(&record).await;
         }
@@ -233,6 +252,40 @@ impl Scheduler {
                 grace_secs = SCHEDULE_GRACE.as_secs(),
                 "publishing a scheduled alarm failed; it is retried until its grace ends"
             ),
+        }
+    }
+
+    /// Whether presence says the alarm's device is offline now.
+    fn device_offline(&self, record: &CommandRecord, now: DateTime<Utc>) -> bool {
+        let Some(presence) = &self.presence else {
+            return false;
+        };
+        DeviceId::parse(&record.device_id)
+            .is_ok_and(|d| presence.state(&d, now) == PresenceState::Offline)
+    }
+
+    async fn offline_too_long(&self, record: &CommandRecord) {
+        let reason = StatusReason::new(
+            "device_offline",
+            "the device was offline from the alarm's time until a minute after it",
+        );
+        let outcome = self
+            .tracker
+            .complete(
+                "marking an alarm of an offline device",
+                &record.command_id,
+                &record.device_id,
+                FinalOutcome::Failed,
+                Some(reason),
+            )
+            .await;
+        if let Ok(AckOutcome::Applied(_)) = outcome {
+            tracing::warn!(
+                command_id = %record.command_id,
+                device_id = %record.device_id,
+                fire_at = record.fire_at.map(format_time).unwrap_or_default(),
+                "scheduled alarm not published: its device was offline until its grace ended; marked failed (device_offline)"
+            );
         }
     }
 

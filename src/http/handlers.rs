@@ -73,7 +73,9 @@ pub async fn command<R: CommandRequest>(
         origin: caller.origin(),
     };
     Ok(match state.commands.submit(submission).await? {
-        Submitted::Sent(receipt) | Submitted::Scheduled(receipt) => accepted_response(receipt),
+        Submitted::Sent(receipt) | Submitted::Scheduled(receipt) | Submitted::Queued(receipt) => {
+            accepted_response(receipt)
+        }
         Submitted::Replayed(receipt) => {
             let mut res = accepted_response(receipt);
             res.headers_mut()

@@ -259,6 +259,16 @@ impl CommandRecord {
         }
     }
 
+    /// A command held until its device is online again (SPEC 11.3): `queued`, with what
+    /// to deliver then.
+    pub fn queued(self, delivery: Delivery) -> Self {
+        Self {
+            status: CommandStatus::Queued,
+            delivery: Some(delivery),
+            ..self
+        }
+    }
+
     /// The status resource of SPEC 7.3 as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain strings, bools and timestamps into a Vec cannot fail.
