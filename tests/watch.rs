@@ -734,29 +734,126 @@ async fn watch_acknowledges_a_payload_it_rejects_as_failed_with_the_reason() {
     );
 }
 
+/// Everything `seen` holds on topics other than `allowed`.
+fn elsewhere(seen: &Seen, allowed: &[&str]) -> Vec<(String, String, bool, Option<Vec<u8>>)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|m| !allowed.contains(&m.0.as_str()))
+        .cloned()
+        .collect()
+}
+
 #[tokio::test]
-async fn watch_answers_on_the_response_topic_with_the_correlation_data() {
+async fn watch_answers_only_on_the_devices_own_ack_topic_whatever_response_topic_it_is_handed() {
     let broker = Mosquitto::start_plain();
-    let (_sub, replies) = subscriber(&broker, "replies/#").await;
+    let (_sub, seen) = subscriber(&broker, "#").await;
     let mut watch = Watch::start(&broker.url(), &[]);
+    let command = "clocks/commands/clock-1/display_message";
+    let own = "clocks/commands/clock-1/ack";
+    // Another clock's ack topic (to confirm its command), a topic outside the prefix (to
+    // make the clock publish to someone else's device), and the clock's own ack topic.
+    for (id, response_topic) in [
+        ("clock-2-cmd", "clocks/commands/clock-2/ack"),
+        ("victim-cmd", "victim/home/alarm/disarm"),
+        ("own-cmd", own),
+    ] {
+        publish(
+            &broker,
+            command,
+            &format!(r#"{{"message":"hi","durationSeconds":5,"commandId":"{id}"}}"#),
+            Some((response_topic, id.as_bytes())),
+        )
+        .await;
+        assert!(watch.next_line().ends_with(&format!("commandId={id}")));
+    }
+    // Each command is answered, on clock-1's own ack topic only, echoing the Correlation
+    // Data (MQTT 5 request/response).
+    let acks = common::eventually(LINE_WITHIN, "three acks on the own topic", || {
+        let acks: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.0 == own)
+            .cloned()
+            .collect();
+        async move { (acks.len() == 3).then_some(acks) }
+    })
+    .await;
+    for (ack, id) in acks.iter().zip(["clock-2-cmd", "victim-cmd", "own-cmd"]) {
+        assert_eq!(
+            ack,
+            &(
+                own.to_owned(),
+                format!(r#"{{"commandId":"{id}","status":"succeeded"}}"#),
+                false,
+                Some(id.as_bytes().to_vec())
+            )
+        );
+    }
+    // A stray publish would have followed its command within milliseconds.
+    common::observe_for(Duration::from_millis(500)).await;
+    assert_eq!(
+        elsewhere(&seen, &[command, own]),
+        [],
+        "nothing anywhere else"
+    );
+}
+
+#[tokio::test]
+async fn a_command_on_one_clocks_topic_cannot_make_watch_confirm_another_clocks_command() {
+    let broker = Mosquitto::start_plain();
+    let server = server(&broker).await;
+    let (_sub, seen) = subscriber(&broker, "#").await;
+    let mut watch = Watch::start(&broker.url(), &["--device", "clock-1"]);
+    // clock-2 is away: its command stays `sent`.
+    let (code, stdout, stderr) = clockctl_output(
+        &server,
+        &[
+            "--json",
+            "message",
+            "--device",
+            "clock-2",
+            "--message",
+            "tea",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let body: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    // Someone who may publish on clock-1's topic names clock-2's command and ack topic.
     publish(
         &broker,
-        "clocks/commands/clock-3/display_message",
-        r#"{"message":"hi","durationSeconds":5,"commandId":"cmd-3"}"#,
-        Some(("replies/clock-3", b"cmd-3")),
+        "clocks/commands/clock-1/display_message",
+        &format!(r#"{{"message":"x","durationSeconds":5,"commandId":"{id}"}}"#),
+        Some(("clocks/commands/clock-2/ack", id.as_bytes())),
     )
     .await;
-    watch.next_line();
-    let replies = received(&replies, 1).await;
+    assert!(watch.next_line().starts_with("clock-1 display_message "));
+    // clock-1 answers on its own topic (which the server ignores: not the record's device).
+    common::eventually(LINE_WITHIN, "clock-1's acknowledgement", || {
+        let acked = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.0 == "clocks/commands/clock-1/ack" && m.1.contains(&id));
+        async move { acked.then_some(()) }
+    })
+    .await;
+    // A confirmation would reach the server within milliseconds.
+    common::observe_for(Duration::from_millis(500)).await;
     assert_eq!(
-        replies[0],
-        (
-            "replies/clock-3".to_owned(),
-            r#"{"commandId":"cmd-3","status":"succeeded"}"#.to_owned(),
-            false,
-            Some(b"cmd-3".to_vec())
-        )
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.0 == "clocks/commands/clock-2/ack")
+            .count(),
+        0
     );
+    let (code, stdout, _) = clockctl_output(&server, &["status", &id, "--json"]);
+    assert_eq!(code, 0, "{stdout}");
+    let record: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(record["status"], "sent", "{record}");
 }
 
 #[tokio::test]
@@ -776,7 +873,7 @@ async fn watch_with_no_ack_publishes_nothing() {
     // milliseconds (it is published right after the line is printed). Absence can only be
     // observed over a window: 500 ms, far above that, short enough to keep the test quick.
     received(&seen, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::observe_for(Duration::from_millis(500)).await;
     let all = seen.lock().unwrap().clone();
     assert_eq!(
         all.len(),
@@ -1047,7 +1144,7 @@ async fn watch_as_an_awtrix_clock_prints_json_and_acknowledges_nothing() {
     // The broker delivered the stats and the notification to the subscriber; an
     // acknowledgement would follow within milliseconds: wait well beyond that.
     received(&seen, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::observe_for(Duration::from_millis(500)).await;
     // Besides its presence (`stats/device`, `stats`: SPEC 11.4), the clock said nothing.
     let topics: Vec<String> = seen
         .lock()
