@@ -261,11 +261,11 @@ and for an AWTRIX clock:
   kitchen dismiss
 If the broker goes away it reconnects (and says so on stderr).
 
-Like a device, it acknowledges each command it shows (QoS 1, on the publish's MQTT 5
-Response Topic, else <prefix>/<device>/ack): {\"commandId\":\"...\",\"status\":\"succeeded\"},
-or \"failed\" with a \"reason\" for a payload it rejects; --no-ack turns that off. A
-failed acknowledgement is reported once on stderr; watching goes on. An AWTRIX clock never
-acknowledges.
+Like a device, it acknowledges each command it shows (QoS 1, only ever on the device's
+own <prefix>/<device>/ack, whatever Response Topic the publish names):
+{\"commandId\":\"...\",\"status\":\"succeeded\"}, or \"failed\" with a \"reason\" for a payload it
+rejects; --no-ack turns that off. A failed acknowledgement is reported once on stderr;
+watching goes on. An AWTRIX clock never acknowledges.
 
 Like a device, it says it is there: each --device a retained online on
 <prefix>/<device>/status, with a retained offline as its MQTT Last Will (sent by the broker

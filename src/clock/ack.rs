@@ -1,5 +1,6 @@
 //! The virtual clock's acknowledgements (SPEC 7.4), the device side: what a clock publishes
-//! for a command it showed or rejected, and where.
+//! for a command it showed or rejected, and where: only ever on its own
+//! `<prefix>/<deviceId>/ack`, whatever MQTT 5 Response Topic the command carried.
 //!
 //! The shape itself is defined once, in [`crate::domain::ack`], which the server reads
 //! with; a reason longer than the server accepts is cut to fit.
@@ -46,11 +47,6 @@ pub fn is_ack_topic(prefix: &str, topic: &str) -> bool {
         .and_then(|rest| rest.strip_prefix('/'))
         .and_then(|rest| rest.rsplit_once('/'))
         .is_some_and(|(_, last)| last == ACK_LEVEL)
-}
-
-/// A Response Topic the clock may publish to (a topic name: no wildcards, not empty).
-pub fn usable_response_topic(topic: &str) -> bool {
-    mqtt5::is_valid_topic_name(topic)
 }
 
 #[cfg(test)]
@@ -109,9 +105,5 @@ mod tests {
         assert!(is_ack_topic("p/q", "p/q/clock-1/ack"));
         assert!(!is_ack_topic("p/q", "p/q/clock-1/set_alarm"));
         assert!(!is_ack_topic("p/q", "other/clock-1/ack"));
-        assert!(usable_response_topic("p/clock-1/ack"));
-        for bad in ["", "p/+/ack", "p/#", "a\0b"] {
-            assert!(!usable_response_topic(bad), "{bad:?}");
-        }
     }
 }

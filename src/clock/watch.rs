@@ -20,7 +20,7 @@ use mqtt5::{
 };
 use tokio::sync::{Semaphore, mpsc};
 
-use super::ack::{Ack, ack_topic, is_ack_topic, usable_response_topic};
+use super::ack::{Ack, ack_topic, is_ack_topic};
 use super::awtrix;
 use super::command::{self, Received};
 use super::face::Clocks;
@@ -188,8 +188,8 @@ struct Delivery {
     topic: String,
     payload: Vec<u8>,
     retained: bool,
-    /// MQTT 5 request/response: where the sender wants the answer, and what to echo.
-    response_topic: Option<String>,
+    /// MQTT 5 request/response: what to echo with the answer. (The Response Topic is not
+    /// kept: a clock answers on its own ack topic only.)
     correlation_data: Option<Vec<u8>>,
 }
 
@@ -209,14 +209,11 @@ impl Acker {
         let Some(ack) = Ack::of(received) else {
             return;
         };
-        let topic = delivery
-            .response_topic
-            .as_deref()
-            .filter(|t| usable_response_topic(t))
-            .map_or_else(
-                || ack_topic(&self.prefix, &received.device_id),
-                str::to_owned,
-            );
+        // Only ever its own ack topic (SPEC 7.4). The Response Topic is whatever the
+        // publisher wrote: the gateway's names this very topic, anyone else's may name
+        // another clock's (to confirm its command) or a topic outside the prefix, so it is
+        // never followed.
+        let topic = ack_topic(&self.prefix, &received.device_id);
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             report_once(
                 &self.reported,
@@ -475,7 +472,6 @@ impl Watcher {
                         topic: m.topic,
                         payload: m.payload,
                         retained: m.retain,
-                        response_topic: m.properties.response_topic,
                         correlation_data: m.properties.correlation_data,
                     }));
                 })
