@@ -67,6 +67,31 @@ async fn a_head_over_the_limit_gets_a_json_431_and_the_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_request_hyper_cannot_parse_gets_a_json_400_with_the_common_headers() {
+    let app = spawn_app(&[]).await;
+    for raw in [
+        // A header line without a colon.
+        &b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
+        // A request line that is not one.
+        b"GET\r\nHost: x\r\n\r\n",
+        // A control character in a header value.
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+    ] {
+        let answer = exchange(app.addr, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert_common_headers(&answer);
+        assert_eq!(body_of(&answer), json!({"error": "invalid request"}));
+    }
+    // The server goes on serving.
+    let answer = exchange(
+        app.addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
 async fn a_request_line_alone_over_the_limit_gets_a_json_414() {
     let app = spawn_app(&[("HTTP_MAX_HEADER_BYTES", "1024")]).await;
     let raw = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(3000));

@@ -164,6 +164,9 @@ async fn unknown_malformed_and_out_of_scope_ids_all_get_the_same_404() {
         (OPS_TOKEN, unknown.as_str()),
         (OPS_TOKEN, "not-a-command-id"),
         (OPS_TOKEN, "%2e%2e"),
+        // Not UTF-8 once decoded: names nothing either.
+        (OPS_TOKEN, "%FF"),
+        (OPS_TOKEN, "caf%C3%28"),
         // The `clocks` credential covers clock-* only.
         (CLOCKS_TOKEN, lamp.as_str()),
     ] {
@@ -177,6 +180,18 @@ async fn unknown_malformed_and_out_of_scope_ids_all_get_the_same_404() {
             .await
             .unwrap();
         assert_eq!(res.status(), 404, "{id}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{id}");
+    }
+    // The other resources with an id in the path answer the same way.
+    for path in ["/devices/%FF", "/schedules/%FF"] {
+        let res = app.get(path, Some(OPS_TOKEN)).await;
+        assert_eq!(res.status(), 404, "{path}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(
+            json(&res.bytes().await.unwrap()),
+            json!({"error": "not found"}),
+            "{path}"
+        );
     }
     assert_eq!(get_record(&app, OPS_TOKEN, &lamp).await.0, 200);
     // Unauthenticated: 401 before anything else.

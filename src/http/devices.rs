@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use serde::Serialize;
 
+use super::extract::IdPath;
 use super::{ApiError, AppState, Principal, json_response};
 use crate::domain::DeviceId;
 use crate::presence::DeviceView;
@@ -32,7 +33,7 @@ pub async fn list(State(state): State<Arc<AppState>>, principal: Principal) -> R
 pub async fn one(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(device_id): Path<String>,
+    IdPath(device_id): IdPath,
 ) -> Result<Response, ApiError> {
     let device = DeviceId::parse(&device_id).map_err(|_| ApiError::NotFound)?;
     // Exactly as written: ` kitchen` is not `kitchen` in a path.

@@ -2,6 +2,7 @@
 //!
 //! - [`Principal`]: the caller the front checks authenticated (SPEC 2.1 step 5). The check
 //!   itself stays in the front middleware, because unknown paths must get 401 before 404.
+//! - [`IdPath`]: a resource id from the path; one that does not decode is a 404.
 //! - [`Caller`]: the principal with the request id and the connection, for the audit record.
 //! - [`ApiJson`]: step 7 — the body, bounded in size and time, as exactly one JSON object of
 //!   the command's fields; every rejection is an [`ApiError`]. (Not `axum::Json`: that one
@@ -28,6 +29,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .extensions
             .remove::<Principal>()
             .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// A resource id from the path (`/commands/{id}`, `/devices/{id}`, `/schedules/{id}`).
+/// One that does not decode (`%FF` is not UTF-8) names nothing, so it is the same
+/// `404 {"error":"not found"}` as any unknown id, not axum's plain-text 400.
+pub struct IdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Self(id))
+            .map_err(|_| ApiError::NotFound)
     }
 }
 

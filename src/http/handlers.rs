@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, IdPath};
 use super::{ApiError, AppState, Principal, status_response};
 use crate::commands::{IdempotencyKey, Origin, Receipt, Submission, Submitted};
 use crate::domain::{CommandRequest, DeviceId, ValidationError};
@@ -149,7 +149,7 @@ fn accepted_response(receipt: Receipt) -> Response {
 pub async fn status(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(command_id): Path<String>,
+    IdPath(command_id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = state.commands.status(&principal.0, &command_id).await?;
     Ok(record_response(StatusCode::OK, &record))
@@ -159,7 +159,7 @@ pub async fn status(
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(command_id): Path<String>,
+    IdPath(command_id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = state.commands.cancel(&principal.0, &command_id).await?;
     Ok(record_response(StatusCode::OK, &record))

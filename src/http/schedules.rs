@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Serialize;
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, IdPath};
 use super::{ApiError, AppState, Principal, json_response};
 use crate::domain::schedule::ScheduleRequest;
 use crate::schedules::{Created, IdemKey, Refused, Schedules};
@@ -194,7 +194,7 @@ async fn list(
 async fn read(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = schedules(&state)?.get(&principal.0, &id).await?;
     Ok(schedule_response(StatusCode::OK, &record))
@@ -204,7 +204,7 @@ async fn read(
 async fn patch(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let record = schedules(&state)?
@@ -217,7 +217,7 @@ async fn patch(
 async fn delete(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = schedules(&state)?.delete(&principal.0, &id).await?;
     Ok(schedule_response(StatusCode::OK, &record))
@@ -227,7 +227,7 @@ async fn delete(
 async fn skip(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     let record = schedules(&state)?
         .skip(&principal.0, &id, Utc::now())
@@ -244,7 +244,7 @@ struct Occurrences {
 async fn occurrences(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let from = query_param(query.as_deref(), "from")?;

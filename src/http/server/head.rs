@@ -366,6 +366,60 @@ fn refusal(status: &str, error: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// hyper's own answer to a request it cannot parse (a header line without a colon, a
+/// bad request line, an unsupported version): a bare status line with `content-length: 0`
+/// and none of the API's headers. Every answer of the API has a `content-type`, so an
+/// error status without one is hyper's. Returns the API's JSON answer to send instead.
+fn replacement_for_hypers_own(head: &[u8]) -> Option<Vec<u8>> {
+    if !(head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.1 5")) {
+        return None;
+    }
+    let text = std::str::from_utf8(head.get(..head.len().min(512))?).ok()?;
+    let status_line = text.split("\r\n").next()?;
+    let code: u16 = status_line
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let lower = text.to_ascii_lowercase();
+    if code < 400
+        || lower.contains("\r\ncontent-type:")
+        || !lower.contains("\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    let status = http::StatusCode::from_u16(code).ok()?;
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let error = match code {
+        400 => "invalid request".to_owned(),
+        _ => reason.to_ascii_lowercase(),
+    };
+    tracing::debug!(
+        status = code,
+        "request hyper could not parse; answered with the API's JSON"
+    );
+    Some(refusal(&format!("{code} {reason}"), &error))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HeadLimit<S> {
+    /// Writes `first` (the start of a response) unless it is hyper's own error answer,
+    /// which is replaced by the API's ([`replacement_for_hypers_own`]) and the connection
+    /// closed; to hyper the write looks done either way.
+    fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        len: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if !matches!(self.phase, Phase::Refusing { .. }) {
+            let answer = replacement_for_hypers_own(first)?;
+            self.held = Vec::new();
+            self.phase = Phase::Refusing { answer, written: 0 };
+        }
+        Some(self.poll_refuse(cx).map(|()| Ok(len)))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadLimit<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -373,6 +427,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadLimit<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(done) = this.poll_answer(cx, buf, buf.len()) {
+            return done;
+        }
         this.note_write(buf);
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -384,6 +441,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadLimit<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            if let Some(done) = this.poll_answer(cx, first, len) {
+                return done;
+            }
             this.note_write(first);
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
