@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::config::{Config, LogFormat};
-use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic};
+use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic, Rtttl};
 use crate::domain::{DeviceId, Profile};
 
 /// The demo's bearer token. Well known on purpose: the demo binds loopback only.
@@ -32,7 +32,8 @@ pub const AWTRIX_RTTTL: &str = "alarm:d=8,o=5,b=140:c6,p,c6,p,c6";
 pub fn awtrix_device() -> Result<(DeviceId, Profile), String> {
     let id = DeviceId::parse(AWTRIX_DEVICE).map_err(|e| format!("{AWTRIX_DEVICE}: {e}"))?;
     let topic = AwtrixTopic::parse(AWTRIX_TOPIC).map_err(|e| format!("{AWTRIX_TOPIC}: {e}"))?;
-    let clock = Awtrix3Device::new(topic, Some(AWTRIX_RTTTL.to_owned()));
+    let melody = Rtttl::parse(AWTRIX_RTTTL).map_err(|e| format!("{AWTRIX_RTTTL}: {e}"))?;
+    let clock = Awtrix3Device::new(topic, Some(melody));
     Ok((id, Profile::Awtrix3(clock)))
 }
 
@@ -549,7 +550,7 @@ mod tests {
             panic!("{awtrix:?}")
         };
         assert_eq!(clock.topic.as_str(), "awtrix_demo");
-        assert_eq!(clock.alarm_rtttl.as_deref(), Some(AWTRIX_RTTTL));
+        assert_eq!(clock.melody(), AWTRIX_RTTTL);
         assert_eq!(
             config.devices.profile(&DeviceId::parse("clock-1").unwrap()),
             &Profile::Generic

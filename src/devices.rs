@@ -20,7 +20,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic};
+use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic, Rtttl};
 use crate::domain::{DeviceId, Devices, Profile, ProfileName};
 
 /// What the rest of the configuration says, for the checks that span both.
@@ -266,16 +266,17 @@ impl Parser<'_> {
                     },
                 };
                 let rtttl = match rtttl {
-                    Some((raw, span))
-                        if raw.trim().is_empty() || raw.chars().any(char::is_control) =>
-                    {
-                        self.error(
-                            &span,
-                            format!("invalid alarm_rtttl for device {raw_id:?}: expected an RTTTL melody such as \"alarm:d=4,o=5,b=140:c6,p,c6\" (leave the key out for none)"),
-                        );
-                        None
-                    }
-                    other => other.map(|(raw, _)| raw),
+                    None => None,
+                    Some((raw, span)) => match Rtttl::parse(&raw) {
+                        Ok(melody) => Some(melody),
+                        Err(e) => {
+                            self.error(
+                                &span,
+                                format!("invalid alarm_rtttl for device {raw_id:?}: {e}; expected an RTTTL melody such as \"alarm:d=4,o=5,b=140:c6,p,c6\" (leave the key out for the built-in one)"),
+                            );
+                            return None;
+                        }
+                    },
                 };
                 Profile::Awtrix3(Awtrix3Device::new(topic?, rtttl))
             }

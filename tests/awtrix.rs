@@ -11,6 +11,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use clock_server::domain::awtrix3::BUILT_IN_MELODY;
 use common::app::{CLOCKS_TOKEN, OPS_TOKEN, TestApp as App, env_with, start};
 use common::eventually;
 use common::mosquitto::Mosquitto;
@@ -132,7 +133,9 @@ async fn messages_and_brightness_reach_the_clocks_topics_exactly_and_never_retai
     let app = spawn(&broker.url(), &devices, &[("MQTT_RETAINED", "true")]).await;
     app.wait_until_ready().await;
 
-    for (level, bri) in [(0, 0), (40, 102), (100, 255)] {
+    // Each level: the matrix powered on, then BRI; 0 powers it off (and nothing else).
+    let mut want = Vec::new();
+    for (level, bri) in [(40, 102), (0, 0), (100, 255), (1, 3)] {
         let (status, body) = app
             .call(
                 reqwest::Method::PUT,
@@ -142,29 +145,54 @@ async fn messages_and_brightness_reach_the_clocks_topics_exactly_and_never_retai
             .await;
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["status"], "sent");
-        let want = format!(r#"{{"ABRI":false,"BRI":{bri}}}"#);
-        let got = eventually(Duration::from_secs(10), "the settings", || async {
-            sub.on("awtrix_k1/settings")
-                .into_iter()
-                .find(|r| text(&r.bytes) == want)
-        })
-        .await;
-        assert!(!got.retain, "never retained");
-        assert!(got.expiry.is_some(), "a tracked command carries its expiry");
-        assert!(
-            !got.request_response,
-            "no response topic for a clock that never answers"
-        );
+        if level == 0 {
+            want.push((
+                "awtrix_k1/power".to_owned(),
+                r#"{"power":false}"#.to_owned(),
+            ));
+        } else {
+            want.push(("awtrix_k1/power".to_owned(), r#"{"power":true}"#.to_owned()));
+            want.push((
+                "awtrix_k1/settings".to_owned(),
+                format!(r#"{{"ABRI":false,"BRI":{bri}}}"#),
+            ));
+        }
         let record = app.record(&id_of(&body)).await;
         assert_eq!(record["deviceAcks"], false);
         assert_eq!(record["status"], "sent");
+    }
+    let got = eventually(
+        Duration::from_secs(10),
+        "the power and settings",
+        || async {
+            let got: Vec<_> = sub
+                .all()
+                .into_iter()
+                .filter(|r| r.topic.starts_with("awtrix_k1/"))
+                .collect();
+            (got.len() == want.len()).then_some(got)
+        },
+    )
+    .await;
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|r| (r.topic.clone(), text(&r.bytes).to_owned()))
+        .collect();
+    assert_eq!(seen, want, "in this order, each exactly once");
+    for r in &got {
+        assert!(!r.retain, "never retained");
+        assert!(r.expiry.is_some(), "a tracked command carries its expiry");
+        assert!(
+            !r.request_response,
+            "no response topic for a clock that never answers"
+        );
     }
 
     let (status, body) = app
         .call(
             reqwest::Method::POST,
             "/commands/messages",
-            &json!({"deviceId": "hall", "message": "Tea \"now\" ☕", "durationSeconds": 15}),
+            &json!({"deviceId": "hall", "message": "Tea \"now\" ☕\nČaj, Łódź", "durationSeconds": 15}),
         )
         .await;
     assert_eq!(status, 202, "{body}");
@@ -174,7 +202,8 @@ async fn messages_and_brightness_reach_the_clocks_topics_exactly_and_never_retai
     .await;
     assert_eq!(
         text(&got.bytes),
-        r#"{"text":"Tea \"now\" ☕","duration":15}"#
+        r#"{"text":"Tea \"now\" coffee  Caj, Łódź","duration":15}"#,
+        "☕ and č transliterated, the line break a space; Ł, ó, ź kept (the font has them)"
     );
     assert!(!got.retain);
 
@@ -203,6 +232,7 @@ async fn messages_and_brightness_reach_the_clocks_topics_exactly_and_never_retai
     assert_eq!(
         topics,
         [
+            "awtrix_k1/power",
             "awtrix_k1/settings",
             "clocks/commands/clock-1/set_brightness",
             "home/awtrix/hall/notify"
@@ -261,7 +291,7 @@ async fn alarms_are_held_and_published_at_their_time_once_with_and_without_label
     .await;
     assert_eq!(
         text(&kitchen_got.bytes),
-        r#"{"text":"Wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6,p,c6"}"#
+        r#"{"text":"Wake up","hold":true,"wakeup":true,"loopSound":true,"rtttl":"alarm:d=4,o=5,b=140:c6,p,c6"}"#
     );
     assert!(
         kitchen_got.wall >= at,
@@ -273,9 +303,12 @@ async fn alarms_are_held_and_published_at_their_time_once_with_and_without_label
         sub.on("home/awtrix/hall/notify").into_iter().next()
     })
     .await;
+    // No alarm_rtttl: the built-in melody, so the alarm still rings.
     assert_eq!(
         text(&hall_got.bytes),
-        r#"{"text":"Alarm","hold":true,"wakeup":true}"#
+        format!(
+            r#"{{"text":"Alarm","hold":true,"wakeup":true,"loopSound":true,"rtttl":"{BUILT_IN_MELODY}"}}"#
+        )
     );
     assert!(hall_got.wall >= at);
 
@@ -310,7 +343,9 @@ async fn an_alarm_time_already_reached_fires_at_once() {
     .await;
     assert_eq!(
         text(&got.bytes),
-        r#"{"text":"late","hold":true,"wakeup":true}"#
+        format!(
+            r#"{{"text":"late","hold":true,"wakeup":true,"loopSound":true,"rtttl":"{BUILT_IN_MELODY}"}}"#
+        )
     );
     app.status_is(&id_of(&body), "sent", Duration::from_secs(5))
         .await;
@@ -559,6 +594,114 @@ async fn with_mqtt_and_rest_enabled_an_awtrix_clock_is_reached_over_mqtt_only() 
         )
         .await;
     assert_eq!(status, 502, "a generic device goes to both: {body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_brightness_is_accepted_only_once_every_publish_it_needs_was() {
+    // The broker refuses the settings topic (an ACL), so the power publish goes out but
+    // the command cannot be completed.
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic deny awtrix_k1/settings\ntopic readwrite #\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let broker = Mosquitto::start_with(&format!(
+        "allow_anonymous true\nacl_file {}\n",
+        acl.display()
+    ));
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+    let brightness = |level: u8| json!({"deviceId": "kitchen", "level": level});
+
+    let (status, body) = app
+        .call(
+            reqwest::Method::PUT,
+            "/commands/brightness",
+            &brightness(40),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "command dispatch failed");
+    let record = app.record(&id_of(&body)).await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["statusReason"]["code"], "dispatch_failed");
+    eventually(Duration::from_secs(10), "the power publish", || async {
+        sub.on("awtrix_k1/power").into_iter().next()
+    })
+    .await;
+
+    // Level 0 needs only the power topic: accepted.
+    let (status, body) = app
+        .call(reqwest::Method::PUT, "/commands/brightness", &brightness(0))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_text_too_big_for_the_clock_and_a_label_over_256_characters_are_400s() {
+    let broker = Mosquitto::start_plain();
+    let sub = Subscriber::plain(broker.port).await;
+    let devices = devices_file();
+    let app = spawn(&broker.url(), &devices, &[]).await;
+    app.wait_until_ready().await;
+
+    // {"text":"…","duration":5} is 24 bytes around the text: 4,072 characters fit.
+    for (len, status) in [(4072, 202), (4073, 400)] {
+        let (got, body) = app
+            .call(
+                reqwest::Method::POST,
+                "/commands/messages",
+                &json!({"deviceId": "kitchen", "message": "x".repeat(len), "durationSeconds": 5}),
+            )
+            .await;
+        assert_eq!(got, status, "{len}: {body}");
+        if status == 400 {
+            assert_eq!(body["error"], "invalid command");
+            let detail = body["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("message") && detail.contains("4096 bytes"),
+                "{detail}"
+            );
+        }
+    }
+    // The same 4,073 characters reach a generic clock: the limit is the firmware's.
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "clock-1", "message": "x".repeat(4073), "durationSeconds": 5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // A label: at most 256 characters, whatever the device's profile.
+    for device in ["kitchen", "clock-1"] {
+        let (status, body) = app
+            .alarm(device, alarm_at(3600), Some(&"é".repeat(257)))
+            .await;
+        assert_eq!(status, 400, "{device}: {body}");
+        assert_eq!(body["error"], "invalid command");
+        assert_eq!(body["detail"], "label must be at most 256 characters");
+        let (status, body) = app
+            .alarm(device, alarm_at(3600), Some(&"é".repeat(256)))
+            .await;
+        assert_eq!(status, 202, "{device}: {body}");
+    }
+    // Only the message that fits reached the AWTRIX clock.
+    common::observe_for(Duration::from_millis(300)).await;
+    let sizes: Vec<usize> = sub
+        .on("awtrix_k1/notify")
+        .into_iter()
+        .map(|r| r.bytes.len())
+        .collect();
+    assert_eq!(sizes, [4096]);
     app.stop().await;
 }
 

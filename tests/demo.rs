@@ -303,6 +303,8 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
     assert_eq!(line, "awtrix-1 notify text=\"tea is ready\" duration=10");
     demo.clockctl(&["brightness", "--device", "awtrix-1", "--level", "40"]);
     let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
+    assert_eq!(line, "awtrix-1 power power=true");
+    let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
     assert_eq!(line, "awtrix-1 settings ABRI=false BRI=102");
 
     // An alarm a few seconds ahead is held by the server ("scheduled"); one whose time has
@@ -322,7 +324,9 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
     let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
     assert_eq!(
         line,
-        format!("awtrix-1 alarm text=\"wake up\" hold=true wakeup=true rtttl=\"{melody}\"")
+        format!(
+            "awtrix-1 alarm text=\"wake up\" hold=true wakeup=true loopSound=true rtttl=\"{melody}\""
+        )
     );
     // Then the held one goes off, not before its time (which has whole seconds).
     let line = demo.wait_for_line(|l| l.starts_with("awtrix-1 "));
@@ -330,7 +334,9 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
     assert!(Utc::now() >= at, "went off before {soon_text}");
     assert_eq!(
         line,
-        format!("awtrix-1 alarm text=\"soon\" hold=true wakeup=true rtttl=\"{melody}\"")
+        format!(
+            "awtrix-1 alarm text=\"soon\" hold=true wakeup=true loopSound=true rtttl=\"{melody}\""
+        )
     );
 
     // One an hour ahead can still be cancelled.

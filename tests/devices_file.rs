@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use clock_server::config::{Config, ConfigError};
-use clock_server::domain::awtrix3::{Awtrix3Device, AwtrixTopic};
+use clock_server::domain::awtrix3::{Awtrix3Device, AwtrixTopic, Rtttl};
 use clock_server::domain::{DeviceId, Profile};
 
 fn env(file: &std::path::Path, vars: &[(&str, &str)]) -> HashMap<String, String> {
@@ -72,7 +72,7 @@ fn a_valid_file_gives_each_listed_device_its_profile() {
         config.devices.profile(&id("kitchen")),
         &Profile::Awtrix3(Awtrix3Device::new(
             AwtrixTopic::parse("awtrix_a1b2c3").unwrap(),
-            Some("alarm:d=4,o=5,b=140:c6,p,c6,p,c6".into())
+            Some(Rtttl::parse("alarm:d=4,o=5,b=140:c6,p,c6,p,c6").unwrap())
         ))
     );
     assert_eq!(
@@ -222,6 +222,31 @@ fn a_topic_with_an_empty_level_or_none_at_all_is_refused() {
         3,
     );
     assert!(e.contains("the topic is empty"), "{e}");
+}
+
+#[test]
+fn a_melody_the_firmware_would_not_play_is_refused_with_its_line_and_the_fix() {
+    for (melody, says) in [
+        ("c6,p,c6", "three parts separated by `:`"),
+        ("alarm:d=4,o=5,b=140:", "no notes"),
+        ("alarm:b=140:c6", "d=<duration>,o=<octave>,b=<bpm>"),
+        ("alarm:d=4,o=5,b=140:C6,P", r#"note "C6""#),
+        (" ", "three parts"),
+    ] {
+        let e = error_at(
+            &format!(
+                "[devices.kitchen]\nprofile = \"awtrix3\"\ntopic = \"awtrix_a1\"\nalarm_rtttl = \"{melody}\"\n"
+            ),
+            &[],
+            4,
+        );
+        assert!(
+            e.contains(r#"invalid alarm_rtttl for device "kitchen": "#)
+                && e.contains(says)
+                && e.contains("expected an RTTTL melody such as"),
+            "{melody}: {e}"
+        );
+    }
 }
 
 #[test]

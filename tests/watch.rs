@@ -1011,7 +1011,7 @@ async fn watch_as_an_awtrix_clock_shows_each_payload_of_the_spec_table() {
     assert_eq!(
         watch.seen[0],
         format!(
-            "watching awtrix_a1b2c3/notify awtrix_a1b2c3/notify/dismiss awtrix_a1b2c3/settings on {}",
+            "watching awtrix_a1b2c3/notify awtrix_a1b2c3/notify/dismiss awtrix_a1b2c3/power awtrix_a1b2c3/settings on {}",
             broker.url()
         )
     );
@@ -1022,21 +1022,25 @@ async fn watch_as_an_awtrix_clock_shows_each_payload_of_the_spec_table() {
             r#"{"text":"tea is ready","duration":10}"#.to_owned(),
             r#"kitchen notify text="tea is ready" duration=10"#.to_owned(),
         ),
-        // An alarm with a label and a melody, and one with neither ("Alarm", no rtttl).
+        // An alarm: held, waking the display, its melody looping.
         (
             "awtrix_a1b2c3/notify",
-            format!(r#"{{"text":"wake up","hold":true,"wakeup":true,"rtttl":"{melody}"}}"#),
-            format!(r#"kitchen alarm text="wake up" hold=true wakeup=true rtttl="{melody}""#),
+            format!(
+                r#"{{"text":"wake up","hold":true,"wakeup":true,"loopSound":true,"rtttl":"{melody}"}}"#
+            ),
+            format!(
+                r#"kitchen alarm text="wake up" hold=true wakeup=true loopSound=true rtttl="{melody}""#
+            ),
         ),
         (
-            "awtrix_a1b2c3/notify",
-            r#"{"text":"Alarm","hold":true,"wakeup":true}"#.to_owned(),
-            r#"kitchen alarm text="Alarm" hold=true wakeup=true"#.to_owned(),
+            "awtrix_a1b2c3/power",
+            r#"{"power":false}"#.to_owned(),
+            "kitchen power power=false".to_owned(),
         ),
         (
-            "awtrix_a1b2c3/settings",
-            r#"{"ABRI":false,"BRI":0}"#.to_owned(),
-            "kitchen settings ABRI=false BRI=0".to_owned(),
+            "awtrix_a1b2c3/power",
+            r#"{"power":true}"#.to_owned(),
+            "kitchen power power=true".to_owned(),
         ),
         (
             "awtrix_a1b2c3/settings",
@@ -1066,10 +1070,10 @@ async fn watch_as_an_awtrix_clock_rejects_what_the_clock_would_not_take_and_goes
     for (topic, payload, error) in [
         (
             "awtrix_a1b2c3/notify",
-            "{\"text\":",
+            "{\"text\":}",
             "the payload is not JSON",
         ),
-        ("awtrix_a1b2c3/notify", "\"text\"", "not a JSON object"),
+        ("awtrix_a1b2c3/settings", "\"text\"", "not a JSON object"),
         (
             "awtrix_a1b2c3/notify",
             r#"{"text":"x","duration":"ten"}"#,
@@ -1080,10 +1084,22 @@ async fn watch_as_an_awtrix_clock_rejects_what_the_clock_would_not_take_and_goes
             r#"{"BRI":256}"#,
             "BRI must be an integer between 0 and 255",
         ),
+        // The firmware drops a notification with anything around its braces.
+        (
+            "awtrix_a1b2c3/notify",
+            "{\"text\":\"x\"}\n",
+            "dropped: the firmware takes a notification only when the payload starts with {",
+        ),
+        (
+            "awtrix_a1b2c3/notify",
+            " {\"text\":\"x\"}",
+            "no whitespace around it",
+        ),
+        ("awtrix_a1b2c3/power", r#"{"on":true}"#, "no power key"),
         // Control characters a publisher sent stay escaped on the line.
         (
             "awtrix_a1b2c3/notify",
-            "\u{1b}[2J\u{9b}",
+            "{\u{1b}[2J\u{9b}}",
             "the payload is not JSON",
         ),
     ] {
@@ -1164,10 +1180,18 @@ async fn on_a_terminal_watch_as_an_awtrix_clock_shows_the_held_alarm_and_bri() {
         broker.url()
     ))
     .await;
+    publish(&broker, "awtrix_a1b2c3/power", r#"{"power":false}"#, None).await;
     publish(
         &broker,
         "awtrix_a1b2c3/notify",
-        r#"{"text":"wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
+        r#"{"text":"wake up","hold":true,"wakeup":true,"loopSound":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
+        None,
+    )
+    .await;
+    publish(
+        &broker,
+        "awtrix_a1b2c3/notify",
+        r#"{"text":"behind it","duration":5}"#,
         None,
     )
     .await;
@@ -1182,9 +1206,21 @@ async fn on_a_terminal_watch_as_an_awtrix_clock_shows_the_held_alarm_and_bri() {
     live.shows("102/255 (40 %)").await;
     let text = live.screen();
     assert!(
-        text.contains("(holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6"),
+        text.contains(
+            "(holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6 (repeats)  (lit by wakeup)"
+        ),
         "{text}"
     );
+    assert!(
+        text.contains("queued      1 more, shown after it"),
+        "{text}"
+    );
+    assert!(text.contains("power       off"), "{text}");
+    // Dismissed (the button, or this topic): the alarm goes, the next one is shown.
+    publish(&broker, "awtrix_a1b2c3/notify/dismiss", "", None).await;
+    live.shows("\"behind it\"").await;
+    let text = live.screen();
+    assert!(text.contains("│ alarm       -"), "{text}");
     assert!(text.contains("┌ kitchen "), "{text}");
 }
 

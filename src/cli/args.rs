@@ -244,7 +244,7 @@ pub struct ScheduleNextArgs {
 /// Shown under `clockctl watch --help` (its variables are listed with the flags).
 pub const WATCH_AFTER_HELP: &str = "\
 It subscribes to <prefix>/<device>/+ for each --device, or <prefix>/+/+ for every device;
-with --profile awtrix3 --topic <T>, to T/notify, T/notify/dismiss and T/settings of that one
+with --profile awtrix3 --topic <T>, to T/notify, T/notify/dismiss, T/power and T/settings of that one
 AWTRIX clock (--device, if given, is the name it is shown under).
 On a terminal it shows a live view, redrawn every second: the time, the message being shown
 with its seconds left, the scheduled alarms with their labels, the brightness. Otherwise (or
@@ -256,7 +256,8 @@ command, flushed at once:
   clock-1 invalid_command type=\"...\" error=\"...\"   (a payload a clock would reject)
 and for an AWTRIX clock:
   kitchen notify text=\"tea is ready\" duration=10
-  kitchen alarm text=\"wake up\" hold=true wakeup=true rtttl=\"alarm:d=4,o=5,b=140:c6\"
+  kitchen alarm text=\"wake up\" hold=true wakeup=true loopSound=true rtttl=\"alarm:d=4,o=5,b=140:c6\"
+  kitchen power power=true
   kitchen settings ABRI=false BRI=102
   kitchen dismiss
 If the broker goes away it reconnects (and says so on stderr).

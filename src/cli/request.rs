@@ -10,7 +10,7 @@ use super::CliError;
 use super::args::{AlarmArgs, BrightnessArgs, Command, CommandIdArgs, MessageArgs, Submit};
 use crate::domain::{
     AlarmRequest, BrightnessRequest, CommandRequest, DURATION_SECONDS, DeviceId, LEVEL,
-    MessageRequest, ValidationError,
+    MAX_LABEL_CHARS, MessageRequest, ValidationError,
 };
 
 /// What a successful answer means, which decides what is printed.
@@ -246,8 +246,11 @@ fn flag_hint(e: ValidationError, given: &str) -> CliError {
             LEVEL.start(),
             LEVEL.end()
         ),
-        // clockctl sends no ttlSeconds; the server's default applies.
-        ValidationError::TtlOutOfRange => e.to_string(),
+        ValidationError::LabelTooLong => {
+            format!("--label must be at most {MAX_LABEL_CHARS} characters: shorten it")
+        }
+        // clockctl sends no ttlSeconds (the server's default applies) and knows no profile.
+        ValidationError::TtlOutOfRange | ValidationError::NotifyTooLarge { .. } => e.to_string(),
     })
 }
 

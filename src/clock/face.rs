@@ -1,7 +1,7 @@
 //! What each virtual clock shows: its current message with the seconds left, its scheduled
 //! alarms, its brightness — the state the live view draws. Pure: time is passed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 
@@ -14,6 +14,9 @@ use crate::domain::Command;
 const RINGING_FOR: TimeDelta = TimeDelta::seconds(60);
 /// Alarms listed per clock; the rest are counted.
 const MAX_ALARMS_SHOWN: usize = 5;
+/// Notifications an AWTRIX clock keeps queued here; more are not shown (the firmware's
+/// queue is bounded by its memory).
+const MAX_QUEUED: usize = 256;
 /// Longest text shown on one line of the view (longer text is cut with `…`).
 const MAX_TEXT_CHARS: usize = 48;
 
@@ -29,8 +32,11 @@ struct Face {
     message: Option<OnScreen>,
     /// Keyed by the instant, so the same alarm sent twice is listed once (with the new label).
     alarms: BTreeMap<DateTime<Utc>, Alarm>,
-    /// An AWTRIX clock's held notification (how the gateway rings an alarm there).
-    held: Option<Held>,
+    /// An AWTRIX clock's notifications, first in first out: the first is on the display
+    /// (a held one, how the gateway rings an alarm, until dismissed), the others wait.
+    queue: VecDeque<Queued>,
+    /// An AWTRIX clock's `power`, once received: `false` is a dark matrix.
+    power: Option<bool>,
     brightness: Option<Brightness>,
     /// An AWTRIX clock's `ABRI`: the light sensor sets the brightness.
     auto_brightness: Option<bool>,
@@ -43,7 +49,6 @@ struct Face {
 struct OnScreen {
     text: String,
     until: DateTime<Utc>,
-    melody: Option<String>,
 }
 
 #[derive(Debug)]
@@ -52,11 +57,24 @@ struct Alarm {
     label: String,
 }
 
+/// One AWTRIX notification in the queue.
 #[derive(Debug)]
-struct Held {
+struct Queued {
     text: String,
-    since: DateTime<Utc>,
+    duration: TimeDelta,
+    hold: bool,
+    wakeup: bool,
     melody: Option<String>,
+    loop_sound: bool,
+    /// When it reached the display (the front of the queue); `None` while it waits.
+    since: Option<DateTime<Utc>>,
+}
+
+impl Queued {
+    /// When a notification that is not held leaves the display.
+    fn ends(&self) -> Option<DateTime<Utc>> {
+        self.since.filter(|_| !self.hold).map(|s| s + self.duration)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +124,6 @@ impl Clocks {
                 face.message = Some(OnScreen {
                     text: message.clone(),
                     until: now + TimeDelta::seconds(i64::from(*duration_seconds)),
-                    melody: None,
                 });
             }
             Action::Command(Command::SetBrightness { level }) => {
@@ -136,6 +153,17 @@ impl Clocks {
                 face.message = None;
             }
             face.alarms.retain(|at, _| now - *at < RINGING_FOR);
+            // The firmware's notification loop: the first one leaves when its time is up
+            // (never when held), and the next one starts then.
+            while let Some(end) = face.queue.front().and_then(Queued::ends) {
+                if end > now {
+                    break;
+                }
+                face.queue.pop_front();
+                if let Some(next) = face.queue.front_mut() {
+                    next.since = Some(end);
+                }
+            }
         }
     }
 
@@ -162,24 +190,16 @@ impl Clocks {
                 now.format("%a %Y-%m-%d %H:%M:%S")
             ));
             out.push(match &face.message {
+                _ if face.awtrix => face.awtrix_message(now_utc),
                 Some(m) if m.until > now_utc => format!(
-                    "│ message     {:?}  ({} s left){}",
+                    "│ message     {:?}  ({} s left)",
                     cut(&m.text),
                     seconds_until(m.until, now_utc),
-                    melody(m.melody.as_deref())
                 ),
                 _ => "│ message     -".to_owned(),
             });
             if face.awtrix {
-                out.push(match &face.held {
-                    Some(h) => format!(
-                        "│ alarm       ALARM {:?}  since {} (holds until dismissed){}",
-                        cut(&h.text),
-                        h.since.with_timezone(now.offset()).format("%H:%M:%S"),
-                        melody(h.melody.as_deref())
-                    ),
-                    None => "│ alarm       -".to_owned(),
-                });
+                face.render_awtrix(now, &mut out);
             } else {
                 face.render_alarms(now_utc, &mut out);
             }
@@ -255,24 +275,31 @@ impl Face {
 
     fn show_awtrix(&mut self, shown: &Shown, now: DateTime<Utc>) {
         match shown {
-            Shown::Notify(n) if n.hold => {
-                self.held = Some(Held {
-                    text: n.text.clone(),
-                    since: now,
-                    melody: n.rtttl.clone(),
-                });
-            }
             Shown::Notify(n) => {
+                if self.queue.len() >= MAX_QUEUED {
+                    return;
+                }
                 let seconds = n.duration.unwrap_or(DEFAULT_DURATION_SECS);
-                // The firmware queues notifications; the newest replacing the current one
-                // is close enough for a view redrawn every second.
-                self.message = Some(OnScreen {
+                let since = self.queue.is_empty().then_some(now);
+                self.queue.push_back(Queued {
                     text: n.text.clone(),
-                    until: now + TimeDelta::seconds(i64::from(seconds)),
+                    duration: TimeDelta::seconds(i64::from(seconds)),
+                    hold: n.hold,
+                    wakeup: n.wakeup,
                     melody: n.rtttl.clone(),
+                    loop_sound: n.loop_sound,
+                    since,
                 });
             }
-            Shown::Dismiss => self.held = None,
+            // The button or `notify/dismiss`: the first notification goes, held or not, its
+            // melody stops, and the next one starts.
+            Shown::Dismiss => {
+                self.queue.pop_front();
+                if let Some(next) = self.queue.front_mut() {
+                    next.since = Some(now);
+                }
+            }
+            Shown::Power(on) => self.power = Some(*on),
             Shown::Settings {
                 brightness,
                 auto_brightness,
@@ -285,6 +312,58 @@ impl Face {
                     self.auto_brightness = *auto_brightness;
                 }
             }
+        }
+    }
+
+    /// The message line of an AWTRIX clock: the first notification unless it is held.
+    fn awtrix_message(&self, now_utc: DateTime<Utc>) -> String {
+        match self.queue.front() {
+            Some(n) if !n.hold => format!(
+                "│ message     {:?}  ({} s left){}{}",
+                cut(&n.text),
+                n.ends().map_or(0, |end| seconds_until(end, now_utc)),
+                melody(n.melody.as_deref(), n.loop_sound),
+                self.lit(n)
+            ),
+            _ => "│ message     -".to_owned(),
+        }
+    }
+
+    /// An AWTRIX clock's held alarm, what waits behind it, and its power.
+    fn render_awtrix(&self, now: DateTime<FixedOffset>, out: &mut Vec<String>) {
+        out.push(match self.queue.front() {
+            Some(n) if n.hold => format!(
+                "│ alarm       ALARM {:?}  since {} (holds until dismissed){}{}",
+                cut(&n.text),
+                n.since
+                    .map(|s| s.with_timezone(now.offset()).format("%H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                melody(n.melody.as_deref(), n.loop_sound),
+                self.lit(n)
+            ),
+            _ => "│ alarm       -".to_owned(),
+        });
+        if self.queue.len() > 1 {
+            out.push(format!(
+                "│ queued      {} more, shown after it",
+                self.queue.len() - 1
+            ));
+        }
+        match self.power {
+            Some(true) => out.push("│ power       on".to_owned()),
+            Some(false) => {
+                out.push("│ power       off: the display is dark (wakeup lights it)".to_owned());
+            }
+            None => {}
+        }
+    }
+
+    /// What a switched-off matrix does with notification `n`.
+    fn lit(&self, n: &Queued) -> &'static str {
+        match (self.power, n.wakeup) {
+            (Some(false), true) => "  (lit by wakeup)",
+            (Some(false), false) => "  (dark: power off)",
+            _ => "",
         }
     }
 }
@@ -310,9 +389,15 @@ fn human(d: TimeDelta) -> String {
     }
 }
 
-/// `  ♪ <melody>` for a notification that plays one, cut to stay on the line.
-fn melody(rtttl: Option<&str>) -> String {
-    rtttl.map(|r| format!("  ♪ {}", cut(r))).unwrap_or_default()
+/// `  ♪ <melody>` for a notification that plays one, cut to stay on the line, and
+/// `(repeats)` when it loops.
+fn melody(rtttl: Option<&str>, repeats: bool) -> String {
+    rtttl
+        .map(|r| {
+            let again = if repeats { " (repeats)" } else { "" };
+            format!("  ♪ {}{again}", cut(r))
+        })
+        .unwrap_or_default()
 }
 
 /// A ten-cell bar for a brightness level.
@@ -456,20 +541,38 @@ mod tests {
         assert!(view.contains("│ alarm       -"), "{view}");
         assert!(!view.contains("alarms"), "{view}");
 
+        // The firmware queues notifications: the alarm waits until "tea" has had its 7 s.
         apply_awtrix(
             &mut clocks,
             "notify",
-            r#"{"text":"wake up","hold":true,"wakeup":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
+            r#"{"text":"wake up","hold":true,"wakeup":true,"loopSound":true,"rtttl":"alarm:d=4,o=5,b=140:c6"}"#,
             t0 + TimeDelta::seconds(3),
         );
         apply_awtrix(&mut clocks, "settings", r#"{"ABRI":false,"BRI":102}"#, t0);
+        let view = clocks.render(t0 + TimeDelta::seconds(4)).join("\n");
+        assert!(view.contains(r#"message     "tea"  (3 s left)"#), "{view}");
+        assert!(
+            view.contains("│ queued      1 more, shown after it"),
+            "{view}"
+        );
+        // Held: it stays, its melody repeating, until dismissed; messages queue behind it.
+        apply_awtrix(
+            &mut clocks,
+            "notify",
+            r#"{"text":"later","duration":5}"#,
+            t0 + TimeDelta::seconds(60),
+        );
         let later = t0 + TimeDelta::hours(2);
         clocks.expire(later.to_utc());
         let view = clocks.render(later).join("\n");
         assert!(
             view.contains(
-                r#"│ alarm       ALARM "wake up"  since 06:00:03 (holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6"#
+                r#"│ alarm       ALARM "wake up"  since 06:00:07 (holds until dismissed)  ♪ alarm:d=4,o=5,b=140:c6 (repeats)"#
             ),
+            "{view}"
+        );
+        assert!(
+            view.contains("│ queued      1 more, shown after it"),
             "{view}"
         );
         assert!(
@@ -482,6 +585,12 @@ mod tests {
         apply_awtrix(&mut clocks, "settings", r#"{"ABRI":true}"#, later);
         let view = clocks.render(later).join("\n");
         assert!(view.contains("│ alarm       -"), "{view}");
+        // Dismissed: the message that waited behind the alarm has its 5 s now.
+        assert!(
+            view.contains(r#"message     "later"  (5 s left)"#),
+            "{view}"
+        );
+        assert!(!view.contains("queued"), "{view}");
         assert!(
             view.contains("102/255 (40 %)  ████░░░░░░  automatic (ABRI)"),
             "{view}"
@@ -492,6 +601,40 @@ mod tests {
         assert!(view.contains("rejected settings: BRI"), "{view}");
         assert_eq!(Brightness::Awtrix(0).percent(), 0);
         assert_eq!(Brightness::Awtrix(255).percent(), 100);
+    }
+
+    #[test]
+    fn a_switched_off_awtrix_is_dark_except_for_a_notification_with_wakeup() {
+        let t0 = at("2030-01-01T06:00:00Z");
+        let mut clocks = Clocks::default();
+        apply_awtrix(&mut clocks, "power", r#"{"power":false}"#, t0);
+        apply_awtrix(&mut clocks, "notify", r#"{"text":"psst","duration":5}"#, t0);
+        let view = clocks.render(t0).join("\n");
+        assert!(
+            view.contains("│ power       off: the display is dark (wakeup lights it)"),
+            "{view}"
+        );
+        assert!(
+            view.contains(r#"message     "psst"  (5 s left)  (dark: power off)"#),
+            "{view}"
+        );
+        apply_awtrix(
+            &mut clocks,
+            "notify",
+            r#"{"text":"up","hold":true,"wakeup":true}"#,
+            t0,
+        );
+        let later = t0 + TimeDelta::seconds(10);
+        clocks.expire(later.to_utc());
+        let view = clocks.render(later).join("\n");
+        assert!(
+            view.contains("(holds until dismissed)  (lit by wakeup)"),
+            "{view}"
+        );
+        apply_awtrix(&mut clocks, "power", r#"{"power":true}"#, later);
+        let view = clocks.render(later).join("\n");
+        assert!(view.contains("│ power       on"), "{view}");
+        assert!(!view.contains("lit by wakeup"), "{view}");
     }
 
     #[test]

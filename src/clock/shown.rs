@@ -5,15 +5,17 @@
 
 use std::fmt::Write as _;
 
-use crate::domain::awtrix3::{NOTIFY, SETTINGS};
+use crate::domain::awtrix3::{NOTIFY, POWER, SETTINGS};
 
 /// What an AWTRIX clock does with one valid delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shown {
     /// A notification: shown for `duration` seconds, or until dismissed when `hold`.
     Notify(Notification),
-    /// The held notification is dismissed.
+    /// The notification on the display (held or not) is dismissed and its melody stopped.
     Dismiss,
+    /// `power`: the matrix on (`true`) or off.
+    Power(bool),
     /// Brightness settings (other settings are listed in `ignored`).
     Settings {
         /// `BRI`, 0–255.
@@ -34,6 +36,8 @@ pub struct Notification {
     pub hold: bool,
     /// Turns a switched-off display on for it.
     pub wakeup: bool,
+    /// The melody starts again each time it ends, for as long as the notification is shown.
+    pub loop_sound: bool,
     /// A melody (RTTTL) played with it.
     pub rtttl: Option<String>,
     /// Keys the firmware knows but this clock does not draw.
@@ -42,12 +46,13 @@ pub struct Notification {
 
 impl Shown {
     /// The word after the device on the plain line: `notify`, `alarm` (a held
-    /// notification), `dismiss` or `settings`.
+    /// notification), `dismiss`, `power` or `settings`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Notify(n) if n.hold => "alarm",
             Self::Notify(_) => NOTIFY,
             Self::Dismiss => "dismiss",
+            Self::Power(_) => POWER,
             Self::Settings { .. } => SETTINGS,
         }
     }
@@ -67,12 +72,19 @@ impl Shown {
                 if n.wakeup {
                     line.push_str(" wakeup=true");
                 }
+                if n.loop_sound {
+                    line.push_str(" loopSound=true");
+                }
                 if let Some(r) = &n.rtttl {
                     let _ = write!(line, " rtttl={r:?}");
                 }
                 &n.ignored
             }
             Self::Dismiss => return,
+            Self::Power(on) => {
+                let _ = write!(line, " power={on}");
+                return;
+            }
             Self::Settings {
                 brightness,
                 auto_brightness,

@@ -1,6 +1,6 @@
 //! The virtual clock's MQTT side: connect, subscribe to `<prefix>/<device or +>/+` (or an
-//! AWTRIX clock's `<topic>/notify` and `<topic>/settings`), and show each command as it
-//! arrives — a plain line, a JSON line, or a live terminal view.
+//! AWTRIX clock's `<topic>/notify`, `<topic>/power` and `<topic>/settings`), and show each
+//! command as it arrives — a plain line, a JSON line, or a live terminal view.
 //!
 //! The `mqtt5` client re-connects on its own after a loss (with back-off) and re-subscribes
 //! when the broker kept no session, so a watcher survives a broker restart; only the first
@@ -832,6 +832,7 @@ mod tests {
             [
                 "awtrix_a1b2c3/notify",
                 "awtrix_a1b2c3/notify/dismiss",
+                "awtrix_a1b2c3/power",
                 "awtrix_a1b2c3/settings"
             ]
         );

@@ -44,7 +44,7 @@ pub use self::scheduler::{BATCH, CONCURRENCY, DOWN_LEASE, LEASE_MARGIN, TICK, Wa
 use self::tasks::Tasks;
 use crate::dispatch::{self, AuditContext, AuditedCommand, Dispatcher};
 use crate::domain::presence::PresenceState;
-use crate::domain::{Command, CommandType, DeviceId, Devices, Envelope, Profile};
+use crate::domain::{Command, CommandType, DeviceId, Devices, Envelope, Profile, ValidationError};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
 use crate::security::Credential;
@@ -322,6 +322,16 @@ impl Commands {
     /// before anything leaves, the dispatch or the hold, the audit record, the status.
     /// Runs in a task of its own: dropping this future (a caller who hung up) does not
     /// stop the submission.
+    /// The device's profile's own limits on a valid command (SPEC 8.1: an AWTRIX
+    /// notification the firmware would drop for its size), part of validation (step 10).
+    pub fn admits(
+        &self,
+        device_id: &DeviceId,
+        command: Command,
+    ) -> Result<Command, ValidationError> {
+        self.devices.profile(device_id).admits(command)
+    }
+
     pub async fn submit(
         self: &Arc<Self>,
         submission: Submission,
@@ -388,16 +398,16 @@ impl Commands {
     /// anything else for a device that is offline waits for it.
     fn plan(&self, device: &DeviceId, profile: &Profile, command: &Command) -> Plan {
         match (profile, command.alarm_instant()) {
-            (Profile::Awtrix3(awtrix), Some(fire_at)) => {
-                let publication = awtrix.publication(command);
-                Plan::At {
+            (Profile::Awtrix3(awtrix), Some(fire_at)) => match awtrix.alarm_publication(command) {
+                Some(publication) => Plan::At {
                     fire_at,
                     delivery: Delivery {
                         topic: publication.topic,
                         payload: publication.payload,
                     },
-                }
-            }
+                },
+                None => Plan::Now,
+            },
             _ if self
                 .presence
                 .as_ref()

@@ -349,20 +349,20 @@ impl Scheduler {
 /// A held alarm's delivery for the clock as it is configured now: the notification held
 /// at scheduling time, published on the clock's current topic with its current melody.
 fn retarget(device: &Awtrix3Device, held: &Delivery) -> Delivery {
-    let current = device.publication(&crate::domain::Command::SetAlarm {
+    let current = device.alarm_publication(&crate::domain::Command::SetAlarm {
         alarm_time: chrono::DateTime::<chrono::FixedOffset>::default(),
         label: String::new(),
     });
     let payload = match serde_json::from_slice::<awtrix3::Notify>(&held.payload) {
         Ok(notify) => serde_json::to_vec(&awtrix3::Notify {
-            rtttl: device.alarm_rtttl.clone(),
+            rtttl: Some(device.melody().to_owned()),
             ..notify
         })
         .unwrap_or_else(|_| held.payload.clone()),
         Err(_) => held.payload.clone(),
     };
     Delivery {
-        topic: current.topic,
+        topic: current.map_or_else(|| held.topic.clone(), |p| p.topic),
         payload,
     }
 }

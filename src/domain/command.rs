@@ -35,6 +35,8 @@ pub const DURATION_SECONDS: RangeInclusive<u16> = 1..=3600;
 pub const LEVEL: RangeInclusive<u8> = 0..=100;
 /// A command's time to live, in seconds (SPEC 7.2).
 pub const TTL_SECONDS: RangeInclusive<u32> = 1..=604_800;
+/// The longest alarm `label`, in characters (SPEC 10, bounded records).
+pub const MAX_LABEL_CHARS: usize = 256;
 /// How far in the past an alarm time may lie (clock skew between caller and server).
 pub const ALARM_PAST_TOLERANCE_SECS: i64 = 60;
 
@@ -134,6 +136,13 @@ pub enum ValidationError {
     AlarmTimeNotRfc3339,
     #[error("{} must not be more than one minute in the past", field::ALARM_TIME)]
     AlarmTimeInThePast,
+    #[error("{} must be at most {MAX_LABEL_CHARS} characters", field::LABEL)]
+    LabelTooLong,
+    /// The device's firmware would drop the command for its size (SPEC 8.1).
+    #[error(
+        "{field} is too long for this AWTRIX clock: its notification would exceed the firmware's limit of {limit} bytes"
+    )]
+    NotifyTooLarge { field: &'static str, limit: usize },
     #[error("{} must not be blank", field::MESSAGE)]
     MessageBlank,
     #[error(
@@ -160,15 +169,17 @@ pub enum ValidationError {
 }
 
 impl Command {
-    /// An alarm at `alarm_time` (RFC 3339, surrounding spaces ignored). Whether it lies in
+    /// An alarm at `alarm_time` (RFC 3339, surrounding spaces ignored) with a `label` of at
+    /// most [`MAX_LABEL_CHARS`]. Whether it lies in
     /// the past is the server's own check ([`Command::not_in_the_past`]).
     pub fn alarm(alarm_time: &str, label: Option<String>) -> Result<Self, ValidationError> {
         let alarm_time = DateTime::parse_from_rfc3339(alarm_time.trim())
             .map_err(|_| ValidationError::AlarmTimeNotRfc3339)?;
-        Ok(Self::SetAlarm {
-            alarm_time,
-            label: label.unwrap_or_default(),
-        })
+        let label = label.unwrap_or_default();
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ValidationError::LabelTooLong);
+        }
+        Ok(Self::SetAlarm { alarm_time, label })
     }
 
     /// A message that is not blank, shown for [`DURATION_SECONDS`].
@@ -400,6 +411,17 @@ mod tests {
         assert_eq!(
             Command::format_alarm_time(&alarm_time),
             "2026-01-02T07:30:00Z"
+        );
+    }
+
+    #[test]
+    fn a_label_is_at_most_256_characters_not_bytes() {
+        let label = |s: String| Command::alarm("2030-01-01T07:00:00Z", Some(s));
+        assert!(label("ł".repeat(256)).is_ok(), "512 bytes, 256 characters");
+        assert_eq!(label("x".repeat(257)), Err(ValidationError::LabelTooLong));
+        assert_eq!(
+            ValidationError::LabelTooLong.to_string(),
+            "label must be at most 256 characters"
         );
     }
 

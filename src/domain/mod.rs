@@ -19,7 +19,8 @@ pub mod schedule;
 
 pub use command::{
     ALARM_PAST_TOLERANCE_SECS, AlarmRequest, BrightnessRequest, Command, CommandRequest,
-    CommandType, DURATION_SECONDS, Envelope, LEVEL, MessageRequest, ValidationError, field,
+    CommandType, DURATION_SECONDS, Envelope, LEVEL, MAX_LABEL_CHARS, MessageRequest,
+    ValidationError, field,
 };
 pub use device::{DeviceId, DeviceIdError, Scope};
 pub use profile::{Devices, Profile, ProfileName};

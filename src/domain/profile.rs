@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::DeviceId;
 use super::awtrix3::Awtrix3Device;
+use super::{Command, DeviceId, ValidationError};
 
 /// The firmware a device runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,15 @@ impl Profile {
     /// Whether the gateway holds this device's alarms until their time (SPEC 8.1).
     pub fn gateway_schedules_alarms(&self) -> bool {
         matches!(self, Self::Awtrix3(_))
+    }
+
+    /// The profile's own limits on a valid command (SPEC 8.1: an AWTRIX notification the
+    /// firmware would drop for its size).
+    pub fn admits(&self, command: Command) -> Result<Command, ValidationError> {
+        match self {
+            Self::Generic => Ok(command),
+            Self::Awtrix3(device) => device.admits(&command).map(|()| command),
+        }
     }
 
     /// Whether the device can only be reached over MQTT.

@@ -61,6 +61,7 @@ pub async fn command<R: CommandRequest>(
     let command = body
         .into_command()
         .and_then(|c| c.not_in_the_past(chrono::Utc::now()))
+        .and_then(|c| state.commands.admits(&device_id, c))
         .map_err(|e| match e {
             ValidationError::AlarmTimeNotRfc3339 => ApiError::AlarmTimeNotRfc3339,
             other => ApiError::InvalidCommand(other.to_string()),

@@ -146,25 +146,6 @@ impl MqttTransport {
         }))
     }
 
-    /// The topic, payload and options of `envelope` in its device's profile.
-    fn wire_form(&self, envelope: &Envelope) -> (String, Vec<u8>, PublishOptions) {
-        match &envelope.profile {
-            Profile::Generic => (
-                topic(&self.topic_prefix, envelope),
-                envelope.mqtt_payload(),
-                self.options_for(envelope),
-            ),
-            Profile::Awtrix3(device) => {
-                let publication = device.publication(&envelope.command);
-                (
-                    publication.topic,
-                    publication.payload,
-                    self.awtrix_options(envelope.expires_at),
-                )
-            }
-        }
-    }
-
     /// Publishes a gateway-scheduled alarm's prepared [`Delivery`] (SPEC 8.1) with the
     /// options of its profile, bounded by the publish timeout like any command.
     pub async fn publish_delivery(
@@ -189,9 +170,31 @@ impl MqttTransport {
         }
     }
 
+    /// Publishes `envelope` in its device's profile.
     async fn publish(&self, envelope: &Envelope) -> Result<(), TransportError> {
-        let (topic, payload, options) = self.wire_form(envelope);
-        self.publish_raw(topic, payload, options).await
+        match &envelope.profile {
+            Profile::Generic => {
+                self.publish_raw(
+                    topic(&self.topic_prefix, envelope),
+                    envelope.mqtt_payload(),
+                    self.options_for(envelope),
+                )
+                .await
+            }
+            Profile::Awtrix3(device) => {
+                // In order, each acknowledged before the next (a brightness is `power`, then
+                // `settings`): the command succeeds only once every publish has.
+                for publication in device.publications(&envelope.command) {
+                    self.publish_raw(
+                        publication.topic,
+                        publication.payload,
+                        self.awtrix_options(envelope.expires_at),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn publish_raw(
