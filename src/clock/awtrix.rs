@@ -1,7 +1,7 @@
 //! The virtual clock as an AWTRIX 3 clock (SPEC 8.1): what such a clock makes of what
-//! arrives on `<topic>/notify`, `<topic>/notify/dismiss`, `<topic>/power` and `<topic>/settings`. The
-//! server's side of the same wire is [`crate::domain::awtrix3`]; a test here reads back
-//! every payload it writes.
+//! arrives on `<topic>/notify`, `<topic>/notify/dismiss`, `<topic>/power` and
+//! `<topic>/settings`. The server's side of the same wire is [`crate::domain::awtrix3`]; a
+//! test here reads back every payload it writes.
 //!
 //! Read as the firmware reads it (`Blueforcer/awtrix3`; the lines are cited in
 //! [`crate::domain::awtrix3`]): a `notify` payload is dropped unless it starts with `{` and
