@@ -37,11 +37,49 @@ pub struct Context<'a> {
 /// `DEVICES_FILE=<path>`.
 pub fn read(path: &Path, context: Context<'_>) -> Result<Devices, Vec<String>> {
     let origin = format!("DEVICES_FILE={}", path.display());
-    let bytes = std::fs::read(path)
-        .map_err(|e| vec![format!("{origin}: cannot read the devices file: {e}")])?;
+    let bytes = read_bounded(path).map_err(|why| vec![format!("{origin}: {why}")])?;
     let text = String::from_utf8(bytes)
         .map_err(|_| vec![format!("{origin}: the devices file is not UTF-8 text")])?;
     parse(&origin, &text, context)
+}
+
+/// The largest devices file read: far more than any fleet needs (a device takes about
+/// 80 bytes: some 50,000 devices), and a bound on what start-up reads.
+pub const MAX_DEVICES_FILE_BYTES: u64 = 4 << 20;
+
+/// The file's bytes, if it is a regular file of at most [`MAX_DEVICES_FILE_BYTES`]. Checked
+/// before opening: opening a FIFO waits for a writer (start-up would hang), and a device
+/// such as `/dev/zero` never ends.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let kind = |m: &std::fs::Metadata| {
+        let t = m.file_type();
+        if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the devices file: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the devices file is {}; give the path of a TOML file",
+            kind(&meta)
+        ));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the devices file: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DEVICES_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the devices file: {e}"))?;
+    if bytes.len() as u64 > MAX_DEVICES_FILE_BYTES {
+        return Err(format!(
+            "the devices file is larger than {} MiB; is it the right file?",
+            MAX_DEVICES_FILE_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Parses the text of a devices file; `origin` starts every error line.

@@ -132,6 +132,50 @@ fn an_unreadable_file_is_named_with_the_reason() {
     );
 }
 
+/// The configuration errors for `DEVICES_FILE=path`, within 5 s (a read that hangs or
+/// runs for long fails the test instead of stalling it).
+fn errors_for(path: &std::path::Path) -> Vec<String> {
+    let m = env(path, &[]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Config::from_lookup(|k| m.get(k).cloned()).err());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading the devices file did not finish within 5 s")
+        .expect("the configuration should be refused")
+        .0
+}
+
+#[test]
+fn a_fifo_a_device_or_a_huge_file_is_refused_at_once_and_never_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("devices.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for path in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+        let errors = errors_for(path);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("DEVICES_FILE={}: ", path.display()))
+                && errors[0].contains("not a regular file"),
+            "{}",
+            errors[0]
+        );
+    }
+    let huge = dir.path().join("devices.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let errors = errors_for(&huge);
+    assert!(errors[0].contains("larger than 4 MiB"), "{errors:?}");
+    let errors = errors_for(dir.path());
+    assert!(errors[0].contains("is a directory"), "{errors:?}");
+}
+
 #[test]
 fn a_file_that_is_not_toml_points_at_the_line() {
     let e = error_at("[devices.kitchen]\nprofile = awtrix3\n", &[], 2);
