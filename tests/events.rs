@@ -365,3 +365,48 @@ async fn a_schedule_created_changed_and_deleted_is_a_schedule_event_each_time() 
     assert_eq!(data["scheduleId"], id.as_str());
     assert_eq!(data["deleted"], true);
 }
+
+#[tokio::test]
+async fn a_command_that_expires_is_an_expired_event_within_5_seconds_and_is_counted() {
+    let app = spawn_app(&[("METRICS_ADDR", "127.0.0.1:0")]).await;
+    let mut events = stream(&app, "?types=command", OPS_TOKEN).await;
+    // Nothing acknowledges it (the transport is a recording fake): it ends expired.
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "clock-1", "message": "hi", "durationSeconds": 5, "ttlSeconds": 1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        body["expiresAt"].as_str().unwrap().parse().unwrap();
+    let seen = events
+        .until(WAIT, "expired", |_, d| d["status"] == "expired")
+        .await;
+    let noticed = chrono::Utc::now();
+    assert!(
+        noticed - expires_at <= chrono::TimeDelta::seconds(5),
+        "noticed {noticed}, expired {expires_at}"
+    );
+    let expired = &seen.last().unwrap().1;
+    assert_eq!(expired["commandId"], body["commandId"]);
+    assert_eq!(expired["completedAt"], body["expiresAt"]);
+    let scrape = app
+        .client
+        .get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metric_value(
+            &scrape,
+            "clock_server_commands_total{type=\"display_message\",status=\"expired\"}"
+        ),
+        1,
+        "{scrape}"
+    );
+}

@@ -1133,6 +1133,89 @@ async fn concurrent_claimers_deliver_a_devices_queue_once_and_in_order(h: Harnes
 }
 
 /// Instantiates the suite for one backend: one `#[tokio::test]` per function above.
+async fn the_expiry_sweep_reports_each_expired_record_once_whoever_expired_it(h: Harness) {
+    let store = h.open_default();
+    for id in ["swept", "read", "acked", "queued-1"] {
+        store.create(pending(id, "clock-1")).await.unwrap();
+    }
+    store
+        .create(queued("queued-2", "clock-2", 0))
+        .await
+        .unwrap();
+    store
+        .create(CommandRecord {
+            expires_at: at(1200),
+            ..pending("later", "clock-1")
+        })
+        .await
+        .unwrap();
+    store.mark_sent("swept", at(1)).await.unwrap();
+    applied(
+        store
+            .complete("acked", "clock-1", FinalOutcome::Succeeded, None, at(10))
+            .await
+            .unwrap(),
+    );
+    assert!(store.expire_due(at(599), 100).await.unwrap().is_empty());
+    // A read expires one first: the sweep still reports it (its event and count are
+    // the sweep's), once.
+    let read = store.get("read", at(600)).await.unwrap().unwrap();
+    assert_eq!(read.status, CommandStatus::Expired);
+    let mut swept = store.expire_due(at(602), 100).await.unwrap();
+    swept.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+    assert_eq!(ids(&swept), ["queued-1", "queued-2", "read", "swept"]);
+    for record in &swept {
+        assert_eq!(record.status, CommandStatus::Expired);
+        assert_eq!(record.completed_at, Some(at(600)));
+    }
+    assert_eq!(swept[3].sent_at, Some(at(1)));
+    // Persisted: a read after the sweep says expired too; the next sweep has nothing.
+    assert_eq!(
+        store.get("swept", at(603)).await.unwrap().unwrap().status,
+        CommandStatus::Expired
+    );
+    assert!(store.expire_due(at(603), 100).await.unwrap().is_empty());
+    let later = store.expire_due(at(1300), 100).await.unwrap();
+    assert_eq!(ids(&later), ["later"]);
+    assert!(store.expire_due(at(1400), 100).await.unwrap().is_empty());
+}
+
+async fn concurrent_sweepers_report_each_expired_record_exactly_once(h: Harness) {
+    let store = h.open_default();
+    for i in 0..40 {
+        let record = CommandRecord {
+            expires_at: at(100 + i),
+            ..pending(&format!("c-{i:02}"), "clock-1")
+        };
+        store.create(record).await.unwrap();
+    }
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                // Small batches (where a backend honours them) so the sweepers interleave.
+                for now in [120, 130, 150, 200] {
+                    loop {
+                        let got = store.expire_due(at(now), 3).await.unwrap();
+                        if got.is_empty() {
+                            break;
+                        }
+                        mine.extend(got.into_iter().map(|r| r.command_id));
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for sweeper in sweepers {
+        all.extend(sweeper.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!((all.len(), distinct.len()), (40, 40));
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -1167,6 +1250,8 @@ macro_rules! conformance {
                 a_queued_command_past_its_expiry_is_expired_and_never_claimed,
                 a_queued_command_can_be_cancelled_unless_it_is_being_delivered,
                 concurrent_claimers_deliver_a_devices_queue_once_and_in_order,
+                the_expiry_sweep_reports_each_expired_record_once_whoever_expired_it,
+                concurrent_sweepers_report_each_expired_record_exactly_once,
             );
         }
     };

@@ -236,6 +236,9 @@ impl Commands {
             commands
                 .tasks
                 .spawn(tracker.clone().purge_until(commands.stop.subscribe()));
+            commands
+                .tasks
+                .spawn(tracker.clone().expire_until(commands.stop.subscribe()));
         }
         commands
     }

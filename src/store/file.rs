@@ -656,6 +656,53 @@ impl StateStore for FileStore {
         })
     }
 
+    /// The window since the last sweep, on the indexed `final_ms` (a record that is not
+    /// final has its expiry there; one that expired, by a read or now, too): each record
+    /// falls in exactly one window. The window's end is kept in `meta`, so a restart goes
+    /// on where the last sweep ended (one instance per file).
+    fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
+        self.submit(move |conn| {
+            let end = ms(now);
+            let cursor: Option<i64> = conn
+                .prepare_cached("SELECT value FROM meta WHERE key = 'expiry_cursor'")?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            // A file without a cursor yet (new, or from before the sweep): the last
+            // minute, not the whole history.
+            let start = cursor.unwrap_or(end - 60_000);
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM commands WHERE final_ms > ?1 AND final_ms <= ?2 \
+                 AND status IN ('pending', 'scheduled', 'queued', 'sent', 'expired') \
+                 ORDER BY final_ms"
+            ))?;
+            let due = stmt
+                .query_map(params![start, end], from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut expired = Vec::with_capacity(due.len());
+            for (mut record, _) in due {
+                if apply_expiry(&mut record, now) {
+                    update(conn, &record, None)?;
+                }
+                if record.status == CommandStatus::Expired {
+                    expired.push(record);
+                }
+            }
+            exec(
+                conn,
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('expiry_cursor', ?1)",
+                [end],
+            )?;
+            Ok(expired)
+        })
+    }
+
     fn claim_due(
         &self,
         now: DateTime<Utc>,

@@ -20,7 +20,7 @@
 //! and the new table at once. `tests/store_footprint.rs` measures it: 680 bytes per
 //! record at the peak with compact entries in a `HashMap`, 304 with the slab.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -406,6 +406,12 @@ struct Inner {
     scheduled: BTreeSet<(Millis, Key)>,
     /// `Queued` records by device, then in the order accepted, for `claim_queued`.
     queued: BTreeSet<(Arc<str>, Millis, Key)>,
+    /// Records created not final, by the second of their expiry, for `expire_due`: a
+    /// bucket is taken whole once its second is over (24 bytes a record, none of the
+    /// per-node cost of a set). A record that became final otherwise is skipped then;
+    /// `expiring_len` bounds the stale ones (compacted past twice the records held).
+    expiring: BTreeMap<i64, Vec<Key>>,
+    expiring_len: usize,
     /// Shared principals and command types (at most `INTERN_MAX`).
     interned: HashSet<Arc<str>>,
     /// Shared device ids (at most `DEVICES_INTERN_MAX`): no allocation per record.
@@ -495,6 +501,30 @@ impl Inner {
             self.settle(key);
         }
         self.records.get_mut(key)
+    }
+
+    /// Puts `key` in the bucket of its expiry second; drops stale entries when they
+    /// outnumber the records held.
+    fn watch_expiry(&mut self, expires_at: Millis, key: Key) {
+        self.expiring
+            .entry(expires_at.div_euclid(1000))
+            .or_default()
+            .push(key);
+        self.expiring_len += 1;
+        if self.expiring_len > 2 * self.records.len() + 1024 {
+            let Inner {
+                expiring, records, ..
+            } = self;
+            for bucket in expiring.values_mut() {
+                bucket.retain(|k| {
+                    records
+                        .get(k)
+                        .is_some_and(|e| !e.status.is_final() || e.status == CommandStatus::Expired)
+                });
+            }
+            expiring.retain(|_, bucket| !bucket.is_empty());
+            self.expiring_len = self.expiring.values().map(Vec::len).sum();
+        }
     }
 
     /// Adds a new record (whose key is not present) and counts its bytes.
@@ -931,6 +961,9 @@ impl StateStore for MemoryStore {
                 let queued = (entry.device_id.clone(), entry.created_at, key.clone());
                 inner.queued.insert(queued);
             }
+            if !entry.status.is_final() {
+                inner.watch_expiry(entry.expires_at, key.clone());
+            }
             inner.created.push_back((seq, key.clone()));
             inner.insert(key.clone(), entry);
             inner.settle(&key);
@@ -1053,6 +1086,33 @@ impl StateStore for MemoryStore {
         };
         drop(inner);
         Box::pin(std::future::ready(Ok(result)))
+    }
+
+    fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
+        let mut inner = self.lock();
+        // The buckets whose whole second is over: every record in them has expired
+        // unless it became final otherwise.
+        let last = (to_ms(now) - 999).div_euclid(1000);
+        let mut expired = Vec::new();
+        while let Some(entry) = inner.expiring.first_entry() {
+            if *entry.key() > last {
+                break;
+            }
+            let keys = entry.remove();
+            inner.expiring_len = inner.expiring_len.saturating_sub(keys.len());
+            for key in keys {
+                if let Some(e) = inner.live(&key, self.settings.retention, now)
+                    && e.status == CommandStatus::Expired
+                {
+                    expired.push(e.record(&key));
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(expired)))
     }
 
     fn claim_due(

@@ -484,6 +484,18 @@ pub trait StateStore: Send + Sync + 'static {
     /// `clock_server_commands_queued` gauge).
     fn count_queued(&self, now: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// The expiry sweep (SPEC 13.1: `expired` noticed within 5 s): the records whose
+    /// `expiresAt` is at or before `now` and that had no other final status by then, each
+    /// returned once among all callers (replicas), `expired` now (persisted) — whether
+    /// this call expired it or a read did before. At most `limit` for `redis://`, earliest
+    /// first; `memory` and `file:` return every one due (a sweep a second keeps that
+    /// small). The server publishes and counts what it gets.
+    fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
+
     /// Checks and reserves `Idempotency-Key` `key` of `principal` (keys of different
     /// principals never collide). Atomic: of concurrent callers with the same key one
     /// gets `New`, the others `InProgress` (or `Mismatch` for another fingerprint). A

@@ -142,7 +142,9 @@ while i <= #ARGV do
       redis.call('HSET', k, unpack(ARGV, a + 5, a + n - 1))
       keep(k, tonumber(ARGV[a + 3]), now, retention)
       if ARGV[a + 4] ~= '' then redis.call('ZADD', SCHED, ARGV[a + 4], id) end
-      local q = redis.call('HMGET', k, 'st', 'dev', 'c')
+      local q = redis.call('HMGET', k, 'st', 'dev', 'c', 'e')
+      -- Every record that is not final yet waits for its expiry sweep (expire_due).
+      if not FINAL[q[1]] then redis.call('ZADD', BASE .. 'expiring', q[4], id) end
       if q[1] == 'queued' then
         redis.call('ZADD', qdev(q[2]), q[3], id)
         redis.call('ZADD', QALL, q[3], id)
@@ -214,6 +216,24 @@ unschedule(k, id)
 unqueue(k, id)
 keep(k, now, now, retention)
 return answer('ok', k)
+"#;
+
+/// KEYS: sched, leased. ARGV: now, retention, limit, record key prefix. The records
+/// whose expiry has come, from the sorted set `expiring` (by expiry; a record joins it
+/// when created): each id leaves it here once, so among replicas one sweeper reports
+/// it; it is reported if it ended `expired` (now, or by a read before).
+const EXPIRE_DUE: &str = r#"
+local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
+local EXPIRING = BASE .. 'expiring'
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', EXPIRING, '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZREM', EXPIRING, id)
+  local k = ARGV[4] .. id
+  if load(k, id, now, retention) == 'expired' then
+    table.insert(out, redis.call('HGETALL', k))
+  end
+end
+return out
 "#;
 
 /// KEYS: sched, leased. ARGV: now, retention, lease end, limit, record key prefix.
@@ -334,6 +354,7 @@ struct Scripts {
     complete: Script,
     cancel: Script,
     claim_due: Script,
+    expire_due: Script,
     claim_queued: Script,
     queued: Script,
     idem_begin: Script,
@@ -355,6 +376,7 @@ impl Scripts {
             complete: with_prelude(COMPLETE),
             cancel: with_prelude(CANCEL),
             claim_due: with_prelude(CLAIM_DUE),
+            expire_due: with_prelude(EXPIRE_DUE),
             claim_queued: with_prelude(CLAIM_QUEUED),
             queued: with_prelude(QUEUED),
             idem_begin: Script::new(IDEM_BEGIN),
@@ -917,6 +939,36 @@ impl StateStore for RedisStore {
                 .map(|r| match r {
                     Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
                     other => Err(unexpected("claim_due", &other)),
+                })
+                .collect()
+        })
+    }
+
+    fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
+        Box::pin(async move {
+            self.check_ready()?;
+            let mut call = self.scripts.expire_due.prepare_invoke();
+            call.key(&self.sched)
+                .key(&self.leased)
+                .arg(ms(now))
+                .arg(self.retention_ms())
+                .arg(limit)
+                .arg(&self.record_prefix);
+            let mut conn = self.conn.clone();
+            let result = call.invoke_async(&mut conn).await;
+            let answer: Value = self.answered(result)?;
+            let Value::Array(records) = answer else {
+                return Err(unexpected("expire_due", &answer));
+            };
+            records
+                .into_iter()
+                .map(|r| match r {
+                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
+                    other => Err(unexpected("expire_due", &other)),
                 })
                 .collect()
         })
