@@ -1476,6 +1476,63 @@ fn file_path(dir: &TempDir) -> PathBuf {
     dir.path().join("state.db")
 }
 
+/// Waits (bounded) until the store refuses a new record and says it is not ready.
+async fn refuses_from_now_on(store: &FileStore, what: &str) {
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let refused = store
+            .create(pending(&format!("after-{n}"), "clock-1"))
+            .await;
+        if let Err(e) = refused {
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{what}: {e}");
+            assert!(!store.is_ready(), "{what}: still ready");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: writes still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_replaced_or_overwritten_while_running_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_path(&dir);
+    // Removed (renamed away): writes would go to a file nobody reads again.
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    assert!(store.is_ready());
+    std::fs::rename(&path, dir.path().join("moved.db")).unwrap();
+    refuses_from_now_on(&store, "renamed away").await;
+    drop(store);
+
+    // Replaced by another file at the same path.
+    let path = dir.path().join("second.db");
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    let other = dir.path().join("other.db");
+    std::fs::write(&other, b"not a database").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    refuses_from_now_on(&store, "replaced").await;
+    drop(store);
+
+    // Overwritten in place.
+    let path = dir.path().join("third.db");
+    let store = FileStore::open(&path, StoreSettings::default()).unwrap();
+    store.create(pending("c-1", "clock-1")).await.unwrap();
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&[0xAB; 4096]).unwrap();
+    }
+    refuses_from_now_on(&store, "overwritten").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_keys_and_scheduled_alarms_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();

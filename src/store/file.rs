@@ -110,6 +110,99 @@ pub struct FileStore {
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    integrity: Arc<Integrity>,
+}
+
+/// What the store checks of its file while it runs, not only at start-up (issue 27: a
+/// file replaced or overwritten was noticed only at the next restart, while commands got
+/// 202s for records written to a file nobody would read again):
+/// - the path still names the file that was opened (same device and inode): not removed,
+///   not renamed away, not replaced by another file;
+/// - the file still starts with SQLite's header and carries this application's id
+///   (`PRAGMA application_id`): not overwritten with something else.
+///
+/// Checked before each group of writes and by `is_ready` (so by `/ready`), at most once a
+/// second (a `stat` and a 100-byte read). Once a check fails the store stays unavailable
+/// until restart: every call fails (the API answers 503, nothing is dispatched) and
+/// `/ready` says `not_ready`; the start-up checks then say what is wrong with the file.
+/// Not checked: a change inside the file that keeps its header (SQLite's own errors
+/// then surface as 503s as they are met; start-up runs `PRAGMA quick_check`).
+struct Integrity {
+    path: PathBuf,
+    /// Device and inode of the file opened.
+    identity: (u64, u64),
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` from which the next check is due.
+    next_check_ms: AtomicU64,
+    /// Why the file can no longer be trusted, once a check failed.
+    broken: std::sync::Mutex<Option<String>>,
+}
+
+impl Integrity {
+    fn new(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| StoreError::Open {
+            message: format!("state store file {}: {e}", path.display()),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+            epoch: std::time::Instant::now(),
+            next_check_ms: AtomicU64::new(0),
+            broken: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// `Err(why)` once the file failed a check (now, or before).
+    fn check_if_due(&self) -> Result<(), String> {
+        let mut broken = self
+            .broken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(why) = &*broken {
+            return Err(why.clone());
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now < self.next_check_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.next_check_ms.store(now + 1000, Ordering::Relaxed);
+        let Err(what) = self.check() else {
+            return Ok(());
+        };
+        let why = format!(
+            "state store file {} {what} while the server ran; every command is refused until a restart (which checks the file again)",
+            self.path.display()
+        );
+        tracing::error!("{why}");
+        *broken = Some(why.clone());
+        Err(why)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path).map_err(|e| format!("is gone ({e})"))?;
+        if (meta.dev(), meta.ino()) != self.identity {
+            return Err("was replaced by another file".to_owned());
+        }
+        let mut header = [0u8; 100];
+        std::fs::File::open(&self.path)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .map_err(|e| format!("cannot be read any more ({e})"))?;
+        if &header[..16] != b"SQLite format 3\0" {
+            return Err("is no longer an SQLite database (its header was overwritten)".to_owned());
+        }
+        let app = i64::from(u32::from_be_bytes([
+            header[68], header[69], header[70], header[71],
+        ]));
+        if app != APPLICATION_ID {
+            return Err(
+                "is no longer a clock-server state store (another application id)".to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl FileStore {
@@ -127,14 +220,25 @@ impl FileStore {
     ) -> Result<Self, StoreError> {
         check_directory(path)?;
         let conn = open_connection(path)?;
+        let integrity = Arc::new(Integrity::new(path)?);
         let (sender, receiver) = mpsc::channel(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = {
             let (commits, healthy) = (Arc::clone(&commits), Arc::clone(&healthy));
+            let integrity = Arc::clone(&integrity);
             std::thread::Builder::new()
                 .name("state-store".to_owned())
-                .spawn(move || writer(conn, receiver, max_batch.max(1), &commits, &healthy))
+                .spawn(move || {
+                    writer(
+                        conn,
+                        receiver,
+                        max_batch.max(1),
+                        &commits,
+                        &healthy,
+                        &integrity,
+                    )
+                })
                 .map_err(|e| StoreError::Open {
                     message: format!(
                         "state store {}: cannot start its writer: {e}",
@@ -149,6 +253,7 @@ impl FileStore {
             writer: Some(writer),
             commits,
             healthy,
+            integrity,
         })
     }
 
@@ -317,6 +422,7 @@ fn writer(
     max_batch: usize,
     commits: &AtomicU64,
     healthy: &AtomicBool,
+    integrity: &Integrity,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
@@ -352,9 +458,15 @@ fn writer(
         let before = conn.total_changes();
         let mut replies = Vec::with_capacity(batch.len());
         let mut all_ok = true;
-        let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Err(e) => {
-                let message = e.to_string();
+        let checked = integrity.check_if_due();
+        let begun = match checked {
+            Ok(()) => conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        let commit = match { begun } {
+            Err(message) => {
                 for job in batch.drain(..) {
                     replies.push(job(Err(&message)).reply);
                 }
@@ -964,6 +1076,7 @@ impl StateStore for FileStore {
         // A writer thread that ended (it would only by a panic) answers nothing more.
         self.healthy.load(Ordering::Relaxed)
             && self.writer.as_ref().is_some_and(|w| !w.is_finished())
+            && self.integrity.check_if_due().is_ok()
     }
 
     fn durable(&self) -> bool {
