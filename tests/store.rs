@@ -84,6 +84,7 @@ fn pending(id: &str, device: &str) -> CommandRecord {
         status_reason: None,
         fire_at: None,
         delivery: None,
+        schedule_id: None,
     }
 }
 
@@ -633,6 +634,21 @@ async fn a_schedule_reads_back_unchanged_and_renders_as_the_resource_of_12_1(h: 
             "createdAt": "2026-11-29T07:59:00.000Z", "updatedAt": "2026-11-29T07:59:00.000Z"
         })
     );
+}
+
+async fn an_occurrences_command_keeps_its_schedule_id(h: Harness) {
+    let store = h.open_default();
+    let fired = pending("c-1", "kitchen").for_schedule(Some("s-1".to_owned()));
+    store.create(fired.clone()).await.unwrap();
+    store.create(pending("c-2", "kitchen")).await.unwrap();
+    let read = store.get("c-1", at(1)).await.unwrap().unwrap();
+    assert_eq!(read, fired);
+    let json: serde_json::Value = serde_json::from_slice(&read.to_json()).unwrap();
+    assert_eq!(json["scheduleId"], "s-1");
+    // Any other command's record is as SPEC 7.3 shows it, without the field.
+    let other = store.get("c-2", at(1)).await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&other.to_json()).unwrap();
+    assert!(json.get("scheduleId").is_none(), "{json}");
 }
 
 async fn a_device_has_at_most_its_limit_of_schedules(h: Harness) {
@@ -1238,6 +1254,7 @@ macro_rules! conformance {
                 finished_records_are_dropped_after_retention,
                 a_schedule_reads_back_unchanged_and_renders_as_the_resource_of_12_1,
                 a_device_has_at_most_its_limit_of_schedules,
+                an_occurrences_command_keeps_its_schedule_id,
                 concurrent_creates_never_pass_the_limit,
                 the_list_is_by_next_occurrence_disabled_last_and_by_device,
                 a_replace_is_a_compare_and_set_on_the_version,
@@ -1593,10 +1610,16 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_the_previous_schema_keeps_its_commands_and_gets_schedules() {
     // What earlier releases wrote: schema version 1 (no schedules table, no index of
-    // queued commands) and version 2 (no index of queued commands).
+    // queued commands), version 2 (no index of queued commands) and version 3 (no
+    // schedule id on commands).
+    const NO_SCHEDULE_ID: &str = "ALTER TABLE commands DROP COLUMN schedule_id;";
     for (version, undo) in [
-        (1, "DROP TABLE schedules; DROP INDEX commands_queued;"),
-        (2, "DROP INDEX commands_queued;"),
+        (
+            1,
+            format!("DROP TABLE schedules; DROP INDEX commands_queued; {NO_SCHEDULE_ID}"),
+        ),
+        (2, format!("DROP INDEX commands_queued; {NO_SCHEDULE_ID}")),
+        (3, NO_SCHEDULE_ID.to_owned()),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = file_path(&dir);
@@ -1620,6 +1643,9 @@ async fn a_file_of_the_previous_schema_keeps_its_commands_and_gets_schedules() {
                 .unwrap(),
             ScheduleCreated::Created
         );
+        let fired = pending("c-2", "kitchen").for_schedule(Some("s-1".to_owned()));
+        store.create(fired.clone()).await.unwrap();
+        assert_eq!(store.get("c-2", at(1)).await.unwrap(), Some(fired));
         store.create(queued("q-1", "dev-a", 0)).await.unwrap();
         assert_eq!(
             ids(&store

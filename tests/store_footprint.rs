@@ -44,6 +44,7 @@ async fn measure_memory_store_bytes_per_record() {
             status_reason: None,
             fire_at: None,
             delivery: None,
+            schedule_id: None,
         };
         let device = record.device_id.clone();
         store.create(record).await.unwrap();
@@ -124,6 +125,7 @@ async fn measure_memory_store_rss_at_its_default_byte_bound() {
                 topic: "awtrix_kitchen/notify".to_owned(),
                 payload: vec![b'x'; 1200],
             }),
+            schedule_id: None,
         };
         match store.create(record).await {
             Ok(()) => alarms += 1,

@@ -40,8 +40,12 @@ use futures_util::future::BoxFuture;
 const APPLICATION_ID: i64 = 0x436C_6B31;
 /// `PRAGMA user_version`: the schema below and the schedules' table
 /// ([`file_schedules::SCHEMA`]); a version 1 file (no schedules yet) gets the table, and
-/// a version 1 or 2 file the index of queued commands ([`QUEUED_INDEX`]).
-const SCHEMA_VERSION: i64 = 3;
+/// a version 1 or 2 file the index of queued commands ([`QUEUED_INDEX`]), and a version
+/// 1–3 file the `schedule_id` column of commands ([`SCHEDULE_ID_COLUMN`]).
+const SCHEMA_VERSION: i64 = 4;
+
+/// The schedule an occurrence's command came from (SPEC 12.3); added in version 4.
+const SCHEDULE_ID_COLUMN: &str = "ALTER TABLE commands ADD COLUMN schedule_id TEXT;";
 
 /// `Queued` records by device, in the order accepted (SPEC 11.3), for `claim_queued`.
 const QUEUED_INDEX: &str = "
@@ -72,7 +76,8 @@ CREATE TABLE commands (
     delivery_topic TEXT,
     delivery_payload BLOB,
     lease_ms INTEGER,
-    final_ms INTEGER NOT NULL
+    final_ms INTEGER NOT NULL,
+    schedule_id TEXT
 );
 CREATE INDEX commands_due ON commands (fire_ms) WHERE status = 'scheduled';
 CREATE INDEX commands_final ON commands (final_ms);
@@ -89,7 +94,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID;
 
 const COLUMNS: &str = "id, device_id, command_type, principal, status, created_ms, sent_ms, \
      completed_ms, expires_ms, device_acks, reason_code, reason_message, fire_ms, \
-     delivery_topic, delivery_payload, lease_ms";
+     delivery_topic, delivery_payload, lease_ms, schedule_id";
 
 /// What a job hands back after running: whether it succeeded (else its savepoint is
 /// rolled back) and how to answer its caller once the commit's result is known.
@@ -381,12 +386,18 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             ))?;
         } else if app == APPLICATION_ID && version == 1 {
             conn.execute_batch(&format!(
-                "BEGIN; {} {QUEUED_INDEX} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                "BEGIN; {} {QUEUED_INDEX} {SCHEDULE_ID_COLUMN} \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
                 file_schedules::SCHEMA
             ))?;
         } else if app == APPLICATION_ID && version == 2 {
             conn.execute_batch(&format!(
-                "BEGIN; {QUEUED_INDEX} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {QUEUED_INDEX} {SCHEDULE_ID_COLUMN} \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
+        } else if app == APPLICATION_ID && version == 3 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEDULE_ID_COLUMN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         } else if app != APPLICATION_ID {
             return Ok(Err(
@@ -565,6 +576,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(CommandRecord, Option<DateTime<U
         status_reason: reason,
         fire_at: opt_time(row, 12)?,
         delivery,
+        schedule_id: row.get(16)?,
     };
     Ok((record, opt_time(row, 15)?))
 }
@@ -590,7 +602,7 @@ fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
         conn,
         &format!(
             "INSERT INTO commands ({COLUMNS}, final_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL, ?16)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL, ?16, ?17)"
         ),
         params![
             r.command_id,
@@ -608,6 +620,7 @@ fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
             r.fire_at.map(ms),
             r.delivery.as_ref().map(|d| &d.topic),
             r.delivery.as_ref().map(|d| &d.payload),
+            r.schedule_id,
             ms(final_at(r)),
         ],
     )?;

@@ -209,6 +209,9 @@ pub struct CommandRecord {
     /// For an alarm the gateway holds: what to publish then.
     #[serde(skip)]
     pub delivery: Option<Delivery>,
+    /// For an occurrence of a schedule (SPEC 12.3): its `scheduleId`; shown only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
 }
 
 impl CommandRecord {
@@ -236,6 +239,15 @@ impl CommandRecord {
             status_reason: None,
             fire_at: None,
             delivery: None,
+            schedule_id: None,
+        }
+    }
+
+    /// An occurrence of schedule `schedule_id` (SPEC 12.3).
+    pub fn for_schedule(self, schedule_id: Option<String>) -> Self {
+        Self {
+            schedule_id,
+            ..self
         }
     }
 

@@ -1334,6 +1334,9 @@ fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
         put("t", d.topic.clone().into_bytes());
         put("p", d.payload.clone());
     }
+    if let Some(id) = &r.schedule_id {
+        put("sid", id.clone().into_bytes());
+    }
     out
 }
 
@@ -1344,6 +1347,7 @@ fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
     let (mut created, mut sent, mut completed, mut expires, mut fire) =
         (None, None, None, None, None);
     let (mut acks, mut code, mut message, mut topic, mut payload) = (false, None, None, None, None);
+    let mut schedule_id = None;
     let mut it = fields.into_iter();
     while let (Some(field), Some(value)) = (it.next(), it.next()) {
         match field.as_slice() {
@@ -1362,6 +1366,7 @@ fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
             b"rm" => message = Some(text(value)),
             b"t" => topic = Some(text(value)),
             b"p" => payload = Some(value),
+            b"sid" => schedule_id = Some(text(value)),
             _ => {}
         }
     }
@@ -1386,6 +1391,7 @@ fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
             topic,
             payload: payload.unwrap_or_default(),
         }),
+        schedule_id,
     })
 }
 
@@ -1494,6 +1500,7 @@ mod tests {
                 topic: "awtrix_a1b2c3/notify".into(),
                 payload: b"\xff\x00{}".to_vec(),
             }),
+            schedule_id: Some("019ad2c4-5f3e-7b6a-9c1d-2e3f4a5b6c80".into()),
         };
         assert_eq!(decode(encode(&record)).unwrap(), record);
     }
