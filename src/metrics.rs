@@ -77,6 +77,13 @@ pub struct Metrics {
     commands_queued: Gauge,
     transports: Arc<ReadyCollector>,
     presence: Arc<PresenceCollector>,
+    schedules: Gauge,
+    occurrences: Family<OccurrenceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OccurrenceLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +190,21 @@ impl Metrics {
             "Tracked commands held until their device is online again (status queued, not expired), as the store held them at the last check (once a second)",
             commands_queued.clone(),
         );
+        let schedules = Gauge::default();
+        registry.register(
+            "schedules",
+            "Enabled schedules (recurring alarms, SPEC 12) in the state store, as this replica last counted them",
+            schedules.clone(),
+        );
+        let occurrences = Family::<OccurrenceLabels, Counter>::default();
+        for result in ["fired", "missed"] {
+            let _ = occurrences.get_or_create(&OccurrenceLabels { result });
+        }
+        registry.register(
+            "schedule_occurrences",
+            "Occurrences of schedules this replica claimed, by result: fired (sent as an alarm command), missed (reached more than 60 s late, never sent)",
+            occurrences.clone(),
+        );
         let transports = Arc::new(ReadyCollector::default());
         registry.register_collector(Box::new(transports.clone()));
         let presence = Arc::new(PresenceCollector::default());
@@ -202,6 +224,23 @@ impl Metrics {
             commands_queued,
             transports,
             presence,
+            schedules,
+            occurrences,
+        }
+    }
+
+    /// Sets the `clock_server_schedules` gauge (enabled schedules).
+    pub fn set_schedules(&self, enabled: u64) {
+        self.schedules
+            .set(i64::try_from(enabled).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `n` occurrences with `result` `fired` or `missed`.
+    pub fn record_occurrences(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.occurrences
+                .get_or_create(&OccurrenceLabels { result })
+                .inc_by(n);
         }
     }
 

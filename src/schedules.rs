@@ -10,13 +10,19 @@
 //! undoes the other.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::watch;
 
+use crate::commands::{Commands, Occurrence, Origin, Submission};
+use crate::domain::Command;
 use crate::domain::DeviceId;
 use crate::domain::schedule::{ScheduleError, ScheduleRequest};
+use crate::metrics::Metrics;
 use crate::security::Credential;
+use crate::store::schedule::{Claim, claim_due};
 use crate::store::{
     IdemBegin, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore, StoreError,
 };
@@ -28,6 +34,17 @@ pub const PREVIEW_COUNT: std::ops::RangeInclusive<usize> = 1..=100;
 pub const PREVIEW_DEFAULT: usize = 10;
 /// How often a change is retried when someone else wrote the schedule in between.
 const CAS_ATTEMPTS: usize = 8;
+/// Longest sleep between two claims of due occurrences: occurrences are whole seconds, and
+/// SPEC 12.3 wants them sent normally within 1 s.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Schedules claimed at once; a full batch is followed by the next claim at once.
+pub const BATCH: usize = 1024;
+/// Occurrence commands submitted at once (the transports' in-flight windows bound them
+/// further).
+pub const CONCURRENCY: usize = 256;
+/// How often the `clock_server_schedules` gauge is counted again without a change here
+/// (other replicas change schedules too).
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a schedule operation did not happen; the edge maps each to its answer.
 #[derive(Debug)]
@@ -78,6 +95,7 @@ pub struct Schedules {
     /// Where each creation, change and deletion is published as a `schedule` event
     /// (SPEC 13.1), once the server sets it up.
     events: std::sync::OnceLock<Arc<crate::events::Hub>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Schedules {
@@ -85,6 +103,7 @@ impl Schedules {
         store: Arc<dyn StateStore>,
         max_per_device: usize,
         idempotency_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -92,6 +111,111 @@ impl Schedules {
             idempotency_ttl,
             changed: Arc::new(tokio::sync::Notify::new()),
             events: std::sync::OnceLock::new(),
+            metrics,
+        }
+    }
+
+    /// SPEC 12.3: claims the due occurrences ([`claim_due`]: exactly once across
+    /// replicas, missed ones counted) and submits each as an ordinary alarm command
+    /// through `commands`, until `stop`. Wakes every [`TICK`], and at once after a change
+    /// made here.
+    pub async fn fire_until(
+        self: Arc<Self>,
+        commands: Arc<Commands>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut counted: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if counted.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
+                if let Ok(n) = self.store.schedule_count_enabled().await {
+                    self.metrics.set_schedules(n);
+                }
+                counted = Some(Instant::now());
+            }
+            if self.fire_due(&commands).await {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = self.changed.notified() => counted = None,
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One claim and its commands; whether the batch was full (more may be due).
+    async fn fire_due(&self, commands: &Arc<Commands>) -> bool {
+        let claims = match claim_due(&*self.store, Utc::now(), BATCH, || {
+            crate::shared::new_id().to_string()
+        })
+        .await
+        {
+            Ok(claims) => claims,
+            Err(e) => {
+                self.failed("claiming due schedules", &e);
+                return false;
+            }
+        };
+        let full = claims.len() >= BATCH;
+        futures_util::stream::iter(claims)
+            .for_each_concurrent(CONCURRENCY, |claim| self.fire(commands, claim))
+            .await;
+        full
+    }
+
+    /// One claimed schedule: its missed occurrences counted, its due one submitted.
+    async fn fire(&self, commands: &Arc<Commands>, claim: Claim) {
+        let schedule = &claim.schedule;
+        if claim.missed > 0 {
+            self.metrics
+                .record_occurrences("missed", u64::from(claim.missed));
+            tracing::warn!(
+                schedule_id = %schedule.schedule_id,
+                device_id = %schedule.device_id,
+                missed = claim.missed,
+                "schedule: occurrences reached more than 60 s late were skipped (was the gateway down?)"
+            );
+        }
+        let Some((at, command_id)) = claim.fire else {
+            return;
+        };
+        let Ok(device_id) = DeviceId::parse(&schedule.device_id) else {
+            return;
+        };
+        let submission = Submission {
+            device_id,
+            command: Command::SetAlarm {
+                alarm_time: at.fixed_offset(),
+                label: schedule.label.clone(),
+            },
+            ttl: schedule
+                .ttl_seconds
+                .map(|t| Duration::from_secs(u64::from(t))),
+            key: None,
+            origin: Origin {
+                principal: schedule.principal.clone(),
+                client_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+                request_id: format!("schedule-{}", schedule.schedule_id),
+            },
+            occurrence: Some(Occurrence {
+                schedule_id: schedule.schedule_id.clone(),
+                command_id: command_id.clone(),
+            }),
+        };
+        match commands.submit(submission).await {
+            Ok(_) | Err(crate::commands::CommandError::DispatchFailed { .. }) => {
+                // A failed dispatch still made a command (its record says `failed`).
+                self.metrics.record_occurrences("fired", 1);
+            }
+            Err(e) => tracing::warn!(
+                schedule_id = %schedule.schedule_id,
+                command_id = %command_id,
+                error = %e,
+                "schedule: the occurrence's command could not be created; it is lost"
+            ),
         }
     }
 

@@ -333,6 +333,7 @@ impl Application {
                 t.store.clone(),
                 config.tracking.schedules_max_per_device,
                 config.tracking.idempotency_ttl,
+                metrics.clone(),
             );
             schedules.publish_to(events.clone());
             Arc::new(schedules)
@@ -347,6 +348,11 @@ impl Application {
             )
             .hold_for_offline_devices(presence.clone()),
         );
+        // Each occurrence becomes an ordinary command through the core (SPEC 12.3).
+        if let Some(schedules) = &schedules {
+            let (schedules, core) = (schedules.clone(), commands.clone());
+            commands.run_in_background(move |stop| schedules.fire_until(core, stop));
+        }
         let state = Arc::new(AppState {
             commands,
             credentials: config.credentials.clone(),

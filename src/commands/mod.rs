@@ -63,6 +63,17 @@ pub struct Submission {
     /// With a state store: the request's `Idempotency-Key` (ignored without one).
     pub key: Option<IdempotencyKey>,
     pub origin: Origin,
+    /// For an occurrence of a schedule (SPEC 12.3): where it comes from; `None` for a
+    /// command from the API.
+    pub occurrence: Option<Occurrence>,
+}
+
+/// The schedule an occurrence's command comes from, and the command id its claim chose
+/// (so the schedule's `lastCommandId` names this very command).
+#[derive(Debug, Clone)]
+pub struct Occurrence {
+    pub schedule_id: String,
+    pub command_id: String,
 }
 
 /// Who submitted a command, for its record and audit record.
@@ -295,6 +306,16 @@ impl Commands {
         ));
     }
 
+    /// Runs `task` in the background until [`Self::stop`], which it is told of through the
+    /// receiver it is given (e.g. the firing of schedules, SPEC 12.3).
+    pub fn run_in_background<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.stop.subscribe()));
+    }
+
     /// Whether commands can be taken now: every transport can deliver and the store (if
     /// any) answers.
     pub fn is_ready(&self) -> bool {
@@ -466,7 +487,10 @@ impl Commands {
         let now = Utc::now();
         let command_type = s.command.command_type();
         let profile = self.devices.profile(&s.device_id).clone();
-        let command_id = crate::shared::new_id().to_string();
+        let command_id = s.occurrence.as_ref().map_or_else(
+            || crate::shared::new_id().to_string(),
+            |o| o.command_id.clone(),
+        );
         let device = s.device_id.as_str();
         let plan = self.plan(&s.device_id, &profile, &s.command);
         // `expiresAt` of a held alarm is its time plus the TTL.
@@ -491,7 +515,8 @@ impl Commands {
             Plan::UntilOnline { delivery } => record.queued(delivery),
             Plan::Now if !profile.acknowledges() => record.without_device_acks(),
             Plan::Now => record,
-        };
+        }
+        .for_schedule(s.occurrence.as_ref().map(|o| o.schedule_id.clone()));
         tracker.create(record).await?;
         let accepted = |status: CommandStatus| {
             Accepted {

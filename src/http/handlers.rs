@@ -72,6 +72,7 @@ pub async fn command<R: CommandRequest>(
         ttl: ttl?,
         key: key?,
         origin: caller.origin(),
+        occurrence: None,
     };
     Ok(match state.commands.submit(submission).await? {
         Submitted::Sent(receipt) | Submitted::Scheduled(receipt) | Submitted::Queued(receipt) => {
