@@ -469,14 +469,11 @@ fn writer(
         let before = conn.total_changes();
         let mut replies = Vec::with_capacity(batch.len());
         let mut all_ok = true;
-        let checked = integrity.check_if_due();
-        let begun = match checked {
-            Ok(()) => conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| e.to_string()),
-            Err(why) => Err(why),
-        };
-        let commit = match { begun } {
+        // A file that failed its check takes no more writes (see `Integrity`).
+        let commit = match integrity.check_if_due().and_then(|()| {
+            conn.transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string())
+        }) {
             Err(message) => {
                 for job in batch.drain(..) {
                     replies.push(job(Err(&message)).reply);
