@@ -8,7 +8,8 @@
 //! - **When it goes.** At once when this replica learns that the device is back
 //!   ([`Presence::subscribe_back_online`]), and on a [`SWEEP`] of the devices that have
 //!   queued commands (those queued by another replica, a return this replica missed, a
-//!   store that outlived a restart). A device whose presence is `unknown` counts as online.
+//!   store that outlived a restart), the first [`FIRST_SWEEP_AFTER`] the start. A device
+//!   whose presence is `unknown` counts as online.
 //! - **Once, in order.** Everything goes through the store's per-device claim
 //!   ([`crate::store::StateStore::claim_queued`]): one claimer at a time delivers a
 //!   device's queue, one command after the other, each `mark_sent` before the next. A
@@ -34,6 +35,10 @@ use crate::store::{CommandRecord, Delivery};
 
 /// How often the devices with queued commands are looked at (and the gauge refreshed).
 pub const SWEEP: Duration = Duration::from_secs(1);
+/// The first sweep waits this long after start: presence is `unknown` (so online for
+/// delivery) until the retained births and wills arrive, and a store that outlived a
+/// restart must not hand its queue to a device that is still away.
+pub const FIRST_SWEEP_AFTER: Duration = Duration::from_secs(5);
 /// Commands of one device claimed at once.
 pub const BATCH: usize = 32;
 /// How long a claimed batch is this replica's; it is abandoned after half of it.
@@ -66,7 +71,8 @@ pub(super) async fn run_until(
         metrics,
     };
     let mut back = held.presence.subscribe_back_online();
-    let mut sweep = tokio::time::interval(SWEEP);
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + FIRST_SWEEP_AFTER, SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if *stop.borrow() {
