@@ -410,3 +410,46 @@ async fn a_command_that_expires_is_an_expired_event_within_5_seconds_and_is_coun
         "{scrape}"
     );
 }
+
+#[tokio::test]
+async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exactly_once() {
+    let redis = common::redis::Redis::start();
+    let store = redis.url();
+    let vars = [("STATE_STORE", store.as_str())];
+    let (a, b) = (spawn_app(&vars).await, spawn_app(&vars).await);
+    // Both replicas listen on the channel before anything happens (there is no replay).
+    common::eventually(WAIT, "two subscribed replicas", || async {
+        let clients = redis.bulk(&["CLIENT", "LIST"]);
+        (clients.matches(" sub=1 ").count() >= 2).then_some(())
+    })
+    .await;
+    let mut on_a = stream(&a, "?types=command", OPS_TOKEN).await;
+    let mut on_b = stream(&b, "?types=command", OPS_TOKEN).await;
+    let from_a = message(&a, OPS_TOKEN, "clock-1").await;
+    let from_b = message(&b, OPS_TOKEN, "clock-2").await;
+    for events in [&mut on_a, &mut on_b] {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        while !(seen.contains(&(from_a.clone(), "sent".into()))
+            && seen.contains(&(from_b.clone(), "sent".into())))
+        {
+            let (_, data) = events
+                .next_event(WAIT)
+                .await
+                .expect("both commands' events");
+            seen.push((
+                data["commandId"].as_str().unwrap().to_owned(),
+                data["status"].as_str().unwrap().to_owned(),
+            ));
+        }
+        // Nothing twice, now or a moment later.
+        match events.next_block(Duration::from_millis(500)).await {
+            None | Some(Block::Comment(_)) => {}
+            Some(other) => panic!("unexpected {other:?} after {seen:?}"),
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "an event came twice: {seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+}
