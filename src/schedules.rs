@@ -169,6 +169,8 @@ impl Schedules {
     /// One claimed schedule: its missed occurrences counted, its due one submitted.
     async fn fire(&self, commands: &Arc<Commands>, claim: Claim) {
         let schedule = &claim.schedule;
+        // The schedule moved on (`nextFireAt`, `lastFiredAt`): a `schedule` event.
+        self.published(schedule, false);
         if claim.missed > 0 {
             self.metrics
                 .record_occurrences("missed", u64::from(claim.missed));
