@@ -530,6 +530,9 @@ impl Config {
                     senders: &senders_raw,
                     mqtt_enabled: senders.contains(&Sender::Mqtt),
                     store_none: tracking.store == StoreKind::None,
+                    allow_insecure_http: r
+                        .raw("ALLOW_INSECURE_DOWNSTREAM_HTTP")
+                        .is_some_and(|v| crate::shared::parse_go_bool(&v) == Some(true)),
                 };
                 crate::devices::read(path, context).unwrap_or_else(|errors| {
                     r.errors.extend(errors);

@@ -16,12 +16,17 @@
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic, Rtttl};
+use crate::domain::lametric::{
+    AlarmSound, CertCheck, CertPin, DEFAULT_TIMEOUT, DeviceUrl, LametricDevice, Scheme,
+};
 use crate::domain::{DeviceId, Devices, Profile, ProfileName};
+use crate::shared::Secret;
 
 /// What the rest of the configuration says, for the checks that span both.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +36,8 @@ pub struct Context<'a> {
     pub mqtt_enabled: bool,
     /// `STATE_STORE=none`: no store can hold a gateway-scheduled alarm.
     pub store_none: bool,
+    /// `ALLOW_INSECURE_DOWNSTREAM_HTTP=true`: a LaMetric clock may be reached over http://.
+    pub allow_insecure_http: bool,
 }
 
 /// Reads and checks `path`. The errors are whole lines, each starting with
@@ -98,7 +105,7 @@ pub fn parse(origin: &str, text: &str, context: Context<'_>) -> Result<Devices, 
     }
 }
 
-const DEVICE_KEYS: &str = "profile, topic, alarm_rtttl";
+const DEVICE_KEYS: &str = "profile, topic, alarm_rtttl (awtrix3), url, api_key, cert_sha256, insecure_tls, alarm_sound, timeout_ms (lametric)";
 
 struct Parser<'a> {
     origin: &'a str,
@@ -197,44 +204,38 @@ impl Parser<'_> {
             );
             return None;
         };
-        let (mut profile, mut topic, mut rtttl) = (None, None, None);
+        // Every key this file knows, with its value; which of them a profile takes is
+        // checked once the profile is known.
+        let mut given: Vec<(&'static str, &Spanned<DeValue<'_>>)> = Vec::new();
         for (key, value) in fields {
-            let slot = match &**key.get_ref() {
-                "profile" => &mut profile,
-                "topic" => &mut topic,
-                "alarm_rtttl" => &mut rtttl,
-                other => {
-                    self.error(
-                        &key.span(),
-                        format!(
-                            "unknown key {other:?} in [devices.{raw_id}]; expected {DEVICE_KEYS}"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            match value.get_ref() {
-                DeValue::String(v) => *slot = Some((v.to_string(), value.span())),
-                other => self.error(
-                    &value.span(),
+            match KNOWN_KEYS.iter().find(|k| **k == &**key.get_ref()) {
+                Some(known) => given.push((known, value)),
+                None => self.error(
+                    &key.span(),
                     format!(
-                        "{} of [devices.{raw_id}] must be a string, not {}",
-                        key.get_ref(),
-                        a_type(other)
+                        "unknown key {:?} in [devices.{raw_id}]; expected {DEVICE_KEYS}",
+                        key.get_ref()
                     ),
                 ),
             }
         }
-        let Some((profile_name, profile_span)) = profile else {
-            if !has_key(fields, "profile") {
-                self.error(
-                    &id.span(),
-                    format!(
-                        "[devices.{raw_id}] has no profile (missing field); expected profile = \"awtrix3\""
-                    ),
-                );
+        let fields = Fields {
+            raw_id,
+            given: &given,
+        };
+        let (profile_name, profile_span) = match fields.string(self, "profile") {
+            Some(p) => p,
+            None => {
+                if !has_key(&given, "profile") {
+                    self.error(
+                        &id.span(),
+                        format!(
+                            "[devices.{raw_id}] has no profile (missing field); expected profile = \"awtrix3\" or \"lametric\""
+                        ),
+                    );
+                }
+                return None;
             }
-            return None;
         };
         let profile = match ProfileName::parse(&profile_name) {
             Some(p) => p,
@@ -244,87 +245,369 @@ impl Parser<'_> {
                     &profile_span,
                     format!(
                         "unknown profile {profile_name:?} for device {raw_id:?}; expected {}",
-                        known.join(" or ")
+                        known.join(", ")
                     ),
                 );
                 return None;
             }
         };
-        let profile = match profile {
-            ProfileName::Generic => {
-                for (name, given) in [("topic", &topic), ("alarm_rtttl", &rtttl)] {
-                    if let Some((_, span)) = given {
-                        self.error(
-                            span,
-                            format!("{name} applies to profile awtrix3 only; device {raw_id:?} has profile generic"),
-                        );
-                    }
-                }
-                Profile::Generic
+        // Keys of another profile.
+        for (key, value) in &given {
+            if let Some(owner) = owner_of(key).filter(|owner| *owner != profile) {
+                self.error(
+                    &value.span(),
+                    format!(
+                        "{key} applies to profile {owner} only; device {raw_id:?} has profile {profile}"
+                    ),
+                );
             }
+        }
+        let profile = match profile {
+            ProfileName::Generic => Profile::Generic,
             ProfileName::Awtrix3 => {
-                if !context.mqtt_enabled {
-                    self.error(
-                        &profile_span,
-                        format!(
-                            "device {raw_id:?} has profile awtrix3, which is reached over MQTT only, but ENABLED_SENDERS={:?} has no mqtt; add mqtt to ENABLED_SENDERS",
-                            context.senders
-                        ),
-                    );
-                }
-                if context.store_none {
-                    self.error(
-                        &profile_span,
-                        format!(
-                            "device {raw_id:?} has profile awtrix3, whose alarms the gateway holds in the state store until their time, but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)"
-                        ),
-                    );
-                }
-                let topic = match topic {
-                    // A topic of the wrong type was reported already.
-                    None if has_key(fields, "topic") => None,
-                    None => {
-                        self.error(
-                            &id.span(),
-                            format!(
-                                "[devices.{raw_id}] (profile awtrix3) has no topic (missing field); expected topic = \"<the clock's MQTT prefix>\", e.g. \"awtrix_a1b2c3\""
-                            ),
-                        );
-                        None
-                    }
-                    Some((raw, span)) => match AwtrixTopic::parse(&raw) {
-                        Ok(topic) => Some(topic),
-                        Err(e) => {
-                            self.error(
-                                &span,
-                                format!("invalid topic {raw:?} for device {raw_id:?}: {e}"),
-                            );
-                            None
-                        }
-                    },
-                };
-                let rtttl = match rtttl {
-                    None => None,
-                    Some((raw, span)) => match Rtttl::parse(&raw) {
-                        Ok(melody) => Some(melody),
-                        Err(e) => {
-                            self.error(
-                                &span,
-                                format!("invalid alarm_rtttl for device {raw_id:?}: {e}; expected an RTTTL melody such as \"alarm:d=4,o=5,b=140:c6,p,c6\" (leave the key out for the built-in one)"),
-                            );
-                            return None;
-                        }
-                    },
-                };
-                Profile::Awtrix3(Awtrix3Device::new(topic?, rtttl))
+                Profile::Awtrix3(self.awtrix3(&fields, id, &profile_span, context)?)
+            }
+            ProfileName::Lametric => {
+                Profile::Lametric(self.lametric(&fields, id, &profile_span, context)?)
             }
         };
         Some((device_id?, profile))
     }
+
+    fn awtrix3(
+        &mut self,
+        fields: &Fields<'_, '_>,
+        id: &Spanned<Cow<'_, str>>,
+        profile_span: &Range<usize>,
+        context: Context<'_>,
+    ) -> Option<Awtrix3Device> {
+        let raw_id = fields.raw_id;
+        if !context.mqtt_enabled {
+            self.error(
+                profile_span,
+                format!(
+                    "device {raw_id:?} has profile awtrix3, which is reached over MQTT only, but ENABLED_SENDERS={:?} has no mqtt; add mqtt to ENABLED_SENDERS",
+                    context.senders
+                ),
+            );
+        }
+        if context.store_none {
+            self.error(
+                profile_span,
+                format!(
+                    "device {raw_id:?} has profile awtrix3, whose alarms the gateway holds in the state store until their time, but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)"
+                ),
+            );
+        }
+        let topic = match fields.string(self, "topic") {
+            // A topic of the wrong type was reported already.
+            None if has_key(fields.given, "topic") => None,
+            None => {
+                self.error(
+                    &id.span(),
+                    format!(
+                        "[devices.{raw_id}] (profile awtrix3) has no topic (missing field); expected topic = \"<the clock's MQTT prefix>\", e.g. \"awtrix_a1b2c3\""
+                    ),
+                );
+                None
+            }
+            Some((raw, span)) => match AwtrixTopic::parse(&raw) {
+                Ok(topic) => Some(topic),
+                Err(e) => {
+                    self.error(
+                        &span,
+                        format!("invalid topic {raw:?} for device {raw_id:?}: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        let rtttl = match fields.string(self, "alarm_rtttl") {
+            None => None,
+            Some((raw, span)) => match Rtttl::parse(&raw) {
+                Ok(melody) => Some(melody),
+                Err(e) => {
+                    self.error(
+                        &span,
+                        format!("invalid alarm_rtttl for device {raw_id:?}: {e}; expected an RTTTL melody such as \"alarm:d=4,o=5,b=140:c6,p,c6\" (leave the key out for the built-in one)"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Awtrix3Device::new(topic?, rtttl))
+    }
+
+    fn lametric(
+        &mut self,
+        fields: &Fields<'_, '_>,
+        id: &Spanned<Cow<'_, str>>,
+        profile_span: &Range<usize>,
+        context: Context<'_>,
+    ) -> Option<LametricDevice> {
+        let raw_id = fields.raw_id;
+        if context.store_none {
+            self.error(
+                profile_span,
+                format!(
+                    "device {raw_id:?} has profile lametric, whose alarms the gateway holds in the state store until their time, but STATE_STORE=none keeps nothing; use STATE_STORE=file:<path> (or memory)"
+                ),
+            );
+        }
+        let missing = |parser: &mut Self, key: &str, example: &str| {
+            if !has_key(fields.given, key) {
+                parser.error(
+                    &id.span(),
+                    format!(
+                        "[devices.{raw_id}] (profile lametric) has no {key} (missing field); expected {key} = {example}"
+                    ),
+                );
+            }
+        };
+        let url = match fields.string(self, "url") {
+            None => {
+                missing(self, "url", "\"https://<the clock's address>:4343\"");
+                None
+            }
+            Some((raw, span)) => match DeviceUrl::parse(&raw) {
+                Ok(url) => Some((url, span)),
+                Err(e) => {
+                    self.error(
+                        &span,
+                        format!("invalid url {raw:?} for device {raw_id:?}: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        let api_key = match fields.string(self, "api_key") {
+            None => {
+                missing(
+                    self,
+                    "api_key",
+                    "\"<the device's API key>\" (developer.lametric.com, My Devices)",
+                );
+                None
+            }
+            Some((raw, span)) => {
+                let key = raw.trim();
+                let usable = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
+                if usable {
+                    Some(Secret::new(key))
+                } else {
+                    self.error(
+                        &span,
+                        format!(
+                            "invalid api_key=<redacted> for device {raw_id:?}: it must be the device's key, visible ASCII characters without spaces"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let pin = match fields.string(self, "cert_sha256") {
+            None => None,
+            Some((raw, span)) => match CertPin::parse(&raw) {
+                Some(pin) => Some((pin, span)),
+                None => {
+                    self.error(
+                        &span,
+                        format!(
+                            "invalid cert_sha256 {raw:?} for device {raw_id:?}: expected the SHA-256 of the clock's certificate, 64 hexadecimal digits (\":\" between the bytes allowed), e.g. from openssl x509 -noout -fingerprint -sha256"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let insecure = fields.boolean(self, "insecure_tls");
+        let alarm_sound = match fields.string(self, "alarm_sound") {
+            None => AlarmSound::DEFAULT,
+            Some((raw, span)) => match AlarmSound::parse(raw.trim()) {
+                Some(sound) => sound,
+                None => {
+                    self.error(
+                        &span,
+                        format!(
+                            "invalid alarm_sound {raw:?} for device {raw_id:?}: expected alarm1 … alarm13 (leave the key out for alarm1)"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let timeout = match fields.integer(self, "timeout_ms") {
+            None => DEFAULT_TIMEOUT,
+            Some((ms, span)) => match u64::try_from(ms)
+                .ok()
+                .filter(|ms| (1..=600_000).contains(ms))
+            {
+                Some(ms) => Duration::from_millis(ms),
+                None => {
+                    self.error(
+                        &span,
+                        format!(
+                            "invalid timeout_ms {ms} for device {raw_id:?}: expected milliseconds from 1 to 600000 (leave the key out for 5000)"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let (url, url_span) = url?;
+        let tls = match (url.scheme(), pin, insecure) {
+            (Scheme::Http, pin, insecure) => {
+                if !context.allow_insecure_http {
+                    self.error(
+                        &url_span,
+                        format!(
+                            "url {:?} of device {raw_id:?} is plain http://: its API key and commands would cross the network unencrypted; use https:// with cert_sha256, or set ALLOW_INSECURE_DOWNSTREAM_HTTP=true",
+                            url.as_str()
+                        ),
+                    );
+                }
+                for span in [pin.map(|p| p.1), insecure.map(|i| i.1)]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.error(
+                        &span,
+                        format!("device {raw_id:?} has an http:// url: cert_sha256 and insecure_tls apply to https:// only"),
+                    );
+                }
+                CertCheck::PlainHttp
+            }
+            (Scheme::Https, Some((pin, _)), None | Some((false, _))) => CertCheck::Pinned(pin),
+            (Scheme::Https, Some(_), Some((true, span))) => {
+                self.error(
+                    &span,
+                    format!("device {raw_id:?} has both cert_sha256 and insecure_tls = true; keep the pin and remove insecure_tls"),
+                );
+                return None;
+            }
+            (Scheme::Https, None, Some((true, _))) => CertCheck::Insecure,
+            // An insecure_tls of the wrong type was reported already.
+            (Scheme::Https, None, None) if has_key(fields.given, "insecure_tls") => return None,
+            (Scheme::Https, None, _) => {
+                self.error(
+                    &url_span,
+                    format!(
+                        "device {raw_id:?} has an https:// url but no cert_sha256: the clock's certificate is self-signed, so it is accepted only by its fingerprint; add cert_sha256 = \"<SHA-256 of the certificate>\" (openssl s_client -connect <host>:4343 </dev/null | openssl x509 -noout -fingerprint -sha256), or insecure_tls = true to accept any"
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(LametricDevice {
+            url,
+            api_key: api_key?,
+            tls,
+            alarm_sound,
+            timeout,
+        })
+    }
 }
 
-fn has_key(table: &DeTable<'_>, name: &str) -> bool {
-    table.keys().any(|k| &**k.get_ref() == name)
+/// Every key a device table may have.
+const KNOWN_KEYS: [&str; 9] = [
+    "profile",
+    "topic",
+    "alarm_rtttl",
+    "url",
+    "api_key",
+    "cert_sha256",
+    "insecure_tls",
+    "alarm_sound",
+    "timeout_ms",
+];
+
+/// The profile a key belongs to; `None` for `profile`, which every device has.
+fn owner_of(key: &str) -> Option<ProfileName> {
+    match key {
+        "topic" | "alarm_rtttl" => Some(ProfileName::Awtrix3),
+        "profile" => None,
+        _ => Some(ProfileName::Lametric),
+    }
+}
+
+/// One device table's known keys and values.
+struct Fields<'a, 'v> {
+    raw_id: &'a str,
+    given: &'a [(&'static str, &'a Spanned<DeValue<'v>>)],
+}
+
+impl Fields<'_, '_> {
+    fn get(&self, key: &str) -> Option<&Spanned<DeValue<'_>>> {
+        self.given.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// A string value; a value of another type is reported and `None`.
+    fn string(&self, parser: &mut Parser<'_>, key: &str) -> Option<(String, Range<usize>)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::String(v) => Some((v.to_string(), value.span())),
+            other => {
+                parser.wrong_type(self.raw_id, key, "a string", other, &value.span());
+                None
+            }
+        }
+    }
+
+    fn boolean(&self, parser: &mut Parser<'_>, key: &str) -> Option<(bool, Range<usize>)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some((*b, value.span())),
+            other => {
+                parser.wrong_type(self.raw_id, key, "true or false", other, &value.span());
+                None
+            }
+        }
+    }
+
+    fn integer(&self, parser: &mut Parser<'_>, key: &str) -> Option<(i64, Range<usize>)> {
+        let value = self.get(key)?;
+        let parsed = value.get_ref().as_integer().map(|i| {
+            i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).unwrap_or(i64::MAX)
+        });
+        match parsed {
+            Some(n) => Some((n, value.span())),
+            None => {
+                parser.wrong_type(
+                    self.raw_id,
+                    key,
+                    "an integer",
+                    value.get_ref(),
+                    &value.span(),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Parser<'_> {
+    fn wrong_type(
+        &mut self,
+        raw_id: &str,
+        key: &str,
+        want: &str,
+        got: &DeValue<'_>,
+        span: &Range<usize>,
+    ) {
+        let shown = if key == "api_key" {
+            "<redacted>".to_owned()
+        } else {
+            a_type(got)
+        };
+        self.error(
+            span,
+            format!("{key} of [devices.{raw_id}] must be {want}, not {shown}"),
+        );
+    }
+}
+
+fn has_key(given: &[(&'static str, &Spanned<DeValue<'_>>)], name: &str) -> bool {
+    given.iter().any(|(k, _)| *k == name)
 }
 
 /// "a string", "an integer", ...

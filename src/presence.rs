@@ -100,7 +100,7 @@ impl Presence {
             .iter()
             .filter_map(|(id, profile)| match profile {
                 Profile::Awtrix3(clock) => Some((clock.topic.as_str().to_owned(), id.clone())),
-                Profile::Generic => None,
+                Profile::Generic | Profile::Lametric(_) => None,
             })
             .collect();
         let registry = Registry {

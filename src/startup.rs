@@ -21,6 +21,7 @@ use crate::presence::Presence;
 use crate::security::AuthThrottle;
 use crate::tls;
 use crate::transport::fanout::Fanout;
+use crate::transport::lametric::LametricTransport;
 use crate::transport::mqtt::MqttTransport;
 use crate::transport::rest::RestTransport;
 use crate::transport::{Transport, TransportError};
@@ -83,7 +84,14 @@ pub struct Application {
 /// with its settings (it also receives the device acknowledgements).
 async fn build_transports(
     config: &Config,
-) -> Result<(Vec<Arc<dyn Transport>>, Option<MqttAcks>), StartupError> {
+) -> Result<
+    (
+        Vec<Arc<dyn Transport>>,
+        Option<MqttAcks>,
+        Option<Arc<LametricTransport>>,
+    ),
+    StartupError,
+> {
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
     let mut acks = None;
     for transport in config.transports.iter() {
@@ -102,7 +110,12 @@ async fn build_transports(
             }
         });
     }
-    Ok((transports, acks))
+    // LaMetric clocks are reached over their own API, whatever ENABLED_SENDERS says.
+    let lametric = LametricTransport::build(&config.devices)?;
+    if let Some(lametric) = &lametric {
+        transports.push(lametric.clone());
+    }
+    Ok((transports, acks, lametric))
 }
 
 /// Where device acknowledgements come from (SPEC 7.4).
@@ -250,7 +263,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         // Each transport is measured on its own (latency, outcome, in-flight, readiness),
         // so the decorator goes around each one before the fan-out.
-        let (transports, acks) = build_transports(&config).await?;
+        let (transports, acks, lametric) = build_transports(&config).await?;
         let transports = transports
             .into_iter()
             .map(|t| metrics.instrument(t))
@@ -262,7 +275,7 @@ impl Application {
         if let (Some(acks), Some(publish_timeout)) = (&acks, publish_timeout)
             && holds_alarms
         {
-            commands.start_scheduler(acks.transport.clone(), publish_timeout);
+            commands.start_scheduler(acks.transport.clone(), lametric, publish_timeout);
         }
         if let Some(acks) = acks {
             subscribe_device_messages(&acks, commands, &app.state.presence);

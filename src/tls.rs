@@ -179,3 +179,100 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A client configuration that accepts only the certificate whose SHA-256 (of its DER
+/// bytes) is `pin`, whatever its names, dates or issuer: how a device with a self-signed
+/// certificate is reached (a LaMetric clock, SPEC 8.3). The handshake's signatures are
+/// still verified with the provider's algorithms, so only the holder of that
+/// certificate's key can complete it.
+pub fn pinned_client_config(pin: [u8; 32]) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+            pin,
+            provider: provider(),
+        }))
+        .with_no_client_auth())
+}
+
+/// A client configuration that accepts any server certificate (a device's
+/// `insecure_tls = true`; start-up warns).
+pub fn insecure_client_config() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+        .with_no_client_auth())
+}
+
+/// Accepts the one certificate whose SHA-256 is `pin`.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+/// The error of a certificate that is not the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[error("the certificate's SHA-256 is {0}, not the pinned cert_sha256")]
+struct NotPinned(String);
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if digest == self.pin {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let shown: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned(
+                shown.join(":"),
+            )))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

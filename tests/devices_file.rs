@@ -227,7 +227,7 @@ fn an_unknown_profile_is_refused_with_the_known_ones() {
         2,
     );
     assert!(
-        e.contains(r#"unknown profile "awtrix2""#) && e.contains("generic or awtrix3"),
+        e.contains(r#"unknown profile "awtrix2""#) && e.contains("generic, awtrix3, lametric"),
         "{e}"
     );
 }
@@ -349,4 +349,78 @@ fn every_mistake_is_reported_at_once_in_line_order() {
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[0].starts_with(&format!("DEVICES_FILE={path} line 2: ")));
     assert!(errors[1].starts_with(&format!("DEVICES_FILE={path} line 5: ")));
+}
+
+const DESK: &str = "[devices.desk]\nprofile = \"lametric\"\nurl = \"https://192.168.1.50:4343\"\napi_key = \"k3y-s3cret\"\n";
+
+#[test]
+fn a_lametric_clock_with_a_pinned_certificate_is_read_with_its_defaults() {
+    use clock_server::domain::lametric::{AlarmSound, CertCheck, CertPin};
+    let pin = "5F:0a:".repeat(16);
+    let pin = pin.trim_end_matches(':');
+    let (config, _) = load_with(
+        &format!("{DESK}cert_sha256 = \"{pin}\"\nalarm_sound = \"alarm3\"\ntimeout_ms = 700\n"),
+        &[],
+    );
+    let config = config.unwrap();
+    let Profile::Lametric(desk) = config.devices.profile(&DeviceId::parse("desk").unwrap()) else {
+        panic!("not a lametric clock")
+    };
+    assert_eq!(desk.url.as_str(), "https://192.168.1.50:4343");
+    assert_eq!(desk.tls, CertCheck::Pinned(CertPin::parse(pin).unwrap()));
+    assert_eq!(desk.alarm_sound, AlarmSound::parse("alarm3").unwrap());
+    assert_eq!(desk.timeout, std::time::Duration::from_millis(700));
+    assert_eq!(desk.api_key.expose(), "k3y-s3cret");
+}
+
+#[test]
+fn a_lametric_mistake_names_its_line_and_the_fix_and_never_the_key() {
+    for (extra, vars, line, says) in [
+        ("", &[][..], 3, "no cert_sha256"),
+        (
+            "cert_sha256 = \"abc\"\n",
+            &[][..],
+            5,
+            "64 hexadecimal digits",
+        ),
+        (
+            "insecure_tls = true\nalarm_sound = \"alarm14\"\n",
+            &[][..],
+            6,
+            "alarm1 … alarm13",
+        ),
+        (
+            "insecure_tls = \"yes\"\n",
+            &[][..],
+            5,
+            "must be true or false",
+        ),
+        (
+            "insecure_tls = true\ntimeout_ms = 0\n",
+            &[][..],
+            6,
+            "milliseconds from 1 to 600000",
+        ),
+        (
+            "insecure_tls = true\ntopic = \"x\"\n",
+            &[][..],
+            6,
+            "topic applies to profile awtrix3 only",
+        ),
+    ] {
+        let e = error_at(&format!("{DESK}{extra}"), vars, line);
+        assert!(e.contains(says), "{extra}: {e}");
+        assert!(!e.contains("k3y-s3cret"), "{e}");
+    }
+    let http = DESK.replace("https://192.168.1.50:4343", "http://192.168.1.50:8080");
+    let e = error_at(&http, &[], 3);
+    assert!(e.contains("ALLOW_INSECURE_DOWNSTREAM_HTTP=true"), "{e}");
+    let (config, _) = load_with(&http, &[("ALLOW_INSECURE_DOWNSTREAM_HTTP", "true")]);
+    assert!(config.is_ok());
+    let e = error_at(
+        "[devices.desk]\nprofile = \"lametric\"\nurl = \"https://x:4343\"\ninsecure_tls = true\n",
+        &[],
+        1,
+    );
+    assert!(e.contains("has no api_key (missing field)"), "{e}");
 }

@@ -68,6 +68,13 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
                     .to_owned(),
             ));
         }
+        (ProfileName::Lametric, _) => {
+            return Err(CliError::Invalid(
+                "--profile lametric: the virtual LaMetric TIME is not available yet; watch an \
+                 AWTRIX (--profile awtrix3) or generic clock"
+                    .to_owned(),
+            ));
+        }
         (ProfileName::Awtrix3, Some(raw)) => Profile::Awtrix3(Awtrix3Device::new(
             awtrix::check_topic(raw)
                 .map_err(|e| CliError::Invalid(format!("invalid --topic {e}")))?,
@@ -193,9 +200,13 @@ mod tests {
             assert!(err.to_string().contains(says), "{argv:?}: {err}");
         }
         let err =
-            Cli::try_parse_go_style(["clockctl", "watch", "--profile", "lametric"]).unwrap_err();
+            Cli::try_parse_go_style(["clockctl", "watch", "--profile", "lamtric"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("awtrix3"), "{err}");
+        // A LaMetric clock is a devices-file profile; its virtual clock is not there yet.
+        let err = options(&watch_args(&["--profile", "lametric"])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("not available yet"), "{err}");
     }
 
     #[test]

@@ -294,6 +294,8 @@ impl WatchOptions {
     pub fn announcements(&self) -> Vec<Announce> {
         match &self.profile {
             Profile::Awtrix3(clock) => vec![Announce::awtrix(clock.topic.as_str())],
+            // Not watched over MQTT (`clockctl watch` refuses the profile).
+            Profile::Lametric(_) => Vec::new(),
             Profile::Generic => {
                 let mut seen = std::collections::BTreeSet::new();
                 self.devices
@@ -487,7 +489,7 @@ impl Watcher {
             }
         }
         let awtrix = match &options.profile {
-            Profile::Generic => None,
+            Profile::Generic | Profile::Lametric(_) => None,
             Profile::Awtrix3(clock) => Some((
                 options
                     .devices

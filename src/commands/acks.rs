@@ -45,7 +45,7 @@ impl AckIntake {
             Ok(ack) => ack,
             Err(why) => return ignored(&self.metrics, why.label(), topic),
         };
-        let acknowledges = |d: &DeviceId| self.devices.profile(d).acknowledges();
+        let acknowledges = |d: &DeviceId| self.devices.profile(d).acknowledges_over_mqtt();
         if let Err(why) = acks::screen(&ack, Utc::now(), acknowledges) {
             return ignored(&self.metrics, why.label(), topic);
         }

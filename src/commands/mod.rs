@@ -49,7 +49,8 @@ use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
 use crate::security::Credential;
 use crate::store::{
-    CancelOutcome, CommandRecord, CommandStatus, Delivery, IdemBegin, StateStore, format_time,
+    CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome, IdemBegin, StateStore,
+    StatusReason, format_time,
 };
 use crate::transport::mqtt::MqttTransport;
 
@@ -291,13 +292,19 @@ impl Commands {
 
     /// Publishes the alarms the gateway holds through `mqtt` at their time until
     /// [`Self::stop`]. Nothing without a store.
-    pub fn start_scheduler(&self, mqtt: Arc<MqttTransport>, publish_timeout: Duration) {
+    pub fn start_scheduler(
+        &self,
+        mqtt: Arc<MqttTransport>,
+        lametric: Option<Arc<crate::transport::lametric::LametricTransport>>,
+        publish_timeout: Duration,
+    ) {
         let Some(tracker) = &self.tracker else {
             return;
         };
         self.tasks.spawn(scheduler::run_until(
             tracker.clone(),
             mqtt,
+            lametric,
             self.devices.clone(),
             self.presence.clone(),
             self.wake.clone(),
@@ -432,6 +439,18 @@ impl Commands {
                 },
                 None => Plan::Now,
             },
+            // A LaMetric's alarm: the notification posted at its time (the clock's own alarm
+            // is one daily time without a date). The delivery's topic is the request path.
+            (Profile::Lametric(clock), Some(fire_at)) => {
+                let request = clock.request(command);
+                Plan::At {
+                    fire_at,
+                    delivery: Delivery {
+                        topic: request.path,
+                        payload: request.body.unwrap_or_default(),
+                    },
+                }
+            }
             _ if self
                 .presence
                 .as_ref()
@@ -562,18 +581,46 @@ impl Commands {
             expires_at: Some(expires_at),
             profile,
         };
-        if self
+        let answers = envelope.profile.direct();
+        if let Err(e) = self
             .dispatcher
             .dispatch(&envelope, &audit_context(&s.origin, command_type))
             .await
-            .is_err()
         {
-            tracker.dispatch_failed(&command_id, device).await;
+            match e.rejection() {
+                // The device answered no (SPEC 8.3): its reason, and no retry.
+                Some(message) => {
+                    let reason = StatusReason::new("device_rejected", message);
+                    let _ = tracker
+                        .complete(
+                            "marking a rejected command",
+                            &command_id,
+                            device,
+                            FinalOutcome::Failed,
+                            Some(reason),
+                        )
+                        .await;
+                }
+                None => tracker.dispatch_failed(&command_id, device).await,
+            }
             return Err(CommandError::DispatchFailed {
                 command_id: Some(command_id),
             });
         }
         tracker.sent(&command_id, command_type.as_str()).await;
+        if answers {
+            // A device reached over its own API answered yes: that ends the command.
+            let _ = tracker
+                .complete(
+                    "marking an answered command",
+                    &command_id,
+                    device,
+                    FinalOutcome::Succeeded,
+                    None,
+                )
+                .await;
+            return Ok(Submitted::Sent(accepted(CommandStatus::Succeeded)));
+        }
         Ok(Submitted::Sent(accepted(CommandStatus::Sent)))
     }
 

@@ -43,6 +43,7 @@ use crate::store::{
     AckOutcome, CommandRecord, Delivery, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
 };
 use crate::transport::Transport;
+use crate::transport::lametric::LametricTransport;
 use crate::transport::mqtt::MqttTransport;
 
 /// Longest sleep between two claims.
@@ -96,9 +97,11 @@ impl Wake {
 
 /// Starts the loop: alarms of `tracker`'s store, published through `mqtt` to the devices
 /// of `devices`, until `stop`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_until(
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
+    lametric: Option<Arc<LametricTransport>>,
     devices: Arc<Devices>,
     presence: Option<Arc<Presence>>,
     wake: Arc<Wake>,
@@ -108,6 +111,7 @@ pub(super) async fn run_until(
     let scheduler = Scheduler {
         tracker,
         mqtt,
+        lametric,
         devices,
         presence,
         wake,
@@ -119,6 +123,8 @@ pub(super) async fn run_until(
 struct Scheduler {
     tracker: Arc<Tracker>,
     mqtt: Arc<MqttTransport>,
+    /// The LaMetric clocks (SPEC 8.3), whose alarms are posted to the clock itself.
+    lametric: Option<Arc<LametricTransport>>,
     devices: Arc<Devices>,
     /// An alarm due while its device is offline waits for it (SPEC 11.3).
     presence: Option<Arc<Presence>>,
@@ -217,6 +223,9 @@ impl Scheduler {
             );
             return self.missed(&record).await;
         };
+        if let Some(lametric) = self.lametric_of(&record) {
+            return self.post(lametric, &record, delivery).await;
+        }
         let Some(delivery) = self.current_delivery(&record, delivery) else {
             return self.device_removed(&record).await;
         };
@@ -252,6 +261,66 @@ impl Scheduler {
                 grace_secs = SCHEDULE_GRACE.as_secs(),
                 "publishing a scheduled alarm failed; it is retried until its grace ends"
             ),
+        }
+    }
+
+    /// The LaMetric transport, when the alarm's device is a LaMetric clock now.
+    fn lametric_of(&self, record: &CommandRecord) -> Option<&LametricTransport> {
+        let device = DeviceId::parse(&record.device_id).ok()?;
+        match self.devices.profile(&device) {
+            Profile::Lametric(_) => self.lametric.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A LaMetric's alarm, posted to the clock (SPEC 8.3): its answer ends the command;
+    /// no answer is retried until the grace ends, as a publish is.
+    async fn post(&self, lametric: &LametricTransport, record: &CommandRecord, held: &Delivery) {
+        let id = record.command_id.as_str();
+        let Ok(device) = DeviceId::parse(&record.device_id) else {
+            return;
+        };
+        let request = crate::domain::lametric::Request {
+            method: crate::domain::lametric::Method::Post,
+            path: crate::domain::lametric::NOTIFICATIONS_PATH.to_owned(),
+            body: Some(held.payload.clone()),
+        };
+        match lametric.request(&device, &request).await {
+            Ok(_) => {
+                self.tracker.sent(id, &record.command_type).await;
+                let _ = self
+                    .tracker
+                    .complete(
+                        "marking an answered alarm",
+                        id,
+                        &record.device_id,
+                        FinalOutcome::Succeeded,
+                        None,
+                    )
+                    .await;
+                tracing::info!(command_id = id, device_id = %record.device_id, "scheduled alarm posted to the LaMetric clock");
+            }
+            Err(e) => match e.rejection() {
+                Some(message) => {
+                    let _ = self
+                        .tracker
+                        .complete(
+                            "marking a rejected alarm",
+                            id,
+                            &record.device_id,
+                            FinalOutcome::Failed,
+                            Some(StatusReason::new("device_rejected", message)),
+                        )
+                        .await;
+                }
+                None => tracing::warn!(
+                    command_id = id,
+                    device_id = %record.device_id,
+                    error = %e,
+                    grace_secs = SCHEDULE_GRACE.as_secs(),
+                    "posting a scheduled alarm to the LaMetric clock failed; it is retried until its grace ends"
+                ),
+            },
         }
     }
 

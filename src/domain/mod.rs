@@ -1,5 +1,5 @@
 //! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
-//! wire forms of a command per device profile ([`generic`], [`awtrix3`], chosen through
+//! wire forms of a command per device profile ([`generic`], [`awtrix3`], [`lametric`], chosen through
 //! [`profile`]), a device's acknowledgement ([`ack`]) and its presence messages
 //! ([`presence`]), and a recurring alarm's rule and its occurrences across daylight saving
 //! ([`schedule`]).
@@ -13,6 +13,7 @@ pub mod awtrix3;
 mod command;
 mod device;
 pub mod generic;
+pub mod lametric;
 pub mod presence;
 pub mod profile;
 pub mod schedule;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::awtrix3::Awtrix3Device;
+use super::lametric::LametricDevice;
 use super::{Command, DeviceId, ValidationError};
 
 /// The firmware a device runs.
@@ -15,6 +16,9 @@ pub enum Profile {
     Generic,
     /// AWTRIX 3 (SPEC 8.1): MQTT only, alarms held by the gateway, no acknowledgements.
     Awtrix3(Awtrix3Device),
+    /// LaMetric TIME (SPEC 8.3): its own HTTP API, whose answer ends the command; alarms
+    /// held by the gateway.
+    Lametric(LametricDevice),
 }
 
 impl Profile {
@@ -23,25 +27,32 @@ impl Profile {
         match self {
             Self::Generic => ProfileName::Generic.as_str(),
             Self::Awtrix3(_) => ProfileName::Awtrix3.as_str(),
+            Self::Lametric(_) => ProfileName::Lametric.as_str(),
         }
     }
 
-    /// Whether the device acknowledges commands on `<prefix>/<deviceId>/ack` (SPEC 7.4):
-    /// the record's `deviceAcks`.
+    /// Whether the device acknowledges commands (SPEC 7.4 on `<prefix>/<deviceId>/ack`; a
+    /// LaMetric by answering the request): the record's `deviceAcks`.
     pub fn acknowledges(&self) -> bool {
+        matches!(self, Self::Generic | Self::Lametric(_))
+    }
+
+    /// Whether the device acknowledges over MQTT (an acknowledgement on the ack topic
+    /// applies only to such a device).
+    pub fn acknowledges_over_mqtt(&self) -> bool {
         matches!(self, Self::Generic)
     }
 
     /// Whether the gateway holds this device's alarms until their time (SPEC 8.1).
     pub fn gateway_schedules_alarms(&self) -> bool {
-        matches!(self, Self::Awtrix3(_))
+        matches!(self, Self::Awtrix3(_) | Self::Lametric(_))
     }
 
     /// The profile's own limits on a valid command (SPEC 8.1: an AWTRIX notification the
     /// firmware would drop for its size).
     pub fn admits(&self, command: Command) -> Result<Command, ValidationError> {
         match self {
-            Self::Generic => Ok(command),
+            Self::Generic | Self::Lametric(_) => Ok(command),
             Self::Awtrix3(device) => device.admits(&command).map(|()| command),
         }
     }
@@ -50,6 +61,12 @@ impl Profile {
     pub fn mqtt_only(&self) -> bool {
         matches!(self, Self::Awtrix3(_))
     }
+
+    /// Whether the gateway reaches the device itself, over the device's own API, whatever
+    /// `ENABLED_SENDERS` says (no transport sees its commands).
+    pub fn direct(&self) -> bool {
+        matches!(self, Self::Lametric(_))
+    }
 }
 
 /// The profile names `DEVICES_FILE` accepts.
@@ -57,15 +74,17 @@ impl Profile {
 pub enum ProfileName {
     Generic,
     Awtrix3,
+    Lametric,
 }
 
 impl ProfileName {
-    pub const ALL: [Self; 2] = [Self::Generic, Self::Awtrix3];
+    pub const ALL: [Self; 3] = [Self::Generic, Self::Awtrix3, Self::Lametric];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Generic => "generic",
             Self::Awtrix3 => "awtrix3",
+            Self::Lametric => "lametric",
         }
     }
 

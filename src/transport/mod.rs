@@ -3,8 +3,10 @@
 //! - `mqtt`: publishes to a broker and waits for the broker's acknowledgement.
 //! - `rest`: calls a downstream HTTP service.
 //! - `fanout`: sends to several transports at once; is itself a transport.
+//! - `lametric`: LaMetric TIME clocks, each over its own HTTP API (SPEC 8.3).
 
 pub mod fanout;
+pub mod lametric;
 pub mod mqtt;
 pub mod rest;
 
@@ -23,6 +25,13 @@ pub enum TransportError {
         transport: &'static str,
         timeout_ms: u64,
     },
+    /// The device answered and refused the command (a LaMetric 4xx): its record ends
+    /// `failed` with `device_rejected` and the device's message; not retried.
+    #[error("{transport}: the device refused the command: {message}")]
+    Rejected {
+        transport: &'static str,
+        message: String,
+    },
     #[error("{transport}: {message}")]
     Failed {
         transport: &'static str,
@@ -39,8 +48,18 @@ impl TransportError {
         match self {
             Self::NotConnected { transport }
             | Self::Timeout { transport, .. }
+            | Self::Rejected { transport, .. }
             | Self::Failed { transport, .. } => vec![transport],
             Self::Many(all) => all.iter().flat_map(Self::transports).collect(),
+        }
+    }
+
+    /// The device's own refusal, when that is what this is (SPEC 8.3 `device_rejected`).
+    pub fn rejection(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { message, .. } => Some(message),
+            Self::Many(all) => all.iter().find_map(Self::rejection),
+            _ => None,
         }
     }
 }
@@ -56,7 +75,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether this transport delivers to a device of `profile`. A fan-out skips the
     /// transports that do not (an AWTRIX clock is reached over MQTT only, SPEC 8.1).
     fn reaches(&self, profile: &Profile) -> bool {
-        !profile.mqtt_only()
+        !profile.mqtt_only() && !profile.direct()
     }
 
     /// Whether the transport can deliver right now. Must be cheap: `/ready` calls it on

@@ -194,6 +194,10 @@ impl MqttTransport {
                 }
                 Ok(())
             }
+            // `reaches` keeps it away: such a clock is reached over its own API.
+            Profile::Lametric(_) => Err(failed(
+                "a LaMetric clock is not reached over MQTT".to_owned(),
+            )),
         }
     }
 
@@ -263,8 +267,9 @@ impl Transport for MqttTransport {
         })
     }
 
-    fn reaches(&self, _: &Profile) -> bool {
-        true
+    /// Every device but one reached over its own API (a LaMetric clock).
+    fn reaches(&self, profile: &Profile) -> bool {
+        !profile.direct()
     }
 
     fn is_ready(&self) -> bool {
