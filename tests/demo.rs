@@ -361,8 +361,16 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
 #[test]
 fn a_newcomers_mistakes_against_the_demo_are_answered_with_what_to_do() {
     let mut demo = DemoProcess::start(&[]);
-    // No warning at start-up that a newcomer could act on but the intended one.
-    let logs = demo.stderr.lock().unwrap().clone();
+    // No warning at start-up that a newcomer could act on but the intended one. The log
+    // reaches us through a pipe read by another thread: wait (bounded) for the intended one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let logs = demo.stderr.lock().unwrap().clone();
+        if logs.contains("demo mode: plain HTTP") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
     assert!(
         warnings.len() == 1 && warnings[0].contains("demo mode: plain HTTP"),
