@@ -453,3 +453,177 @@ async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exa
         assert_eq!(seen.len(), 4, "{seen:?}");
     }
 }
+
+/// A running `clockctl events`: its stdout and stderr lines as they arrive.
+struct Clockctl {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Clockctl {
+    fn start(app: &TestApp, args: &[&str]) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .arg("events")
+            .args(args)
+            .env_clear()
+            .env("CLOCK_SERVER_BASE_URL", app.url(""))
+            .env("CLOCK_SERVER_TOKEN", OPS_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let ctl = Self {
+            child,
+            stdout,
+            stderr,
+        };
+        ctl.wait_for(&ctl.stderr, "the following line", |l| {
+            l.starts_with("clockctl: following ")
+        });
+        ctl
+    }
+
+    /// Polls `lines` (bounded by WAIT) until one matches; returns it.
+    fn wait_for(
+        &self,
+        lines: &std::sync::Mutex<Vec<String>>,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = lines.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {WAIT:?}; stdout {:?}, stderr {:?}",
+                self.stdout.lock().unwrap(),
+                self.stderr.lock().unwrap()
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Clockctl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn with_broker() -> (common::mosquitto::Mosquitto, TestApp) {
+    let broker = common::mosquitto::Mosquitto::start_plain();
+    let url = broker.url();
+    let app = common::app::start(
+        &common::app::env_with(&[
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", url.as_str()),
+            ("ALLOW_INSECURE_MQTT", "true"),
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    (broker, app)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clockctl_events_prints_a_line_per_command_event_of_its_device_as_it_arrives() {
+    let (_broker, app) = with_broker().await;
+    let ctl = Clockctl::start(&app, &["--device", "clock-1", "--types", "command"]);
+    message(&app, OPS_TOKEN, "clock-2").await;
+    let id = message(&app, OPS_TOKEN, "clock-1").await;
+    let sent = format!("command {id} clock-1 display_message sent");
+    let stdout = ctl.stdout.clone();
+    tokio::task::spawn_blocking(move || {
+        ctl.wait_for(&stdout, "sent line", |l| l == sent);
+        let lines = stdout.lock().unwrap().clone();
+        // Only clock-1's command: the filter went to the server.
+        assert!(lines.iter().all(|l| l.contains(&id)), "{lines:?}");
+        assert!(
+            lines.iter().all(|l| !l.starts_with(':')),
+            "keep-alives are not printed: {lines:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clockctl_events_prints_a_hostile_label_escaped_and_json_escaped_too() {
+    let (_broker, app) = with_broker().await;
+    let plain = Clockctl::start(&app, &["--types", "schedule"]);
+    let json = Clockctl::start(&app, &["--types=schedule", "--json"]);
+    let (status, created) = app
+        .call(
+            reqwest::Method::POST,
+            "/schedules",
+            &json!({"deviceId": "clock-1", "time": "06:30", "timeZone": "UTC",
+                    "label": "deliver\u{202e}\u{1b}[2J\u{7}"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["scheduleId"].as_str().unwrap().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let line = plain.wait_for(&plain.stdout, "schedule line", |l| l.contains(&id));
+        assert!(
+            line.starts_with(&format!("schedule {id} clock-1 enabled ")),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#"label="deliver\u{202e}\u{1b}[2J\u{7}""#),
+            "{line}"
+        );
+        let line = json.wait_for(&json.stdout, "schedule JSON", |l| l.contains(&id));
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["event"], "schedule");
+        assert_eq!(value["data"]["label"], "deliver\u{202e}\u{1b}[2J\u{7}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn clockctl_events_with_a_wrong_token_exits_1_with_status_401() {
+    let app = spawn_app(&[]).await;
+    let base = app.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clockctl"))
+            .args(["events", "--retries", "0"])
+            .env_clear()
+            .env("CLOCK_SERVER_BASE_URL", base)
+            .env("CLOCK_SERVER_TOKEN", "wrong-token")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("status=401"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}

@@ -26,6 +26,25 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Events(args) = &cli.command {
+        let json = cli.json || args.json;
+        let mut stdout = std::io::stdout();
+        return match cli::events::run(
+            args,
+            json,
+            clock_server::shared::process_env,
+            &mut stdout,
+            clock_server::shared::shutdown::signal(),
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("clockctl: {}", terminal::plain(&err.to_string()));
+                ExitCode::from(err.exit_code())
+            }
+        };
+    }
     match cli::run(&cli, clock_server::shared::process_env).await {
         Ok(out) => {
             println!("{}", out.stdout);

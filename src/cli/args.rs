@@ -66,6 +66,7 @@ const VALUE_FLAGS: &[&str] = &[
     "ttl",
     "count",
     "from",
+    "types",
 ];
 /// Flags without a value. `wait` takes its optional value after `=`; a value after a space
 /// that starts with a digit (`--wait 5s`) is joined to it, since nothing else could follow.
@@ -134,6 +135,9 @@ pub enum Command {
     /// pause, resume, skip, rm
     #[command(subcommand, after_help = SUBCOMMAND_AFTER_HELP)]
     Schedule(ScheduleCommand),
+    /// Follow what happens to the devices as it happens (GET /events): one line per event
+    #[command(after_help = EVENTS_AFTER_HELP)]
+    Events(EventsArgs),
 }
 
 /// `clockctl schedule …` (SPEC 12.4).
@@ -331,6 +335,42 @@ pub struct WatchArgs {
     pub topic: Option<String>,
     /// One JSON object per command received, {"topic","retained","payload"} (control
     /// characters escaped); the `watching` line goes to stderr
+    #[arg(long, display_order = 100)]
+    pub json: bool,
+}
+
+/// Shown under `clockctl events --help`.
+pub const EVENTS_AFTER_HELP: &str = "\
+It connects to the server's GET /events (Server-Sent Events) and prints one line per event
+as it arrives, flushed at once, from the moment it connects (no replay):
+  command <id> <deviceId> <type> <status> [label=\"...\"] [reason=\"...\"]
+  device <deviceId> <presence>
+  schedule <id> <deviceId> <enabled|paused|deleted> [nextFireAt=...]
+With --json, each event as {\"event\":\"<type>\",\"data\":{...}} (control characters escaped).
+Text from the server is escaped: control, bidi and zero-width characters never reach the
+terminal as such. A line longer than 64 KiB ends the stream with an error.
+
+Exit status:
+  0  the server ended the stream
+  1  the server could not be reached or refused (status=<code> and its error), or the
+     client fell behind (event: overflow): reconnect and read the current state with GET
+  2  bad usage or invalid input
+
+Go-style flags work too: -device clock-1, -types=command.";
+
+/// `clockctl events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this device (repeat, or separate with commas); default: every device
+    /// in the token's scopes
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// Only these kinds of event, comma-separated: command, device, schedule
+    #[arg(long, value_name = "TYPES")]
+    pub types: Option<String>,
+    #[command(flatten)]
+    pub retries: Retries,
+    /// One JSON object per event, {"event","data"} (control characters escaped)
     #[arg(long, display_order = 100)]
     pub json: bool,
 }

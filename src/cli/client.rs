@@ -62,7 +62,9 @@ pub fn check_token_transport(settings: &Settings) -> Result<(), CliError> {
     Ok(())
 }
 
-fn build_client(settings: &Settings) -> Result<Client, CliError> {
+/// The HTTP client; `whole`: every request must finish within the settings' timeout (a
+/// stream's client bounds only the connection and, per request, the wait for the answer).
+fn build_client(settings: &Settings, whole: bool) -> Result<Client, CliError> {
     // Loading the system trust store costs time; plain HTTP still needs a TLS config because
     // reqwest is built without a default crypto provider.
     let tls = if settings.base_url.scheme() == "https" {
@@ -81,8 +83,11 @@ fn build_client(settings: &Settings) -> Result<Client, CliError> {
         .tls_backend_preconfigured(tls)
         // A redirect could carry the token to another host.
         .redirect(redirect::Policy::none())
-        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
         .user_agent(concat!("clockctl/", env!("CARGO_PKG_VERSION")));
+    if whole {
+        builder = builder.timeout(settings.timeout);
+    }
     if is_local(&settings.base_url) {
         // As Go's net/http does: a proxy would take a local call (and its token) off the machine.
         builder = builder.no_proxy();
@@ -231,6 +236,27 @@ impl Caller<'_> {
         request: Option<&ApiRequest>,
         timeout: Duration,
     ) -> Result<Answer, Unanswered> {
+        match self
+            .start(method, path, request, Some(timeout), "application/json")
+            .await?
+        {
+            Started::Answer(answer) => Ok(answer),
+            Started::Stream(_) => unreachable!("start answers whole unless asked for a stream"),
+        }
+    }
+
+    /// One request. With `timeout` the whole answer is read (within it); without, a 2xx
+    /// answer is handed back unread as a stream (the connection is bounded by the
+    /// settings' timeout until the headers arrive), any other answer read whole.
+    async fn start(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        request: Option<&ApiRequest>,
+        read_timeout: Option<Duration>,
+        accept: &'static str,
+    ) -> Result<Started, Unanswered> {
+        let timeout = read_timeout.unwrap_or(self.settings.timeout);
         let url = self.settings.endpoint(path);
         let shown = match reqwest::Url::parse(&url) {
             Ok(u) => redacted(&u),
@@ -239,8 +265,10 @@ impl Caller<'_> {
         let mut builder = self
             .client
             .request(method.clone(), &url)
-            .timeout(timeout)
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
+            .header(ACCEPT, HeaderValue::from_static(accept));
+        if read_timeout.is_some() {
+            builder = builder.timeout(timeout);
+        }
         if let Some(token) = &self.settings.token {
             builder = builder.bearer_auth(token.expose());
         }
@@ -280,8 +308,23 @@ impl Caller<'_> {
                 permanent,
             }
         };
-        let mut response = builder.send().await.map_err(call_error)?;
+        let mut response = match read_timeout {
+            Some(_) => builder.send().await.map_err(call_error)?,
+            None => tokio::time::timeout(timeout, builder.send())
+                .await
+                .map_err(|_| Unanswered {
+                    message: format!(
+                        "{method} {shown}: no answer within {} ms (CLOCKCTL_TIMEOUT_MS)",
+                        timeout.as_millis()
+                    ),
+                    permanent: false,
+                })?
+                .map_err(call_error)?,
+        };
         let status = response.status();
+        if read_timeout.is_none() && status.is_success() {
+            return Ok(Started::Stream(response));
+        }
         let headers = response.headers();
         let location = headers
             .get(reqwest::header::LOCATION)
@@ -314,13 +357,13 @@ impl Caller<'_> {
             bytes.extend_from_slice(&chunk);
         }
         let text = String::from_utf8_lossy(&bytes).trim_end().to_owned();
-        Ok(Answer {
+        Ok(Started::Answer(Answer {
             status,
             location,
             retry_after,
             replayed,
             text,
-        })
+        }))
     }
 
     /// `request`, tried again after a connection failure, a timeout, a 502, a 503 (or a
@@ -419,6 +462,63 @@ impl Caller<'_> {
     }
 }
 
+/// What [`Caller::start`] got: an answer read whole, or a 2xx stream to read on.
+enum Started {
+    Answer(Answer),
+    Stream(reqwest::Response),
+}
+
+/// Opens the stream at `path` (`GET`, `Accept: text/event-stream`), retrying like every
+/// other request (a connection failure, a timeout before the answer, a 502 or a 503, up
+/// to `retries` times with back-off). A non-2xx answer is the error the other subcommands
+/// print (`status=<code>` and the server's error).
+pub async fn open_stream(
+    settings: &Settings,
+    path: &str,
+    retries: u32,
+) -> Result<reqwest::Response, CliError> {
+    check_token_transport(settings)?;
+    let caller = Caller {
+        client: build_client(settings, false)?,
+        settings,
+    };
+    let method = reqwest::Method::GET;
+    let mut backoff = FIRST_BACKOFF;
+    let mut made = 0;
+    loop {
+        made += 1;
+        let result = caller
+            .start(&method, path, None, None, "text/event-stream")
+            .await;
+        let again = match &result {
+            Err(e) => !e.permanent,
+            Ok(Started::Answer(answer)) => retryable(answer.status, Kind::Status),
+            Ok(Started::Stream(_)) => false,
+        };
+        if !again || made > retries {
+            let gave_up = again.then_some(Attempts { made, retries });
+            return match result {
+                Ok(Started::Stream(response)) => Ok(response),
+                Ok(Started::Answer(answer)) => {
+                    Err(CliError::Status(caller.refusal(&answer, gave_up)))
+                }
+                Err(e) => Err(CliError::Call(match gave_up {
+                    Some(attempts) => format!("{}; {attempts}", e.message),
+                    None => e.message,
+                })),
+            };
+        }
+        let pause = match &result {
+            Ok(Started::Answer(a)) => a.retry_after,
+            _ => None,
+        }
+        .unwrap_or(backoff)
+        .max(Duration::from_millis(1));
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// How `--wait` ended.
 enum Followed {
     /// The command is settled: the record and the server's JSON.
@@ -441,7 +541,7 @@ pub async fn send(
 ) -> Result<Output, CliError> {
     check_token_transport(settings)?;
     let caller = Caller {
-        client: build_client(settings)?,
+        client: build_client(settings, true)?,
         settings,
     };
     let Exchange {

@@ -10,12 +10,14 @@
 //! - [`devices`]: devices and their presence (SPEC 11.2) as `devices` and `device` show them.
 //! - [`schedule`]: `clockctl schedule …` (SPEC 12.4): requests, the machine's zone, output.
 //! - [`error`]: [`CliError`], each variant with its exit code.
+//! - [`events`]: `clockctl events`, the server's event stream (SPEC 13.1).
 //! - [`watch`]: `clockctl watch`, the virtual clock (see [`crate::clock`]).
 
 pub mod args;
 pub mod client;
 pub mod devices;
 pub mod error;
+pub mod events;
 pub mod record;
 pub mod request;
 pub mod schedule;

@@ -151,6 +151,9 @@ impl ApiRequest {
             Command::Watch(_) => Err(CliError::Invalid(
                 "watch talks to the MQTT broker, not the API: run it with cli::watch::run".into(),
             )),
+            Command::Events(_) => Err(CliError::Invalid(
+                "events is a stream, not one answer: run it with cli::events::run".into(),
+            )),
         }
     }
 
