@@ -931,16 +931,7 @@ impl StateStore for RedisStore {
             let mut conn = self.conn.clone();
             let result = call.invoke_async(&mut conn).await;
             let answer: Value = self.answered(result)?;
-            let Value::Array(records) = answer else {
-                return Err(unexpected("claim_due", &answer));
-            };
-            records
-                .into_iter()
-                .map(|r| match r {
-                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
-                    other => Err(unexpected("claim_due", &other)),
-                })
-                .collect()
+            decode_records("claim_due", answer)
         })
     }
 
@@ -961,16 +952,7 @@ impl StateStore for RedisStore {
             let mut conn = self.conn.clone();
             let result = call.invoke_async(&mut conn).await;
             let answer: Value = self.answered(result)?;
-            let Value::Array(records) = answer else {
-                return Err(unexpected("expire_due", &answer));
-            };
-            records
-                .into_iter()
-                .map(|r| match r {
-                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
-                    other => Err(unexpected("expire_due", &other)),
-                })
-                .collect()
+            decode_records("expire_due", answer)
         })
     }
 
@@ -999,16 +981,7 @@ impl StateStore for RedisStore {
             let mut conn = self.conn.clone();
             let result = call.invoke_async(&mut conn).await;
             let answer: Value = self.answered(result)?;
-            let Value::Array(records) = answer else {
-                return Err(unexpected("claim_queued", &answer));
-            };
-            records
-                .into_iter()
-                .map(|r| match r {
-                    Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
-                    other => Err(unexpected("claim_queued", &other)),
-                })
-                .collect()
+            decode_records("claim_queued", answer)
         })
     }
 
@@ -1435,6 +1408,20 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable {
         message: format!("a record in Redis has a missing or malformed field {what:?}"),
     }
+}
+
+/// A script's answer that is a list of records, each as its hash fields.
+fn decode_records(op: &str, answer: Value) -> Result<Vec<CommandRecord>, StoreError> {
+    let Value::Array(records) = answer else {
+        return Err(unexpected(op, &answer));
+    };
+    records
+        .into_iter()
+        .map(|r| match r {
+            Value::Array(fields) => decode(fields.into_iter().map(bytes).collect()),
+            other => Err(unexpected(op, &other)),
+        })
+        .collect()
 }
 
 fn unexpected(op: &str, v: &Value) -> StoreError {
