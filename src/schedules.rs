@@ -358,6 +358,26 @@ impl Schedules {
         patch: serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<ScheduleRecord, Refused> {
+        // A merge patch names only request fields: `{"": null}` or `{"colour": null}`
+        // would otherwise vanish in the merge and be accepted as a no-op.
+        let serde_json::Value::Object(fields) = &patch else {
+            return Err(Refused::Body(
+                "a schedule patch must be a JSON object".to_owned(),
+            ));
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|key| !ScheduleRequest::FIELDS.contains(&key.as_str()))
+        {
+            return Err(Refused::Body(format!(
+                "unknown field `{unknown}`, expected one of {}",
+                ScheduleRequest::FIELDS
+                    .iter()
+                    .map(|field| format!("`{field}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         self.change(caller, id, |current| {
             let mut fields = serde_json::to_value(request_of(current))
                 .map_err(|e| Refused::Body(e.to_string()))?;

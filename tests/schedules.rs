@@ -390,6 +390,10 @@ async fn a_merge_patch_changes_what_it_names_and_revalidates_the_whole() {
             json!({"nextFireAt": "2030-01-01T00:00:00Z"}),
             "unknown field",
         ),
+        // A null removes a key in a merge patch: an unknown one is still named.
+        (json!({"": null}), "unknown field ``"),
+        (json!({"colour": null}), "unknown field `colour`"),
+        (json!(["time"]), "JSON object"),
     ] {
         let (status, _, answer) = send(&app, Method::PATCH, &path, OPS_TOKEN, Some(&patch)).await;
         assert_eq!(status, 400, "{patch}: {answer}");

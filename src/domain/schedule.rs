@@ -486,6 +486,17 @@ pub struct ScheduleRequest {
 }
 
 impl ScheduleRequest {
+    /// The request's fields as they appear on the wire (what a `PATCH` may name).
+    pub const FIELDS: &'static [&'static str] = &[
+        "deviceId",
+        "time",
+        "days",
+        "timeZone",
+        "label",
+        "enabled",
+        "ttlSeconds",
+    ];
+
     /// The rule the body names: `time` and `timeZone` required, `days` every day when
     /// absent. The first invalid field is the error.
     pub fn rule(&self) -> Result<Rule, ScheduleError> {
@@ -526,6 +537,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_patchable_fields_are_the_request_fields() {
+        let full = ScheduleRequest {
+            device_id: Some("d".into()),
+            time: Some("06:30".into()),
+            days: Some(vec![]),
+            time_zone: Some("UTC".into()),
+            label: Some(String::new()),
+            enabled: Some(true),
+            ttl_seconds: Some(1),
+        };
+        let wire = serde_json::to_value(full).unwrap();
+        let mut names: Vec<&str> = wire
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = ScheduleRequest::FIELDS.to_vec();
+        names.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(names, fields);
+    }
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().to_utc()
