@@ -1397,7 +1397,8 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
         .idem_finish("b", "b-key", FP_A, 202, b"{}".to_vec(), secs(86_400), at(0))
         .await
         .unwrap();
-    // Credential a: 1,100 commands that stay unfinished, each with its own key.
+    // Credential a: 1,100 commands that stay on their way (`pending`), each with its own
+    // key.
     let mut refused = 0;
     for i in 0..1100 {
         let key = format!("a-key-{i}");
@@ -1412,7 +1413,6 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
         }
         match store.create(message_of("a", &format!("a-{i}"))).await {
             Ok(()) => {
-                store.mark_sent(&format!("a-{i}"), at(1)).await.unwrap();
                 store
                     .idem_finish("a", &key, FP_A, 202, vec![b'x'; 200], secs(86_400), at(1))
                     .await
@@ -1446,6 +1446,55 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
         store.claim_due(at(3600), secs(30), 10).await.unwrap().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_credentials_oldest_sent_command_makes_room_for_its_next_and_nothing_else_does() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 1000,
+        shares: 2,
+        ..StoreSettings::default()
+    });
+    store
+        .create(CommandRecord {
+            principal: "b".to_owned(),
+            ..alarm("b-alarm", 3600)
+        })
+        .await
+        .unwrap();
+    store.create(message_of("b", "b-sent")).await.unwrap();
+    store.mark_sent("b-sent", at(0)).await.unwrap();
+    store
+        .create(CommandRecord {
+            principal: "a".to_owned(),
+            ..alarm("a-alarm", 3600)
+        })
+        .await
+        .unwrap();
+    store.create(message_of("a", "a-pending")).await.unwrap();
+    // A clock that never acknowledges: a's commands stay `sent`. 5,000 of them (ten
+    // times its share) are all taken, its own oldest `sent` ones making room.
+    for i in 0..5000 {
+        let id = format!("a-{i}");
+        store.create(message_of("a", &id)).await.unwrap();
+        store.mark_sent(&id, at(1)).await.unwrap();
+    }
+    assert!(store.get("a-4999", at(2)).await.unwrap().is_some());
+    assert_eq!(store.get("a-0", at(2)).await.unwrap(), None);
+    // Its held alarm and its command on its way were never the ones to go; nor b's.
+    for (id, status) in [
+        ("a-alarm", CommandStatus::Scheduled),
+        ("a-pending", CommandStatus::Pending),
+        ("b-alarm", CommandStatus::Scheduled),
+        ("b-sent", CommandStatus::Sent),
+    ] {
+        assert_eq!(
+            store.get(id, at(2)).await.unwrap().map(|r| r.status),
+            Some(status),
+            "{id}"
+        );
+    }
+    assert!(store.len() <= 1000, "{}", store.len());
 }
 
 #[tokio::test]

@@ -150,6 +150,9 @@ struct Entry {
     bytes: u32,
     status: CommandStatus,
     device_acks: bool,
+    /// Whether the record has a place in its credential's `sent_order` (it joins once,
+    /// when it first settles as `sent`).
+    sent_listed: bool,
 }
 
 /// The fields most records leave empty. Every pending alarm has one, so it is kept small
@@ -355,6 +358,12 @@ struct Holding {
     /// Its keys in the order they were written (lazy deletion, like `idem_order`): the
     /// oldest answered one goes when the credential needs room in its own share.
     key_order: VecDeque<(u64, Arc<str>)>,
+    /// Its records in the order they were sent (lazy deletion: an entry whose record is
+    /// gone or no longer `sent` is skipped): when its share is full of them, its own
+    /// oldest `sent` record goes, as SPEC 7's `STATE_MAX_COMMANDS` ("then the oldest of all") allows. A record
+    /// sent to a clock that never acknowledges stays `sent` until it expires, so without
+    /// this a credential's steady traffic to such clocks filled its share with them.
+    sent_order: VecDeque<(u64, Key)>,
 }
 
 /// The records: entries in a slab (a `Vec` whose freed slots are reused) and an index
@@ -571,11 +580,27 @@ impl Inner {
         entry.bytes = new;
         let new = new as usize;
         let (status, fire_at, protected) = (entry.status, entry.fire_at(), entry.is_protected());
-        let principal = entry.principal.clone();
+        let list_sent = status == CommandStatus::Sent && !entry.sent_listed;
+        entry.sent_listed |= list_sent;
+        let (seq, principal) = (entry.seq, entry.principal.clone());
         self.bytes = (self.bytes + new).saturating_sub(old);
         if protected {
             let holding = self.holding(&principal);
             holding.bytes = (holding.bytes + new).saturating_sub(old);
+            if list_sent {
+                holding.sent_order.push_back((seq, key.clone()));
+                let Inner {
+                    holders, records, ..
+                } = self;
+                if let Some(holding) = holders.get_mut(&*principal) {
+                    let live = holding.unfinished;
+                    compact(&mut holding.sent_order, live, |(s, k)| {
+                        records
+                            .get(k)
+                            .is_some_and(|e| e.seq == *s && e.status == CommandStatus::Sent)
+                    });
+                }
+            }
         }
         if status != CommandStatus::Scheduled
             && let Some(fire_at) = fire_at
@@ -671,10 +696,12 @@ impl Inner {
 
     /// Makes room for one more record or key of `principal` taking `bytes` (SPEC 10,
     /// "Bounded records"). Within the credential's share, its own oldest answered key
-    /// goes first; then, within the store's bounds, the record that finished first
-    /// (anyone's: a finished record holds nothing a caller still waits for). Never an
-    /// unfinished record, a held alarm or a live key: when only those are left, the
-    /// answer is [`StoreError::Full`] and nothing is written.
+    /// goes first, then its own oldest `sent` record; within the store's bounds, the
+    /// record that finished first (anyone's: a finished record holds nothing a caller
+    /// still waits for), then again the credential's own oldest `sent` record. Never
+    /// another credential's unfinished record, and nobody's `pending` record, held alarm
+    /// (`scheduled`, `queued`) or live key: when only those are left, the answer is
+    /// [`StoreError::Full`] and nothing is written.
     fn make_room(
         &mut self,
         settings: &StoreSettings,
@@ -705,9 +732,12 @@ impl Inner {
                 self.expire_some(now, EXPIRE_STEP);
                 continue;
             }
+            if self.evict_own_sent(principal) {
+                continue;
+            }
             return Err(StoreError::Full {
                 message: format!(
-                    "credential {principal:?} fills its share of the memory store with unfinished commands and live Idempotency-Keys ({share_count} records, {share_count} keys, {share_bytes} bytes: STATE_MAX_COMMANDS and STATE_MAX_BYTES shared by {shares} credentials)"
+                    "credential {principal:?} fills its share of the memory store with commands in progress, held alarms and live Idempotency-Keys ({share_count} records, {share_count} keys, {share_bytes} bytes: STATE_MAX_COMMANDS and STATE_MAX_BYTES shared by {shares} credentials)"
                 ),
             });
         }
@@ -727,9 +757,12 @@ impl Inner {
                 self.expire_some(now, EXPIRE_STEP);
                 continue;
             }
+            if self.evict_own_sent(principal) {
+                continue;
+            }
             return Err(StoreError::Full {
                 message: format!(
-                    "only unfinished commands and live Idempotency-Keys are left ({} records, {} bytes; STATE_MAX_COMMANDS={}, STATE_MAX_BYTES={})",
+                    "only commands in progress, held alarms and live Idempotency-Keys are left ({} records, {} bytes; STATE_MAX_COMMANDS={}, STATE_MAX_BYTES={})",
                     self.records.len(),
                     self.bytes,
                     settings.max_commands,
@@ -737,6 +770,27 @@ impl Inner {
                 ),
             });
         }
+    }
+
+    /// Drops `principal`'s oldest `sent` record; `false` when it has none (only commands
+    /// on their way, `pending`, or held, `scheduled` and `queued`, which never go).
+    fn evict_own_sent(&mut self, principal: &str) -> bool {
+        let Inner {
+            holders, records, ..
+        } = self;
+        let Some(holding) = holders.get_mut(principal) else {
+            return false;
+        };
+        while let Some((seq, key)) = holding.sent_order.pop_front() {
+            if records
+                .get(&key)
+                .is_some_and(|e| e.seq == seq && e.status == CommandStatus::Sent)
+            {
+                self.remove(&key);
+                return true;
+            }
+        }
+        false
     }
 
     /// Drops `principal`'s oldest answered key; `false` when it has none (only keys in
@@ -968,6 +1022,7 @@ impl StateStore for MemoryStore {
                 bytes: 0,
                 status: record.status,
                 device_acks: record.device_acks,
+                sent_listed: false,
             };
             let bytes = entry.footprint(&key) as usize;
             inner.make_room(&self.settings, &principal, Holds::Record, bytes, now)?;
