@@ -10,13 +10,17 @@
 //! - Streams are counted ([`StreamPermit`]); past `EVENTS_MAX_STREAMS` a new one is refused.
 //! - With `redis://` the `command` and `schedule` events also go to the other replicas
 //!   through Redis (the relay in [`relay`]); `device` events never leave the replica.
+//!   Only while another replica has a stream open: a replica with streams says so on the
+//!   channel every second ([`LISTENER_TTL`]), so with nobody watching a command costs
+//!   no event, no record read and no Redis message.
 //! - [`Hub::close`] at shutdown ends every stream, so open streams do not hold the
 //!   graceful shutdown for its whole grace period.
 
 pub mod relay;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -28,6 +32,13 @@ use crate::store::CommandRecord;
 pub const QUEUE: usize = 1024;
 /// `EVENTS_MAX_STREAMS` default.
 pub const DEFAULT_MAX_STREAMS: usize = 1000;
+/// How long another replica counts as listening after it last said so (it says so every
+/// [`LISTENER_EVERY`] while it has a stream open).
+pub const LISTENER_TTL: Duration = Duration::from_secs(3);
+/// How often a replica with open streams tells the others (and at once when its first
+/// stream opens).
+pub const LISTENER_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest gap between two writes on a stream: a `: keep-alive` comment fills it.
 pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -161,6 +172,11 @@ pub struct Hub {
     relay: std::sync::OnceLock<mpsc::Sender<Arc<Event>>>,
     /// `true` once the server is stopping: every stream ends.
     closed: watch::Sender<bool>,
+    /// Until when (milliseconds after `started`) another replica counts as listening.
+    others_until: AtomicU64,
+    started: Instant,
+    /// Told when this replica's first stream opens (the relay says so at once).
+    first_stream: tokio::sync::Notify,
 }
 
 /// A place among the open streams; dropping it frees the place.
@@ -190,7 +206,32 @@ impl Hub {
             max_streams,
             relay: std::sync::OnceLock::new(),
             closed: watch::Sender::new(false),
+            others_until: AtomicU64::new(0),
+            started: Instant::now(),
+            first_stream: tokio::sync::Notify::new(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Another replica said it has a stream open (the relay heard it).
+    pub fn heard_listener(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(LISTENER_TTL.as_millis() as u64);
+        self.others_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether another replica has said, within [`LISTENER_TTL`], that it has a stream.
+    pub fn others_listening(&self) -> bool {
+        self.relay.get().is_some() && self.now_ms() < self.others_until.load(Ordering::Acquire)
+    }
+
+    /// Resolves when this replica's first stream opens (for the relay's announcement).
+    pub async fn first_stream_opened(&self) {
+        self.first_stream.notified().await;
     }
 
     /// Publishes a change made by this replica: to its streams, and (`command`,
@@ -198,6 +239,7 @@ impl Hub {
     pub fn publish(&self, event: Event) {
         let event = Arc::new(event);
         if event.kind != EventKind::Device
+            && self.others_listening()
             && let Some(relay) = self.relay.get()
         {
             // Full: the relay is behind (Redis slow or down); the other replicas miss
@@ -224,10 +266,10 @@ impl Hub {
         }
     }
 
-    /// Whether anyone could receive an event now: a stream here, or other replicas.
+    /// Whether anyone could receive an event now: a stream here, or on another replica.
     /// Lets the callers skip building an event (e.g. reading a record) nobody reads.
     pub fn wanted(&self) -> bool {
-        self.tx.receiver_count() > 0 || self.relay.get().is_some()
+        self.tx.receiver_count() > 0 || self.others_listening()
     }
 
     /// Sends this replica's `command` and `schedule` events to `relay` from now on.
@@ -242,8 +284,10 @@ impl Hub {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_streams).then_some(n + 1)
             });
-        if taken.is_err() {
-            return None;
+        match taken {
+            Err(_) => return None,
+            Ok(0) => self.first_stream.notify_waiters(),
+            Ok(_) => {}
         }
         Some(Subscription {
             events: self.tx.subscribe(),

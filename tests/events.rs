@@ -425,6 +425,17 @@ async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exa
     .await;
     let mut on_a = stream(&a, "?types=command", OPS_TOKEN).await;
     let mut on_b = stream(&b, "?types=command", OPS_TOKEN).await;
+    // A replica relays only once it has heard (within milliseconds) that another one has
+    // a stream open.
+    until_relayed(&a, &mut on_b).await;
+    until_relayed(&b, &mut on_a).await;
+    for events in [&mut on_a, &mut on_b] {
+        while events
+            .next_block(Duration::from_millis(300))
+            .await
+            .is_some()
+        {}
+    }
     let from_a = message(&a, OPS_TOKEN, "clock-1").await;
     let from_b = message(&b, OPS_TOKEN, "clock-2").await;
     for events in [&mut on_a, &mut on_b] {
@@ -452,6 +463,62 @@ async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exa
         assert_eq!(sorted.len(), seen.len(), "an event came twice: {seen:?}");
         assert_eq!(seen.len(), 4, "{seen:?}");
     }
+}
+
+/// Posts on `from` until one of its commands shows on `to` (another replica's stream).
+async fn until_relayed(from: &TestApp, to: &mut EventStream) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let id = message(from, OPS_TOKEN, "clock-9").await;
+        let probe = tokio::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let left = probe.saturating_duration_since(tokio::time::Instant::now());
+            match to.next_event(left).await {
+                Some((_, data)) if data["commandId"] == id.as_str() => return,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event of one replica reached the other's stream within {WAIT:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_redis_and_no_stream_anywhere_nothing_is_relayed() {
+    let redis = common::redis::Redis::start();
+    let store = redis.url();
+    let vars = [("STATE_STORE", store.as_str())];
+    let (a, b) = (spawn_app(&vars).await, spawn_app(&vars).await);
+    common::eventually(WAIT, "two subscribed replicas", || async {
+        let clients = redis.bulk(&["CLIENT", "LIST"]);
+        (clients.matches(" sub=1 ").count() >= 2).then_some(())
+    })
+    .await;
+    let channel_messages = || {
+        let info = redis.bulk(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+            .map_or(0, |rest| {
+                rest.split(',').next().unwrap().parse::<u64>().unwrap()
+            })
+    };
+    let before = channel_messages();
+    for _ in 0..20 {
+        message(&a, OPS_TOKEN, "clock-1").await;
+        message(&b, OPS_TOKEN, "clock-2").await;
+    }
+    assert_eq!(
+        channel_messages(),
+        before,
+        "no stream open: nothing published"
+    );
+    // A stream on b: a's commands reach it (after b said so), and b now says it listens.
+    let mut on_b = stream(&b, "?types=command", OPS_TOKEN).await;
+    until_relayed(&a, &mut on_b).await;
+    assert!(channel_messages() > before);
 }
 
 /// A running `clockctl events`: its stdout and stderr lines as they arrive.

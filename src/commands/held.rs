@@ -188,7 +188,7 @@ impl Held {
         };
         match self.dispatcher.dispatch(&envelope, &ctx).await {
             Ok(()) => {
-                self.tracker.sent(id, &record.command_type).await;
+                self.tracker.sent(id, Some(record)).await;
                 tracing::info!(command_id = id, device_id = %device, "queued command delivered");
                 true
             }

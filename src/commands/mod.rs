@@ -536,7 +536,7 @@ impl Commands {
             Plan::Now => record,
         }
         .for_schedule(s.occurrence.as_ref().map(|o| o.schedule_id.clone()));
-        tracker.create(record).await?;
+        let written = tracker.create(record).await?;
         let accepted = |status: CommandStatus| {
             Accepted {
                 result: command_type.accepted_result(),
@@ -607,7 +607,7 @@ impl Commands {
                 command_id: Some(command_id),
             });
         }
-        tracker.sent(&command_id, command_type.as_str()).await;
+        tracker.sent(&command_id, written.as_ref()).await;
         if answers {
             // A device reached over its own API answered yes: that ends the command.
             let _ = tracker

@@ -98,7 +98,12 @@ impl Tracker {
     /// Writes a new record (`pending` before a dispatch, or `scheduled`): once this
     /// resolves it is in the store (on disk for `file:`), so an acknowledgement can never
     /// arrive for a command the store does not know, and the scheduler may claim an alarm.
-    pub(super) async fn create(&self, record: CommandRecord) -> Result<(), Unavailable> {
+    /// Answers the record as written when someone listens for events (for [`Self::sent`]
+    /// to build the next event from), else `None`.
+    pub(super) async fn create(
+        &self,
+        record: CommandRecord,
+    ) -> Result<Option<CommandRecord>, Unavailable> {
         // A new record is never final (nothing to count): it is kept for its event only
         // when someone listens.
         let event = self.events.wanted().then(|| record.clone());
@@ -106,21 +111,38 @@ impl Tracker {
             .create(record)
             .await
             .map_err(|e| self.failed("writing a new record", &e))?;
-        if let Some(record) = event {
-            self.status_changed(&crate::store::normalised(record));
+        let written = event.map(crate::store::normalised);
+        if let Some(record) = &written {
+            self.status_changed(record);
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Every transport accepted the command (or the scheduler published the alarm). A
     /// failure here is logged, not answered: the command is out, and its record shows
-    /// `pending` until it expires.
-    pub(super) async fn sent(&self, command_id: &str, _command_type: &str) {
-        match self.store.mark_sent(command_id, Utc::now()).await {
+    /// `pending` until it expires. `before` is the record as created or claimed, when the
+    /// caller has it.
+    pub(super) async fn sent(&self, command_id: &str, before: Option<&CommandRecord>) {
+        let now = Utc::now();
+        match self.store.mark_sent(command_id, now).await {
             // `sent` is not final (nothing to count), and the store answers the status
-            // only (this is every command's path): the record is read for its event only
-            // when someone listens.
+            // only (this is every command's path). The event needs the record: the one
+            // the caller had, moved on by the store's own rule when it was still held or
+            // on its way (then the store made exactly this change); else read back. No
+            // extra store round trip on the common path (`redis://` paid one per
+            // command while any replica relayed events).
             Ok(Some(CommandStatus::Sent)) if self.events.wanted() => {
+                if let Some(before) = before.filter(|r| {
+                    matches!(
+                        r.status,
+                        CommandStatus::Pending | CommandStatus::Scheduled | CommandStatus::Queued
+                    )
+                }) {
+                    let mut record = before.clone();
+                    crate::store::apply_mark_sent(&mut record, now);
+                    self.status_changed(&record);
+                    return;
+                }
                 match self.store.get(command_id, Utc::now()).await {
                     Ok(Some(record)) => self.status_changed(&record),
                     Ok(None) => {}

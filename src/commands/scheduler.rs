@@ -244,7 +244,7 @@ impl Scheduler {
             .await
         {
             Ok(()) => {
-                self.tracker.sent(id, &record.command_type).await;
+                self.tracker.sent(id, Some(&record)).await;
                 tracing::info!(
                     command_id = id,
                     device_id = %record.device_id,
@@ -287,7 +287,7 @@ impl Scheduler {
         };
         match lametric.request(&device, &request).await {
             Ok(_) => {
-                self.tracker.sent(id, &record.command_type).await;
+                self.tracker.sent(id, Some(record)).await;
                 let _ = self
                     .tracker
                     .complete(

@@ -7,7 +7,12 @@
 //! restarting) other replicas' events are missed, as a stream's own are after an overflow.
 //!
 //! A message is four lines: replica id, kind, device id, data (the compact JSON has no
-//! newline, and a device id cannot hold one).
+//! newline, and a device id cannot hold one). A replica with a stream open also says
+//! `<replica id>\nlistening` every second (and at once when its first stream opens); a
+//! replica publishes its events only while it has heard that from another replica within
+//! [`super::LISTENER_TTL`], so with nobody watching the relay costs nothing per command.
+//! The price: events made in the few milliseconds before a replica hears of a new stream
+//! elsewhere do not reach that stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +44,11 @@ pub fn spawn(hub: &Arc<Hub>, url: &str) -> Result<(), redis::RedisError> {
     let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
     let (outbox, queue) = mpsc::channel(OUTBOX);
     hub.set_relay(outbox);
+    tokio::spawn(announce(
+        publisher.clone(),
+        origin.clone(),
+        Arc::downgrade(hub),
+    ));
     tokio::spawn(publish(publisher, origin.clone(), queue));
     tokio::spawn(subscribe(client, origin, Arc::downgrade(hub)));
     Ok(())
@@ -65,6 +75,33 @@ async fn publish(
     }
 }
 
+/// While this replica has streams open, tells the others every
+/// [`super::LISTENER_EVERY`] (and at once when its first stream opens), until the server
+/// stops.
+async fn announce(mut conn: ConnectionManager, origin: String, hub: std::sync::Weak<Hub>) {
+    let message = format!("{origin}\n{LISTENING}");
+    loop {
+        let Some(strong) = hub.upgrade() else { return };
+        if strong.streams() > 0
+            && let Err(e) = redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(&message)
+                .query_async::<()>(&mut conn)
+                .await
+        {
+            tracing::debug!(error = %e, "events relay: cannot say this replica listens");
+        }
+        tokio::select! {
+            () = strong.stopping() => return,
+            () = strong.first_stream_opened() => {}
+            () = tokio::time::sleep(super::LISTENER_EVERY) => {}
+        }
+    }
+}
+
+/// The kind of the message a replica with open streams sends.
+const LISTENING: &str = "listening";
+
 /// Hands the other replicas' events to this replica's streams, until the hub is gone.
 async fn subscribe(client: Client, origin: String, hub: std::sync::Weak<Hub>) {
     let mut backoff = Duration::from_millis(100);
@@ -78,7 +115,9 @@ async fn subscribe(client: Client, origin: String, hub: std::sync::Weak<Hub>) {
                     while let Some(message) = messages.next().await {
                         let Some(hub) = hub.upgrade() else { return };
                         let payload: &[u8] = message.get_payload_bytes();
-                        if let Some(event) = decode(&origin, payload) {
+                        if is_listener(&origin, payload) {
+                            hub.heard_listener();
+                        } else if let Some(event) = decode(&origin, payload) {
                             hub.publish_local(event);
                         }
                     }
@@ -103,6 +142,15 @@ fn encode(origin: &str, event: &Event) -> String {
         event.device_id,
         event.data
     )
+}
+
+/// Whether `payload` is another replica saying it has a stream open.
+fn is_listener(origin: &str, payload: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return false;
+    };
+    text.split_once('\n')
+        .is_some_and(|(from, kind)| from != origin && kind == LISTENING)
 }
 
 /// The event in `payload`, unless it is this replica's own (`origin`) or malformed.
@@ -133,6 +181,15 @@ mod tests {
         let theirs = decode("other", wire.as_bytes()).unwrap();
         assert_eq!(theirs.frame, event.frame);
         assert_eq!(theirs.device_id.as_str(), "clock-1");
+    }
+
+    #[test]
+    fn a_replica_hears_the_others_listening_never_itself() {
+        let said = format!("me\n{LISTENING}");
+        assert!(is_listener("other", said.as_bytes()));
+        assert!(!is_listener("me", said.as_bytes()));
+        assert!(!is_listener("other", b"me\ncommand\nclock-1\n{}"));
+        assert!(decode("other", said.as_bytes()).is_none());
     }
 
     #[test]
