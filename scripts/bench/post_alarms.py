@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Posts N alarms to a clock-server over keep-alive connections, as fast as it takes them.
+"""Posts N alarms (or schedules) to a clock-server over keep-alive connections, as fast as
+it takes them.
 
 usage: post_alarms.py URL TOKEN N ALARM_TIME DEVICES CONNECTIONS
 
 Alarm i goes to device `awtrix-<i mod DEVICES>`, labelled `a<i>`, at ALARM_TIME (RFC 3339).
-Prints one line: `posted=<n> accepted=<202s> seconds=<elapsed>`; exits 1 if any answer
-was not a 202.
+With ALARM_TIME `daily@HH:MM:SS` it is a schedule instead (POST /schedules, every day at
+that time in UTC; the answer is a 201). Prints one line: `posted=<n> accepted=<n>
+seconds=<elapsed>`; exits 1 if any answer was not the expected one.
 """
 import http.client
 import json
@@ -22,17 +24,25 @@ def main() -> int:
     accepted = [0] * conns
     failures = []
 
+    daily = alarm_time.startswith("daily@")
+    path, expected = ("/schedules", 201) if daily else ("/commands/alarms", 202)
+
+    def body_of(i: int) -> str:
+        device = f"awtrix-{i % devices}"
+        if daily:
+            return json.dumps(
+                {"deviceId": device, "time": alarm_time[6:], "timeZone": "UTC", "label": f"s{i}"}
+            )
+        return json.dumps({"deviceId": device, "alarmTime": alarm_time, "label": f"a{i}"})
+
     def worker(k: int) -> None:
         c = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         for i in range(k, n, conns):
-            body = json.dumps(
-                {"deviceId": f"awtrix-{i % devices}", "alarmTime": alarm_time, "label": f"a{i}"}
-            )
-            c.request("POST", "/commands/alarms", body, headers)
+            c.request("POST", path, body_of(i), headers)
             res = c.getresponse()
             data = res.read()
-            if res.status == 202:
+            if res.status == expected:
                 accepted[k] += 1
             elif len(failures) < 5:
                 failures.append(f"{res.status} {data[:200]!r}")
