@@ -1,6 +1,7 @@
 //! Which devices are there (SPEC 11.1): a registry fed by this replica's own MQTT
-//! subscriptions (never shared with other replicas, also with `STATE_STORE=none`) and by
-//! the acknowledgements it receives; read by `GET /devices` and the `clock_server_devices`
+//! subscriptions (never shared with other replicas, also with `STATE_STORE=none`), by
+//! the acknowledgements it receives, and by this replica's polls of the LaMetric clocks
+//! (`transport/lametric.rs`, [`Presence::polled`]); read by `GET /devices` and the `clock_server_devices`
 //! gauge.
 //!
 //! Invariants:
@@ -67,7 +68,7 @@ struct Entry {
     said: Option<PresenceState>,
     /// The last time anything said online (SPEC 11.1 `lastSeenAt`).
     last_seen: Option<DateTime<Utc>>,
-    /// AWTRIX: the last `stats` object, as sent.
+    /// AWTRIX: the last `stats` object, as sent; LaMetric: the fields of its last state.
     info: Option<Box<str>>,
     /// The presence last published as a `device` event (so each change is one event,
     /// also a change that only time makes: an AWTRIX clock falling silent).
@@ -238,6 +239,34 @@ impl Presence {
                 true
             });
         self.count(applied);
+    }
+
+    /// The outcome of one poll of a device reached by polling (a LaMetric clock's
+    /// `GET /api/v2/device`): `Some(info)` when it answered 200 (online, `info` its fields
+    /// when the answer had them), `None` when it did not (offline). Not a message: neither
+    /// counter changes.
+    pub fn polled(
+        &self,
+        device: &DeviceId,
+        answer: Option<Option<serde_json::Value>>,
+        now: DateTime<Utc>,
+    ) {
+        if !matches!(self.devices.profile(device), Profile::Lametric(_)) {
+            return;
+        }
+        self.update(device, now, |entry| match answer {
+            Some(info) => {
+                entry.said = Some(PresenceState::Online);
+                if let Some(info) = info {
+                    entry.info = Some(info.to_string().into());
+                }
+                true
+            }
+            None => {
+                entry.said = Some(PresenceState::Offline);
+                false
+            }
+        });
     }
 
     fn count(&self, applied: bool) {
@@ -512,6 +541,48 @@ mod tests {
             Some(at(40).to_rfc3339_opts(SecondsFormat::Millis, true).as_str())
         );
         assert_eq!(view.info, Some(serde_json::json!({"bat": 1})));
+    }
+
+    #[test]
+    fn a_lametric_clock_is_what_its_last_poll_said_and_keeps_its_info() {
+        use crate::domain::lametric::{
+            AlarmSound, CertCheck, DEFAULT_TIMEOUT, DeviceUrl, LametricDevice,
+        };
+        let mut devices = Devices::new();
+        devices.insert(
+            id("desk"),
+            Profile::Lametric(LametricDevice {
+                url: DeviceUrl::parse("http://127.0.0.1:8080").unwrap(),
+                api_key: crate::shared::Secret::new("k"),
+                tls: CertCheck::PlainHttp,
+                alarm_sound: AlarmSound::DEFAULT,
+                timeout: DEFAULT_TIMEOUT,
+            }),
+        );
+        let p = Presence::new("p", Arc::new(devices), Duration::from_secs(35));
+        let desk = id("desk");
+        let mut back = p.subscribe_back_online();
+        p.polled(
+            &desk,
+            Some(Some(serde_json::json!({"name": "Desk"}))),
+            at(0),
+        );
+        assert_eq!(p.state(&desk, at(100_000)), PresenceState::Online);
+        p.polled(&desk, None, at(30));
+        let view = p.device(&desk, at(30));
+        assert_eq!(view.presence, "offline");
+        assert_eq!(view.info, Some(serde_json::json!({"name": "Desk"})));
+        assert_eq!(
+            view.last_seen_at.as_deref(),
+            Some(at(0).to_rfc3339_opts(SecondsFormat::Millis, true).as_str())
+        );
+        p.polled(&desk, Some(None), at(60));
+        assert_eq!(p.state(&desk, at(60)), PresenceState::Online);
+        assert_eq!(back.try_recv().unwrap(), desk);
+        // A poll result for a device that is not a LaMetric clock changes nothing.
+        p.polled(&id("kitchen"), None, at(0));
+        assert_eq!(p.state(&id("kitchen"), at(0)), PresenceState::Unknown);
+        assert_eq!((p.applied(), p.ignored()), (0, 0));
     }
 
     #[test]

@@ -270,8 +270,15 @@ impl Application {
             .collect();
         let publish_timeout = config.transports.mqtt().map(|m| m.publish_timeout);
         let holds_alarms = config.devices.with_scheduled_alarms().next().is_some();
+        let poll_every = config.presence.poll;
         let app = Self::bind(config, combine(transports), metrics).await?;
         let commands = &app.state.commands;
+        // Every replica asks its LaMetric clocks itself (SPEC 11.1), until the core stops.
+        if let Some(lametric) = &lametric {
+            let (lametric, presence) = (lametric.clone(), app.state.presence.clone());
+            commands
+                .run_in_background(move |stop| lametric.poll_presence(presence, poll_every, stop));
+        }
         if let (Some(acks), Some(publish_timeout)) = (&acks, publish_timeout)
             && holds_alarms
         {

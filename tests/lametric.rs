@@ -1,9 +1,9 @@
 //! The `lametric` profile end to end (SPEC 8.3): the real application and a LaMetric
 //! stand-in, an HTTPS server with a self-signed certificate made at test time that speaks
 //! the device's documented API (`POST`/`DELETE /api/v2/device/notifications`,
-//! `PUT /api/v2/device/display`, HTTP Basic `dev:<api key>`). Each test checks what a
-//! person with the clock relies on: the exact request, the command's end, the pin, and the
-//! key never shown.
+//! `PUT /api/v2/device/display`, `GET /api/v2/device`, HTTP Basic `dev:<api key>`). Each
+//! test checks what a person with the clock relies on: the exact request, the command's
+//! end, the pin, presence by polling (SPEC 11.1), and the key never shown.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::app::{OPS_TOKEN, TestApp as App, env_with, start};
 use common::eventually;
 use common::mosquitto::Mosquitto;
+use common::process::ServerProcess;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::body::Incoming;
@@ -115,8 +116,24 @@ impl Clock {
         format!("https://{}", self.addr)
     }
 
+    /// The requests of commands (the presence polls, `GET /api/v2/device`, left out).
     fn seen(&self) -> Vec<Seen> {
+        self.all_seen()
+            .into_iter()
+            .filter(|s| s.method != "GET")
+            .collect()
+    }
+
+    /// Every request, presence polls included.
+    fn all_seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    fn polls(&self) -> usize {
+        self.all_seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path == "/api/v2/device")
+            .count()
     }
 
     fn fail_with(&self, status: u16) {
@@ -151,10 +168,11 @@ async fn answer(
         authorization: authorization.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
+    // The notification ids the clock gives: 1, 2, … (polls and other requests aside).
     let n = {
         let mut all = state.seen.lock().unwrap();
         all.push(seen.clone());
-        all.len()
+        all.iter().filter(|s| s.method == "POST").count()
     };
     let respond = |status: StatusCode, body: String| {
         Ok(Response::builder()
@@ -189,6 +207,15 @@ async fn answer(
         ("PUT", "/api/v2/device/display") => respond(
             StatusCode::OK,
             json!({"success":{"data":serde_json::from_slice::<Value>(&body).unwrap_or_default(),"path":"/api/v2/device/display"}}).to_string(),
+        ),
+        // reference-docs/device-state.rst, abridged.
+        ("GET", "/api/v2/device") => respond(
+            StatusCode::OK,
+            json!({"id":"1","name":"Desk clock","serial_number":"SA150600000100W00BS9",
+                "mode":"manual","model":"LM 37X8","os_version":"2.3.0",
+                "audio":{"volume":100},"display":{"brightness":67,"brightness_mode":"auto",
+                "width":37,"height":8,"type":"mixed"}})
+            .to_string(),
         ),
         ("DELETE", p) if p.starts_with("/api/v2/device/notifications/") => {
             respond(StatusCode::OK, json!({"success":true}).to_string())
@@ -238,11 +265,22 @@ fn desk(url: &str, pin: &str) -> String {
 }
 
 async fn spawn(broker: &Mosquitto, devices: &tempfile::NamedTempFile) -> App {
+    spawn_with(broker, devices, &[]).await
+}
+
+async fn spawn_with(
+    broker: &Mosquitto,
+    devices: &tempfile::NamedTempFile,
+    extra: &[(&str, &str)],
+) -> App {
     let mut env: HashMap<String, String> = env_with(&[
         ("ENABLED_SENDERS", "mqtt"),
         ("ALLOW_INSECURE_MQTT", "true"),
         ("READINESS_REQUIRE_AUTH", "false"),
     ]);
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
     env.insert("MQTT_BROKER_URL".into(), broker.url());
     env.insert("DEVICES_FILE".into(), devices.path().display().to_string());
     match start(&env, None).await {
@@ -256,6 +294,21 @@ impl App {
         let res = self.get(&format!("/commands/{id}"), Some(OPS_TOKEN)).await;
         assert_eq!(res.status(), 200);
         serde_json::from_str(&res.text().await.unwrap()).unwrap()
+    }
+
+    async fn device(&self, id: &str) -> Value {
+        let res = self.get(&format!("/devices/{id}"), Some(OPS_TOKEN)).await;
+        assert_eq!(res.status(), 200);
+        serde_json::from_str(&res.text().await.unwrap()).unwrap()
+    }
+
+    /// Waits (bounded) until `GET /devices/<id>` says `presence`.
+    async fn presence_becomes(&self, id: &str, presence: &str, limit: Duration) -> Value {
+        eventually(limit, &format!("{id} to be {presence}"), || async {
+            let device = self.device(id).await;
+            (device["presence"] == presence).then_some(device)
+        })
+        .await
     }
 }
 
@@ -331,6 +384,8 @@ async fn a_4xx_fails_the_command_with_the_clocks_message_and_never_shows_the_key
     let clock = Clock::start().await;
     let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
     let app = spawn(&broker, &devices).await;
+    app.presence_becomes("desk", "online", Duration::from_secs(10))
+        .await;
     clock.fail_with(400);
     let (status, body) = app
         .call(
@@ -368,6 +423,9 @@ async fn a_clock_whose_certificate_is_not_the_pinned_one_gets_nothing() {
     // The pin of another clock's certificate.
     let devices = devices_file(&desk(&clock.url(), &other.fingerprint));
     let app = spawn(&broker, &devices).await;
+    // Its polls fail at the handshake: it is offline, and a command waits for it.
+    app.presence_becomes("desk", "offline", Duration::from_secs(10))
+        .await;
     let (status, body) = app
         .call(
             reqwest::Method::PUT,
@@ -375,23 +433,24 @@ async fn a_clock_whose_certificate_is_not_the_pinned_one_gets_nothing() {
             &json!({"deviceId": "desk", "level": 10}),
         )
         .await;
-    assert_eq!(status, 502, "{body}");
-    let record = app.record(&id_of(&body)).await;
-    assert_eq!(record["statusReason"]["code"], "dispatch_failed");
-    assert!(clock.seen().is_empty(), "no request crossed the handshake");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    assert!(
+        clock.all_seen().is_empty(),
+        "no request crossed the handshake"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
-async fn a_clock_that_does_not_answer_is_a_failed_dispatch() {
+async fn a_clock_that_answers_5xx_while_known_online_is_a_failed_dispatch() {
     let broker = Mosquitto::start_plain();
-    let port = common::free_port();
-    let pin = "00".repeat(32);
-    let devices = devices_file(&format!(
-        "{}timeout_ms = 500\n",
-        desk(&format!("https://127.0.0.1:{port}"), &pin)
-    ));
+    let clock = Clock::start().await;
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
     let app = spawn(&broker, &devices).await;
+    app.presence_becomes("desk", "online", Duration::from_secs(10))
+        .await;
+    clock.fail_with(500);
     let (status, body) = app
         .call(
             reqwest::Method::POST,
@@ -404,4 +463,194 @@ async fn a_clock_that_does_not_answer_is_a_failed_dispatch() {
     assert_eq!(record["status"], "failed");
     assert_eq!(record["statusReason"]["code"], "dispatch_failed");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_clock_that_never_answered_is_offline_and_a_message_for_it_waits_queued() {
+    let broker = Mosquitto::start_plain();
+    let port = common::free_port();
+    let pin = "00".repeat(32);
+    let devices = devices_file(&format!(
+        "{}timeout_ms = 500\n",
+        desk(&format!("https://127.0.0.1:{port}"), &pin)
+    ));
+    let app = spawn(&broker, &devices).await;
+    let device = app
+        .presence_becomes("desk", "offline", Duration::from_secs(10))
+        .await;
+    assert_eq!(device["lastSeenAt"], Value::Null);
+    assert_eq!(device["info"], Value::Null);
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "desk", "message": "hi", "durationSeconds": 5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_clock_that_answers_its_state_is_online_with_its_name_model_version_and_serial() {
+    let broker = Mosquitto::start_plain();
+    let clock = Clock::start().await;
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
+    let app = spawn(&broker, &devices).await;
+    let device = app
+        .presence_becomes("desk", "online", Duration::from_secs(10))
+        .await;
+    assert_eq!(device["profile"], "lametric");
+    assert_eq!(device["deviceAcks"], true);
+    assert!(device["lastSeenAt"].is_string(), "{device}");
+    assert_eq!(
+        device["info"],
+        json!({"name": "Desk clock", "model": "LM 37X8", "os_version": "2.3.0",
+            "serial_number": "SA150600000100W00BS9"})
+    );
+    let poll = clock
+        .all_seen()
+        .into_iter()
+        .find(|s| s.method == "GET")
+        .unwrap();
+    assert_eq!(poll.path, "/api/v2/device");
+    assert_eq!(
+        poll.authorization,
+        Some(format!("Basic {}", basic(API_KEY)))
+    );
+    // The list shows the same, and never the key.
+    let res = app.get("/devices", Some(OPS_TOKEN)).await;
+    let list = res.text().await.unwrap();
+    assert!(
+        list.contains(r#""serial_number":"SA150600000100W00BS9""#),
+        "{list}"
+    );
+    assert!(!list.contains(API_KEY) && !list.contains(&basic(API_KEY)));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_clock_that_stops_answering_is_offline_at_the_next_poll_and_gets_what_waited_when_back() {
+    let broker = Mosquitto::start_plain();
+    let clock = Clock::start().await;
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
+    let app = spawn_with(&broker, &devices, &[("PRESENCE_POLL_SECS", "5")]).await;
+    app.presence_becomes("desk", "online", Duration::from_secs(10))
+        .await;
+    clock.fail_with(500);
+    let device = app
+        .presence_becomes("desk", "offline", Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        device["info"]["name"], "Desk clock",
+        "the last info known stays"
+    );
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/messages",
+            &json!({"deviceId": "desk", "message": "while away", "durationSeconds": 5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    assert!(
+        clock.seen().is_empty(),
+        "nothing is sent to a clock that is away"
+    );
+    clock.fail_with(0);
+    let id = id_of(&body);
+    eventually(
+        Duration::from_secs(15),
+        "the held message delivered",
+        || async { (app.record(&id).await["status"] == "succeeded").then_some(()) },
+    )
+    .await;
+    let post = clock.seen().remove(0);
+    assert_eq!(post.path, "/api/v2/device/notifications");
+    assert!(post.body.contains("while away"), "{}", post.body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_key_makes_the_clock_offline_and_is_logged_once_naming_the_device_but_not_the_key()
+ {
+    let broker = Mosquitto::start_plain();
+    let clock = Clock::start().await;
+    // The clock expects API_KEY; the devices file has another key.
+    let wrong = "wrong-lametric-key-123";
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint).replace(API_KEY, wrong));
+    let path = devices.path().display().to_string();
+    let url = broker.url();
+    let server = ServerProcess::start(&[
+        ("REQUIRE_TLS", "false"),
+        ("API_AUTH_CREDENTIALS", "ops|ops-secret-token-1|*"),
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", url.as_str()),
+        ("ALLOW_INSECURE_MQTT", "true"),
+        ("DEVICES_FILE", path.as_str()),
+        ("PRESENCE_POLL_SECS", "5"),
+    ])
+    .await;
+    // Two polls refused: the second logs nothing new.
+    eventually(Duration::from_secs(15), "two polls", || async {
+        (clock.polls() >= 2).then_some(())
+    })
+    .await;
+    let c = common::app::client(None);
+    let device: Value = eventually(Duration::from_secs(10), "desk offline", || async {
+        let res = c
+            .get(server.url("/devices/desk"))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let device: Value = serde_json::from_str(&res.text().await.ok()?).ok()?;
+        (device["presence"] == "offline").then_some(device)
+    })
+    .await;
+    assert_eq!(device["info"], Value::Null);
+    let logs = server.logs();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refuses the API key"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{logs}");
+    assert!(refusals[0].contains("desk"), "{}", refusals[0]);
+    for secret in [wrong.to_owned(), basic(wrong), API_KEY.to_owned()] {
+        assert!(!logs.contains(&secret), "{logs}");
+    }
+}
+
+#[tokio::test]
+async fn polling_a_clock_that_stalls_stops_with_every_other_task_on_shutdown() {
+    let broker = Mosquitto::start_plain();
+    // Accepts the connection and never answers, not even the TLS handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let stall = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let devices = devices_file(&format!(
+        "{}timeout_ms = 60000\n",
+        desk(&format!("https://{addr}"), &"00".repeat(32))
+    ));
+    let app = spawn(&broker, &devices).await;
+    eventually(Duration::from_secs(10), "the poll to connect", || async {
+        (!held.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let commands = app.commands.clone();
+    let before = commands.running_tasks();
+    assert!(before >= 1, "{before} tasks");
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stops while a poll waits for its 60 s timeout");
+    assert_eq!(commands.running_tasks(), 0);
+    stall.abort();
 }

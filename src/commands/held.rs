@@ -16,6 +16,8 @@
 //!   delivery that fails, or a device that goes away again, stops the batch; the lease
 //!   runs out and the rest is claimed again later. A batch is abandoned once half its
 //!   lease has gone, so no other claimer can take it over while it is still delivering.
+//! - **A device that answers** (LaMetric, SPEC 8.3): its yes ends the command
+//!   `succeeded`, its no (a 4xx) `failed` with `device_rejected`, not retried.
 //! - **Expiry.** A held command whose `expiresAt` passes first is `expired` (the claim
 //!   applies it) and never delivered.
 
@@ -31,7 +33,7 @@ use crate::domain::presence::PresenceState;
 use crate::domain::{CommandType, DeviceId, Devices, Envelope, generic};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
-use crate::store::{CommandRecord, Delivery};
+use crate::store::{CommandRecord, Delivery, FinalOutcome, StatusReason};
 
 /// How often the devices with queued commands are looked at (and the gauge refreshed).
 pub const SWEEP: Duration = Duration::from_secs(1);
@@ -189,13 +191,42 @@ impl Held {
         match self.dispatcher.dispatch(&envelope, &ctx).await {
             Ok(()) => {
                 self.tracker.sent(id, Some(record)).await;
+                if envelope.profile.direct() {
+                    // A device reached over its own API answered yes: that ends it (SPEC 8.3).
+                    let _ = self
+                        .tracker
+                        .complete(
+                            "marking an answered queued command",
+                            id,
+                            device.as_str(),
+                            FinalOutcome::Succeeded,
+                            None,
+                        )
+                        .await;
+                }
                 tracing::info!(command_id = id, device_id = %device, "queued command delivered");
                 true
             }
-            Err(e) => {
-                tracing::warn!(command_id = id, device_id = %device, error = %e, "delivering a queued command failed; it is tried again later");
-                false
-            }
+            Err(e) => match e.rejection() {
+                // The device answered no (SPEC 8.3): its reason, no retry; the next follows.
+                Some(message) => {
+                    let _ = self
+                        .tracker
+                        .complete(
+                            "marking a rejected queued command",
+                            id,
+                            device.as_str(),
+                            FinalOutcome::Failed,
+                            Some(StatusReason::new("device_rejected", message)),
+                        )
+                        .await;
+                    true
+                }
+                None => {
+                    tracing::warn!(command_id = id, device_id = %device, error = %e, "delivering a queued command failed; it is tried again later");
+                    false
+                }
+            },
         }
     }
 

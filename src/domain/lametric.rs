@@ -202,6 +202,7 @@ impl fmt::Display for AlarmSound {
 /// HTTP methods the clock is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    Get,
     Post,
     Put,
     Delete,
@@ -319,6 +320,41 @@ impl LametricDevice {
             _ => None,
         }
     }
+}
+
+/// `GET /api/v2/device`: the device's state (`reference-docs/device-state.rst`), which
+/// presence polls (SPEC 11.1).
+pub fn device_state() -> Request {
+    Request {
+        method: Method::Get,
+        path: DEVICE_PATH.to_owned(),
+        body: None,
+    }
+}
+
+/// The fields of `GET /api/v2/device` that `GET /devices` shows as the clock's `info`
+/// (SPEC 11.2).
+pub const INFO_FIELDS: [&str; 4] = ["name", "model", "os_version", "serial_number"];
+
+/// The `info` of a clock from its answer to `GET /api/v2/device`: the [`INFO_FIELDS`] it
+/// gave as strings, each cut to 256 characters without control characters, with each of
+/// `secrets` redacted; `None` when the answer is not a JSON object.
+pub fn device_info(body: &[u8], secrets: &[&str]) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object()?;
+    let info: serde_json::Map<String, serde_json::Value> = INFO_FIELDS
+        .iter()
+        .filter_map(|field| {
+            let text = object.get(*field)?.as_str()?;
+            let clean: String = redact(text, secrets)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_MESSAGE_CHARS)
+                .collect();
+            Some(((*field).to_owned(), serde_json::Value::String(clean)))
+        })
+        .collect();
+    Some(serde_json::Value::Object(info))
 }
 
 /// `DELETE /api/v2/device/notifications/<id>`, for an id the clock gave (`None` for an id
@@ -502,6 +538,27 @@ mod tests {
             redact("Basic ZGV2Oms= k", &["k", "ZGV2Oms="]),
             "Basic <redacted> <redacted>"
         );
+    }
+
+    #[test]
+    fn the_info_is_the_four_fields_of_the_device_state_as_strings_without_the_key() {
+        let body = br#"{"id":"1","name":"Desk k3y","serial_number":"SA1","mode":"manual",
+            "model":"LM 37X8","os_version":"2.3.0","audio":{"volume":100}}"#;
+        assert_eq!(
+            device_info(body, &["k3y"]),
+            Some(
+                serde_json::json!({"name":"Desk <redacted>","model":"LM 37X8",
+                "os_version":"2.3.0","serial_number":"SA1"})
+            )
+        );
+        assert_eq!(
+            device_info(br#"{"name":7,"model":"sa8"}"#, &[]),
+            Some(serde_json::json!({"model":"sa8"}))
+        );
+        assert_eq!(device_info(b"[]", &[]), None);
+        assert_eq!(device_info(b"<html>", &[]), None);
+        let r = device_state();
+        assert_eq!((r.method, r.path.as_str()), (Method::Get, "/api/v2/device"));
     }
 
     #[test]

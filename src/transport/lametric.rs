@@ -14,6 +14,9 @@
 //! - Redirects are never followed and proxy variables ignored (the key goes to the clock
 //!   only); `timeout_ms` bounds each request from connect to the last byte, and at most
 //!   64 KiB of an answer is read.
+//! - Presence (SPEC 11.1): each clock is asked `GET /api/v2/device` at start, then every
+//!   `PRESENCE_POLL_SECS`, through the same client (pin, key, timeout); a 200 is online
+//!   with its name, model, version and serial as `info`, anything else offline.
 //! - A message is dismissed after `durationSeconds` (`DELETE …/notifications/<id>`), from
 //!   a task of its own: best effort, a restart in between leaves it on the clock.
 
@@ -23,10 +26,12 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Client, Url, redirect};
+use tokio::sync::watch;
 
 use super::{BoxFuture, Transport, TransportError};
 use crate::domain::lametric::{self, BASIC_USER, CertCheck, LametricDevice, Method, Request};
 use crate::domain::{DeviceId, Devices, Envelope, Profile};
+use crate::presence::Presence;
 use crate::shared::Secret;
 
 const NAME: &str = "lametric";
@@ -81,6 +86,22 @@ impl LametricTransport {
         })?;
         clock.send(request).await
     }
+
+    /// Polls every clock for presence (SPEC 11.1: at once, then every `PRESENCE_POLL_SECS`),
+    /// each on its own so a clock that stalls delays no other, until `stop` turns true.
+    pub async fn poll_presence(
+        self: Arc<Self>,
+        presence: Arc<Presence>,
+        every: Duration,
+        stop: watch::Receiver<bool>,
+    ) {
+        let polls = self.clocks.values().map(|clock| {
+            clock
+                .clone()
+                .poll_until(presence.clone(), every, stop.clone())
+        });
+        futures_util::future::join_all(polls).await;
+    }
 }
 
 impl Clock {
@@ -121,11 +142,37 @@ impl Clock {
 
     /// One request; `Ok` with the notification id the clock gave, if any.
     async fn send(&self, request: &Request) -> Result<Option<String>, TransportError> {
+        let (status, body) = self.call(request).await?;
+        if status.is_success() {
+            return Ok(lametric::notification_id(&body));
+        }
+        let message = lametric::error_message(&body, &self.secrets())
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+        if status.is_client_error() {
+            return Err(TransportError::Rejected {
+                transport: NAME,
+                message,
+            });
+        }
+        Err(failed(format!(
+            "{}: the clock answered {}: {message}",
+            self.device_id,
+            status.as_u16()
+        )))
+    }
+
+    /// One request and the clock's answer: its status and at most [`ANSWER_LIMIT`] bytes
+    /// of its body; `Err` when there was no answer.
+    async fn call(
+        &self,
+        request: &Request,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), TransportError> {
         let url = self
             .base
             .join(&request.path)
             .map_err(|e| failed(format!("{}: {e}", request.path)))?;
         let method = match request.method {
+            Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
             Method::Delete => reqwest::Method::DELETE,
@@ -150,22 +197,57 @@ impl Clock {
                 break;
             }
         }
-        if status.is_success() {
-            return Ok(lametric::notification_id(&body));
+        Ok((status, body))
+    }
+
+    /// Asks the clock whether it is there (`GET /api/v2/device`) at once, then every
+    /// `every`, and tells `presence` (SPEC 11.1), until `stop` turns true. A refused key
+    /// (401/403) is logged once, naming the device, until the clock accepts it again.
+    async fn poll_until(
+        self: Arc<Self>,
+        presence: Arc<Presence>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let request = lametric::device_state();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refused_logged = false;
+        loop {
+            let answer = tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                answer = async {
+                    tick.tick().await;
+                    self.call(&request).await
+                } => answer,
+            };
+            let polled = match answer {
+                Ok((status, body)) if status == reqwest::StatusCode::OK => {
+                    refused_logged = false;
+                    Some(lametric::device_info(&body, &self.secrets()))
+                }
+                Ok((status, _)) => {
+                    let refused = matches!(status.as_u16(), 401 | 403);
+                    if refused && !refused_logged {
+                        refused_logged = true;
+                        tracing::warn!(
+                            device_id = %self.device_id,
+                            status = status.as_u16(),
+                            "LaMetric clock {}: it refuses the API key (HTTP {}); check api_key in the devices file (the key is on the clock's settings page in the LaMetric app)",
+                            self.device_id,
+                            status.as_u16()
+                        );
+                    }
+                    tracing::debug!(device_id = %self.device_id, status = status.as_u16(), "presence poll: the clock answered, not 200");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(device_id = %self.device_id, error = %e, "presence poll: no answer");
+                    None
+                }
+            };
+            presence.polled(&self.device_id, polled, chrono::Utc::now());
         }
-        let message = lametric::error_message(&body, &self.secrets())
-            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        if status.is_client_error() {
-            return Err(TransportError::Rejected {
-                transport: NAME,
-                message,
-            });
-        }
-        Err(failed(format!(
-            "{}: the clock answered {}: {message}",
-            self.device_id,
-            status.as_u16()
-        )))
     }
 
     /// A request that got no answer, described without the key (reqwest's errors name the
