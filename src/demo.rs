@@ -20,6 +20,10 @@ use crate::domain::{DeviceId, Profile};
 pub const DEMO_TOKEN: &str = "dev-token";
 /// The demo's one credential: id `demo`, token [`DEMO_TOKEN`], every device.
 pub const DEMO_CREDENTIALS: &str = "demo|dev-token|*";
+/// The generic device the demo's examples use. Its virtual clock shows every device id but
+/// announces this one (a retained `online` on its status topic, SPEC 11.1), so that
+/// `GET /devices` lists it `online` from the start; with `--devices` it announces those.
+pub const GENERIC_DEVICE: &str = "clock-1";
 /// The demo's virtual AWTRIX 3 clock (profile `awtrix3`), as if `DEVICES_FILE` listed it.
 pub const AWTRIX_DEVICE: &str = "awtrix-1";
 /// Its MQTT prefix (a real clock's looks like `awtrix_a1b2c3`).
@@ -240,9 +244,9 @@ pub fn banner(
     clockctl: &str,
 ) -> String {
     let rule = "=".repeat(78);
-    let device = devices.first().map_or("clock-1", DeviceId::as_str);
+    let device = devices.first().map_or(GENERIC_DEVICE, DeviceId::as_str);
     let clocks = if devices.is_empty() {
-        "one virtual clock for every device id".to_owned()
+        format!("one virtual clock for every device id ({GENERIC_DEVICE} says it is online)")
     } else {
         let ids: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
         format!("virtual clock for {}", ids.join(", "))
@@ -297,10 +301,12 @@ mod running {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::watch;
 
-    use super::{Demo, DemoError, awtrix_device, banner, clockctl_command, demo_config};
+    use super::{
+        Demo, DemoError, GENERIC_DEVICE, awtrix_device, banner, clockctl_command, demo_config,
+    };
     use crate::clock::watch::Broker;
     use crate::clock::{View, WatchOptions, Watcher};
-    use crate::domain::Profile;
+    use crate::domain::{DeviceId, Profile};
     use crate::startup::Application;
 
     /// How long the API may take to report ready before the banner is shown anyway.
@@ -380,9 +386,19 @@ mod running {
             let http_addr = app.local_addr();
 
             let broker = Broker::parse(&format!("mqtt://{mqtt_addr}")).map_err(DemoError::Start)?;
+            // Watching every device, the clock has no id to announce: it announces the one
+            // the banner's examples use. Listed devices announce themselves.
+            let announce = if self.devices.is_empty() {
+                let id = DeviceId::parse(GENERIC_DEVICE)
+                    .map_err(|e| DemoError::Start(format!("{GENERIC_DEVICE}: {e}")))?;
+                vec![id]
+            } else {
+                Vec::new()
+            };
             let generic = WatchOptions {
                 broker: broker.clone(),
                 devices: self.devices.clone(),
+                announce,
                 topic_prefix: crate::clock::watch::DEFAULT_TOPIC_PREFIX.to_owned(),
                 // The demo's clock answers like a device, so `clockctl ... --wait` ends.
                 acknowledge: true,
@@ -392,6 +408,7 @@ mod running {
             let awtrix = WatchOptions {
                 broker,
                 devices: vec![awtrix_id],
+                announce: Vec::new(),
                 profile: awtrix_profile,
                 acknowledge: false,
                 ..generic.clone()
@@ -583,6 +600,12 @@ mod tests {
         let text = banner(http, mqtt, &[], "target/debug/clockctl");
         assert!(text.contains("FOR LOCAL USE ONLY"), "{text}");
         assert!(text.contains("token   dev-token"), "{text}");
+        assert!(
+            text.contains(
+                "clocks  one virtual clock for every device id (clock-1 says it is online)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "\n   CLOCK_SERVER_TOKEN=dev-token target/debug/clockctl message --device clock-1 --message hello\n"

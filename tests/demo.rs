@@ -132,6 +132,35 @@ impl DemoProcess {
         stdout
     }
 
+    /// Polls `clockctl --json devices` until `device` is `online` there, for at most
+    /// `within`; then the `clockctl devices` table's row for it.
+    fn wait_until_online(&self, device: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let json = self.clockctl(&["--json", "devices"]);
+            let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let online = list["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["deviceId"] == device && d["presence"] == "online");
+            if online {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{device} is not online after {within:?}: {json}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let table = self.clockctl(&["devices"]);
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(device))
+            .unwrap_or_else(|| panic!("no row for {device}: {table}"))
+            .to_owned()
+    }
+
     /// Runs the real `clockctl` against the demo's API, with `token` if given: exit code,
     /// stdout, stderr.
     fn clockctl_run(&self, args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
@@ -274,6 +303,24 @@ fn every_command_sent_with_clockctl_reaches_the_demos_virtual_clock() {
         is_empty_dir(demo.dir.path()),
         "the demo wrote files into its working directory"
     );
+}
+
+#[cfg(feature = "demo")]
+#[test]
+fn the_demos_clocks_are_online_in_the_device_list_within_seconds_of_start() {
+    let demo = DemoProcess::start(&[]);
+    let banner = demo.seen.join("\n");
+    assert!(banner.contains("(clock-1 says it is online)"), "{banner}");
+    // The generic clock shows every device id and announces clock-1 (a retained birth on
+    // its status topic, SPEC 11.1): listed without a devices file, online.
+    let row = demo.wait_until_online("clock-1", Duration::from_secs(5));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[..3], ["clock-1", "generic", "online"], "{row}");
+    assert!(row.contains("last seen 20"), "{row}");
+    // The AWTRIX says so on stats/device and sends stats every 10 s.
+    let row = demo.wait_until_online("awtrix-1", Duration::from_secs(15));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[..3], ["awtrix-1", "awtrix3", "online"], "{row}");
 }
 
 #[cfg(feature = "demo")]
@@ -446,6 +493,13 @@ fn the_demos_clock_shows_only_the_devices_it_was_given() {
     demo.clockctl(&["brightness", "--device", "hall", "--level", "20"]);
     let line = demo.wait_for_line(|l| l.contains(" set_brightness "));
     assert!(line.starts_with("hall set_brightness level=20 "), "{line}");
+    // The devices it was given say they are online; clock-1, not watched, does not.
+    for device in ["kitchen", "hall"] {
+        demo.wait_until_online(device, Duration::from_secs(5));
+    }
+    let json = demo.clockctl(&["--json", "device", "clock-1"]);
+    let clock: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(clock["presence"], "unknown", "{json}");
 }
 
 #[test]

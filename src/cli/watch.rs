@@ -91,6 +91,7 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
     Ok(WatchOptions {
         broker,
         devices,
+        announce: Vec::new(),
         topic_prefix,
         acknowledge: !args.no_ack,
         profile,

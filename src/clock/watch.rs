@@ -115,6 +115,10 @@ pub struct WatchOptions {
     /// The devices to show; empty means every device. With [`Profile::Awtrix3`] at most one:
     /// the name the clock is shown under (default: its topic).
     pub devices: Vec<DeviceId>,
+    /// Generic devices that say they are there (SPEC 11.4) besides those in `devices`: a
+    /// clock watching every device has no id of its own to announce, so the demo names
+    /// its `clock-1` here. `clockctl watch` leaves it empty.
+    pub announce: Vec<DeviceId>,
     /// Already normalised (see [`normalize_prefix`]); the generic profile's.
     pub topic_prefix: String,
     /// Acknowledge each command shown, as a device does (SPEC 7.4); `--no-ack` clears it.
@@ -290,7 +294,8 @@ const BIRTH_AFTER_RECONNECT: Duration = Duration::from_millis(500);
 
 impl WatchOptions {
     /// What each watched device announces (SPEC 11.4): the AWTRIX clock, or each listed
-    /// generic device; nothing when watching every generic device (no id to announce).
+    /// generic device and each of `announce`; nothing when watching every generic device
+    /// with `announce` empty (no id to announce).
     pub fn announcements(&self) -> Vec<Announce> {
         match &self.profile {
             Profile::Awtrix3(clock) => vec![Announce::awtrix(clock.topic.as_str())],
@@ -300,6 +305,7 @@ impl WatchOptions {
                 let mut seen = std::collections::BTreeSet::new();
                 self.devices
                     .iter()
+                    .chain(&self.announce)
                     .filter(|d| seen.insert(d.as_str().to_owned()))
                     .map(|d| Announce::generic(&self.topic_prefix, d.as_str()))
                     .collect()
@@ -808,10 +814,50 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_watching_every_device_announces_only_the_devices_it_is_told_to() {
+        let mut o = WatchOptions {
+            broker: Broker::parse(DEFAULT_BROKER_URL).unwrap(),
+            devices: vec![],
+            announce: vec![],
+            topic_prefix: "clocks/commands".into(),
+            acknowledge: true,
+            profile: Profile::Generic,
+        };
+        assert!(o.announcements().is_empty());
+        o.announce = vec![DeviceId::parse("clock-1").unwrap()];
+        let topics: Vec<String> = o
+            .announcements()
+            .iter()
+            .map(|a| a.topic().to_owned())
+            .collect();
+        assert_eq!(topics, ["clocks/commands/clock-1/status"]);
+        // It still shows every device.
+        assert_eq!(o.topic_filters(), ["clocks/commands/+/+"]);
+        // A device both listed and announced says so once.
+        o.devices = vec![
+            DeviceId::parse("clock-1").unwrap(),
+            DeviceId::parse("hall").unwrap(),
+        ];
+        let topics: Vec<String> = o
+            .announcements()
+            .iter()
+            .map(|a| a.topic().to_owned())
+            .collect();
+        assert_eq!(
+            topics,
+            [
+                "clocks/commands/clock-1/status",
+                "clocks/commands/hall/status"
+            ]
+        );
+    }
+
+    #[test]
     fn one_filter_per_device_or_one_for_all() {
         let mut o = WatchOptions {
             broker: Broker::parse(DEFAULT_BROKER_URL).unwrap(),
             devices: vec![],
+            announce: vec![],
             topic_prefix: "clocks/commands".into(),
             acknowledge: true,
             profile: Profile::Generic,
