@@ -684,7 +684,13 @@ async fn clockctl_adds_lists_previews_pauses_resumes_skips_and_removes_a_schedul
         out.starts_with("schedule ") && out.contains("added: next "),
         "{out}"
     );
-    assert!(out.trim_end().ends_with("(Europe/Berlin)"), "{out}");
+    // ... in Berlin's wall time with its offset: `2026-12-07 02:30 +01:00 (Europe/Berlin)`.
+    let next = out.trim_end().split_once("added: next ").unwrap().1;
+    assert!(
+        next.ends_with(" 02:30 +01:00 (Europe/Berlin)")
+            || next.ends_with(" 02:30 +02:00 (Europe/Berlin)"),
+        "{out}"
+    );
     let (_, _, stored) = send(
         &app,
         Method::GET,
@@ -713,6 +719,12 @@ async fn clockctl_adds_lists_previews_pauses_resumes_skips_and_removes_a_schedul
         lines[1].starts_with(&id) && lines[1].contains("weekdays"),
         "{out}"
     );
+    // NEXT is the same wall time as add's, the zone in its own column.
+    let local = next.trim_end_matches(" (Europe/Berlin)");
+    assert!(
+        lines[1].contains(&format!("Europe/Berlin  {local}  yes")),
+        "{out}"
+    );
 
     // Monday 2027-03-29 02:30 CEST after Friday 2027-03-26 02:30 CET.
     let (code, out, _) = clockctl(
@@ -729,10 +741,77 @@ async fn clockctl_adds_lists_previews_pauses_resumes_skips_and_removes_a_schedul
         &[],
     )
     .await;
+    // In Berlin's wall time: the offset changes with the clocks (Sunday 2027-03-28).
     assert_eq!(
         (code, out.as_str()),
-        (0, "2027-03-26T01:30:00.000Z\n2027-03-29T00:30:00.000Z\n")
+        (
+            0,
+            "2027-03-26 02:30 +01:00 (Europe/Berlin)\n2027-03-29 02:30 +02:00 (Europe/Berlin)\n"
+        )
     );
+    // --json: the server's instants, unchanged.
+    let (code, out, _) = clockctl(
+        &app,
+        &[
+            "--json",
+            "schedule",
+            "next",
+            &id,
+            "--count",
+            "2",
+            "--from",
+            "2027-03-26T00:00:00+00:00",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"occurrences": ["2027-03-26T01:30:00.000Z", "2027-03-29T00:30:00.000Z"]})
+    );
+    // A schedule in another zone is shown in its own, whatever this machine's: 02:30 on
+    // 2027-03-28 does not exist in Berlin and fires an hour later (SPEC 12.2); on
+    // 2027-10-31 it exists twice and fires at the first.
+    let (code, out, err) = clockctl(
+        &app,
+        &[
+            "schedule",
+            "add",
+            "--device",
+            "kitchen",
+            "--time",
+            "02:30",
+            "--days",
+            "sun",
+            "--tz",
+            "Europe/Berlin",
+        ],
+        &[("TZ", "America/New_York")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let sunday = out.split_whitespace().nth(1).unwrap().to_owned();
+    for (from, expected) in [
+        (
+            "2027-03-27T00:00:00Z",
+            "2027-03-28 03:30 +02:00 (Europe/Berlin)\n2027-04-04 02:30 +02:00 (Europe/Berlin)\n",
+        ),
+        (
+            "2027-10-30T00:00:00Z",
+            "2027-10-31 02:30 +02:00 (Europe/Berlin)\n2027-11-07 02:30 +01:00 (Europe/Berlin)\n",
+        ),
+    ] {
+        let (code, out, err) = clockctl(
+            &app,
+            &["schedule", "next", &sunday, "--count", "2", "--from", from],
+            &[("TZ", "America/New_York")],
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (0, expected), "{err}");
+    }
+    let (code, _, _) = clockctl(&app, &["schedule", "rm", &sunday], &[]).await;
+    assert_eq!(code, 0);
 
     let (code, out, _) = clockctl(&app, &["schedule", "pause", &id], &[]).await;
     assert_eq!(

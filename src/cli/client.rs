@@ -14,6 +14,7 @@ use super::devices::{Device, DeviceList};
 use super::error::{Attempts, ServerError};
 use super::record::{Accepted, Record};
 use super::request::{ApiRequest, Kind, status_path};
+use super::schedule::Op;
 use super::settings::{Settings, is_local, redacted};
 use crate::terminal;
 use crate::tls::{ClientTls, client_config};
@@ -666,8 +667,16 @@ pub async fn send(
                         .to_owned(),
                 );
             }
+            let stdout = match (op, request.command_id.as_deref()) {
+                // The occurrences are instants; their wall time needs the schedule's zone.
+                (Op::Next, Some(id)) if !json => {
+                    let schedule = schedule_of(&caller, id, request.retries).await?;
+                    super::schedule::occurrences(&answer.text, &schedule)?
+                }
+                _ => super::schedule::output(op, &answer.text, json)?,
+            };
             Ok(Output {
-                stdout: super::schedule::output(op, &answer.text, json)?,
+                stdout,
                 notes,
                 success: true,
             })
@@ -699,6 +708,29 @@ pub async fn send(
 }
 
 /// `--wait` after a 2xx: follow the command named by the 202 to its end.
+/// `GET /schedules/{id}` (retried as the request it serves): the schedule's JSON, or the
+/// refusal as the other subcommands print it.
+async fn schedule_of(caller: &Caller<'_>, id: &str, retries: u32) -> Result<String, CliError> {
+    let request = ApiRequest {
+        method: reqwest::Method::GET,
+        path: format!("/schedules/{id}"),
+        body: None,
+        kind: Kind::Schedule(Op::Show),
+        idempotency_key: None,
+        retries,
+        wait: None,
+        command_id: Some(id.to_owned()),
+    };
+    let Exchange {
+        answer, gave_up, ..
+    } = caller.exchange(&request).await?;
+    if answer.status.is_success() {
+        Ok(answer.text)
+    } else {
+        Err(CliError::Status(caller.refusal(&answer, gave_up)))
+    }
+}
+
 async fn wait_for(
     caller: &Caller<'_>,
     answer: &Answer,

@@ -292,9 +292,18 @@ struct Shown {
 }
 
 impl Shown {
-    /// `nextFireAt` in the schedule's own zone, `-` when none.
+    /// `nextFireAt` in the schedule's own zone (`2026-12-07 06:30 +01:00`), `-` when none.
     fn next_local(&self) -> String {
         local(self.next_fire_at.as_deref(), &self.time_zone)
+    }
+
+    /// `nextFireAt` as `next` prints each occurrence: `2026-12-07 06:30 +01:00
+    /// (Europe/Berlin)`, `-` when none.
+    fn next_in_zone(&self) -> String {
+        match self.next_fire_at {
+            Some(_) => format!("{} ({})", self.next_local(), self.time_zone),
+            None => "-".to_owned(),
+        }
     }
 
     fn days(&self) -> String {
@@ -302,8 +311,9 @@ impl Shown {
     }
 }
 
-/// An RFC 3339 instant shown in `zone` (`2027-03-28 03:30:00 CEST`); as given when either
-/// does not parse; `-` when absent.
+/// An RFC 3339 instant shown as wall time in `zone` with its offset
+/// (`2027-03-28 03:30 +02:00`, [`Zone::local`]); as given when either does not parse; `-`
+/// when absent.
 fn local(instant: Option<&str>, zone: &str) -> String {
     let Some(instant) = instant else {
         return "-".to_owned();
@@ -344,6 +354,8 @@ pub fn output(op: Op, text: &str, json: bool) -> Result<String, CliError> {
             let list: List = serde_json::from_str(text).map_err(|_| unexpected())?;
             table(&list.schedules)
         }
+        // Without the schedule the zone is unknown: the instants as the server gives them
+        // (`clockctl schedule next` reads the schedule too and calls `occurrences`).
         Op::Next => {
             let o: Occurrences = serde_json::from_str(text).map_err(|_| unexpected())?;
             o.occurrences.join("\n")
@@ -351,24 +363,24 @@ pub fn output(op: Op, text: &str, json: bool) -> Result<String, CliError> {
         _ => {
             let s: Shown = serde_json::from_str(text).map_err(|_| unexpected())?;
             match op {
-                Op::Add if s.enabled => format!(
-                    "schedule {} added: next {} ({})",
-                    s.schedule_id,
-                    s.next_local(),
-                    s.time_zone
-                ),
+                Op::Add if s.enabled => {
+                    format!(
+                        "schedule {} added: next {}",
+                        s.schedule_id,
+                        s.next_in_zone()
+                    )
+                }
                 Op::Add => format!("schedule {} added, paused", s.schedule_id),
                 Op::Pause => format!("schedule {} paused", s.schedule_id),
                 Op::Resume | Op::Skip => format!(
-                    "schedule {} {}: next {} ({})",
+                    "schedule {} {}: next {}",
                     s.schedule_id,
                     if op == Op::Skip {
                         "skipped one"
                     } else {
                         "resumed"
                     },
-                    s.next_local(),
-                    s.time_zone
+                    s.next_in_zone()
                 ),
                 Op::Rm => format!("schedule {} removed", s.schedule_id),
                 _ => details(&s),
@@ -383,9 +395,38 @@ pub fn output(op: Op, text: &str, json: bool) -> Result<String, CliError> {
         .join("\n"))
 }
 
+/// `clockctl schedule next`: each occurrence of the answer `occurrences` as wall time in
+/// the zone of the schedule `schedule` (the answer to `GET /schedules/{id}`), one a line:
+/// `2026-12-08 06:30 +01:00 (Europe/Berlin)`.
+pub fn occurrences(occurrences: &str, schedule: &str) -> Result<String, CliError> {
+    let unexpected = |text: &str| {
+        CliError::Call(format!(
+            "the answer is not what /schedules returns: {}",
+            terminal::plain(&text.chars().take(200).collect::<String>())
+        ))
+    };
+    let o: Occurrences = serde_json::from_str(occurrences).map_err(|_| unexpected(occurrences))?;
+    let s: Shown = serde_json::from_str(schedule).map_err(|_| unexpected(schedule))?;
+    Ok(o.occurrences
+        .iter()
+        .map(|at| {
+            terminal::plain(&format!(
+                "{} ({})",
+                local(Some(at), &s.time_zone),
+                s.time_zone
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 fn details(s: &Shown) -> String {
     let last = match (&s.last_fired_at, &s.last_command_id) {
-        (Some(at), Some(id)) => format!("{} (command {id})", local(Some(at), &s.time_zone)),
+        (Some(at), Some(id)) => format!(
+            "{} ({}; command {id})",
+            local(Some(at), &s.time_zone),
+            s.time_zone
+        ),
         _ => "-".to_owned(),
     };
     [
@@ -396,7 +437,7 @@ fn details(s: &Shown) -> String {
         ("zone", s.time_zone.clone()),
         ("label", s.label.clone()),
         ("enabled", s.enabled.to_string()),
-        ("next", s.next_local()),
+        ("next", s.next_in_zone()),
         ("last fired", last),
     ]
     .iter()
@@ -511,6 +552,50 @@ mod tests {
         );
     }
 
+    const BERLIN: &str = r#"{"scheduleId":"s-1","deviceId":"kitchen","time":"02:30:00",
+        "days":["sun"],"timeZone":"Europe/Berlin","label":"","enabled":true,
+        "nextFireAt":"2027-03-28T01:30:00.000Z","lastFiredAt":"2027-03-21T01:30:00.000Z",
+        "lastCommandId":"c-1"}"#;
+
+    #[test]
+    fn next_shows_each_occurrence_as_wall_time_in_the_schedules_zone_across_a_change() {
+        let answer = r#"{"occurrences":["2027-03-21T01:30:00.000Z","2027-03-28T01:30:00.000Z",
+            "2027-10-31T00:30:00.000Z"]}"#;
+        assert_eq!(
+            occurrences(answer, BERLIN).unwrap(),
+            "2027-03-21 02:30 +01:00 (Europe/Berlin)\n\
+             2027-03-28 03:30 +02:00 (Europe/Berlin)\n\
+             2027-10-31 02:30 +02:00 (Europe/Berlin)"
+        );
+        let err = occurrences("{}", BERLIN).unwrap_err();
+        assert!(
+            err.to_string().contains("not what /schedules returns"),
+            "{err}"
+        );
+        // With --json (and without the schedule) the server's instants, unchanged.
+        assert_eq!(
+            output(Op::Next, answer, false).unwrap().lines().next(),
+            Some("2027-03-21T01:30:00.000Z")
+        );
+    }
+
+    #[test]
+    fn add_and_show_give_next_in_the_schedules_zone_with_its_offset() {
+        assert_eq!(
+            output(Op::Add, BERLIN, false).unwrap(),
+            "schedule s-1 added: next 2027-03-28 03:30 +02:00 (Europe/Berlin)"
+        );
+        let shown = output(Op::Show, BERLIN, false).unwrap();
+        assert!(
+            shown.contains("\nnext        2027-03-28 03:30 +02:00 (Europe/Berlin)\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("last fired  2027-03-21 02:30 +01:00 (Europe/Berlin; command c-1)"),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn a_table_lines_up_and_shows_next_in_the_schedules_zone() {
         let text = r#"{"schedules":[{"scheduleId":"s-1","deviceId":"kitchen","time":"02:30:00",
@@ -523,7 +608,7 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("ID   DEVICE   TIME"), "{out}");
         assert!(
-            lines[1].contains("daily") && lines[1].contains("2027-03-28 03:30:00 CEST"),
+            lines[1].contains("daily") && lines[1].contains("2027-03-28 03:30 +02:00"),
             "{out}"
         );
         assert!(

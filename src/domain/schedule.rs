@@ -309,13 +309,21 @@ impl Zone {
         self.tz.iana_name().unwrap_or("UTC")
     }
 
-    /// `t` as local time in this zone: `2027-03-28 03:30:00 CEST`.
+    /// `t` as local wall time in this zone with its offset from UTC:
+    /// `2027-03-28 03:30 +02:00`, the seconds shown only when they are not zero. An offset,
+    /// unlike an abbreviation (`CST` is three zones, many zones have none but `-03`), says
+    /// the instant unambiguously, also in the hour that repeats when clocks go back.
     pub fn local(&self, t: DateTime<Utc>) -> String {
         match to_jiff(t) {
-            Some(ts) => ts
-                .to_zoned_datetime(self.tz.clone())
-                .strftime("%Y-%m-%d %H:%M:%S %Z")
-                .to_string(),
+            Some(ts) => {
+                let local = ts.to_zoned_datetime(self.tz.clone());
+                let format = if local.second() == 0 {
+                    "%Y-%m-%d %H:%M %:z"
+                } else {
+                    "%Y-%m-%d %H:%M:%S %:z"
+                };
+                local.strftime(format).to_string()
+            }
             None => t.to_rfc3339(),
         }
     }
@@ -813,11 +821,37 @@ mod tests {
     }
 
     #[test]
-    fn an_instant_is_shown_in_the_zone_with_its_abbreviation() {
+    fn an_instant_is_shown_as_wall_time_in_the_zone_with_its_offset() {
         let berlin = Zone::parse("Europe/Berlin").unwrap();
         assert_eq!(
             berlin.local(utc("2027-03-28T01:30:00Z")),
-            "2027-03-28 03:30:00 CEST"
+            "2027-03-28 03:30 +02:00"
+        );
+        assert_eq!(
+            berlin.local(utc("2026-12-08T05:30:00Z")),
+            "2026-12-08 06:30 +01:00"
+        );
+        // The hour that repeats when clocks go back: the offset tells the two apart.
+        assert_eq!(
+            berlin.local(utc("2027-10-31T00:30:00Z")),
+            "2027-10-31 02:30 +02:00"
+        );
+        assert_eq!(
+            berlin.local(utc("2027-10-31T01:30:00Z")),
+            "2027-10-31 02:30 +01:00"
+        );
+        // Seconds when the schedule has them; a zone east of UTC on the next local date.
+        assert_eq!(
+            Zone::parse("Pacific/Auckland")
+                .unwrap()
+                .local(utc("2027-03-28T17:30:15Z")),
+            "2027-03-29 06:30:15 +13:00"
+        );
+        assert_eq!(
+            Zone::parse("UTC")
+                .unwrap()
+                .local(utc("2027-01-01T06:30:00Z")),
+            "2027-01-01 06:30 +00:00"
         );
     }
 
