@@ -63,6 +63,7 @@ bench: ## benchmark the release server against its own Mosquitto, then under att
 	./scripts/bench-attacks.sh
 	./scripts/bench-store.sh
 	./scripts/bench-alarms.sh
+	./scripts/bench-presence.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked

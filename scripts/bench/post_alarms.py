@@ -6,8 +6,9 @@ usage: post_alarms.py URL TOKEN N ALARM_TIME DEVICES CONNECTIONS
 
 Alarm i goes to device `awtrix-<i mod DEVICES>`, labelled `a<i>`, at ALARM_TIME (RFC 3339).
 With ALARM_TIME `daily@HH:MM:SS` it is a schedule instead (POST /schedules, every day at
-that time in UTC; the answer is a 201). Prints one line: `posted=<n> accepted=<n>
-seconds=<elapsed>`; exits 1 if any answer was not the expected one.
+that time in UTC; the answer is a 201); with ALARM_TIME `message` a display message `m<i>`
+(POST /commands/messages; a 202, `sent` or `queued`). Prints one line: `posted=<n> accepted=<n>
+seconds=<elapsed> queued=<answers that said queued>`; exits 1 if any answer was not the expected one.
 """
 import http.client
 import json
@@ -22,13 +23,19 @@ def main() -> int:
     n, devices, conns = int(n), int(devices), int(conns)
     target = urllib.parse.urlsplit(url)
     accepted = [0] * conns
+    queued = [0] * conns
     failures = []
 
     daily = alarm_time.startswith("daily@")
+    message = alarm_time == "message"
     path, expected = ("/schedules", 201) if daily else ("/commands/alarms", 202)
+    if message:
+        path = "/commands/messages"
 
     def body_of(i: int) -> str:
         device = f"awtrix-{i % devices}"
+        if message:
+            return json.dumps({"deviceId": device, "message": f"m{i}", "durationSeconds": 5})
         if daily:
             return json.dumps(
                 {"deviceId": device, "time": alarm_time[6:], "timeZone": "UTC", "label": f"s{i}"}
@@ -44,6 +51,8 @@ def main() -> int:
             data = res.read()
             if res.status == expected:
                 accepted[k] += 1
+                if b'"status":"queued"' in data:
+                    queued[k] += 1
             elif len(failures) < 5:
                 failures.append(f"{res.status} {data[:200]!r}")
 
@@ -54,7 +63,7 @@ def main() -> int:
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
-    print(f"posted={n} accepted={sum(accepted)} seconds={elapsed:.2f}")
+    print(f"posted={n} accepted={sum(accepted)} seconds={elapsed:.2f} queued={sum(queued)}")
     for f in failures:
         print(f"  not accepted: {f}", file=sys.stderr)
     return 0 if sum(accepted) == n else 1
