@@ -58,12 +58,13 @@ lint: ## formatting and clippy checks, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-bench: ## benchmark the release server against its own Mosquitto, then under attack (BENCH_RUNS, BENCH_SECONDS; docs/performance.md)
+bench: ## benchmark the release server against its own Mosquitto, then under attack, stores, alarms, presence, event streams (BENCH_RUNS, BENCH_SECONDS; docs/performance.md)
 	./scripts/bench.sh
 	./scripts/bench-attacks.sh
 	./scripts/bench-store.sh
 	./scripts/bench-alarms.sh
 	./scripts/bench-presence.sh
+	./scripts/bench-events.sh
 
 build: ## release build of both binaries
 	$(CARGO) build --release --locked

@@ -1,21 +1,29 @@
 //! The shell scripts that start processes of their own (`scripts/bench*.sh`,
 //! `scripts/fuzz-api.sh`) share one library, `scripts/bench/lib.sh`: its clean-up, ports
 //! and variables are written once, and work (run here in a real bash, with real processes).
+//! The event-stream client of `scripts/bench-events.sh` is run against a real server.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::app::{JsonBody, TestApp, spawn_app};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The scripts that must source the library rather than restate it.
-const USERS: [&str; 6] = [
+const USERS: [&str; 7] = [
     "scripts/bench.sh",
     "scripts/bench-attacks.sh",
     "scripts/bench-store.sh",
     "scripts/bench-alarms.sh",
     "scripts/bench-presence.sh",
+    "scripts/bench-events.sh",
     "scripts/fuzz-api.sh",
 ];
 
@@ -145,4 +153,154 @@ fn free_port_gives_a_port_nothing_holds_and_wait_port_sees_a_listener() {
     let out = bash(&format!("wait_port {port}"), &[]);
     assert!(out.status.success(), "{out:?}");
     drop(listener);
+}
+
+#[test]
+fn make_bench_runs_every_bench_script() {
+    let makefile = read("Makefile");
+    let recipe: Vec<&str> = makefile
+        .lines()
+        .skip_while(|l| !l.starts_with("bench:"))
+        .skip(1)
+        .take_while(|l| l.starts_with('\t'))
+        .map(str::trim)
+        .collect();
+    for script in USERS.iter().filter(|s| s.starts_with("scripts/bench")) {
+        assert!(
+            recipe.contains(&format!("./{script}").as_str()),
+            "make bench does not run {script}: {recipe:?}"
+        );
+    }
+}
+
+/// `scripts/bench/event_streams.py` holding `streams` streams in `mode` over `devices`
+/// devices of `app`: its stdout lines (read by a thread), the process, the detail file.
+struct StreamClient {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    detail: tempfile::NamedTempFile,
+}
+
+impl StreamClient {
+    fn start(app: &TestApp, streams: u32, mode: &str, devices: u32) -> Self {
+        let detail = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new("python3")
+            .arg("scripts/bench/event_streams.py")
+            .arg(app.url(""))
+            .arg("ops-secret-token-1")
+            .arg(streams.to_string())
+            .arg(mode)
+            .arg(devices.to_string())
+            .env("BENCH_STREAMS_DETAIL", detail.path())
+            .current_dir(ROOT)
+            .stdout(Stdio::piped())
+            .stderr(common::test_log())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            detail,
+        }
+    }
+
+    /// The next stdout line, within 20 s.
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a line from event_streams.py within 20 s")
+    }
+
+    /// Asks for the summary (SIGUSR1): the `STREAMS` line and the per-stream lines.
+    fn finish(mut self) -> (String, Vec<String>) {
+        common::process::signal(self.child.id(), "USR1");
+        let summary = self.line();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "event_streams.py did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        let detail = std::fs::read_to_string(self.detail.path()).unwrap();
+        (summary, detail.lines().map(str::to_owned).collect())
+    }
+}
+
+impl Drop for StreamClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post_message(app: &TestApp, device: &str) {
+    let res = app
+        .client
+        .post(app.url("/commands/messages"))
+        .bearer_auth("ops-secret-token-1")
+        .json_body(&serde_json::json!({"deviceId": device, "message": "hi", "durationSeconds": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_stream_client_counts_each_streams_sent_events_by_device_and_for_all() {
+    let app = spawn_app(&[]).await;
+    // Four streams over two devices: streams 0 and 2 follow bench-0, 1 and 3 bench-1.
+    let devices = StreamClient::start(&app, 4, "device", 2);
+    let all = StreamClient::start(&app, 2, "all", 1);
+    for client in [&devices, &all] {
+        let ready = tokio::task::block_in_place(|| client.line());
+        assert!(ready.starts_with("ready opened="), "{ready}");
+    }
+    for device in [
+        "bench-0", "bench-0", "bench-0", "bench-1", "bench-1", "bench-7",
+    ] {
+        post_message(&app, device).await;
+    }
+    // Bounded: each stream's count only grows; the summary waits until they are quiet.
+    let (summary, detail) = tokio::task::block_in_place(|| devices.finish());
+    let fields: Vec<&str> = summary.split_whitespace().collect();
+    assert_eq!(
+        [fields[0], fields[1], fields[2], fields[3]],
+        ["STREAMS", "opened=4", "overflowed=0", "ended=0"],
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with(" sent=10 min_sent=2 max_sent=3"),
+        "{summary}"
+    );
+    let per_stream: Vec<(String, String)> = detail
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_owned(), f[2].to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("bench-0", "3"), ("bench-1", "2")]
+        .repeat(2)
+        .into_iter()
+        .map(|(d, n)| (d.to_owned(), n.to_owned()))
+        .collect();
+    assert_eq!(per_stream, want, "{detail:?}");
+    let (summary, _) = tokio::task::block_in_place(|| all.finish());
+    assert!(
+        summary.starts_with("STREAMS opened=2 overflowed=0 ended=0 ")
+            && summary.ends_with(" sent=12 min_sent=6 max_sent=6"),
+        "{summary}"
+    );
 }

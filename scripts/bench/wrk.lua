@@ -1,5 +1,7 @@
 -- wrk script for scripts/bench.sh. BENCH_MODE=command (default) posts one display-message
 -- command per request with the bearer token; BENCH_MODE=health sends GET /health.
+-- With BENCH_DEVICES=N (command mode, scripts/bench-events.sh) each thread's requests go to
+-- the devices bench-0 ... bench-<N-1> in turn.
 -- At the end it prints one machine-readable line starting with "BENCH ".
 
 local mode = os.getenv("BENCH_MODE") or "command"
@@ -13,6 +15,18 @@ if mode == "command" then
 else
   wrk.method = "GET"
   wrk.path = "/health"
+end
+
+local devices = tonumber(os.getenv("BENCH_DEVICES") or "")
+if mode == "command" and devices and devices > 0 then
+  local next_device = 0
+  request = function()
+    local body = string.format(
+      '{"deviceId":"bench-%d","message":"hello from the benchmark","durationSeconds":10}',
+      next_device)
+    next_device = (next_device + 1) % devices
+    return wrk.format(nil, nil, nil, body)
+  end
 end
 
 -- wrk counts a response as a status error when its status is 400 or above (the server
