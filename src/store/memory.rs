@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::compact_id::CompactId;
 use super::memory_schedules::Schedules;
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery, FinalOutcome,
@@ -78,35 +79,8 @@ enum Queue {
     Created,
 }
 
-/// A command id: its 128 bits when it is a UUID in canonical (lower-case, hyphenated)
-/// form, so that it turns back into the very same string; otherwise the string itself.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Key {
-    /// High and low halves (two `u64`s rather than a `u128`: 8-byte alignment keeps
-    /// queue entries smaller).
-    Uuid(u64, u64),
-    Other(Arc<str>),
-}
-
-impl Key {
-    fn of(id: &str) -> Self {
-        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
-            let mut buf = uuid::Uuid::encode_buffer();
-            if uuid.hyphenated().encode_lower(&mut buf) == id {
-                let (hi, lo) = uuid.as_u64_pair();
-                return Self::Uuid(hi, lo);
-            }
-        }
-        Self::Other(Arc::from(id))
-    }
-
-    fn to_id(&self) -> String {
-        match self {
-            Self::Uuid(hi, lo) => uuid::Uuid::from_u64_pair(*hi, *lo).hyphenated().to_string(),
-            Self::Other(id) => id.to_string(),
-        }
-    }
-}
+/// A command id, compact ([`CompactId`]).
+type Key = CompactId;
 
 /// A timestamp in milliseconds since the epoch; `NONE` stands for an absent one (no
 /// representable `DateTime` is that far back).

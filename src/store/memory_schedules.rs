@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::compact_id::CompactId;
 use super::schedule::{ScheduleCreated, ScheduleRecord, ScheduleWrite, sort};
 use crate::domain::schedule::{Rule, WallTime, Weekdays};
 
@@ -20,33 +21,8 @@ use crate::domain::schedule::{Rule, WallTime, Weekdays};
 /// names cannot grow the set unbounded; past it each schedule keeps its own copy).
 const INTERN_MAX: usize = 16_384;
 
-/// A schedule id: its 128 bits (as two halves, for 8-byte alignment) when it is a UUID in
-/// canonical form, else the string.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Id {
-    Uuid(u64, u64),
-    Other(Box<str>),
-}
-
-impl Id {
-    fn of(id: &str) -> Self {
-        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
-            let mut buf = uuid::Uuid::encode_buffer();
-            if uuid.hyphenated().encode_lower(&mut buf) == id {
-                let (hi, lo) = uuid.as_u64_pair();
-                return Self::Uuid(hi, lo);
-            }
-        }
-        Self::Other(Box::from(id))
-    }
-
-    fn to_id(&self) -> String {
-        match self {
-            Self::Uuid(hi, lo) => uuid::Uuid::from_u64_pair(*hi, *lo).hyphenated().to_string(),
-            Self::Other(id) => id.to_string(),
-        }
-    }
-}
+/// A schedule id, compact ([`CompactId`]).
+type Id = CompactId;
 
 const NONE: i64 = i64::MIN;
 

@@ -16,6 +16,7 @@
 //!   stores), so every backend returns the same values.
 //! - Every method that depends on time takes `now`; no backend reads the clock.
 
+mod compact_id;
 mod file;
 mod file_schedules;
 mod memory;

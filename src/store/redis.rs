@@ -32,6 +32,7 @@ use redis::{Client, RedisError, Script, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::redis_schedules;
+use super::redis_schedules::flag;
 use super::schedule;
 use super::{
     AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
@@ -1282,14 +1283,7 @@ fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
     put("st", r.status.as_str().as_bytes().to_vec());
     put("c", time(r.created_at));
     put("e", time(r.expires_at));
-    put(
-        "a",
-        if r.device_acks {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        },
-    );
+    put("a", flag(r.device_acks));
     if let Some(t) = r.sent_at {
         put("s", time(t));
     }

@@ -108,14 +108,7 @@ pub(super) fn encode(r: &ScheduleRecord, version: u64, with_device: bool) -> Vec
     put("dy", r.rule.days.bits().to_string().into_bytes());
     put("tz", r.rule.zone.name().as_bytes().to_vec());
     put("lb", r.label.clone().into_bytes());
-    put(
-        "en",
-        if r.enabled {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        },
-    );
+    put("en", flag(r.enabled));
     put(
         "ttl",
         r.ttl_seconds
@@ -186,4 +179,9 @@ pub(super) fn decode(fields: Vec<Vec<u8>>) -> Result<ScheduleRecord, StoreError>
         updated_at: time(take("u")?, "u")?.ok_or_else(|| corrupt("u"))?,
         version: u64::try_from(number(take("v")?, "v")?).map_err(|_| corrupt("v"))?,
     })
+}
+
+/// A boolean field as the hashes keep it: `1` or `0`.
+pub(super) fn flag(on: bool) -> Vec<u8> {
+    if on { b"1" } else { b"0" }.to_vec()
 }
