@@ -67,6 +67,8 @@ const VALUE_FLAGS: &[&str] = &[
     "count",
     "from",
     "types",
+    "listen",
+    "api-key",
 ];
 /// Flags without a value. `wait` takes its optional value after `=`; a value after a space
 /// that starts with a digit (`--wait 5s`) is joined to it, since nothing else could follow.
@@ -266,6 +268,15 @@ and for an AWTRIX clock:
   kitchen dismiss
 If the broker goes away it reconnects (and says so on stderr).
 
+With --profile lametric --listen <addr> it is a LaMetric TIME instead: it serves the clock's
+HTTP API on <addr> (HTTP Basic, user dev, the key of CLOCKCTL_LAMETRIC_API_KEY or --api-key;
+the devices file's url is http://<addr>), prints `virtual LaMetric TIME <name> on http://<addr>`
+once listening, then one line per request:
+  desk notification id=1 priority=\"info\" icon_type=\"none\" text=\"Tea\" cycles=0
+  desk dismiss id=1
+  desk display brightness=40 brightness_mode=manual
+  desk alarm id=2 priority=\"critical\" icon_type=\"alert\" text=\"Wake up\" cycles=0 sound=...
+
 Like a device, it acknowledges each command it shows (QoS 1, only ever on the device's
 own <prefix>/<device>/ack, whatever Response Topic the publish names):
 {\"commandId\":\"...\",\"status\":\"succeeded\"}, or \"failed\" with a \"reason\" for a payload it
@@ -325,10 +336,24 @@ pub struct WatchArgs {
     /// Do not acknowledge the commands shown (by default watch answers like a device)
     #[arg(long)]
     pub no_ack: bool,
-    /// The clock's firmware: generic (the server's own payloads under --topic-prefix) or
-    /// awtrix3 (one AWTRIX 3 clock, named by --topic)
+    /// The clock's firmware: generic (the server's own payloads under --topic-prefix),
+    /// awtrix3 (one AWTRIX 3 clock, named by --topic) or lametric (a LaMetric TIME's HTTP
+    /// API, served on --listen)
     #[arg(long, value_name = "PROFILE", default_value = "generic", value_parser = parse_profile)]
     pub profile: ProfileName,
+    /// With --profile lametric: where the virtual LaMetric TIME serves its API (plain
+    /// HTTP), e.g. 127.0.0.1:8080; the devices file's url is then http://<this address>
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// With --profile lametric: the API key every request must carry (HTTP Basic, user
+    /// dev); in the variable it stays out of `ps`
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "CLOCKCTL_LAMETRIC_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     /// With --profile awtrix3: the clock's MQTT prefix, e.g. awtrix_a1b2c3 (its web
     /// interface shows it under MQTT, Prefix)
     #[arg(long, value_name = "TOPIC")]

@@ -9,6 +9,7 @@ use std::path::Path;
 use super::CliError;
 use super::args::WatchArgs;
 use crate::clock::awtrix;
+use crate::clock::lametric::{LametricOptions, VirtualLametric};
 use crate::clock::watch::{Broker, DEFAULT_BROKER_URL, DEFAULT_TOPIC_PREFIX, normalize_prefix};
 use crate::clock::{View, WatchOptions, Watcher};
 use crate::domain::DeviceId;
@@ -51,6 +52,14 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // (CLOCKCTL_LAMETRIC_API_KEY may be exported for other runs: only --listen counts.)
+    if args.listen.is_some() && args.profile != ProfileName::Lametric {
+        return Err(CliError::Invalid(
+            "--listen only applies with --profile lametric (a virtual LaMetric TIME); an \
+             MQTT clock is watched on --broker"
+                .to_owned(),
+        ));
+    }
     let topic = args.topic.as_deref();
     let profile = match (args.profile, topic) {
         (ProfileName::Generic, None) => Profile::Generic,
@@ -68,12 +77,15 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
                     .to_owned(),
             ));
         }
+        // Served over HTTP, not watched over MQTT: `lametric_options` reads its arguments.
         (ProfileName::Lametric, _) => {
-            return Err(CliError::Invalid(
-                "--profile lametric: the virtual LaMetric TIME is not available yet; watch an \
-                 AWTRIX (--profile awtrix3) or generic clock"
-                    .to_owned(),
-            ));
+            return Err(lametric_options(args).err().unwrap_or_else(|| {
+                CliError::Invalid(
+                    "--profile lametric is a virtual LaMetric TIME served on --listen, not an \
+                     MQTT watcher"
+                        .to_owned(),
+                )
+            }));
         }
         (ProfileName::Awtrix3, Some(raw)) => Profile::Awtrix3(Awtrix3Device::new(
             awtrix::check_topic(raw)
@@ -98,6 +110,54 @@ pub fn options(args: &WatchArgs) -> Result<WatchOptions, CliError> {
     })
 }
 
+/// The name a virtual LaMetric shows when no `--device` names it.
+pub const DEFAULT_LAMETRIC_NAME: &str = "lametric";
+
+/// The virtual LaMetric TIME's settings, for `--profile lametric`: `--listen` (required),
+/// the key of `--api-key` / `CLOCKCTL_LAMETRIC_API_KEY` (required, not empty), at most one
+/// `--device` (its name), and no MQTT-only flag.
+pub fn lametric_options(args: &WatchArgs) -> Result<LametricOptions, CliError> {
+    let invalid = |text: &str| Err(CliError::Invalid(text.to_owned()));
+    let Some(listen) = args.listen.as_deref().filter(|l| !l.trim().is_empty()) else {
+        return invalid(
+            "--profile lametric needs --listen <addr>, e.g. --listen 127.0.0.1:8080: the \
+             virtual LaMetric TIME serves the clock's HTTP API there",
+        );
+    };
+    let listen = listen.trim().parse().map_err(|e| {
+        CliError::Invalid(format!(
+            "invalid --listen {listen:?}: {e}; pass an address and port, e.g. 127.0.0.1:8080"
+        ))
+    })?;
+    let Some(api_key) = args.api_key.as_deref().filter(|k| !k.is_empty()) else {
+        return invalid(
+            "--profile lametric needs the API key the server sends (its devices file's \
+             api_key): set CLOCKCTL_LAMETRIC_API_KEY (or pass --api-key)",
+        );
+    };
+    if args.topic.is_some() {
+        return invalid("--topic only applies with --profile awtrix3");
+    }
+    let mut names = args.device.iter().filter(|d| !d.trim().is_empty());
+    let name = match (names.next(), names.next()) {
+        (None, _) => DEFAULT_LAMETRIC_NAME.to_owned(),
+        (Some(raw), None) => DeviceId::parse(raw)
+            .map_err(|e| CliError::Invalid(format!("invalid --device {raw:?}: {e}")))?
+            .as_str()
+            .to_owned(),
+        (Some(_), Some(_)) => {
+            return invalid(
+                "--profile lametric is one clock: pass at most one --device (the name it shows)",
+            );
+        }
+    };
+    Ok(LametricOptions {
+        listen,
+        name,
+        api_key: crate::shared::Secret::new(api_key),
+    })
+}
+
 /// The view for this invocation: JSON lines with `--json`, plain lines with `--plain` or when
 /// stdout is not a terminal, the live view otherwise.
 pub fn view(args: &WatchArgs, json: bool, stdout_is_terminal: bool) -> View {
@@ -116,6 +176,9 @@ pub async fn run(
     json: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CliError> {
+    if args.profile == ProfileName::Lametric {
+        return run_lametric(args, json, shutdown).await;
+    }
     let options = options(args)?;
     let mut stdout = std::io::stdout();
     let view = view(args, json, stdout.is_terminal());
@@ -133,6 +196,30 @@ pub async fn run(
     }
     watcher.run(view, &mut stdout, shutdown).await?;
     Ok(())
+}
+
+/// Serves the virtual LaMetric TIME until `shutdown`.
+async fn run_lametric(
+    args: &WatchArgs,
+    json: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CliError> {
+    let options = lametric_options(args)?;
+    let clock = VirtualLametric::bind(&options).await.map_err(|e| {
+        CliError::Invalid(format!("--listen {}: cannot listen: {e}", options.listen))
+    })?;
+    let mut stdout = std::io::stdout();
+    let view = view(args, json, stdout.is_terminal());
+    let output = |e: std::io::Error| CliError::Watch(e.into());
+    // Scripts wait for this line before they send; with --json stdout stays JSON lines.
+    if view == View::Json {
+        eprintln!("{}", clock.description());
+    } else {
+        writeln!(stdout, "{}", clock.description())
+            .and_then(|()| stdout.flush())
+            .map_err(output)?;
+    }
+    clock.run(view, &mut stdout, shutdown).await.map_err(output)
 }
 
 #[cfg(test)]
@@ -204,10 +291,92 @@ mod tests {
             Cli::try_parse_go_style(["clockctl", "watch", "--profile", "lamtric"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("awtrix3"), "{err}");
-        // A LaMetric clock is a devices-file profile; its virtual clock is not there yet.
-        let err = options(&watch_args(&["--profile", "lametric"])).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("not available yet"), "{err}");
+    }
+
+    #[test]
+    fn the_virtual_lametric_needs_listen_and_a_key_and_listen_needs_the_profile() {
+        let o = lametric_options(&watch_args(&[
+            "--profile",
+            "lametric",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "k3y",
+            "--device",
+            "desk",
+        ]))
+        .unwrap();
+        assert_eq!((o.name.as_str(), o.api_key.expose()), ("desk", "k3y"));
+        let unnamed = lametric_options(&watch_args(&[
+            "--profile",
+            "lametric",
+            "--listen",
+            "127.0.0.1:8080",
+            "--api-key",
+            "k",
+        ]))
+        .unwrap();
+        assert_eq!(unnamed.name, "lametric");
+        for (argv, says) in [
+            (
+                &["--profile", "lametric", "--api-key", "k"][..],
+                "needs --listen",
+            ),
+            (
+                &["--profile", "lametric", "--listen", "127.0.0.1:1"],
+                "CLOCKCTL_LAMETRIC_API_KEY",
+            ),
+            (
+                &[
+                    "--profile",
+                    "lametric",
+                    "--listen",
+                    "nowhere",
+                    "--api-key",
+                    "k",
+                ],
+                "invalid --listen",
+            ),
+            (
+                &[
+                    "--profile",
+                    "lametric",
+                    "--listen",
+                    "127.0.0.1:1",
+                    "--api-key",
+                    "k",
+                    "--device",
+                    "a,b",
+                ],
+                "at most one --device",
+            ),
+        ] {
+            let err = lametric_options(&watch_args(argv)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+            assert!(err.to_string().contains(says), "{argv:?}: {err}");
+            // The MQTT path refuses it the same way.
+            let err = options(&watch_args(argv)).unwrap_err();
+            assert!(err.to_string().contains(says), "{argv:?}: {err}");
+        }
+        for argv in [
+            &["--listen", "127.0.0.1:8080"][..],
+            &[
+                "--profile",
+                "awtrix3",
+                "--topic",
+                "t",
+                "--listen",
+                "127.0.0.1:8080",
+            ],
+        ] {
+            let err = options(&watch_args(argv)).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(
+                err.to_string()
+                    .contains("--listen only applies with --profile lametric"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

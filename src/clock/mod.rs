@@ -8,6 +8,7 @@
 //!   one plain line printed per command.
 //! - [`face`]: each clock's display (message with seconds left, alarms, brightness) and the
 //!   live view's lines; pure, time is passed in.
+//! - [`lametric`]: the virtual LaMetric TIME, the clock's local HTTP API (SPEC 8.3).
 //! - [`presence`]: how the clock says it is there: Last Will, birth, AWTRIX `stats`.
 //! - [`shown`]: what an AWTRIX clock does with a valid delivery (below `awtrix` and
 //!   `command`, which both use it).
@@ -18,6 +19,7 @@ pub mod ack;
 pub mod awtrix;
 pub mod command;
 pub mod face;
+pub mod lametric;
 pub mod presence;
 pub mod shown;
 pub mod watch;

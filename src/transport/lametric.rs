@@ -107,13 +107,16 @@ impl LametricTransport {
 impl Clock {
     fn new(id: &DeviceId, device: &LametricDevice) -> Result<Self, TransportError> {
         let tls = match &device.tls {
-            CertCheck::Pinned(pin) => Some(crate::tls::pinned_client_config(pin.0)),
-            CertCheck::Insecure => Some(crate::tls::insecure_client_config()),
-            CertCheck::PlainHttp => None,
+            CertCheck::Pinned(pin) => crate::tls::pinned_client_config(pin.0),
+            CertCheck::Insecure => crate::tls::insecure_client_config(),
+            // An http:// clock never speaks TLS (redirects are not followed), but reqwest
+            // needs a TLS backend to build a client (no process-wide provider is installed):
+            // one that accepts no certificate at all.
+            CertCheck::PlainHttp => crate::tls::pinned_client_config([0; 32]),
         };
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let mut builder = Client::builder()
+        let builder = Client::builder()
             .default_headers(headers)
             .redirect(redirect::Policy::none())
             .no_proxy()
@@ -121,11 +124,9 @@ impl Clock {
             .connect_timeout(device.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
-        if let Some(tls) = tls {
-            let mut tls = tls.map_err(|e| failed(format!("{id}: {e}")))?;
-            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-            builder = builder.tls_backend_preconfigured(tls);
-        }
+        let mut tls = tls.map_err(|e| failed(format!("{id}: {e}")))?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let builder = builder.tls_backend_preconfigured(tls);
         let client = builder
             .build()
             .map_err(|e| failed(format!("{id}: cannot build the HTTP client: {e}")))?;
