@@ -246,10 +246,13 @@ pub fn banner(
     let rule = "=".repeat(78);
     let device = devices.first().map_or(GENERIC_DEVICE, DeviceId::as_str);
     let clocks = if devices.is_empty() {
-        format!("one virtual clock for every device id ({GENERIC_DEVICE} says it is online)")
+        format!(
+            "one virtual clock for every device id (generic profile; {GENERIC_DEVICE} says it \
+             is online)"
+        )
     } else {
         let ids: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
-        format!("virtual clock for {}", ids.join(", "))
+        format!("virtual clock for {} (generic profile)", ids.join(", "))
     };
     let base_url = if http_addr == SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))
         || http_addr == SocketAddr::from((IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 8080))
@@ -271,7 +274,7 @@ pub fn banner(
    console http://{http_addr}/console   (open it in a browser; sign in with the token)
    token   {DEMO_TOKEN}   (credential {DEMO_CREDENTIALS}: every device)
    broker  mqtt://{mqtt_addr}   (embedded, anonymous, in memory)
-   clocks  {clocks} (generic profile), and
+   clocks  {clocks}, and
            {AWTRIX_DEVICE}, a virtual AWTRIX 3 clock (profile awtrix3, MQTT prefix {AWTRIX_TOPIC});
            their lines follow below
  Try in a second terminal:
@@ -602,7 +605,7 @@ mod tests {
         assert!(text.contains("token   dev-token"), "{text}");
         assert!(
             text.contains(
-                "clocks  one virtual clock for every device id (clock-1 says it is online)"
+                "clocks  one virtual clock for every device id (generic profile; clock-1 says it is online), and\n"
             ),
             "{text}"
         );
