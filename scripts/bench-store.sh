@@ -8,6 +8,9 @@
 #    rounds>, in interleaved rounds (BENCH_RUNS), BENCH_SECONDS each; medians with their
 #    spread, and the ratios against none. Targets: memory req/s >= 0.90x and p99 <=
 #    1.25x; file req/s >= 0.50x; redis req/s >= 0.70x and p99 <= 2x.
+#    With BENCH_BASELINE=<another clock-server binary> (e.g. an older commit's release
+#    build), each round also runs that binary with `none` and `memory` (as `none@base`
+#    and `memory@base`): before and after a change, side by side in one run.
 # 2. A million commands: one STATE_STORE=memory server (default STATE_MAX_COMMANDS) takes
 #    BENCH_MILLION (1000000) commands; its peak RSS (VmHWM) must stay <= 64 MiB.
 # The figures are for reading, not asserting.
@@ -23,6 +26,7 @@ cd "$(dirname "$0")/.."
 MILLION=${BENCH_MILLION:-1000000}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 STORES=${BENCH_STORES:-none memory file redis}
+BASELINE=${BENCH_BASELINE:-}
 SCRIPT_NAME=bench-store
 # shellcheck source=scripts/bench/server.sh
 . scripts/bench/server.sh
@@ -50,8 +54,13 @@ redis_flush() {
 	exec 3<&-
 }
 
+if [ -n "$BASELINE" ]; then
+	[ -x "$BASELINE" ] || die "BENCH_BASELINE is not an executable: $BASELINE"
+	STORES="$STORES none@base memory@base"
+fi
+
 store_value() {
-	case $1 in
+	case ${1%@base} in
 	file) echo "file:$TMP/state-$2.db" ;;
 	redis) echo "redis://127.0.0.1:$REDIS_PORT" ;;
 	*) echo "$1" ;;
@@ -62,7 +71,10 @@ echo "bench-store: $CONNS connections at QoS 1, ${DURATION}s x $RUNS rounds"
 for run in $(seq "$RUNS"); do
 	for store in $STORES; do
 		[ "$store" != redis ] || redis_flush
+		binary=$SERVER
+		[ "$store" = "${store%@base}" ] || SERVER=$BASELINE
 		start_server "$TMP/server-$store-$run.log" "STATE_STORE=$(store_value "$store" "$run")"
+		SERVER=$binary
 		out=$TMP/wrk-$store-$run.out
 		wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s scripts/bench/wrk.lua \
 			"http://127.0.0.1:$HTTP_PORT" >"$out" 2>&1
@@ -88,6 +100,13 @@ awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$
 	if (fr > 0) printf "  file / none:   req/s %.2f (target >= 0.50: %s), p99 %.2fx\n",
 		fr / nr, (fr / nr >= 0.5 ? "PASS" : "MISS"), fp / np
 }'
+if [ -n "$BASELINE" ]; then
+	awk -v nr="$(med none 3)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" -v np="$(med none 4)" \
+		-v br="$(med none@base 3)" -v bm="$(med memory@base 3)" -v bp="$(med memory@base 4)" -v bn="$(med none@base 4)" 'BEGIN {
+		printf "  before (BENCH_BASELINE) / after: none %.2fx, memory %.2fx; memory / none before %.2f (p99 %.2fx), after %.2f (p99 %.2fx)\n",
+			nr / br, mr / bm, bm / br, bp / bn, mr / nr, mp / np
+	}'
+fi
 if [ -n "$REDIS_PORT" ]; then
 	awk -v nr="$(med none 3)" -v np="$(med none 4)" -v rr="$(med redis 3)" -v rp="$(med redis 4)" 'BEGIN {
 		printf "  redis / none:  req/s %.2f (target >= 0.70: %s), p99 %.2fx (target <= 2x: %s)\n",
