@@ -21,7 +21,9 @@
 # command becomes one `sent` event on each stream that follows its device; requests still
 # in flight when wrk stops may add a few), the streams that overflowed (fell more than 1024
 # events behind and were ended, SPEC 13.1), and in `all` the streams that got fewer than
-# the 202s. The stream client shares the machine with the server, the broker and wrk:
+# the 202s. And the time from a device's acknowledgement to its `succeeded` event on the
+# streams (p50, p99): the stream client acknowledges, over MQTT as a device does, the newest
+# command stream 0 saw `sent`, every 50 ms of the load. The stream client shares the machine with the server, the broker and wrk:
 # its CPU comes off the rate too. The figures are for reading, not asserting.
 #
 # Variables: BENCH_STREAMS (1000), BENCH_DEVICES (BENCH_STREAMS; must divide it),
@@ -71,7 +73,8 @@ get() { echo "$summary" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 CLIENT=""
 open_streams() {
 	local out=$TMP/streams-$1-$2.out
-	BENCH_STREAMS_DETAIL=$TMP/streams-$1-$2.txt python3 scripts/bench/event_streams.py \
+	BENCH_STREAMS_DETAIL=$TMP/streams-$1-$2.txt BENCH_ACK_BROKER=127.0.0.1:$MQTT_PORT \
+		python3 scripts/bench/event_streams.py \
 		"http://127.0.0.1:$HTTP_PORT" bench-token "$STREAMS" "$1" "$DEVICES" \
 		>"$out" 2>"$TMP/streams-$1-$2.err" &
 	CLIENT=$!
@@ -111,7 +114,7 @@ for run in $(seq "$RUNS"); do
 		cpu=$(awk -v s=$(($(ticks "$SERVER_PID") - s0)) -v c=$(($(ticks "${CLIENT:-0}") - c0)) \
 			-v hz="$(getconf CLK_TCK)" -v d="$DURATION" 'BEGIN {printf "server %.0f%%, stream client %.0f%%", 100 * s / hz / d, 100 * c / hz / d}')
 		accepted=$(($(field "$out" requests) - $(field "$out" status_errors)))
-		summary="overflowed=0 ended=0 events=0 sent=0 min_sent=0 max_sent=0"
+		summary="overflowed=0 ended=0 events=0 sent=0 min_sent=0 max_sent=0 ack_p50_ms=- ack_p99_ms=-"
 		short=0
 		expected=0
 		if [ "$phase" != none ]; then
@@ -129,7 +132,7 @@ for run in $(seq "$RUNS"); do
 		CLIENT=""
 		sent=$(get sent)
 		echo "$phase $run $(rate "$out") $(field "$out" p99_us) $(field "$out" status_errors) $idle $opened $peak" \
-			"$(get overflowed) $(get ended) $((sent - expected)) $short $seconds" >>"$RESULTS"
+			"$(get overflowed) $(get ended) $((sent - expected)) $short $seconds $(get ack_p50_ms) $(get ack_p99_ms)" >>"$RESULTS"
 		printf '  round %d %-6s %7s req/s  p99 %6.1f ms  non-2xx %s  RSS idle %.1f / streams open %.1f / peak %.1f MiB' \
 			"$run" "$phase" "$(rate "$out")" "$(awk -v p="$(field "$out" p99_us)" 'BEGIN {print p / 1000}')" \
 			"$(field "$out" status_errors)" "$(awk -v k="$idle" 'BEGIN {print k / 1024}')" \
@@ -160,8 +163,8 @@ for phase in $PHASES; do
 	if [ "$phase" != none ]; then
 		awk -v p="$phase" -v n="$STREAMS" '$1 == p {
 			grow = ($7 - $6); per = grow * 1024 / n
-			printf "         round %d: RSS +%.1f MiB with the streams open (%.0f bytes per idle stream), peak %.1f MiB; overflowed %d, ended %d, sent - expected %d%s\n",
-				$2, grow / 1024, per, $8 / 1024, $9, $10, $11, (p == "all" ? sprintf(", streams short %d", $12) : "")
+			printf "         round %d: RSS +%.1f MiB with the streams open (%.0f bytes per idle stream), peak %.1f MiB; acknowledgement to event p50 %s ms, p99 %s ms; overflowed %d, ended %d, sent - expected %d%s\n",
+				$2, grow / 1024, per, $8 / 1024, $14, $15, $9, $10, $11, (p == "all" ? sprintf(", streams short %d", $12) : "")
 			if ($9 > 0 || $10 > 0 || $11 < 0 || $12 > 0) missed = 1
 		} END { printf "         every stream got every event: %s\n", (missed ? "NO (see above)" : "yes") }' "$RESULTS"
 	fi

@@ -12,7 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::app::{JsonBody, TestApp, spawn_app};
+use common::app::{JsonBody, TestApp, env_with, start};
+use common::mosquitto::Mosquitto;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -174,7 +175,8 @@ fn make_bench_runs_every_bench_script() {
 }
 
 /// `scripts/bench/event_streams.py` holding `streams` streams in `mode` over `devices`
-/// devices of `app`: its stdout lines (read by a thread), the process, the detail file.
+/// devices of `app` (acknowledging a sample through `ack_broker`, if given): its stdout
+/// lines (read by a thread), the process, the detail file.
 struct StreamClient {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
@@ -182,9 +184,19 @@ struct StreamClient {
 }
 
 impl StreamClient {
-    fn start(app: &TestApp, streams: u32, mode: &str, devices: u32) -> Self {
+    fn start(
+        app: &TestApp,
+        streams: u32,
+        mode: &str,
+        devices: u32,
+        ack_broker: Option<&Mosquitto>,
+    ) -> Self {
         let detail = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        if let Some(broker) = ack_broker {
+            command.env("BENCH_ACK_BROKER", format!("127.0.0.1:{}", broker.port));
+        }
+        let mut child = command
             .arg("scripts/bench/event_streams.py")
             .arg(app.url(""))
             .arg("ops-secret-token-1")
@@ -223,7 +235,14 @@ impl StreamClient {
     /// Asks for the summary (SIGUSR1): the `STREAMS` line and the per-stream lines.
     fn finish(mut self) -> (String, Vec<String>) {
         common::process::signal(self.child.id(), "USR1");
-        let summary = self.line();
+        let summary = loop {
+            let line = self.line();
+            if line.starts_with("STREAMS ") {
+                break line;
+            }
+            // An acknowledgement written before the signal.
+            assert!(line.starts_with("ack "), "{line}");
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -258,11 +277,28 @@ async fn post_message(app: &TestApp, device: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bench_stream_client_counts_each_streams_sent_events_by_device_and_for_all() {
-    let app = spawn_app(&[]).await;
-    // Four streams over two devices: streams 0 and 2 follow bench-0, 1 and 3 bench-1.
-    let devices = StreamClient::start(&app, 4, "device", 2);
-    let all = StreamClient::start(&app, 2, "all", 1);
+async fn the_bench_stream_client_counts_each_streams_events_and_times_acknowledgements() {
+    let broker = Mosquitto::start_plain();
+    let url = broker.url();
+    let app = start(
+        &env_with(&[
+            ("ENABLED_SENDERS", "mqtt"),
+            ("MQTT_BROKER_URL", url.as_str()),
+            ("ALLOW_INSECURE_MQTT", "true"),
+            ("READINESS_REQUIRE_AUTH", "false"),
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    common::eventually(Duration::from_secs(15), "the broker connection", || async {
+        (app.get("/ready", None).await.status() == 200).then_some(())
+    })
+    .await;
+    // Four streams over two devices: streams 0 and 2 follow bench-0, 1 and 3 bench-1; this
+    // client also acknowledges, as bench-0 would, what stream 0 sees sent.
+    let devices = StreamClient::start(&app, 4, "device", 2, Some(&broker));
+    let all = StreamClient::start(&app, 2, "all", 1, None);
     for client in [&devices, &all] {
         let ready = tokio::task::block_in_place(|| client.line());
         assert!(ready.starts_with("ready opened="), "{ready}");
@@ -272,18 +308,37 @@ async fn the_bench_stream_client_counts_each_streams_sent_events_by_device_and_f
     ] {
         post_message(&app, device).await;
     }
+    // At least one acknowledgement is out before the summary is asked for (bounded: 20 s).
+    let ack = tokio::task::block_in_place(|| devices.line());
+    assert!(ack.starts_with("ack "), "{ack}");
     // Bounded: each stream's count only grows; the summary waits until they are quiet.
     let (summary, detail) = tokio::task::block_in_place(|| devices.finish());
-    let fields: Vec<&str> = summary.split_whitespace().collect();
+    let field = |name: &str| -> String {
+        summary
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {name} in {summary}"))
+    };
     assert_eq!(
-        [fields[0], fields[1], fields[2], fields[3]],
-        ["STREAMS", "opened=4", "overflowed=0", "ended=0"],
+        [
+            "opened",
+            "overflowed",
+            "ended",
+            "sent",
+            "min_sent",
+            "max_sent"
+        ]
+        .map(field),
+        ["4", "0", "0", "10", "2", "3"],
         "{summary}"
     );
-    assert!(
-        summary.ends_with(" sent=10 min_sent=2 max_sent=3"),
-        "{summary}"
-    );
+    // Each acknowledgement's `succeeded` reaches both streams that follow bench-0, timed.
+    let acks: usize = field("acks").parse().unwrap();
+    assert!((1..=3).contains(&acks), "{summary}");
+    assert_eq!(field("ack_events"), (2 * acks).to_string(), "{summary}");
+    let p50: f64 = field("ack_p50_ms").parse().unwrap();
+    let p99: f64 = field("ack_p99_ms").parse().unwrap();
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 20_000.0, "{summary}");
     let per_stream: Vec<(String, String)> = detail
         .iter()
         .map(|l| {
@@ -297,10 +352,19 @@ async fn the_bench_stream_client_counts_each_streams_sent_events_by_device_and_f
         .map(|(d, n)| (d.to_owned(), n.to_owned()))
         .collect();
     assert_eq!(per_stream, want, "{detail:?}");
+
     let (summary, _) = tokio::task::block_in_place(|| all.finish());
     assert!(
         summary.starts_with("STREAMS opened=2 overflowed=0 ended=0 ")
             && summary.ends_with(" sent=12 min_sent=6 max_sent=6"),
         "{summary}"
     );
+    // The acknowledged commands turned `succeeded` on these streams too.
+    let events: usize = summary
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("events="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(events >= 12 + 2 * acks, "{summary}");
 }

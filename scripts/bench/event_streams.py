@@ -18,8 +18,18 @@ its opening `: keep-alive`, then reads them all. On SIGUSR1 it reads on until no
 
 and writes `<stream> <deviceId or *> <sent> <events> <overflowed 0/1>` per stream to the
 file named by BENCH_STREAMS_DETAIL, if set. Exits 1 if a stream could not be opened.
+
+With BENCH_ACK_BROKER=<host>:<port> it also plays the device (SPEC 7.4) for a sample of
+commands: every 50 ms until SIGUSR1 it acknowledges (MQTT 3.1.1, QoS 0, on
+`<BENCH_ACK_PREFIX, default clocks/commands>/<deviceId>/ack`) the newest command stream 0
+has seen `sent`, printing `ack <commandId>`, and times each `succeeded` event of those
+commands on every stream from the moment the acknowledgement was written. The summary then
+adds `acks=<n> ack_events=<arrivals> ack_p50_ms=<ms> ack_p99_ms=<ms>`. The times include
+this client's own delay when it is busy.
 """
+import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -28,16 +38,95 @@ import time
 import urllib.parse
 
 SENT = b'"status":"sent"'
+SUCCEEDED = b'"status":"succeeded"'
+COMMAND_ID = re.compile(rb'"commandId":"([^"]+)"')
+DEVICE_ID = re.compile(rb'"deviceId":"([^"]+)"')
+ACK_EVERY = 0.05
 QUIET = 1.0
 DRAIN_AT_MOST = 30.0
 OPEN_WITHIN = 60.0
 
 
+class AckProbe:
+    """The device side of a latency sample: acknowledgements over a bare MQTT 3.1.1
+    connection, and when each was written."""
+
+    def __init__(self, broker, prefix):
+        host, port = broker.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        client_id = f"bench-events-{os.getpid()}".encode()
+        # CONNECT: protocol MQTT level 4, clean session, no keep-alive (the connection may
+        # be silent for longer than any keep-alive while the streams open).
+        body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(client_id).to_bytes(2, "big") + client_id
+        self.sock.sendall(b"\x10" + remaining_length(len(body)) + body)
+        connack = b""
+        while len(connack) < 4:
+            chunk = self.sock.recv(4 - len(connack))
+            if not chunk:
+                raise OSError("the broker closed the connection before CONNACK")
+            connack += chunk
+        if connack[0] != 0x20 or connack[3] != 0:
+            raise OSError(f"the broker refused the connection: {connack!r}")
+        self.prefix = prefix
+        self.newest = None  # (commandId, deviceId) of the newest `sent` on stream 0
+        self.written = {}  # commandId -> when its acknowledgement was written
+        self.latencies = []
+        self.last = 0.0
+
+    def saw_sent(self, block):
+        ids, devices = COMMAND_ID.search(block), DEVICE_ID.search(block)
+        if ids and devices:
+            self.newest = (ids.group(1).decode(), devices.group(1).decode())
+
+    def saw_succeeded(self, block, now):
+        ids = COMMAND_ID.search(block)
+        if ids:
+            at = self.written.get(ids.group(1).decode())
+            if at is not None:
+                self.latencies.append(now - at)
+
+    def tick(self, now):
+        if now - self.last < ACK_EVERY or self.newest is None:
+            return
+        command_id, device = self.newest
+        self.newest = None
+        if command_id in self.written:
+            return
+        topic = f"{self.prefix}/{device}/ack".encode()
+        payload = json.dumps({"commandId": command_id, "status": "succeeded"}).encode()
+        body = len(topic).to_bytes(2, "big") + topic + payload
+        self.sock.sendall(b"\x30" + remaining_length(len(body)) + body)
+        self.last = time.monotonic()
+        self.written[command_id] = self.last
+        print(f"ack {command_id}", flush=True)
+
+    def summary(self):
+        lat = sorted(self.latencies)
+
+        def ms(q):
+            return f"{1000 * lat[min(len(lat) - 1, int(q * len(lat)))]:.2f}" if lat else "-"
+
+        return (
+            f" acks={len(self.written)} ack_events={len(lat)}"
+            f" ack_p50_ms={ms(0.5)} ack_p99_ms={ms(0.99)}"
+        )
+
+
+def remaining_length(n):
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 class Stream:
     """One SSE stream: its socket, the HTTP head, the chunked framing and the SSE blocks."""
 
-    def __init__(self, index, device, sock):
+    def __init__(self, index, device, sock, probe=None):
         self.index = index
+        self.probe = probe  # the acknowledgement probe, for its sample of events
         self.device = device
         self.sock = sock
         self.raw = b""  # bytes not yet decoded (head or chunk framing)
@@ -111,6 +200,10 @@ class Stream:
                 self.events += 1
                 if SENT in block:
                     self.sent += 1
+                    if self.probe is not None and self.index == 0:
+                        self.probe.saw_sent(block)
+                elif self.probe is not None and SUCCEEDED in block:
+                    self.probe.saw_succeeded(block, time.monotonic())
             elif block.startswith(b"event: overflow"):
                 self.overflowed = True
 
@@ -127,6 +220,11 @@ def main():
     stop = {"asked": False}
     signal.signal(signal.SIGUSR1, lambda *_: stop.update(asked=True))
 
+    broker = os.environ.get("BENCH_ACK_BROKER")
+    probe = None
+    if broker:
+        probe = AckProbe(broker, os.environ.get("BENCH_ACK_PREFIX") or "clocks/commands")
+
     started = time.monotonic()
     for i in range(n):
         device = f"bench-{i % devices}" if mode == "device" else "*"
@@ -139,7 +237,7 @@ def main():
             ).encode()
         )
         sock.setblocking(False)
-        stream = Stream(i, device, sock)
+        stream = Stream(i, device, sock, probe)
         streams.append(stream)
         selector.register(sock, selectors.EVENT_READ, stream)
 
@@ -177,8 +275,10 @@ def main():
     print(f"ready opened={n} seconds={time.monotonic() - started:.3f}", flush=True)
 
     while not stop["asked"]:
-        if read_ready(0.2) is None:
+        if read_ready(ACK_EVERY if probe else 0.2) is None:
             return 1
+        if probe is not None:
+            probe.tick(time.monotonic())
     # Drained: nothing for QUIET seconds, or DRAIN_AT_MOST.
     deadline = time.monotonic() + DRAIN_AT_MOST
     last = time.monotonic()
@@ -194,7 +294,7 @@ def main():
         f"STREAMS opened={n} overflowed={sum(s.overflowed for s in streams)} "
         f"ended={sum(s.ended and not s.overflowed for s in streams)} "
         f"events={sum(s.events for s in streams)} sent={sum(sent)} "
-        f"min_sent={min(sent)} max_sent={max(sent)}",
+        f"min_sent={min(sent)} max_sent={max(sent)}" + (probe.summary() if probe else ""),
         flush=True,
     )
     detail = os.environ.get("BENCH_STREAMS_DETAIL")
@@ -204,6 +304,8 @@ def main():
                 out.write(f"{s.index} {s.device} {s.sent} {s.events} {int(s.overflowed)}\n")
     for s in streams:
         s.sock.close()
+    if probe is not None:
+        probe.sock.close()
     return 0
 
 
