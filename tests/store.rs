@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use clock_server::domain::CommandType;
 use clock_server::domain::schedule::{Rule, WallTime, Weekdays, Zone};
 use clock_server::shared::Secret;
 use clock_server::store::schedule::claim_due;
@@ -73,7 +74,7 @@ fn pending(id: &str, device: &str) -> CommandRecord {
     CommandRecord {
         command_id: id.to_owned(),
         device_id: device.to_owned(),
-        command_type: "display_message".to_owned(),
+        command_type: CommandType::DisplayMessage,
         principal: "ops".to_owned(),
         status: CommandStatus::Pending,
         created_at: at(0),
@@ -91,7 +92,7 @@ fn pending(id: &str, device: &str) -> CommandRecord {
 /// An alarm the gateway holds until `at(fire)`, expiring 600 s after that.
 fn alarm(id: &str, fire: i64) -> CommandRecord {
     CommandRecord {
-        command_type: "set_alarm".to_owned(),
+        command_type: CommandType::SetAlarm,
         status: CommandStatus::Scheduled,
         expires_at: at(fire + 600),
         device_acks: false,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Utc};
+use clock_server::domain::CommandType;
 use clock_server::store::{
     CommandRecord, CommandStatus, FinalOutcome, MemoryStore, StateStore, StoreSettings,
 };
@@ -33,7 +34,7 @@ async fn measure_memory_store_bytes_per_record() {
         let record = CommandRecord {
             command_id: id.clone(),
             device_id: format!("clock-{:04}", i % 1000),
-            command_type: "set_brightness".to_owned(),
+            command_type: CommandType::SetBrightness,
             principal: "ops".to_owned(),
             status: CommandStatus::Pending,
             created_at: now,
@@ -111,7 +112,7 @@ async fn measure_memory_store_rss_at_its_default_byte_bound() {
         let record = CommandRecord {
             command_id: uuid::Uuid::now_v7().to_string(),
             device_id: "kitchen".to_owned(),
-            command_type: "set_alarm".to_owned(),
+            command_type: CommandType::SetAlarm,
             principal: "ops".to_owned(),
             status: CommandStatus::Scheduled,
             created_at: t0,

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, watch};
 use super::records::Tracker;
 use crate::dispatch::{AuditContext, Dispatcher};
 use crate::domain::presence::PresenceState;
-use crate::domain::{CommandType, DeviceId, Devices, Envelope, generic};
+use crate::domain::{DeviceId, Devices, Envelope, generic};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
 use crate::store::{CommandRecord, Delivery, FinalOutcome, StatusReason};
@@ -232,7 +232,7 @@ impl Held {
 
     /// The envelope of a held command, for its device's profile now.
     fn envelope(&self, device: &DeviceId, record: &CommandRecord) -> Option<Envelope> {
-        let command_type = CommandType::from_wire(&record.command_type)?;
+        let command_type = record.command_type;
         let fields: generic::Payload<'_> =
             serde_json::from_slice(&record.delivery.as_ref()?.payload).ok()?;
         let command = fields.command(command_type).ok()?;

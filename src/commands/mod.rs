@@ -521,7 +521,7 @@ impl Commands {
         let record = CommandRecord::pending(
             &command_id,
             device,
-            command_type.as_str(),
+            command_type,
             &s.origin.principal,
             now,
             expires_at,

@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
-use crate::domain::CommandType;
 use crate::events::Hub;
 use crate::metrics::Metrics;
 use crate::shared::Folded;
@@ -87,10 +86,8 @@ impl Tracker {
     /// a `command` event (SPEC 13.1).
     pub(super) fn status_changed(&self, record: &CommandRecord) {
         if record.status.is_final() {
-            let command_type =
-                CommandType::from_wire(&record.command_type).map_or("unknown", CommandType::as_str);
             self.metrics
-                .record_final(command_type, record.status.as_str());
+                .record_final(record.command_type.as_str(), record.status.as_str());
         }
         self.events.command(record);
     }

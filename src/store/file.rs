@@ -34,6 +34,7 @@ use super::{
     normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
+use crate::domain::CommandType;
 use futures_util::future::BoxFuture;
 
 /// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
@@ -562,7 +563,16 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(CommandRecord, Option<DateTime<U
     let record = CommandRecord {
         command_id: row.get(0)?,
         device_id: row.get(1)?,
-        command_type: row.get(2)?,
+        command_type: {
+            let name: String = row.get(2)?;
+            CommandType::from_wire(&name).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!("unknown command type {name:?}").into(),
+                )
+            })?
+        },
         principal: row.get(3)?,
         status,
         created_at: time(row, 5)?,
@@ -604,7 +614,7 @@ fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
         params![
             r.command_id,
             r.device_id,
-            r.command_type,
+            r.command_type.as_str(),
             r.principal,
             r.status.as_str(),
             ms(r.created_at),

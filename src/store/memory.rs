@@ -11,7 +11,8 @@
 //! queues keyed by `Arc<str>`) made the server's peak RSS 152.5 MiB. So a command id in
 //! canonical UUID form (what the server issues) is kept as its 128 bits, any other id as
 //! a shared string; timestamps are milliseconds in an `i64` (they are kept to the
-//! millisecond anyway); principal and command type are interned (there are few); and the
+//! millisecond anyway); principals are interned (there are few), the command type is its
+//! enum; and the
 //! rare fields (status reason, scheduled delivery, lease) sit behind one optional box. A
 //! `CommandRecord` is rebuilt only when one is returned, which also saves the
 //! allocations a full record cost on every create. Device ids are interned too, so a
@@ -34,6 +35,7 @@ use super::{
     apply_complete, idem_key, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
+use crate::domain::CommandType;
 use futures_util::future::BoxFuture;
 
 /// How many expired entries one write clears on its way (keeps purging incremental).
@@ -56,7 +58,7 @@ const IDEM_ANSWER_RESERVE: usize = 256;
 /// store is full.
 const EXPIRE_STEP: usize = 256;
 
-/// At most this many distinct principals and command types are shared; past it each new
+/// At most this many distinct principals are shared; past it each new
 /// record gets its own copy, so a flood of distinct names cannot grow the set unbounded.
 const INTERN_MAX: usize = 4096;
 
@@ -107,7 +109,7 @@ fn to_opt_time(ms: Millis) -> Option<DateTime<Utc>> {
 /// One record, compact (see the module doc).
 struct Entry {
     device_id: Arc<str>,
-    command_type: Arc<str>,
+    command_type: CommandType,
     principal: Arc<str>,
     created_at: Millis,
     expires_at: Millis,
@@ -226,7 +228,7 @@ impl Entry {
         CommandRecord {
             command_id: key.to_id(),
             device_id: self.device_id.to_string(),
-            command_type: self.command_type.to_string(),
+            command_type: self.command_type,
             principal: self.principal.to_string(),
             status: self.status,
             created_at: to_time(self.created_at),
@@ -415,7 +417,7 @@ struct Inner {
     /// `expiring_len` bounds the stale ones (compacted past twice the records held).
     expiring: BTreeMap<i64, Vec<Key>>,
     expiring_len: usize,
-    /// Shared principals and command types (at most `INTERN_MAX`).
+    /// Shared principals (at most `INTERN_MAX`).
     interned: HashSet<Arc<str>>,
     /// Shared device ids (at most `DEVICES_INTERN_MAX`): no allocation per record.
     devices: HashSet<Arc<str>>,
@@ -984,7 +986,7 @@ impl StateStore for MemoryStore {
             };
             let entry = Entry {
                 device_id: intern(&mut inner.devices, DEVICES_INTERN_MAX, record.device_id),
-                command_type: inner.intern(record.command_type),
+                command_type: record.command_type,
                 principal: principal.clone(),
                 created_at: to_ms(record.created_at),
                 expires_at: to_ms(record.expires_at),
@@ -1457,7 +1459,7 @@ mod tests {
         CommandRecord {
             command_id: id.to_owned(),
             device_id: "d".to_owned(),
-            command_type: "set_brightness".to_owned(),
+            command_type: CommandType::SetBrightness,
             principal: "ops".to_owned(),
             status: CommandStatus::Pending,
             created_at: at(created),

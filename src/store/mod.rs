@@ -38,6 +38,7 @@ pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use schedule::{Claim, ScheduleCreated, ScheduleRecord, ScheduleWrite};
 
+use crate::domain::CommandType;
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
 use futures_util::future::BoxFuture;
@@ -187,9 +188,9 @@ pub struct Delivery {
 pub struct CommandRecord {
     pub command_id: String,
     pub device_id: String,
-    /// `set_alarm`, `display_message` or `set_brightness`.
-    #[serde(rename = "type")]
-    pub command_type: String,
+    /// `set_alarm`, `display_message` or `set_brightness` on the wire.
+    #[serde(rename = "type", serialize_with = "ser_command_type")]
+    pub command_type: CommandType,
     /// The credential that submitted it.
     pub principal: String,
     pub status: CommandStatus,
@@ -221,7 +222,7 @@ impl CommandRecord {
     pub fn pending(
         command_id: &str,
         device_id: &str,
-        command_type: &str,
+        command_type: CommandType,
         principal: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
@@ -229,7 +230,7 @@ impl CommandRecord {
         Self {
             command_id: command_id.to_owned(),
             device_id: device_id.to_owned(),
-            command_type: command_type.to_owned(),
+            command_type,
             principal: principal.to_owned(),
             status: CommandStatus::Pending,
             created_at: now,
@@ -796,6 +797,10 @@ pub(crate) fn idem_key(principal: &str, key: &str) -> String {
 /// A timestamp as the API shows it (SPEC 7.2): RFC 3339 in UTC, milliseconds, `Z`.
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ser_command_type<S: Serializer>(t: &CommandType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.as_str())
 }
 
 fn ser_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

@@ -40,6 +40,7 @@ use super::{
     idem_key, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
+use crate::domain::CommandType;
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
 use crate::shared::secret::REDACTED;
@@ -1278,7 +1279,7 @@ fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
     let time = |t: DateTime<Utc>| ms(t).to_string().into_bytes();
     put("id", r.command_id.clone().into_bytes());
     put("dev", r.device_id.clone().into_bytes());
-    put("type", r.command_type.clone().into_bytes());
+    put("type", r.command_type.as_str().as_bytes().to_vec());
     put("pr", r.principal.clone().into_bytes());
     put("st", r.status.as_str().as_bytes().to_vec());
     put("c", time(r.created_at));
@@ -1341,7 +1342,8 @@ fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
     Ok(CommandRecord {
         command_id: need(id, "id")?,
         device_id: need(dev, "dev")?,
-        command_type: need(kind, "type")?,
+        command_type: need(kind, "type")
+            .and_then(|k| CommandType::from_wire(&k).ok_or_else(|| corrupt("type")))?,
         principal: need(principal, "pr")?,
         status: status.ok_or_else(|| corrupt("st"))?,
         created_at: created.ok_or_else(|| corrupt("c"))?,
@@ -1467,7 +1469,7 @@ mod tests {
         let record = CommandRecord {
             command_id: "c-1".into(),
             device_id: "kitchen".into(),
-            command_type: "set_alarm".into(),
+            command_type: CommandType::SetAlarm,
             principal: "ops".into(),
             status: CommandStatus::Failed,
             created_at: DateTime::from_timestamp_millis(1_795_939_200_123).unwrap(),
