@@ -1,8 +1,9 @@
 //! `clock-server demo`: everything a newcomer needs in one process, on loopback only — an
 //! MQTT broker (in memory, anonymous), the API over plain HTTP with the well-known
-//! credential `demo|dev-token|*`, and two virtual clocks ([`crate::clock`]) printing what
-//! they receive: a generic one for every device id, and [`AWTRIX_DEVICE`], an AWTRIX 3
-//! clock (SPEC 8.2) whose alarms the gateway holds until their time.
+//! credential `demo|dev-token|*`, and three virtual clocks ([`crate::clock`]) printing what
+//! they receive: a generic one for every device id, [`AWTRIX_DEVICE`], an AWTRIX 3 clock
+//! (SPEC 8.2) whose alarms the gateway holds until their time, and [`LAMETRIC_DEVICE`], a
+//! LaMetric TIME reached over its HTTP API on a free loopback port (SPEC 8.3).
 //!
 //! The API is the real one: the configuration is built by [`Config::from_lookup`] from demo
 //! values and served by [`Application`], exactly as `clock-server` does from the
@@ -14,7 +15,9 @@ use std::path::PathBuf;
 
 use crate::config::{Config, LogFormat};
 use crate::domain::awtrix3::{Awtrix3Device, AwtrixTopic, Rtttl};
+use crate::domain::lametric::{AlarmSound, CertCheck, DEFAULT_TIMEOUT, DeviceUrl, LametricDevice};
 use crate::domain::{DeviceId, Profile};
+use crate::shared::Secret;
 
 /// The demo's bearer token. Well known on purpose: the demo binds loopback only.
 pub const DEMO_TOKEN: &str = "dev-token";
@@ -30,6 +33,30 @@ pub const AWTRIX_DEVICE: &str = "awtrix-1";
 pub const AWTRIX_TOPIC: &str = "awtrix_demo";
 /// The melody its alarms play (`alarm_rtttl`).
 pub const AWTRIX_RTTTL: &str = "alarm:d=8,o=5,b=140:c6,p,c6,p,c6";
+
+/// The demo's virtual LaMetric TIME (profile `lametric`), as if `DEVICES_FILE` listed it
+/// with `url = "http://127.0.0.1:<its port>"`.
+pub const LAMETRIC_DEVICE: &str = "lametric-1";
+/// Its API key. Well known on purpose, like [`DEMO_TOKEN`]: it listens on loopback only.
+pub const LAMETRIC_KEY: &str = "demo-lametric-key";
+
+/// The virtual LaMetric's id and profile for a clock listening on `addr` (plain HTTP, the
+/// default alarm sound and timeout).
+pub fn lametric_device(addr: SocketAddr) -> Result<(DeviceId, Profile), String> {
+    let id = DeviceId::parse(LAMETRIC_DEVICE).map_err(|e| format!("{LAMETRIC_DEVICE}: {e}"))?;
+    let url = format!("http://{addr}");
+    let url = DeviceUrl::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+    Ok((
+        id,
+        Profile::Lametric(LametricDevice {
+            url,
+            api_key: Secret::new(LAMETRIC_KEY),
+            tls: CertCheck::PlainHttp,
+            alarm_sound: AlarmSound::DEFAULT,
+            timeout: DEFAULT_TIMEOUT,
+        }),
+    ))
+}
 
 /// The virtual AWTRIX's id and profile, as `DEVICES_FILE` would give them. (Constants: the
 /// error cannot happen, and a test keeps it so.)
@@ -119,7 +146,8 @@ impl Demo {
             }
         }
         // A dry run of the real configuration, so a bad LOG_LEVEL/LOG_FORMAT stops us here.
-        let config = demo_config(http_addr, mqtt_addr, &env)
+        let lametric_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let config = demo_config(http_addr, mqtt_addr, lametric_addr, &env)
             .map_err(|e| DemoError::Usage(e.0.join("; ")))?;
         let log_level = config.log_level;
         Ok(Self {
@@ -145,10 +173,12 @@ impl Demo {
 }
 
 /// The configuration the demo serves with: what `clock-server` would read from these
-/// environment variables. `LOG_LEVEL`, `RUST_LOG` and `LOG_FORMAT` come from `env`.
+/// environment variables, and the demo's two listed clocks (the virtual LaMetric at
+/// `lametric_addr`). `LOG_LEVEL`, `RUST_LOG` and `LOG_FORMAT` come from `env`.
 pub fn demo_config(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
+    lametric_addr: SocketAddr,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, crate::config::ConfigError> {
     let vars = demo_vars(http_addr, mqtt_addr);
@@ -162,6 +192,9 @@ pub fn demo_config(
     // What a DEVICES_FILE with `[devices.awtrix-1] profile = "awtrix3"` would add, without
     // writing a file.
     let (id, profile) = awtrix_device().map_err(|e| crate::config::ConfigError(vec![e]))?;
+    config.devices.insert(id, profile);
+    let (id, profile) =
+        lametric_device(lametric_addr).map_err(|e| crate::config::ConfigError(vec![e]))?;
     config.devices.insert(id, profile);
     Ok(config)
 }
@@ -275,10 +308,13 @@ pub fn banner(
    token   {DEMO_TOKEN}   (credential {DEMO_CREDENTIALS}: every device)
    broker  mqtt://{mqtt_addr}   (embedded, anonymous, in memory)
    clocks  {clocks}, and
-           {AWTRIX_DEVICE}, a virtual AWTRIX 3 clock (profile awtrix3, MQTT prefix {AWTRIX_TOPIC});
+           {AWTRIX_DEVICE}, a virtual AWTRIX 3 clock (profile awtrix3, MQTT prefix {AWTRIX_TOPIC}), and
+           {LAMETRIC_DEVICE}, a virtual LaMetric TIME (profile lametric, its HTTP API, key {LAMETRIC_KEY});
            their lines follow below
  Try in a second terminal:
    {env} {clockctl} message --device {device} --message hello
+ On the LaMetric, whose answer ends the command (succeeded):
+   {env} {clockctl} message --device {LAMETRIC_DEVICE} --message hello --wait
  An alarm a minute from now on the AWTRIX (the server holds it until then):
    {env} {clockctl} alarm --device {AWTRIX_DEVICE} --label \"wake up\" --time $(date -u -d '+1 min' +%Y-%m-%dT%H:%M:%SZ)
  A recurring alarm, every weekday at 06:30 in this machine's time zone (--tz to choose one):
@@ -305,8 +341,10 @@ mod running {
     use tokio::sync::watch;
 
     use super::{
-        Demo, DemoError, GENERIC_DEVICE, awtrix_device, banner, clockctl_command, demo_config,
+        Demo, DemoError, GENERIC_DEVICE, LAMETRIC_DEVICE, LAMETRIC_KEY, awtrix_device, banner,
+        clockctl_command, demo_config,
     };
+    use crate::clock::lametric::{LametricOptions, VirtualLametric};
     use crate::clock::watch::Broker;
     use crate::clock::{View, WatchOptions, Watcher};
     use crate::domain::{DeviceId, Profile};
@@ -374,8 +412,21 @@ mod running {
                     "the embedded MQTT broker did not start within 5 s".to_owned(),
                 ));
             }
-            let config = demo_config(self.http_addr, mqtt_addr, crate::shared::process_env)
-                .map_err(|e| DemoError::Start(e.0.join("; ")))?;
+            // The LaMetric listens first: the devices know its address.
+            let lametric = VirtualLametric::bind(&LametricOptions {
+                listen: SocketAddr::new(self.http_addr.ip(), 0),
+                name: LAMETRIC_DEVICE.to_owned(),
+                api_key: crate::shared::Secret::new(LAMETRIC_KEY),
+            })
+            .await
+            .map_err(|e| DemoError::Start(format!("virtual LaMetric: cannot listen: {e}")))?;
+            let config = demo_config(
+                self.http_addr,
+                mqtt_addr,
+                lametric.local_addr(),
+                crate::shared::process_env,
+            )
+            .map_err(|e| DemoError::Start(e.0.join("; ")))?;
             tracing::warn!(
                 "demo mode: plain HTTP, the public token {}, an anonymous broker; for local use only",
                 super::DEMO_TOKEN
@@ -442,11 +493,13 @@ mod running {
                 intro.push('\n');
                 intro.push_str(&watcher.description());
             }
+            intro.push('\n');
+            intro.push_str(&lametric.description());
             if let Err(e) = writeln!(stdout, "{intro}").and_then(|()| stdout.flush()) {
                 tracing::warn!(error = %e, "cannot write to stdout");
             }
-            // Both print whole lines to stdout (each line one locked write).
-            let clocks: Vec<_> = watchers
+            // All print whole lines to stdout (each line one locked write).
+            let mut clocks: Vec<_> = watchers
                 .into_iter()
                 .map(|watcher| {
                     let clock_stopped = stopped.clone();
@@ -458,6 +511,13 @@ mod running {
                     })
                 })
                 .collect();
+            let lametric_stopped = stopped.clone();
+            let lametric = tokio::spawn(async move {
+                let mut out = std::io::stdout();
+                lametric
+                    .run(View::Plain, &mut out, wait(lametric_stopped))
+                    .await
+            });
 
             tokio::select! {
                 () = shutdown => {}
@@ -466,12 +526,17 @@ mod running {
             }
             let _ = stop.send(true);
             let _ = server.await;
-            for clock in clocks {
+            for clock in clocks.drain(..) {
                 match clock.await {
                     Ok(Err(e)) => tracing::warn!(error = %e, "virtual clock"),
                     Err(e) => tracing::warn!(error = %e, "virtual clock task"),
                     Ok(Ok(())) => {}
                 }
+            }
+            match lametric.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "virtual LaMetric"),
+                Err(e) => tracing::warn!(error = %e, "virtual LaMetric task"),
+                Ok(Ok(())) => {}
             }
             Ok(())
         }
@@ -550,7 +615,8 @@ mod tests {
     fn the_demo_configuration_is_the_real_one_with_demo_values() {
         let http = SocketAddr::from(([127, 0, 0, 1], 8080));
         let mqtt = SocketAddr::from(([127, 0, 0, 1], 1883));
-        let config = demo_config(http, mqtt, |_| None).unwrap();
+        let lametric = SocketAddr::from(([127, 0, 0, 1], 18081));
+        let config = demo_config(http, mqtt, lametric, |_| None).unwrap();
         assert_eq!(config.http.addr, http);
         assert!(!config.readiness_require_auth);
         assert_eq!(
@@ -575,6 +641,16 @@ mod tests {
             config.devices.profile(&DeviceId::parse("clock-1").unwrap()),
             &Profile::Generic
         );
+        // lametric-1 as `url = "http://127.0.0.1:18081"` would list it.
+        let Profile::Lametric(clock) = config
+            .devices
+            .profile(&DeviceId::parse("lametric-1").unwrap())
+        else {
+            panic!("lametric-1 is not a LaMetric clock")
+        };
+        assert_eq!(clock.url.as_str(), "http://127.0.0.1:18081");
+        assert_eq!(clock.tls, CertCheck::PlainHttp);
+        assert_eq!(clock.api_key.expose(), LAMETRIC_KEY);
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl DemoProcess {
         demo.wait_for_line(|l| {
             l.starts_with("watching awtrix_demo/notify ") && l.ends_with(&watching)
         });
+        demo.wait_for_line(|l| {
+            l.starts_with("virtual LaMetric TIME lametric-1 on http://127.0.0.1:")
+        });
         demo
     }
 
@@ -399,6 +402,54 @@ fn the_demos_awtrix_clock_shows_a_message_a_brightness_and_an_alarm_going_off() 
             .seen
             .iter()
             .any(|l| l.starts_with("awtrix-1 set_") || l.starts_with("awtrix-1 display_")),
+        "{:?}",
+        demo.seen
+    );
+}
+
+#[cfg(feature = "demo")]
+#[test]
+fn the_demos_lametric_clock_is_online_shows_a_message_and_its_answer_ends_the_command() {
+    let mut demo = DemoProcess::start(&[]);
+    let banner = demo.seen.join("\n");
+    assert!(
+        banner.contains("lametric-1, a virtual LaMetric TIME (profile lametric"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("message --device lametric-1 --message hello --wait"),
+        "{banner}"
+    );
+    // Presence by polling its GET /api/v2/device, at start.
+    let row = demo.wait_until_online("lametric-1", Duration::from_secs(10));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[..3], ["lametric-1", "lametric", "online"], "{row}");
+
+    let answer = demo.clockctl(&[
+        "--json",
+        "message",
+        "--device",
+        "lametric-1",
+        "--message",
+        "hello",
+        "--duration",
+        "1",
+    ]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], "succeeded", "{answer}");
+    let line = demo.wait_for_line(|l| l.starts_with("lametric-1 "));
+    assert_eq!(
+        line,
+        "lametric-1 notification id=1 priority=\"info\" icon_type=\"none\" text=\"hello\" cycles=0"
+    );
+    let line = demo.wait_for_line(|l| l.starts_with("lametric-1 "));
+    assert_eq!(line, "lametric-1 dismiss id=1");
+    // Nothing went to the generic clock for lametric-1.
+    assert!(
+        !demo
+            .seen
+            .iter()
+            .any(|l| l.starts_with("lametric-1 display_")),
         "{:?}",
         demo.seen
     );
