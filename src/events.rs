@@ -5,6 +5,10 @@
 //!   own cursor into it, so a stream that falls more than 1024 events behind is told so
 //!   (`Lagged`) and ends with `event: overflow` instead of growing a queue. Publishing is
 //!   one clone of an `Arc` per event, whatever the number of streams.
+//! - A stream that follows one device (`?deviceId=` once) has a queue of its own (bounded
+//!   at 1024 too; it allocates as it fills), listed under that device: a thousand
+//!   dashboards each following their clock wake only for their clock's events, not each
+//!   for every event.
 //! - An event is serialised once, when published; streams filter by device and kind and
 //!   write the bytes as they are.
 //! - Streams are counted ([`StreamPermit`]); past `EVENTS_MAX_STREAMS` a new one is refused.
@@ -18,8 +22,9 @@
 
 pub mod relay;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -177,6 +182,58 @@ pub struct Hub {
     started: Instant,
     /// Told when this replica's first stream opens (the relay says so at once).
     first_stream: tokio::sync::Notify,
+    /// The queues of the streams that follow one device alone (see the module doc).
+    per_device: std::sync::Mutex<HashMap<DeviceId, Vec<Follower>>>,
+}
+
+/// One stream that follows one device: its queue, and whether it fell behind.
+struct Follower {
+    tx: mpsc::Sender<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Why a stream's next event is not there.
+pub enum Missed {
+    /// It fell more than [`QUEUE`] events behind.
+    Lagged,
+    /// The hub is gone.
+    Closed,
+}
+
+/// What one stream reads.
+pub enum Events {
+    /// Every device's events.
+    All(broadcast::Receiver<Arc<Event>>),
+    /// One device's events, in the stream's own queue.
+    One {
+        rx: mpsc::Receiver<Arc<Event>>,
+        lagged: Arc<AtomicBool>,
+    },
+}
+
+impl Events {
+    /// The next event.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, Missed> {
+        match self {
+            Self::All(rx) => rx.recv().await.map_err(|e| match e {
+                broadcast::error::RecvError::Lagged(_) => Missed::Lagged,
+                broadcast::error::RecvError::Closed => Missed::Closed,
+            }),
+            Self::One { rx, lagged } => match rx.recv().await {
+                Some(event) => Ok(event),
+                None if lagged.load(Ordering::Acquire) => Err(Missed::Lagged),
+                None => Err(Missed::Closed),
+            },
+        }
+    }
+
+    /// An event already waiting, if any (a lag is left for [`Self::recv`] to report).
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        match self {
+            Self::All(rx) => rx.try_recv().ok(),
+            Self::One { rx, .. } => rx.try_recv().ok(),
+        }
+    }
 }
 
 /// A place among the open streams; dropping it frees the place.
@@ -192,7 +249,7 @@ impl Drop for StreamPermit {
 
 /// What a stream reads: the events from now on, and the shutdown signal.
 pub struct Subscription {
-    pub events: broadcast::Receiver<Arc<Event>>,
+    pub events: Events,
     pub closed: watch::Receiver<bool>,
     pub permit: StreamPermit,
 }
@@ -209,6 +266,39 @@ impl Hub {
             others_until: AtomicU64::new(0),
             started: Instant::now(),
             first_stream: tokio::sync::Notify::new(),
+            per_device: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn per_device(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Vec<Follower>>> {
+        self.per_device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// To this replica's streams: those following every device, and those following the
+    /// event's device alone.
+    fn send_local(&self, event: Arc<Event>) {
+        {
+            let mut followers = self.per_device();
+            if let Some(list) = followers.get_mut(&event.device_id) {
+                list.retain(|f| match f.tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    // Behind by a whole queue: it ends with `overflow`, as a stream of
+                    // every device does.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        f.lagged.store(true, Ordering::Release);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                if list.is_empty() {
+                    followers.remove(&event.device_id);
+                }
+            }
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(event);
         }
     }
 
@@ -248,13 +338,13 @@ impl Hub {
                 tracing::debug!("events relay queue full; an event was not relayed");
             }
         }
-        let _ = self.tx.send(event);
+        self.send_local(event);
     }
 
     /// Publishes an event another replica made (from the relay): to this replica's
     /// streams only.
     pub fn publish_local(&self, event: Event) {
-        let _ = self.tx.send(Arc::new(event));
+        self.send_local(Arc::new(event));
     }
 
     /// A command's record changed (or was created).
@@ -269,7 +359,7 @@ impl Hub {
     /// Whether anyone could receive an event now: a stream here, or on another replica.
     /// Lets the callers skip building an event (e.g. reading a record) nobody reads.
     pub fn wanted(&self) -> bool {
-        self.tx.receiver_count() > 0 || self.others_listening()
+        self.streams() > 0 || self.others_listening()
     }
 
     /// Sends this replica's `command` and `schedule` events to `relay` from now on.
@@ -277,8 +367,8 @@ impl Hub {
         let _ = self.relay.set(relay);
     }
 
-    /// A new stream, or `None` at the cap.
-    pub fn subscribe(&self) -> Option<Subscription> {
+    /// A new stream (following `device` alone, or every device), or `None` at the cap.
+    pub fn subscribe(&self, device: Option<&DeviceId>) -> Option<Subscription> {
         let taken = self
             .streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -289,8 +379,31 @@ impl Hub {
             Ok(0) => self.first_stream.notify_waiters(),
             Ok(_) => {}
         }
+        let events = match device {
+            None => Events::All(self.tx.subscribe()),
+            Some(device) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let lagged = Arc::new(AtomicBool::new(false));
+                let mut followers = self.per_device();
+                // Streams that ended are dropped here too (not only when their device
+                // has an event), so opening and closing streams cannot grow the lists.
+                let list = followers.entry(device.clone()).or_default();
+                list.retain(|f| !f.tx.is_closed());
+                list.push(Follower {
+                    tx,
+                    lagged: lagged.clone(),
+                });
+                if followers.len() > 2 * self.streams() + 64 {
+                    followers.retain(|_, list| {
+                        list.retain(|f| !f.tx.is_closed());
+                        !list.is_empty()
+                    });
+                }
+                Events::One { rx, lagged }
+            }
+        };
         Some(Subscription {
-            events: self.tx.subscribe(),
+            events,
             closed: self.closed.subscribe(),
             permit: StreamPermit {
                 streams: self.streams.clone(),
@@ -332,14 +445,68 @@ mod tests {
         assert!(Kinds::parse(" , ").unwrap_err().contains("empty"));
     }
 
+    fn device_event(device: &str) -> Event {
+        Event::device(&DeviceId::parse(device).unwrap(), "{}".into())
+    }
+
+    #[tokio::test]
+    async fn a_stream_following_one_device_gets_its_events_only_and_overflows_alone() {
+        let hub = Hub::new(10);
+        let kitchen = DeviceId::parse("kitchen").unwrap();
+        let mut one = hub.subscribe(Some(&kitchen)).unwrap();
+        let mut all = hub.subscribe(None).unwrap();
+        hub.publish(device_event("hall"));
+        hub.publish(device_event("kitchen"));
+        assert_eq!(one.events.recv().await.ok().unwrap().device_id, kitchen);
+        assert!(
+            one.events.try_recv().is_none(),
+            "the hall's event is not its"
+        );
+        assert_eq!(
+            all.events.recv().await.ok().unwrap().device_id.as_str(),
+            "hall"
+        );
+        // More than its queue holds: it is told it fell behind; the other streams are not.
+        drop(all);
+        for _ in 0..=QUEUE {
+            hub.publish(device_event("kitchen"));
+        }
+        let mut got = 0;
+        loop {
+            match one.events.recv().await {
+                Ok(_) => got += 1,
+                Err(Missed::Lagged) => break,
+                Err(Missed::Closed) => panic!("closed, not lagged"),
+            }
+        }
+        assert_eq!(got, QUEUE);
+        let mut again = hub.subscribe(Some(&kitchen)).unwrap();
+        hub.publish(device_event("kitchen"));
+        assert!(again.events.recv().await.is_ok());
+    }
+
+    #[test]
+    fn streams_that_open_and_close_leave_nothing_behind() {
+        let hub = Hub::new(10);
+        for n in 0..1000 {
+            let device = DeviceId::parse(&format!("d{n}")).unwrap();
+            drop(hub.subscribe(Some(&device)).unwrap());
+        }
+        assert!(
+            hub.per_device().len() <= 2 * 10 + 64 + 1,
+            "{}",
+            hub.per_device().len()
+        );
+    }
+
     #[test]
     fn the_stream_cap_frees_a_place_when_a_stream_ends() {
         let hub = Hub::new(2);
-        let one = hub.subscribe().unwrap();
-        let _two = hub.subscribe().unwrap();
-        assert!(hub.subscribe().is_none());
+        let one = hub.subscribe(None).unwrap();
+        let _two = hub.subscribe(None).unwrap();
+        assert!(hub.subscribe(None).is_none());
         drop(one);
-        assert!(hub.subscribe().is_some());
+        assert!(hub.subscribe(None).is_some());
     }
 
     #[test]

@@ -201,13 +201,22 @@ async fn a_quiet_stream_gets_a_keep_alive_at_least_every_15_seconds_and_outlives
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_overflow_and_its_stream_ends() {
+    stops_reading("/events").await;
+}
+
+#[tokio::test]
+async fn a_client_following_one_device_that_stops_reading_gets_overflow_too() {
+    stops_reading("/events?deviceId=clock-1").await;
+}
+
+async fn stops_reading(path: &str) {
     let app = spawn_app(&[("HTTP_WRITE_TIMEOUT_MS", "60000")]).await;
     // A raw client with a tiny receive buffer that reads nothing for a while.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(2048).unwrap();
     let mut slow = socket.connect(app.addr).await.unwrap();
     slow.write_all(
-        format!("GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPS_TOKEN}\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPS_TOKEN}\r\n\r\n")
             .as_bytes(),
     )
     .await

@@ -13,11 +13,10 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::server::{Streaming, StreamingGuard};
 use super::{ApiError, AppState, Principal};
-use crate::events::{Event, KEEP_ALIVE, Kinds, Subscription};
+use crate::events::{Event, KEEP_ALIVE, Kinds, Missed, Subscription};
 use crate::security::Credential;
 
 const KEEP_ALIVE_LINE: &[u8] = b": keep-alive\n\n";
@@ -75,7 +74,12 @@ pub async fn events(
     streaming: Option<Extension<Streaming>>,
 ) -> Result<Response, ApiError> {
     let (kinds, devices) = parse_query(uri.query()).map_err(ApiError::InvalidParameter)?;
-    let Some(subscription) = state.events.subscribe() else {
+    // Following one device: that device's own channel (the filter still applies).
+    let alone = match devices.as_slice() {
+        [one] => crate::domain::DeviceId::parse(one).ok(),
+        _ => None,
+    };
+    let Some(subscription) = state.events.subscribe(alone.as_ref()) else {
         return Err(ApiError::TooManyEventStreams);
     };
     let filter = Filter {
@@ -132,23 +136,44 @@ impl Stream {
     /// The next chunk to write; `None` ends the stream.
     async fn next(&mut self) -> Option<Bytes> {
         loop {
-            tokio::select! {
+            let admitted = tokio::select! {
                 biased;
                 _ = self.sub.closed.wait_for(|closed| *closed) => return None,
                 received = self.sub.events.recv() => match received {
-                    Ok(event) if self.filter.admits(&event) => return Some(event.frame.clone()),
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
+                    Ok(event) if self.filter.admits(&event) => event,
+                    Ok(_) => continue,
+                    Err(Missed::Lagged) => {
                         self.ended = true;
                         return Some(Bytes::from_static(OVERFLOW));
                     }
-                    Err(RecvError::Closed) => return None,
+                    Err(Missed::Closed) => return None,
                 },
                 _ = self.tick.tick() => return Some(Bytes::from_static(KEEP_ALIVE_LINE)),
-            }
+            };
+            return Some(self.more(&admitted));
         }
     }
+
+    /// `first`, and the events already waiting behind it (at most [`BATCH`]), as one
+    /// chunk: under load a stream writes once per wake-up, not once per event. A lag met
+    /// here is left for the next `recv` to report.
+    fn more(&mut self, first: &Event) -> Bytes {
+        let mut chunk: Option<Vec<u8>> = None;
+        for _ in 0..BATCH {
+            match self.sub.events.try_recv() {
+                Some(event) if self.filter.admits(&event) => chunk
+                    .get_or_insert_with(|| first.frame.to_vec())
+                    .extend_from_slice(&event.frame),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        chunk.map_or_else(|| first.frame.clone(), Bytes::from)
+    }
 }
+
+/// Most events one chunk of a stream carries.
+const BATCH: usize = 64;
 
 #[cfg(test)]
 mod tests {
