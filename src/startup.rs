@@ -268,7 +268,18 @@ impl Application {
             .into_iter()
             .map(|t| metrics.instrument(t))
             .collect();
-        let publish_timeout = config.transports.mqtt().map(|m| m.publish_timeout);
+        // The longest one delivery of a held alarm can take: an MQTT publish, or a request to
+        // a LaMetric clock (its `timeout_ms`); a claimed alarm is leased longer than that.
+        let publish_timeout = config
+            .devices
+            .iter()
+            .filter_map(|(_, profile)| match profile {
+                crate::domain::Profile::Lametric(clock) => Some(clock.timeout),
+                _ => None,
+            })
+            .chain(config.transports.mqtt().map(|m| m.publish_timeout))
+            .max()
+            .unwrap_or(Duration::from_secs(5));
         let holds_alarms = config.devices.with_scheduled_alarms().next().is_some();
         let poll_every = config.presence.poll;
         let app = Self::bind(config, combine(transports), metrics).await?;
@@ -279,10 +290,12 @@ impl Application {
             commands
                 .run_in_background(move |stop| lametric.poll_presence(presence, poll_every, stop));
         }
-        if let (Some(acks), Some(publish_timeout)) = (&acks, publish_timeout)
-            && holds_alarms
-        {
-            commands.start_scheduler(acks.transport.clone(), lametric, publish_timeout);
+        if holds_alarms {
+            commands.start_scheduler(
+                acks.as_ref().map(|a| a.transport.clone()),
+                lametric,
+                publish_timeout,
+            );
         }
         if let Some(acks) = acks {
             subscribe_device_messages(&acks, commands, &app.state.presence);

@@ -654,3 +654,37 @@ async fn polling_a_clock_that_stalls_stops_with_every_other_task_on_shutdown() {
     assert_eq!(commands.running_tasks(), 0);
     stall.abort();
 }
+
+#[tokio::test]
+async fn an_alarm_for_a_clock_of_a_server_without_mqtt_is_posted_at_its_time() {
+    // ENABLED_SENDERS=rest only: the clock is reached directly all the same (SPEC 8.3), and
+    // the gateway still holds its alarms.
+    let clock = Clock::start().await;
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
+    let mut env: HashMap<String, String> = env_with(&[("READINESS_REQUIRE_AUTH", "false")]);
+    env.insert("DEVICES_FILE".into(), devices.path().display().to_string());
+    let app = start(&env, None).await.unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/commands/alarms",
+            &json!({"deviceId": "desk", "alarmTime": now, "label": "Up"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "scheduled");
+    let id = id_of(&body);
+    eventually(Duration::from_secs(10), "the alarm posted", || async {
+        (app.record(&id).await["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let post = clock.seen().remove(0);
+    assert_eq!(post.path, "/api/v2/device/notifications");
+    assert!(
+        post.body.contains(r#""priority":"critical""#),
+        "{}",
+        post.body
+    );
+    app.stop().await;
+}

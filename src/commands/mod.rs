@@ -290,11 +290,12 @@ impl Commands {
         Some(intake)
     }
 
-    /// Publishes the alarms the gateway holds through `mqtt` at their time until
-    /// [`Self::stop`]. Nothing without a store.
+    /// Publishes the alarms the gateway holds through `mqtt` (posts a LaMetric clock's
+    /// through `lametric`) at their time until [`Self::stop`]. Nothing without a store.
+    /// `publish_timeout` bounds one delivery: a claimed alarm is leased a little longer.
     pub fn start_scheduler(
         &self,
-        mqtt: Arc<MqttTransport>,
+        mqtt: Option<Arc<MqttTransport>>,
         lametric: Option<Arc<crate::transport::lametric::LametricTransport>>,
         publish_timeout: Duration,
     ) {

@@ -95,12 +95,13 @@ impl Wake {
     }
 }
 
-/// Starts the loop: alarms of `tracker`'s store, published through `mqtt` to the devices
-/// of `devices`, until `stop`.
+/// Starts the loop: alarms of `tracker`'s store, published through `mqtt` (or posted to a
+/// LaMetric clock through `lametric`) to the devices of `devices`, until `stop`. Without
+/// MQTT only LaMetric clocks can hold alarms (an `awtrix3` device needs it at start-up).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_until(
     tracker: Arc<Tracker>,
-    mqtt: Arc<MqttTransport>,
+    mqtt: Option<Arc<MqttTransport>>,
     lametric: Option<Arc<LametricTransport>>,
     devices: Arc<Devices>,
     presence: Option<Arc<Presence>>,
@@ -122,7 +123,8 @@ pub(super) async fn run_until(
 
 struct Scheduler {
     tracker: Arc<Tracker>,
-    mqtt: Arc<MqttTransport>,
+    /// `None` when MQTT is not enabled: then every held alarm is a LaMetric clock's.
+    mqtt: Option<Arc<MqttTransport>>,
     /// The LaMetric clocks (SPEC 8.3), whose alarms are posted to the clock itself.
     lametric: Option<Arc<LametricTransport>>,
     devices: Arc<Devices>,
@@ -170,7 +172,8 @@ impl Scheduler {
 
     /// One claim and its publishes; whether the batch was full (more may be due).
     async fn claim_and_publish(&self) -> bool {
-        let up = self.mqtt.is_ready();
+        // Without MQTT there is no broker to be down.
+        let up = self.mqtt.as_ref().is_none_or(|mqtt| mqtt.is_ready());
         let lease = if up { self.lease } else { DOWN_LEASE };
         let claimed = match self.tracker.store.claim_due(Utc::now(), lease, BATCH).await {
             Ok(claimed) => claimed,
@@ -238,11 +241,11 @@ impl Scheduler {
             );
             return;
         }
-        match self
-            .mqtt
-            .publish_delivery(delivery, record.expires_at)
-            .await
-        {
+        let Some(mqtt) = &self.mqtt else {
+            // Only a devices file changed under a store that outlived it gets here.
+            return self.device_removed(&record).await;
+        };
+        match mqtt.publish_delivery(delivery, record.expires_at).await {
             Ok(()) => {
                 self.tracker.sent(id, Some(&record)).await;
                 tracing::info!(
