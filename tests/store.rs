@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use clock_server::domain::CommandType;
 use clock_server::domain::schedule::{Rule, WallTime, Weekdays, Zone};
+use clock_server::domain::{CommandType, DeviceId};
 use clock_server::shared::Secret;
 use clock_server::store::schedule::claim_due;
 use clock_server::store::{
@@ -73,7 +73,7 @@ fn secs(n: u64) -> Duration {
 fn pending(id: &str, device: &str) -> CommandRecord {
     CommandRecord {
         command_id: id.to_owned(),
-        device_id: device.to_owned(),
+        device_id: DeviceId::parse(device).unwrap(),
         command_type: CommandType::DisplayMessage,
         principal: "ops".to_owned(),
         status: CommandStatus::Pending,

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::{DateTime, Utc};
-use clock_server::domain::CommandType;
+use clock_server::domain::{CommandType, DeviceId};
 use clock_server::store::{
     CommandRecord, CommandStatus, FinalOutcome, MemoryStore, StateStore, StoreSettings,
 };
@@ -33,7 +33,7 @@ async fn measure_memory_store_bytes_per_record() {
         let now = t0 + chrono::TimeDelta::milliseconds(i as i64);
         let record = CommandRecord {
             command_id: id.clone(),
-            device_id: format!("clock-{:04}", i % 1000),
+            device_id: DeviceId::parse(&format!("clock-{:04}", i % 1000)).unwrap(),
             command_type: CommandType::SetBrightness,
             principal: "ops".to_owned(),
             status: CommandStatus::Pending,
@@ -52,7 +52,7 @@ async fn measure_memory_store_bytes_per_record() {
         store.mark_sent(&id, now).await.unwrap();
         if i % 2 == 0 {
             store
-                .complete(&id, &device, FinalOutcome::Succeeded, None, now)
+                .complete(&id, device.as_str(), FinalOutcome::Succeeded, None, now)
                 .await
                 .unwrap();
         }
@@ -111,7 +111,7 @@ async fn measure_memory_store_rss_at_its_default_byte_bound() {
     for i in 0.. {
         let record = CommandRecord {
             command_id: uuid::Uuid::now_v7().to_string(),
-            device_id: "kitchen".to_owned(),
+            device_id: DeviceId::parse("kitchen").unwrap(),
             command_type: CommandType::SetAlarm,
             principal: "ops".to_owned(),
             status: CommandStatus::Scheduled,

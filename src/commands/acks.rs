@@ -154,7 +154,7 @@ async fn apply(tracker: &Tracker, metrics: &Metrics, batch: Vec<Ack>) {
 /// (`scheduled` → `sent` → final), so what is read here still holds when `complete`
 /// applies it, or the record is final by then (and `complete` says so).
 fn why_not(ack: &Ack, record: &CommandRecord) -> Option<&'static str> {
-    if record.device_id != ack.device_id {
+    if record.device_id.as_str() != ack.device_id {
         return Some("wrong_device");
     }
     if record.status.is_final() {

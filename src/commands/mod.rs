@@ -521,7 +521,7 @@ impl Commands {
         let queued = matches!(plan, Plan::UntilOnline { .. });
         let record = CommandRecord::pending(
             &command_id,
-            device,
+            &s.device_id,
             command_type,
             &s.origin.principal,
             now,
@@ -702,7 +702,7 @@ impl Commands {
             .await
             .map_err(|e| store_failed(tracker, "reading a record", &e))?
             .ok_or(CommandError::NotFound)?;
-        if !DeviceId::parse(&record.device_id).is_ok_and(|d| viewer.covers(&d)) {
+        if !viewer.covers(&record.device_id) {
             return Err(CommandError::NotFound);
         }
         Ok((tracker, record))

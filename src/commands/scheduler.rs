@@ -37,7 +37,7 @@ use tokio::sync::{Notify, watch};
 use super::records::Tracker;
 use crate::domain::awtrix3::{self, Awtrix3Device};
 use crate::domain::presence::PresenceState;
-use crate::domain::{DeviceId, Devices, Profile};
+use crate::domain::{Devices, Profile};
 use crate::presence::Presence;
 use crate::store::{
     AckOutcome, CommandRecord, Delivery, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
@@ -269,8 +269,7 @@ impl Scheduler {
 
     /// The LaMetric transport, when the alarm's device is a LaMetric clock now.
     fn lametric_of(&self, record: &CommandRecord) -> Option<&LametricTransport> {
-        let device = DeviceId::parse(&record.device_id).ok()?;
-        match self.devices.profile(&device) {
+        match self.devices.profile(&record.device_id) {
             Profile::Lametric(_) => self.lametric.as_deref(),
             _ => None,
         }
@@ -280,9 +279,7 @@ impl Scheduler {
     /// no answer is retried until the grace ends, as a publish is.
     async fn post(&self, lametric: &LametricTransport, record: &CommandRecord, held: &Delivery) {
         let id = record.command_id.as_str();
-        let Ok(device) = DeviceId::parse(&record.device_id) else {
-            return;
-        };
+        let device = record.device_id.clone();
         let request = crate::domain::lametric::Request {
             method: crate::domain::lametric::Method::Post,
             path: crate::domain::lametric::NOTIFICATIONS_PATH.to_owned(),
@@ -296,7 +293,7 @@ impl Scheduler {
                     .complete(
                         "marking an answered alarm",
                         id,
-                        &record.device_id,
+                        record.device_id.as_str(),
                         FinalOutcome::Succeeded,
                         None,
                     )
@@ -310,7 +307,7 @@ impl Scheduler {
                         .complete(
                             "marking a rejected alarm",
                             id,
-                            &record.device_id,
+                            record.device_id.as_str(),
                             FinalOutcome::Failed,
                             Some(StatusReason::new("device_rejected", message)),
                         )
@@ -332,8 +329,7 @@ impl Scheduler {
         let Some(presence) = &self.presence else {
             return false;
         };
-        DeviceId::parse(&record.device_id)
-            .is_ok_and(|d| presence.state(&d, now) == PresenceState::Offline)
+        presence.state(&record.device_id, now) == PresenceState::Offline
     }
 
     async fn offline_too_long(&self, record: &CommandRecord) {
@@ -346,7 +342,7 @@ impl Scheduler {
             .complete(
                 "marking an alarm of an offline device",
                 &record.command_id,
-                &record.device_id,
+                record.device_id.as_str(),
                 FinalOutcome::Failed,
                 Some(reason),
             )
@@ -367,7 +363,7 @@ impl Scheduler {
             .complete(
                 "marking a missed alarm",
                 &record.command_id,
-                &record.device_id,
+                record.device_id.as_str(),
                 FinalOutcome::Failed,
                 Some(StatusReason::schedule_missed()),
             )
@@ -386,8 +382,7 @@ impl Scheduler {
     /// device's current topic and alarm melody. `None` when the device is no longer a
     /// clock whose alarms the gateway holds.
     fn current_delivery(&self, record: &CommandRecord, held: &Delivery) -> Option<Delivery> {
-        let device = DeviceId::parse(&record.device_id).ok()?;
-        let Profile::Awtrix3(awtrix) = self.devices.profile(&device) else {
+        let Profile::Awtrix3(awtrix) = self.devices.profile(&record.device_id) else {
             return None;
         };
         Some(retarget(awtrix, held))
@@ -403,7 +398,7 @@ impl Scheduler {
             .complete(
                 "marking an alarm of a removed device",
                 &record.command_id,
-                &record.device_id,
+                record.device_id.as_str(),
                 FinalOutcome::Failed,
                 Some(reason),
             )

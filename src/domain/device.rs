@@ -1,12 +1,15 @@
 //! Device ids and the scopes that credentials grant over them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::field;
 
 /// A device id: 1–64 characters of `[A-Za-z0-9_-]`, so it is safe in MQTT topics and URLs.
+/// Shared, not copied: a clone is a reference count (records, events and presence all
+/// carry device ids).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(String);
+pub struct DeviceId(Arc<str>);
 
 /// Why a string is not a device id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,11 +38,22 @@ impl DeviceId {
         {
             return Err(DeviceIdError::InvalidCharacter);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The shared string, for a store that keeps device ids interned.
+    pub fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl serde::Serialize for DeviceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 

@@ -34,7 +34,7 @@ use super::{
     normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
-use crate::domain::CommandType;
+use crate::domain::{CommandType, DeviceId};
 use futures_util::future::BoxFuture;
 
 /// `PRAGMA application_id` of our files ("Clk1"): tells our database from any other.
@@ -562,7 +562,16 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(CommandRecord, Option<DateTime<U
     };
     let record = CommandRecord {
         command_id: row.get(0)?,
-        device_id: row.get(1)?,
+        device_id: {
+            let id: String = row.get(1)?;
+            DeviceId::parse(&id).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("device id {id:?}: {e}").into(),
+                )
+            })?
+        },
         command_type: {
             let name: String = row.get(2)?;
             CommandType::from_wire(&name).ok_or_else(|| {
@@ -613,7 +622,7 @@ fn insert(conn: &Connection, r: &CommandRecord) -> rusqlite::Result<()> {
         ),
         params![
             r.command_id,
-            r.device_id,
+            r.device_id.as_str(),
             r.command_type.as_str(),
             r.principal,
             r.status.as_str(),

@@ -35,7 +35,7 @@ use super::{
     apply_complete, idem_key, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
-use crate::domain::CommandType;
+use crate::domain::{CommandType, DeviceId};
 use futures_util::future::BoxFuture;
 
 /// How many expired entries one write clears on its way (keeps purging incremental).
@@ -108,7 +108,7 @@ fn to_opt_time(ms: Millis) -> Option<DateTime<Utc>> {
 
 /// One record, compact (see the module doc).
 struct Entry {
-    device_id: Arc<str>,
+    device_id: DeviceId,
     command_type: CommandType,
     principal: Arc<str>,
     created_at: Millis,
@@ -227,7 +227,7 @@ impl Entry {
         let rare = self.rare.as_deref();
         CommandRecord {
             command_id: key.to_id(),
-            device_id: self.device_id.to_string(),
+            device_id: self.device_id.clone(),
             command_type: self.command_type,
             principal: self.principal.to_string(),
             status: self.status,
@@ -410,7 +410,7 @@ struct Inner {
     /// `Scheduled` records by fire time, for `claim_due`.
     scheduled: BTreeSet<(Millis, Key)>,
     /// `Queued` records by device, then in the order accepted, for `claim_queued`.
-    queued: BTreeSet<(Arc<str>, Millis, Key)>,
+    queued: BTreeSet<(DeviceId, Millis, Key)>,
     /// Records created not final, by the second of their expiry, for `expire_due`: a
     /// bucket is taken whole once its second is over (24 bytes a record, none of the
     /// per-node cost of a set). A record that became final otherwise is skipped then;
@@ -420,7 +420,7 @@ struct Inner {
     /// Shared principals (at most `INTERN_MAX`).
     interned: HashSet<Arc<str>>,
     /// Shared device ids (at most `DEVICES_INTERN_MAX`): no allocation per record.
-    devices: HashSet<Arc<str>>,
+    devices: HashSet<DeviceId>,
     idem: HashMap<Arc<str>, IdemEntry>,
     /// Idempotency entries in the order they were written, with their expiry then.
     idem_order: VecDeque<(u64, DateTime<Utc>, Arc<str>)>,
@@ -903,7 +903,7 @@ impl Inner {
     fn complete(&mut self, c: &Completion, retention: Duration, now: DateTime<Utc>) -> AckOutcome {
         let key = Key::of(&c.command_id);
         match self.live(&key, retention, now) {
-            Some(entry) if *entry.device_id != *c.device_id => AckOutcome::WrongDevice,
+            Some(entry) if entry.device_id.as_str() != c.device_id => AckOutcome::WrongDevice,
             Some(entry) => {
                 let mut record = entry.record(&key);
                 let result =
@@ -939,6 +939,18 @@ enum Holds {
 }
 
 /// The shared copy of `s` in `set`, added while the set holds fewer than `max`.
+/// A device id shared with the records that have it already (at most
+/// `DEVICES_INTERN_MAX` ids are kept for sharing).
+fn intern_device(set: &mut HashSet<DeviceId>, id: DeviceId) -> DeviceId {
+    if let Some(shared) = set.get(&id) {
+        return shared.clone();
+    }
+    if set.len() < DEVICES_INTERN_MAX {
+        set.insert(id.clone());
+    }
+    id
+}
+
 fn intern(set: &mut HashSet<Arc<str>>, max: usize, s: String) -> Arc<str> {
     if let Some(shared) = set.get(s.as_str()) {
         return Arc::clone(shared);
@@ -985,7 +997,7 @@ impl StateStore for MemoryStore {
                 schedule_id: record.schedule_id.map(String::into_boxed_str),
             };
             let entry = Entry {
-                device_id: intern(&mut inner.devices, DEVICES_INTERN_MAX, record.device_id),
+                device_id: intern_device(&mut inner.devices, record.device_id),
                 command_type: record.command_type,
                 principal: principal.clone(),
                 created_at: to_ms(record.created_at),
@@ -1206,13 +1218,16 @@ impl StateStore for MemoryStore {
         let mut inner = self.lock();
         let retention = self.settings.retention;
         let until = to_ms(millis(add(now, lease)));
-        let device: Arc<str> = Arc::from(device_id);
-        let keys: Vec<Key> = inner
-            .queued
-            .range((device.clone(), Millis::MIN, Key::Uuid(0, 0))..)
-            .take_while(|(d, _, _)| **d == *device_id)
-            .map(|(_, _, k)| k.clone())
-            .collect();
+        let keys: Vec<Key> = match DeviceId::parse(device_id) {
+            Ok(device) => inner
+                .queued
+                .range((device, Millis::MIN, Key::Uuid(0, 0))..)
+                .take_while(|(d, _, _)| d.as_str() == device_id)
+                .map(|(_, _, k)| k.clone())
+                .collect(),
+            // Not a device id: nothing can be queued for it.
+            Err(_) => Vec::new(),
+        };
         let mut claimed: Vec<CommandRecord> = Vec::new();
         for key in keys {
             if claimed.len() >= limit {
@@ -1240,7 +1255,6 @@ impl StateStore for MemoryStore {
             claimed.push(entry.record(&key));
         }
         drop(inner);
-        drop(device);
         Box::pin(std::future::ready(Ok(claimed)))
     }
 
@@ -1248,7 +1262,7 @@ impl StateStore for MemoryStore {
         let inner = self.lock();
         let mut devices: Vec<String> = Vec::new();
         for (device, _, key) in &inner.queued {
-            if devices.last().is_some_and(|d| **d == **device) {
+            if devices.last().is_some_and(|d| d == device.as_str()) {
                 continue;
             }
             let live = inner
@@ -1458,7 +1472,7 @@ mod tests {
     fn record(id: &str, created: i64) -> CommandRecord {
         CommandRecord {
             command_id: id.to_owned(),
-            device_id: "d".to_owned(),
+            device_id: DeviceId::parse("d").unwrap(),
             command_type: CommandType::SetBrightness,
             principal: "ops".to_owned(),
             status: CommandStatus::Pending,

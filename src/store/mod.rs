@@ -38,7 +38,7 @@ pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use schedule::{Claim, ScheduleCreated, ScheduleRecord, ScheduleWrite};
 
-use crate::domain::CommandType;
+use crate::domain::{CommandType, DeviceId};
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
 use futures_util::future::BoxFuture;
@@ -187,7 +187,7 @@ pub struct Delivery {
 #[serde(rename_all = "camelCase")]
 pub struct CommandRecord {
     pub command_id: String,
-    pub device_id: String,
+    pub device_id: DeviceId,
     /// `set_alarm`, `display_message` or `set_brightness` on the wire.
     #[serde(rename = "type", serialize_with = "ser_command_type")]
     pub command_type: CommandType,
@@ -221,7 +221,7 @@ impl CommandRecord {
     /// leaves, its device acknowledging (see [`Self::without_device_acks`]).
     pub fn pending(
         command_id: &str,
-        device_id: &str,
+        device_id: &DeviceId,
         command_type: CommandType,
         principal: &str,
         now: DateTime<Utc>,
@@ -229,7 +229,7 @@ impl CommandRecord {
     ) -> Self {
         Self {
             command_id: command_id.to_owned(),
-            device_id: device_id.to_owned(),
+            device_id: device_id.clone(),
             command_type,
             principal: principal.to_owned(),
             status: CommandStatus::Pending,
@@ -771,7 +771,7 @@ pub(crate) fn apply_complete(
     reason: Option<StatusReason>,
     now: DateTime<Utc>,
 ) -> AckOutcome {
-    if r.device_id != device_id {
+    if r.device_id.as_str() != device_id {
         return AckOutcome::WrongDevice;
     }
     match r.status {

@@ -40,7 +40,7 @@ use super::{
     idem_key, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
-use crate::domain::CommandType;
+use crate::domain::{CommandType, DeviceId};
 use crate::shared::Secret;
 use crate::shared::redact_userinfo;
 use crate::shared::secret::REDACTED;
@@ -1278,7 +1278,7 @@ fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
     };
     let time = |t: DateTime<Utc>| ms(t).to_string().into_bytes();
     put("id", r.command_id.clone().into_bytes());
-    put("dev", r.device_id.clone().into_bytes());
+    put("dev", r.device_id.as_str().as_bytes().to_vec());
     put("type", r.command_type.as_str().as_bytes().to_vec());
     put("pr", r.principal.clone().into_bytes());
     put("st", r.status.as_str().as_bytes().to_vec());
@@ -1341,7 +1341,8 @@ fn decode(fields: Vec<Vec<u8>>) -> Result<CommandRecord, StoreError> {
     let need = |v: Option<String>, what: &str| v.ok_or_else(|| corrupt(what));
     Ok(CommandRecord {
         command_id: need(id, "id")?,
-        device_id: need(dev, "dev")?,
+        device_id: need(dev, "dev")
+            .and_then(|d| DeviceId::parse(&d).map_err(|_| corrupt("dev")))?,
         command_type: need(kind, "type")
             .and_then(|k| CommandType::from_wire(&k).ok_or_else(|| corrupt("type")))?,
         principal: need(principal, "pr")?,
@@ -1468,7 +1469,7 @@ mod tests {
     fn a_record_survives_encoding() {
         let record = CommandRecord {
             command_id: "c-1".into(),
-            device_id: "kitchen".into(),
+            device_id: DeviceId::parse("kitchen").unwrap(),
             command_type: CommandType::SetAlarm,
             principal: "ops".into(),
             status: CommandStatus::Failed,
