@@ -68,6 +68,8 @@ pub enum Refused {
     Mismatch,
     /// 503: the store failed (logged here).
     Unavailable,
+    /// 503: the `memory` store holds all the schedules it may (or the caller's share).
+    Full,
 }
 
 /// The answer to a create: a new schedule, or the remembered 201 of an
@@ -96,6 +98,8 @@ pub struct Schedules {
     /// (SPEC 13.1), once the server sets it up.
     events: std::sync::OnceLock<Arc<crate::events::Hub>>,
     metrics: Arc<Metrics>,
+    /// Refusals for a full store, logged folded (at most a line a second).
+    full: crate::shared::Folded,
 }
 
 impl Schedules {
@@ -110,6 +114,7 @@ impl Schedules {
             max_per_device,
             idempotency_ttl,
             changed: Arc::new(tokio::sync::Notify::new()),
+            full: crate::shared::Folded::default(),
             events: std::sync::OnceLock::new(),
             metrics,
         }
@@ -301,7 +306,15 @@ impl Schedules {
             .store
             .schedule_create(record.clone(), self.max_per_device)
             .await
-            .map_err(|e| self.failed("creating a schedule", &e))?;
+            .map_err(|e| match e {
+                StoreError::Full { .. } => {
+                    if let Some(count) = self.full.note() {
+                        tracing::warn!(error = %e, count, "state store full: a schedule was refused");
+                    }
+                    Refused::Full
+                }
+                e => self.failed("creating a schedule", &e),
+            })?;
         match created {
             ScheduleCreated::Created => {
                 self.changed.notify_one();

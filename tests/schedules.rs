@@ -889,3 +889,33 @@ async fn clockctl_refuses_bad_schedule_input_with_exit_2_and_sends_nothing() {
     let (_, _, list) = send(&app, Method::GET, "/schedules", OPS_TOKEN, None).await;
     assert_eq!(list, json!({"schedules": []}));
 }
+
+#[tokio::test]
+async fn a_credential_that_fills_its_share_of_schedules_gets_503_state_store_full_and_the_other_still_creates()
+ {
+    // Two credentials share STATE_MAX_COMMANDS=1000: 500 schedules each, however many
+    // devices `*` can name.
+    let app = spawn_app(&[("STATE_MAX_COMMANDS", "1000")]).await;
+    for n in 0..500 {
+        let body = json!({"deviceId": format!("d{}", n / 32), "time": "06:30", "timeZone": "UTC"});
+        let (status, _, answer) =
+            send(&app, Method::POST, "/schedules", OPS_TOKEN, Some(&body)).await;
+        assert_eq!(status, 201, "schedule {n}: {answer}");
+    }
+    let body = json!({"deviceId": "d99", "time": "06:30", "timeZone": "UTC"});
+    let (status, headers, answer) =
+        send(&app, Method::POST, "/schedules", OPS_TOKEN, Some(&body)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer, json!({"error": "state store full"}));
+    assert_eq!(headers["retry-after"], "1");
+    let theirs = json!({"deviceId": "clock-1", "time": "07:00", "timeZone": "UTC"});
+    let (status, _, answer) = send(
+        &app,
+        Method::POST,
+        "/schedules",
+        CLOCKS_TOKEN,
+        Some(&theirs),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+}

@@ -1499,6 +1499,52 @@ async fn a_credentials_oldest_sent_command_makes_room_for_its_next_and_nothing_e
 }
 
 #[tokio::test]
+async fn schedules_on_ever_new_devices_stop_at_a_credentials_share_and_never_take_anothers() {
+    let store = MemoryStore::new(StoreSettings {
+        max_commands: 1000,
+        shares: 2,
+        ..StoreSettings::default()
+    });
+    // 32 per device, but a scope of `*` has no end of devices: 500 (its share) and no more.
+    let mut created = 0;
+    let refused = loop {
+        let r = ScheduleRecord {
+            principal: "a".to_owned(),
+            ..schedule(&format!("a-{created}"), &format!("d{}", created / 32), 3600)
+        };
+        match store.schedule_create(r, 32).await {
+            Ok(ScheduleCreated::Created) => created += 1,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => break e,
+        }
+        assert!(created <= 500, "past its share");
+    };
+    assert_eq!(created, 500);
+    assert!(
+        matches!(&refused, StoreError::Full { message } if message.contains("\"a\"")),
+        "{refused}"
+    );
+    let theirs = ScheduleRecord {
+        principal: "b".to_owned(),
+        ..schedule("b-1", "kitchen", 3600)
+    };
+    assert_eq!(
+        store.schedule_create(theirs, 32).await.unwrap(),
+        ScheduleCreated::Created
+    );
+    // Deleting one of a's makes room for one more.
+    store.schedule_delete("a-0").await.unwrap();
+    let again = ScheduleRecord {
+        principal: "a".to_owned(),
+        ..schedule("a-again", "d0", 3600)
+    };
+    assert_eq!(
+        store.schedule_create(again, 32).await.unwrap(),
+        ScheduleCreated::Created
+    );
+}
+
+#[tokio::test]
 async fn unique_idempotency_keys_cannot_grow_memory_past_its_byte_bound() {
     let store = MemoryStore::new(StoreSettings {
         max_commands: 10_000_000,

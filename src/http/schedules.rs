@@ -64,6 +64,7 @@ impl From<Refused> for ApiError {
             Refused::InProgress => Self::IdempotencyInProgress,
             Refused::Mismatch => Self::IdempotencyMismatch,
             Refused::Unavailable => Self::StoreUnavailable,
+            Refused::Full => Self::StoreFull,
         }
     }
 }

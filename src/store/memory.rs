@@ -1389,8 +1389,29 @@ impl StateStore for MemoryStore {
         record: ScheduleRecord,
         max_per_device: usize,
     ) -> BoxFuture<'_, Result<ScheduleCreated, StoreError>> {
-        let outcome = self.schedules().create(record, max_per_device);
-        Box::pin(std::future::ready(Ok(outcome)))
+        // Bounded like the records (SPEC 10): at most `STATE_MAX_COMMANDS` schedules, and
+        // a credential at most its share of them, so no caller grows memory without end
+        // (a scope of `*` has no end of device ids to put 32 schedules on).
+        let max = self.settings.max_commands.max(1);
+        let shares = self.settings.shares.max(1);
+        let share = (max / shares).max(1);
+        let mut schedules = self.schedules();
+        let outcome = if schedules.held_by(&record.principal) >= share {
+            Err(StoreError::Full {
+                message: format!(
+                    "credential {:?} holds its share of schedules ({share}: STATE_MAX_COMMANDS={max} shared by {shares} credentials)",
+                    record.principal
+                ),
+            })
+        } else if schedules.len() >= max {
+            Err(StoreError::Full {
+                message: format!("{max} schedules held (STATE_MAX_COMMANDS)"),
+            })
+        } else {
+            Ok(schedules.create(record, max_per_device))
+        };
+        drop(schedules);
+        Box::pin(std::future::ready(outcome))
     }
 
     fn schedule_get<'a>(

@@ -88,6 +88,8 @@ pub(super) struct Schedules {
     /// Enabled schedules by next occurrence.
     due: BTreeSet<(i64, Id)>,
     per_device: HashMap<Arc<str>, u32>,
+    /// Schedules per credential (the memory store's shares, SPEC 10).
+    per_principal: HashMap<Arc<str>, u32>,
     interned: HashSet<Arc<str>>,
 }
 
@@ -123,6 +125,18 @@ impl Schedules {
         }
     }
 
+    /// Schedules held.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Schedules `principal` holds.
+    pub(super) fn held_by(&self, principal: &str) -> usize {
+        self.per_principal
+            .get(principal)
+            .map_or(0, |n| usize::try_from(*n).unwrap_or(usize::MAX))
+    }
+
     pub(super) fn create(&mut self, r: ScheduleRecord, max_per_device: usize) -> ScheduleCreated {
         let id = Id::of(&r.schedule_id);
         if self.entries.contains_key(&id) {
@@ -138,6 +152,10 @@ impl Schedules {
         if let Some(key) = entry.due_key(&id) {
             self.due.insert(key);
         }
+        *self
+            .per_principal
+            .entry(Arc::clone(&entry.principal))
+            .or_insert(0) += 1;
         self.entries.insert(id, entry);
         *self.per_device.entry(device).or_insert(0) += 1;
         ScheduleCreated::Created
@@ -190,6 +208,12 @@ impl Schedules {
             *count -= 1;
             if *count == 0 {
                 self.per_device.remove(&entry.device);
+            }
+        }
+        if let Some(count) = self.per_principal.get_mut(&entry.principal) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_principal.remove(&entry.principal);
             }
         }
         Some(entry.record(&id))
