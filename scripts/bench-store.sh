@@ -63,7 +63,7 @@ store_value() {
 	case ${1%@base} in
 	file) echo "file:$TMP/state-$2.db" ;;
 	redis) echo "redis://127.0.0.1:$REDIS_PORT" ;;
-	*) echo "$1" ;;
+	*) echo "${1%@base}" ;;
 	esac
 }
 
