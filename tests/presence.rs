@@ -396,3 +396,68 @@ async fn the_devices_list_is_sorted_and_limited_to_the_callers_scopes() {
     );
     app.stop().await;
 }
+
+/// Peak RSS (`VmHWM`) of a process, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn thousands_of_awtrix_clocks_are_subscribed_to_once_each_without_memory_running_away() {
+    // 5,000 clocks are 10,000 presence filters. Each `subscribe` used to start a task
+    // that copied every filter still missing: quadratic, gigabytes at 10,000 clocks.
+    let broker = Mosquitto::start_plain();
+    let mut devices = tempfile::NamedTempFile::new().unwrap();
+    for i in 0..5000 {
+        writeln!(
+            devices,
+            "[devices.awtrix-{i}]\nprofile = \"awtrix3\"\ntopic = \"many/awtrix-{i}\"\n"
+        )
+        .unwrap();
+    }
+    let url = broker.url();
+    let path = devices.path().display().to_string();
+    let server = common::process::ServerProcess::start(&[
+        ("REQUIRE_TLS", "false"),
+        ("API_AUTH_CREDENTIALS", "ops|tok|*"),
+        ("ENABLED_SENDERS", "mqtt"),
+        ("MQTT_BROKER_URL", &url),
+        ("ALLOW_INSECURE_MQTT", "true"),
+        ("DEVICES_FILE", &path),
+    ])
+    .await;
+    // The last clock's stats reach the server once its filters are in place.
+    let mut clock = awtrix_clock(&broker, "many/awtrix-4999").await;
+    let client = common::app::client(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        clock
+            .publish("many/awtrix-4999/stats", br#"{"bat":100}"#, false)
+            .await;
+        let text = client
+            .get(server.url("/devices/awtrix-4999"))
+            .bearer_auth("tok")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let device: Value = serde_json::from_str(&text).unwrap();
+        if device["presence"] == "online" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last clock is not online after 60 s: {device}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peak = peak_kib(server.child.id());
+    assert!(peak < 256 * 1024, "peak RSS {} MiB", peak / 1024);
+}

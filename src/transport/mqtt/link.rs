@@ -103,6 +103,9 @@ pub(super) struct Link {
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The subscriptions asked for (device acknowledgements, presence).
     subscriptions: Mutex<Vec<Subscription>>,
+    /// Whether a task is sending the missing SUBSCRIBEs now: one at a time, whatever the
+    /// number of `subscribe` calls (10,000 AWTRIX clocks are 20,000 of them at start).
+    ensuring: AtomicBool,
 }
 
 /// What to do with each message received on one subscription; never blocks the client's
@@ -152,6 +155,7 @@ impl Link {
             shutdown: watch::Sender::new(false),
             supervisor: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
+            ensuring: AtomicBool::new(false),
         })
     }
 
@@ -229,14 +233,37 @@ impl Link {
                 held: Arc::new(AtomicBool::new(false)),
             });
         }
-        if self.is_up() {
+        if self.is_up() && !self.ensuring.swap(true, Ordering::AcqRel) {
             let link = self.clone();
-            tokio::spawn(async move { link.ensure_subscriptions().await });
+            tokio::spawn(async move {
+                loop {
+                    let all_held = link.ensure_subscriptions().await;
+                    link.ensuring.store(false, Ordering::Release);
+                    // One added after this pass took its list: take it too, unless another
+                    // pass has started meanwhile. A refused one waits for the next
+                    // connection (no retry loop against a broker that says no).
+                    if !all_held
+                        || !link.has_missing()
+                        || link.ensuring.swap(true, Ordering::AcqRel)
+                    {
+                        break;
+                    }
+                }
+            });
         }
     }
 
-    /// Sends the SUBSCRIBE of each subscription the client does not hold yet.
-    async fn ensure_subscriptions(&self) {
+    /// Whether some subscription is not held yet.
+    fn has_missing(&self) -> bool {
+        self.subscriptions
+            .lock()
+            .map(|all| all.iter().any(|s| !s.held.load(Ordering::SeqCst)))
+            .unwrap_or(false)
+    }
+
+    /// Sends the SUBSCRIBE of each subscription the client does not hold yet; whether
+    /// every one was taken.
+    async fn ensure_subscriptions(&self) -> bool {
         let missing: Vec<Subscription> = self
             .subscriptions
             .lock()
@@ -248,6 +275,7 @@ impl Link {
             })
             .unwrap_or_default();
         let mut logged = std::collections::HashSet::new();
+        let mut all_held = true;
         for sub in missing {
             if sub.held.swap(true, Ordering::SeqCst) {
                 continue;
@@ -272,11 +300,13 @@ impl Link {
                     }
                 }
                 Err(e) => {
+                    all_held = false;
                     sub.held.store(false, Ordering::SeqCst);
                     tracing::warn!(filter = %sub.filter, error = %e, "cannot subscribe to {}; retrying after the next reconnection", sub.what);
                 }
             }
         }
+        all_held
     }
 
     /// Keeps the connection up in the background until [`Link::shutdown`].
