@@ -8,9 +8,10 @@
 #    rounds>, in interleaved rounds (BENCH_RUNS), BENCH_SECONDS each; medians with their
 #    spread, and the ratios against none. Targets: memory req/s >= 0.90x and p99 <=
 #    1.25x; file req/s >= 0.50x; redis req/s >= 0.70x and p99 <= 2x.
-#    With BENCH_BASELINE=<another clock-server binary> (e.g. an older commit's release
-#    build), each round also runs that binary with `none` and `memory` (as `none@base`
-#    and `memory@base`): before and after a change, side by side in one run.
+#    With BENCH_BASELINE=<another clock-server binary> (an older commit's release build,
+#    or the Go service this one replaces: it reads the same variables and ignores
+#    STATE_STORE), each round also runs that binary with `none` and `memory` (as
+#    `none@base` and `memory@base`): side by side in one run, with peak RSS.
 # 2. A million commands: one STATE_STORE=memory server (default STATE_MAX_COMMANDS) takes
 #    BENCH_MILLION (1000000) commands; its peak RSS (VmHWM) must stay <= 64 MiB.
 # The figures are for reading, not asserting.
@@ -78,19 +79,23 @@ for run in $(seq "$RUNS"); do
 		out=$TMP/wrk-$store-$run.out
 		wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s scripts/bench/wrk.lua \
 			"http://127.0.0.1:$HTTP_PORT" >"$out" 2>&1
+		peak=$(kib VmHWM)
 		stop_server
 		errors=$(field "$out" status_errors)
-		echo "$store $run $(rate "$out") $(field "$out" p99_us) $errors" >>"$TMP/stores.txt"
-		printf '  round %d %-6s %7s req/s  p99 %6.1f ms  non-2xx %s\n' "$run" "$store" \
-			"$(rate "$out")" "$(awk -v p="$(field "$out" p99_us)" 'BEGIN {print p / 1000}')" "$errors"
+		echo "$store $run $(rate "$out") $(field "$out" p99_us) $errors $peak" >>"$TMP/stores.txt"
+		printf '  round %d %-6s %7s req/s  p99 %6.1f ms  non-2xx %s  peak RSS %.1f MiB\n' "$run" "$store" \
+			"$(rate "$out")" "$(awk -v p="$(field "$out" p99_us)" 'BEGIN {print p / 1000}')" "$errors" \
+			"$(awk -v k="$peak" 'BEGIN {print k / 1024}')"
 	done
 done
 echo "bench-store: medians (spread)"
 for store in $STORES; do
 	r=$(awk -v s="$store" '$1 == s {print $3}' "$TMP/stores.txt")
 	p=$(awk -v s="$store" '$1 == s {print $4 / 1000}' "$TMP/stores.txt")
-	printf '  %-6s %s req/s (%s)  p99 %s ms (%s)\n' "$store" "$(echo "$r" | median)" \
-		"$(echo "$r" | spread)" "$(echo "$p" | median)" "$(echo "$p" | spread)"
+	m=$(awk -v s="$store" '$1 == s {printf "%.1f\n", $6 / 1024}' "$TMP/stores.txt")
+	printf '  %-6s %s req/s (%s)  p99 %s ms (%s)  peak RSS %s MiB (%s)\n' "$store" "$(echo "$r" | median)" \
+		"$(echo "$r" | spread)" "$(echo "$p" | median)" "$(echo "$p" | spread)" \
+		"$(echo "$m" | median)" "$(echo "$m" | spread)"
 done
 med() { awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$TMP/stores.txt" | median; }
 awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" \
@@ -103,8 +108,11 @@ awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$
 if [ -n "$BASELINE" ]; then
 	awk -v nr="$(med none 3)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" -v np="$(med none 4)" \
 		-v br="$(med none@base 3)" -v bm="$(med memory@base 3)" -v bp="$(med memory@base 4)" -v bn="$(med none@base 4)" 'BEGIN {
-		printf "  before (BENCH_BASELINE) / after: none %.2fx, memory %.2fx; memory / none before %.2f (p99 %.2fx), after %.2f (p99 %.2fx)\n",
-			nr / br, mr / bm, bm / br, bp / bn, mr / nr, mp / np
+		printf "  this build / BENCH_BASELINE: none %.2fx req/s, p99 %.2fx; memory %.2fx; memory / none: baseline %.2f (p99 %.2fx), this build %.2f (p99 %.2fx)\n",
+			nr / br, np / bn, mr / bm, bm / br, bp / bn, mr / nr, mp / np
+	}'
+	awk -v n="$(med none 6)" -v b="$(med none@base 6)" 'BEGIN {
+		printf "  peak RSS, none: this build %.1f MiB, BENCH_BASELINE %.1f MiB: %.2fx\n", n / 1024, b / 1024, n / b
 	}'
 fi
 if [ -n "$REDIS_PORT" ]; then
