@@ -19,7 +19,8 @@
 #    memory server; its RSS against the same 64 MiB.
 # Variables: BENCH_BURST (10000), BENCH_PENDING (100000; 0 skips it), BENCH_SCHEDULES
 # (100000; 0 skips it), BENCH_KINDS ("alarms schedules": the bursts), BENCH_DEVICES (100),
-# BENCH_POSTERS (8 connections), BENCH_STORES ("memory file"), BENCH_CARGO_FLAGS
+# BENCH_POSTERS (8 connections), BENCH_STORES ("memory file"; add redis for a
+# redis-server of its own), BENCH_CARGO_FLAGS
 # (--no-default-features), BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR,
 # MOSQUITTO.
 set -euo pipefail
@@ -51,6 +52,18 @@ burst() {
 	local kind=$1 store=$2 store_value probe per_sec lead T at sub_out
 	case $store in
 	file) store_value="file:$TMP/state-$kind.db" ;;
+	redis)
+		# A redis-server of its own on a free loopback port, no persistence.
+		if [ -z "${REDIS_PORT:-}" ]; then
+			command -v "${REDIS_SERVER:-redis-server}" >/dev/null 2>&1 || die "redis-server is missing"
+			REDIS_PORT=$(free_port)
+			"${REDIS_SERVER:-redis-server}" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' \
+				--appendonly no --dir "$TMP" --loglevel warning >"$TMP/redis.log" 2>&1 &
+			track $!
+			wait_port "$REDIS_PORT" || die "redis-server did not start"
+		fi
+		store_value="redis://127.0.0.1:$REDIS_PORT/$((${#kind} % 16))"
+		;;
 	*) store_value=$store ;;
 	esac
 	start_server "$TMP/server-$kind-$store.log" "STATE_STORE=$store_value" \
