@@ -429,40 +429,33 @@ impl Commands {
     /// for its time (and, if the device is offline then, for the device: the scheduler);
     /// anything else for a device that is offline waits for it.
     fn plan(&self, device: &DeviceId, profile: &Profile, command: &Command) -> Plan {
-        match (profile, command.alarm_instant()) {
-            (Profile::Awtrix3(awtrix), Some(fire_at)) => match awtrix.alarm_publication(command) {
-                Some(publication) => Plan::At {
+        // An alarm whose device's firmware the gateway holds alarms for: its delivery in
+        // that firmware's form ([`Profile::held_alarm`]; for a LaMetric the topic is the
+        // request path), published at its time.
+        if profile.gateway_schedules_alarms()
+            && let Some(fire_at) = command.alarm_instant()
+        {
+            return match profile.held_alarm(command) {
+                Some(held) => Plan::At {
                     fire_at,
                     delivery: Delivery {
-                        topic: publication.topic,
-                        payload: publication.payload,
+                        topic: held.topic,
+                        payload: held.payload,
                     },
                 },
                 None => Plan::Now,
-            },
-            // A LaMetric's alarm: the notification posted at its time (the clock's own alarm
-            // is one daily time without a date). The delivery's topic is the request path.
-            (Profile::Lametric(clock), Some(fire_at)) => {
-                let request = clock.request(command);
-                Plan::At {
-                    fire_at,
-                    delivery: Delivery {
-                        topic: request.path,
-                        payload: request.body.unwrap_or_default(),
-                    },
-                }
-            }
-            _ if self
-                .presence
-                .as_ref()
-                .is_some_and(|p| p.state(device, Utc::now()) == PresenceState::Offline) =>
-            {
-                Plan::UntilOnline {
-                    delivery: held::delivery_of(command),
-                }
-            }
-            _ => Plan::Now,
+            };
         }
+        if self
+            .presence
+            .as_ref()
+            .is_some_and(|p| p.state(device, Utc::now()) == PresenceState::Offline)
+        {
+            return Plan::UntilOnline {
+                delivery: held::delivery_of(command),
+            };
+        }
+        Plan::Now
     }
 
     async fn submit_untracked(&self, s: Submission) -> Result<Submitted, CommandError> {

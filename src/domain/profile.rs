@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::awtrix3::Awtrix3Device;
+use super::awtrix3::{Awtrix3Device, Publication};
 use super::lametric::LametricDevice;
 use super::{Command, DeviceId, ValidationError};
 
@@ -54,6 +54,25 @@ impl Profile {
         match self {
             Self::Generic | Self::Lametric(_) => Ok(command),
             Self::Awtrix3(device) => device.admits(&command).map(|()| command),
+        }
+    }
+
+    /// What the gateway holds for an alarm of this device until its time (SPEC 8.1,
+    /// 8.3), in the firmware's own form: an AWTRIX clock's notification (topic and
+    /// payload), a LaMetric's notification request (path and body). `None` when the
+    /// profile does not hold alarms (or has nothing to hold for `command`): the core
+    /// then sends it now. The core asks this, never the profile's variant.
+    pub fn held_alarm(&self, command: &Command) -> Option<Publication> {
+        match self {
+            Self::Generic => None,
+            Self::Awtrix3(device) => device.alarm_publication(command),
+            Self::Lametric(clock) => {
+                let request = clock.request(command);
+                Some(Publication {
+                    topic: request.path,
+                    payload: request.body.unwrap_or_default(),
+                })
+            }
         }
     }
 
@@ -166,5 +185,43 @@ mod tests {
             devices.with_scheduled_alarms().collect::<Vec<_>>(),
             [&kitchen]
         );
+    }
+
+    #[test]
+    fn a_held_alarm_is_in_its_firmwares_own_form_and_other_profiles_hold_nothing() {
+        use crate::domain::lametric::{
+            AlarmSound, CertCheck, DEFAULT_TIMEOUT, DeviceUrl, NOTIFICATIONS_PATH,
+        };
+        let alarm = Command::SetAlarm {
+            alarm_time: chrono::DateTime::parse_from_rfc3339("2030-01-01T07:00:00+01:00").unwrap(),
+            label: "wake".into(),
+        };
+        let message = Command::DisplayMessage {
+            message: "hi".into(),
+            duration_seconds: 5,
+        };
+        let awtrix = Profile::Awtrix3(Awtrix3Device::new(
+            AwtrixTopic::parse("awtrix_a1").unwrap(),
+            None,
+        ));
+        let held = awtrix.held_alarm(&alarm).unwrap();
+        assert_eq!(held.topic, "awtrix_a1/notify");
+        assert!(String::from_utf8(held.payload).unwrap().contains("wake"));
+        assert_eq!(awtrix.held_alarm(&message), None);
+        let lametric = Profile::Lametric(LametricDevice {
+            url: DeviceUrl::parse("http://127.0.0.1:8080").unwrap(),
+            api_key: crate::shared::Secret::new("k"),
+            tls: CertCheck::PlainHttp,
+            alarm_sound: AlarmSound::DEFAULT,
+            timeout: DEFAULT_TIMEOUT,
+        });
+        let held = lametric.held_alarm(&alarm).unwrap();
+        assert_eq!(held.topic, NOTIFICATIONS_PATH);
+        assert!(
+            String::from_utf8(held.payload)
+                .unwrap()
+                .contains("\"alarms\"")
+        );
+        assert_eq!(Profile::Generic.held_alarm(&alarm), None);
     }
 }
