@@ -420,18 +420,24 @@ async fn a_command_that_expires_is_an_expired_event_within_5_seconds_and_is_coun
     );
 }
 
-#[tokio::test]
-async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exactly_once() {
+/// Two replicas on one `redis-server`, both subscribed to the events channel (there is no
+/// replay: a test starts once both listen).
+async fn two_replicas() -> (common::redis::Redis, TestApp, TestApp) {
     let redis = common::redis::Redis::start();
     let store = redis.url();
     let vars = [("STATE_STORE", store.as_str())];
     let (a, b) = (spawn_app(&vars).await, spawn_app(&vars).await);
-    // Both replicas listen on the channel before anything happens (there is no replay).
     common::eventually(WAIT, "two subscribed replicas", || async {
         let clients = redis.bulk(&["CLIENT", "LIST"]);
         (clients.matches(" sub=1 ").count() >= 2).then_some(())
     })
     .await;
+    (redis, a, b)
+}
+
+#[tokio::test]
+async fn with_redis_every_replicas_stream_carries_the_command_events_of_both_exactly_once() {
+    let (_redis, a, b) = two_replicas().await;
     let mut on_a = stream(&a, "?types=command", OPS_TOKEN).await;
     let mut on_b = stream(&b, "?types=command", OPS_TOKEN).await;
     // A replica relays only once it has heard (within milliseconds) that another one has
@@ -497,15 +503,7 @@ async fn until_relayed(from: &TestApp, to: &mut EventStream) {
 
 #[tokio::test]
 async fn with_redis_and_no_stream_anywhere_nothing_is_relayed() {
-    let redis = common::redis::Redis::start();
-    let store = redis.url();
-    let vars = [("STATE_STORE", store.as_str())];
-    let (a, b) = (spawn_app(&vars).await, spawn_app(&vars).await);
-    common::eventually(WAIT, "two subscribed replicas", || async {
-        let clients = redis.bulk(&["CLIENT", "LIST"]);
-        (clients.matches(" sub=1 ").count() >= 2).then_some(())
-    })
-    .await;
+    let (redis, a, b) = two_replicas().await;
     let channel_messages = || {
         let info = redis.bulk(&["INFO", "commandstats"]);
         info.lines()

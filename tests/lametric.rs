@@ -264,6 +264,22 @@ fn desk(url: &str, pin: &str) -> String {
     )
 }
 
+/// A server with the LaMetric `desk` (played by a stand-in clock) in its devices file,
+/// once presence has seen the clock online: the broker, the clock, the devices file (kept
+/// while the server runs), the server and `GET /devices/desk`.
+async fn online_desk(
+    vars: &[(&str, &str)],
+) -> (Mosquitto, Clock, tempfile::NamedTempFile, App, Value) {
+    let broker = Mosquitto::start_plain();
+    let clock = Clock::start().await;
+    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
+    let app = spawn_with(&broker, &devices, vars).await;
+    let device = app
+        .presence_becomes("desk", "online", Duration::from_secs(10))
+        .await;
+    (broker, clock, devices, app, device)
+}
+
 async fn spawn(broker: &Mosquitto, devices: &tempfile::NamedTempFile) -> App {
     spawn_with(broker, devices, &[]).await
 }
@@ -380,12 +396,7 @@ async fn a_message_is_posted_with_the_key_succeeds_and_is_dismissed_after_its_du
 
 #[tokio::test]
 async fn a_4xx_fails_the_command_with_the_clocks_message_and_never_shows_the_key() {
-    let broker = Mosquitto::start_plain();
-    let clock = Clock::start().await;
-    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
-    let app = spawn(&broker, &devices).await;
-    app.presence_becomes("desk", "online", Duration::from_secs(10))
-        .await;
+    let (_broker, clock, _devices, app, _) = online_desk(&[]).await;
     clock.fail_with(400);
     let (status, body) = app
         .call(
@@ -444,12 +455,7 @@ async fn a_clock_whose_certificate_is_not_the_pinned_one_gets_nothing() {
 
 #[tokio::test]
 async fn a_clock_that_answers_5xx_while_known_online_is_a_failed_dispatch() {
-    let broker = Mosquitto::start_plain();
-    let clock = Clock::start().await;
-    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
-    let app = spawn(&broker, &devices).await;
-    app.presence_becomes("desk", "online", Duration::from_secs(10))
-        .await;
+    let (_broker, clock, _devices, app, _) = online_desk(&[]).await;
     clock.fail_with(500);
     let (status, body) = app
         .call(
@@ -494,13 +500,7 @@ async fn a_clock_that_never_answered_is_offline_and_a_message_for_it_waits_queue
 
 #[tokio::test]
 async fn a_clock_that_answers_its_state_is_online_with_its_name_model_version_and_serial() {
-    let broker = Mosquitto::start_plain();
-    let clock = Clock::start().await;
-    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
-    let app = spawn(&broker, &devices).await;
-    let device = app
-        .presence_becomes("desk", "online", Duration::from_secs(10))
-        .await;
+    let (_broker, clock, _devices, app, device) = online_desk(&[]).await;
     assert_eq!(device["profile"], "lametric");
     assert_eq!(device["deviceAcks"], true);
     assert!(device["lastSeenAt"].is_string(), "{device}");
@@ -532,12 +532,7 @@ async fn a_clock_that_answers_its_state_is_online_with_its_name_model_version_an
 
 #[tokio::test]
 async fn a_clock_that_stops_answering_is_offline_at_the_next_poll_and_gets_what_waited_when_back() {
-    let broker = Mosquitto::start_plain();
-    let clock = Clock::start().await;
-    let devices = devices_file(&desk(&clock.url(), &clock.fingerprint));
-    let app = spawn_with(&broker, &devices, &[("PRESENCE_POLL_SECS", "5")]).await;
-    app.presence_becomes("desk", "online", Duration::from_secs(10))
-        .await;
+    let (_broker, clock, _devices, app, _) = online_desk(&[("PRESENCE_POLL_SECS", "5")]).await;
     clock.fail_with(500);
     let device = app
         .presence_becomes("desk", "offline", Duration::from_secs(15))

@@ -541,30 +541,24 @@ impl Commands {
             }
             .receipt()
         };
+        // Held, not sent: audited here (a dispatch audits itself).
+        let held = AuditedCommand {
+            device_id: device,
+            command_type: command_type.as_str(),
+            request_id: &s.origin.request_id,
+            command_id: &command_id,
+        };
         if let Some(fire_at) = fire_at {
             self.wake.scheduled(fire_at);
             dispatch::audit_scheduled(
                 &audit_context(&s.origin, command_type),
-                &AuditedCommand {
-                    device_id: device,
-                    command_type: command_type.as_str(),
-                    request_id: &s.origin.request_id,
-                    command_id: &command_id,
-                },
+                &held,
                 &format_time(fire_at),
             );
             return Ok(Submitted::Scheduled(accepted(CommandStatus::Scheduled)));
         }
         if queued {
-            dispatch::audit_queued(
-                &audit_context(&s.origin, command_type),
-                &AuditedCommand {
-                    device_id: device,
-                    command_type: command_type.as_str(),
-                    request_id: &s.origin.request_id,
-                    command_id: &command_id,
-                },
-            );
+            dispatch::audit_queued(&audit_context(&s.origin, command_type), &held);
             return Ok(Submitted::Queued(accepted(CommandStatus::Queued)));
         }
         let envelope = Envelope {

@@ -332,22 +332,31 @@ impl Scheduler {
         presence.state(&record.device_id, now) == PresenceState::Offline
     }
 
-    async fn offline_too_long(&self, record: &CommandRecord) {
-        let reason = StatusReason::new(
-            "device_offline",
-            "the device was offline from the alarm's time until a minute after it",
-        );
+    /// Ends a held alarm `failed` with `reason`; whether this call ended it (so that only
+    /// one replica logs it).
+    async fn fail(&self, what: &str, record: &CommandRecord, reason: StatusReason) -> bool {
         let outcome = self
             .tracker
             .complete(
-                "marking an alarm of an offline device",
+                what,
                 &record.command_id,
                 record.device_id.as_str(),
                 FinalOutcome::Failed,
                 Some(reason),
             )
             .await;
-        if let Ok(AckOutcome::Applied(_)) = outcome {
+        matches!(outcome, Ok(AckOutcome::Applied(_)))
+    }
+
+    async fn offline_too_long(&self, record: &CommandRecord) {
+        let reason = StatusReason::new(
+            "device_offline",
+            "the device was offline from the alarm's time until a minute after it",
+        );
+        if self
+            .fail("marking an alarm of an offline device", record, reason)
+            .await
+        {
             tracing::warn!(
                 command_id = %record.command_id,
                 device_id = %record.device_id,
@@ -358,17 +367,14 @@ impl Scheduler {
     }
 
     async fn missed(&self, record: &CommandRecord) {
-        let outcome = self
-            .tracker
-            .complete(
+        if self
+            .fail(
                 "marking a missed alarm",
-                &record.command_id,
-                record.device_id.as_str(),
-                FinalOutcome::Failed,
-                Some(StatusReason::schedule_missed()),
+                record,
+                StatusReason::schedule_missed(),
             )
-            .await;
-        if let Ok(AckOutcome::Applied(_)) = outcome {
+            .await
+        {
             tracing::warn!(
                 command_id = %record.command_id,
                 device_id = %record.device_id,
@@ -393,17 +399,10 @@ impl Scheduler {
             "device_removed",
             "the devices file no longer lists this device as a clock whose alarms the gateway holds",
         );
-        let outcome = self
-            .tracker
-            .complete(
-                "marking an alarm of a removed device",
-                &record.command_id,
-                record.device_id.as_str(),
-                FinalOutcome::Failed,
-                Some(reason),
-            )
-            .await;
-        if let Ok(AckOutcome::Applied(_)) = outcome {
+        if self
+            .fail("marking an alarm of a removed device", record, reason)
+            .await
+        {
             tracing::warn!(
                 command_id = %record.command_id,
                 device_id = %record.device_id,
