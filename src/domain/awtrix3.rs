@@ -56,6 +56,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::command::field;
+use super::wire::{MqttForm, Publication};
 use super::{Command, ValidationError};
 
 /// The clock's AWTRIX MQTT prefix: one or more topic levels, none empty, no wildcard.
@@ -152,14 +153,6 @@ pub const SETTINGS: &str = "settings";
 /// The `power` suffix: the matrix on or off.
 pub const POWER: &str = "power";
 
-/// One publish to an AWTRIX clock. Never retained: a retained notification would be shown
-/// again every time the clock reconnects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publication {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
-
 /// The JSON of `<topic>/notify` (the subset of AWTRIX's notification this gateway sends;
 /// the virtual clock reads it back, ignoring keys it does not know as the firmware does).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +230,17 @@ impl Awtrix3Device {
                 ),
             ],
             Command::SetAlarm { label, .. } => vec![self.alarm(label)],
+        }
+    }
+
+    /// How `command` goes out over MQTT: [`Self::publications`], never retained (a
+    /// retained notification would be shown again every time the clock reconnects), and
+    /// without the request/response pair (the firmware never answers).
+    pub fn mqtt_form(&self, command: &Command) -> MqttForm {
+        MqttForm {
+            publications: self.publications(command),
+            answers: false,
+            may_retain: false,
         }
     }
 

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::wire::{MqttForm, Publication};
 use super::{Command, CommandType, Envelope, ValidationError};
 
 /// The generic JSON object: the command's own fields, plus `commandId`, `deviceId` and
@@ -92,6 +93,33 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// How a command goes out over MQTT to a generic device (SPEC 4.1): the payload of
+/// [`Payload::of`] to [`command_topic`], with the request/response pair of a tracked
+/// command (the device answers on `<prefix>/<deviceId>/ack`), retained as `MQTT_RETAINED`
+/// says.
+pub fn mqtt_form(prefix: &str, envelope: &Envelope) -> MqttForm {
+    MqttForm {
+        publications: vec![Publication {
+            topic: command_topic(prefix, envelope),
+            payload: envelope.mqtt_payload(),
+        }],
+        answers: true,
+        may_retain: true,
+    }
+}
+
+/// `<prefix>/<deviceId>/<type>` (no leading `/` when the prefix is empty), in one
+/// allocation (two `format!`s took five: they grow their string as they go).
+pub fn command_topic(prefix: &str, envelope: &Envelope) -> String {
+    let parts = [
+        prefix,
+        envelope.device_id.as_str(),
+        envelope.command.command_type().as_str(),
+    ];
+    let skip = usize::from(prefix.is_empty());
+    parts[skip..].join("/")
+}
+
 impl Envelope {
     /// The generic MQTT payload (SPEC 4.1).
     pub fn mqtt_payload(&self) -> Vec<u8> {
@@ -118,6 +146,17 @@ mod tests {
             expires_at: None,
             profile: crate::domain::Profile::Generic,
         }
+    }
+
+    #[test]
+    fn topics_are_prefix_device_and_type_without_a_leading_slash_for_an_empty_prefix() {
+        let mut envelope = envelope(Command::brightness(Some(40)).unwrap());
+        envelope.device_id = DeviceId::parse("clock-1").unwrap();
+        assert_eq!(
+            command_topic("clocks/commands", &envelope),
+            "clocks/commands/clock-1/set_brightness"
+        );
+        assert_eq!(command_topic("", &envelope), "clock-1/set_brightness");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Domain types that cannot hold invalid values: device ids, scopes and commands, and the
 //! wire forms of a command per device profile ([`generic`], [`awtrix3`], [`lametric`], chosen through
 //! [`profile`]), a device's acknowledgement ([`ack`]) and its presence messages
-//! ([`presence`]), and a recurring alarm's rule and its occurrences across daylight saving
+//! ([`presence`]), the shapes every firmware module answers in ([`wire`]), and a recurring alarm's rule and its occurrences across daylight saving
 //! ([`schedule`]).
 //!
 //! Everything here is pure (no I/O). Request bodies are turned into these types once, at
@@ -17,6 +17,7 @@ pub mod lametric;
 pub mod presence;
 pub mod profile;
 pub mod schedule;
+pub mod wire;
 
 pub use command::{
     ALARM_PAST_TOLERANCE_SECS, AlarmRequest, BrightnessRequest, Command, CommandRequest,

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::awtrix3::{Awtrix3Device, Publication};
+use super::awtrix3::Awtrix3Device;
 use super::lametric::LametricDevice;
-use super::{Command, DeviceId, ValidationError};
+use super::wire::{MqttForm, Publication};
+use super::{Command, DeviceId, Envelope, ValidationError, generic};
 
 /// The firmware a device runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,17 @@ impl Profile {
                     payload: request.body.unwrap_or_default(),
                 })
             }
+        }
+    }
+
+    /// How `envelope` goes out over MQTT to a device of this profile, in its firmware's
+    /// form (SPEC 4.1, 8.1); `prefix` is the generic topic prefix (`MQTT_TOPIC_PREFIX`).
+    /// `None` for a device not reached over MQTT (its own API, SPEC 8.3).
+    pub fn mqtt_form(&self, prefix: &str, envelope: &Envelope) -> Option<MqttForm> {
+        match self {
+            Self::Generic => Some(generic::mqtt_form(prefix, envelope)),
+            Self::Awtrix3(device) => Some(device.mqtt_form(&envelope.command)),
+            Self::Lametric(_) => None,
         }
     }
 
@@ -188,10 +200,47 @@ mod tests {
     }
 
     #[test]
-    fn a_held_alarm_is_in_its_firmwares_own_form_and_other_profiles_hold_nothing() {
-        use crate::domain::lametric::{
-            AlarmSound, CertCheck, DEFAULT_TIMEOUT, DeviceUrl, NOTIFICATIONS_PATH,
+    fn each_firmware_says_how_a_command_goes_over_mqtt_and_a_lametric_is_not_reached_so() {
+        let envelope = |profile: Profile| Envelope {
+            command_id: "c1".into(),
+            request_id: "r1".into(),
+            device_id: DeviceId::parse("kitchen").unwrap(),
+            command: Command::brightness(Some(40)).unwrap(),
+            expires_at: None,
+            profile,
         };
+        let generic = envelope(Profile::Generic);
+        let form = generic.profile.mqtt_form("p", &generic).unwrap();
+        assert!(form.answers && form.may_retain);
+        assert_eq!(form.publications.len(), 1);
+        assert_eq!(form.publications[0].topic, "p/kitchen/set_brightness");
+        assert_eq!(form.publications[0].payload, generic.mqtt_payload());
+        let awtrix = envelope(Profile::Awtrix3(Awtrix3Device::new(
+            AwtrixTopic::parse("awtrix_a1").unwrap(),
+            None,
+        )));
+        let form = awtrix.profile.mqtt_form("p", &awtrix).unwrap();
+        assert!(!form.answers && !form.may_retain);
+        let topics: Vec<&str> = form.publications.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(topics, ["awtrix_a1/power", "awtrix_a1/settings"]);
+        let lametric = envelope(Profile::Lametric(desk()));
+        assert_eq!(lametric.profile.mqtt_form("p", &lametric), None);
+    }
+
+    fn desk() -> LametricDevice {
+        use crate::domain::lametric::{AlarmSound, CertCheck, DEFAULT_TIMEOUT, DeviceUrl};
+        LametricDevice {
+            url: DeviceUrl::parse("http://127.0.0.1:8080").unwrap(),
+            api_key: crate::shared::Secret::new("k"),
+            tls: CertCheck::PlainHttp,
+            alarm_sound: AlarmSound::DEFAULT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn a_held_alarm_is_in_its_firmwares_own_form_and_other_profiles_hold_nothing() {
+        use crate::domain::lametric::NOTIFICATIONS_PATH;
         let alarm = Command::SetAlarm {
             alarm_time: chrono::DateTime::parse_from_rfc3339("2030-01-01T07:00:00+01:00").unwrap(),
             label: "wake".into(),
@@ -208,13 +257,7 @@ mod tests {
         assert_eq!(held.topic, "awtrix_a1/notify");
         assert!(String::from_utf8(held.payload).unwrap().contains("wake"));
         assert_eq!(awtrix.held_alarm(&message), None);
-        let lametric = Profile::Lametric(LametricDevice {
-            url: DeviceUrl::parse("http://127.0.0.1:8080").unwrap(),
-            api_key: crate::shared::Secret::new("k"),
-            tls: CertCheck::PlainHttp,
-            alarm_sound: AlarmSound::DEFAULT,
-            timeout: DEFAULT_TIMEOUT,
-        });
+        let lametric = Profile::Lametric(desk());
         let held = lametric.held_alarm(&alarm).unwrap();
         assert_eq!(held.topic, NOTIFICATIONS_PATH);
         assert!(

@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 use self::link::{Link, Target, bracketed};
 use super::{BoxFuture, Transport, TransportError};
 use crate::config::MqttConfig;
+use crate::domain::wire::MqttForm;
 use crate::domain::{Envelope, Profile};
 use crate::store::Delivery;
 
@@ -146,8 +147,9 @@ impl MqttTransport {
         }))
     }
 
-    /// Publishes a gateway-scheduled alarm's prepared [`Delivery`] (SPEC 8.1) with the
-    /// options of its profile, bounded by the publish timeout like any command.
+    /// Publishes a gateway-scheduled alarm's prepared [`Delivery`] (SPEC 8.1), bounded by
+    /// the publish timeout like any command. Only a firmware that does not answer has its
+    /// alarms held, so it goes as such a firmware's commands do ([`Self::plain_options`]).
     pub async fn publish_delivery(
         &self,
         delivery: &Delivery,
@@ -159,7 +161,7 @@ impl MqttTransport {
         let publish = self.publish_raw(
             delivery.topic.clone(),
             delivery.payload.clone(),
-            self.awtrix_options(Some(expires_at)),
+            self.plain_options(Some(expires_at)),
         );
         match tokio::time::timeout(self.publish_timeout, publish).await {
             Ok(result) => result,
@@ -170,35 +172,23 @@ impl MqttTransport {
         }
     }
 
-    /// Publishes `envelope` in its device's profile.
+    /// Publishes `envelope` in its device's firmware's form ([`Profile::mqtt_form`]), in
+    /// order, each acknowledged before the next (an AWTRIX brightness is `power`, then
+    /// `settings`): the command succeeds only once every publish has.
     async fn publish(&self, envelope: &Envelope) -> Result<(), TransportError> {
-        match &envelope.profile {
-            Profile::Generic => {
-                self.publish_raw(
-                    topic(&self.topic_prefix, envelope),
-                    envelope.mqtt_payload(),
-                    self.options_for(envelope),
-                )
-                .await
-            }
-            Profile::Awtrix3(device) => {
-                // In order, each acknowledged before the next (a brightness is `power`, then
-                // `settings`): the command succeeds only once every publish has.
-                for publication in device.publications(&envelope.command) {
-                    self.publish_raw(
-                        publication.topic,
-                        publication.payload,
-                        self.awtrix_options(envelope.expires_at),
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
-            // `reaches` keeps it away: such a clock is reached over its own API.
-            Profile::Lametric(_) => Err(failed(
-                "a LaMetric clock is not reached over MQTT".to_owned(),
-            )),
+        let Some(form) = envelope.profile.mqtt_form(&self.topic_prefix, envelope) else {
+            // `reaches` keeps it away: such a device is reached over its own API.
+            return Err(failed(format!(
+                "a device of the {} profile is not reached over MQTT",
+                envelope.profile.name()
+            )));
+        };
+        let options = self.options_for(&form, envelope);
+        for publication in form.publications {
+            self.publish_raw(publication.topic, publication.payload, options.clone())
+                .await?;
         }
+        Ok(())
     }
 
     async fn publish_raw(
@@ -303,32 +293,38 @@ impl Drop for MqttTransport {
     }
 }
 
-/// `<prefix>/<deviceId>/<type>` (no leading `/` when the prefix is empty), in one
-/// allocation (two `format!`s took five: they grow their string as they go).
 impl MqttTransport {
-    /// The publish options of one command: for a tracked command (SPEC 7.2) the MQTT 5
-    /// Message Expiry Interval (whole seconds left, at least 1), so a broker never hands an
-    /// expired command to a device that reconnects late, and the request/response pair:
-    /// Response Topic `<prefix>/<deviceId>/ack`, Correlation Data the command id.
-    fn options_for(&self, envelope: &Envelope) -> PublishOptions {
-        let mut options = self.publish.clone();
+    /// The publish options of one command in `form`: for a tracked command (SPEC 7.2) the
+    /// MQTT 5 Message Expiry Interval (whole seconds left, at least 1), so a broker never
+    /// hands an expired command to a device that reconnects late; for a firmware that
+    /// answers ([`MqttForm::answers`]) the request/response pair too: Response Topic
+    /// `<prefix>/<deviceId>/ack`, Correlation Data the command id. Retained as
+    /// `MQTT_RETAINED` says only when the firmware may be sent retained messages.
+    fn options_for(&self, form: &MqttForm, envelope: &Envelope) -> PublishOptions {
+        let mut options = if form.may_retain {
+            self.publish.clone()
+        } else {
+            self.plain_options(None)
+        };
         if let Some(expires_at) = envelope.expires_at {
             options.properties.message_expiry_interval = Some(expiry_interval(expires_at));
-            options.properties.response_topic = Some(acks::ack_topic(
-                &self.topic_prefix,
-                envelope.device_id.as_str(),
-            ));
-            options.properties.correlation_data = Some(envelope.command_id.as_bytes().to_vec());
+            if form.answers {
+                options.properties.response_topic = Some(acks::ack_topic(
+                    &self.topic_prefix,
+                    envelope.device_id.as_str(),
+                ));
+                options.properties.correlation_data = Some(envelope.command_id.as_bytes().to_vec());
+            }
         }
         options
     }
 
-    /// The publish options of a command to an AWTRIX clock (SPEC 8.1): never retained
-    /// (`MQTT_RETAINED` does not apply: a retained notification would be shown again at
-    /// every reconnection), the Message Expiry Interval of a tracked command, and no
-    /// Response Topic or Correlation Data — the firmware never answers, so they would
-    /// only cost bytes.
-    fn awtrix_options(&self, expires_at: Option<DateTime<Utc>>) -> PublishOptions {
+    /// The publish options of a firmware that does not answer and shows what it gets (an
+    /// AWTRIX clock, SPEC 8.1): never retained (`MQTT_RETAINED` does not apply: a retained
+    /// notification would be shown again at every reconnection), the Message Expiry
+    /// Interval of a tracked command, and no Response Topic or Correlation Data — the
+    /// firmware never answers, so they would only cost bytes.
+    fn plain_options(&self, expires_at: Option<DateTime<Utc>>) -> PublishOptions {
         let mut options = PublishOptions {
             qos: self.publish.qos,
             retain: false,
@@ -348,16 +344,6 @@ impl MqttTransport {
 
 pub use self::link::OnMessage;
 
-fn topic(prefix: &str, envelope: &Envelope) -> String {
-    let parts = [
-        prefix,
-        envelope.device_id.as_str(),
-        envelope.command.command_type().as_str(),
-    ];
-    let skip = usize::from(prefix.is_empty());
-    parts[skip..].join("/")
-}
-
 /// Whole seconds left until `expires_at`, at least 1 (SPEC 7.2).
 fn expiry_interval(expires_at: DateTime<Utc>) -> u32 {
     let left_ms = (expires_at - Utc::now()).num_milliseconds();
@@ -375,27 +361,4 @@ fn failed(message: String) -> TransportError {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Command, DeviceId};
-
-    #[test]
-    fn topics_are_prefix_device_and_type_without_a_leading_slash_for_an_empty_prefix() {
-        let envelope = Envelope {
-            command_id: "c1".into(),
-            request_id: "r1".into(),
-            device_id: DeviceId::parse("clock-1").unwrap(),
-            command: Command::brightness(Some(40)).unwrap(),
-            expires_at: None,
-            profile: crate::domain::Profile::Generic,
-        };
-        assert_eq!(
-            topic("clocks/commands", &envelope),
-            "clocks/commands/clock-1/set_brightness"
-        );
-        assert_eq!(topic("", &envelope), "clock-1/set_brightness");
-    }
 }
