@@ -11,7 +11,10 @@
 //! - Memory is bounded: the devices of the devices file, plus at most [`MAX_ANNOUNCED`]
 //!   generic devices that announced themselves; past that a new one is ignored (counted,
 //!   logged once) — it stays `unknown`, which delivery treats as online.
-//! - The AWTRIX timeout is computed when asked (`now` is passed in), so no task sweeps
+//! - What each firmware's signals are is its module's (asked through the device's
+//!   [`Profile`]: its topics and how each is read, whether it falls silent, whether it is
+//!   polled); this registry only applies them.
+//! - The timeout of a device that falls silent (AWTRIX) is computed when asked (`now` is passed in), so no task sweeps
 //!   the map and a test needs no clock of its own.
 
 use std::collections::HashMap;
@@ -23,7 +26,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::domain::presence::{self as wire, PresenceState};
+use crate::domain::presence::{Heard, PresenceState, Reading};
 use crate::domain::{DeviceId, Devices, Profile};
 
 /// Generic devices not in the devices file that are remembered once they announced
@@ -38,11 +41,15 @@ const ONLINE_EVENTS: usize = 1024;
 pub struct Presence {
     /// The generic profile's MQTT topic prefix.
     prefix: String,
-    /// `PRESENCE_TIMEOUT_SECS`: an AWTRIX clock silent this long is offline.
+    /// `PRESENCE_TIMEOUT_SECS`: a device that falls silent (an AWTRIX clock) is offline
+    /// once silent this long.
     timeout: TimeDelta,
     devices: Arc<Devices>,
-    /// The AWTRIX clocks of the devices file by MQTT topic, for one lookup per message.
-    awtrix: HashMap<String, DeviceId>,
+    /// The devices of the devices file by the exact topics of their own presence (an
+    /// AWTRIX clock's two), with how each is read, for one lookup per message.
+    topics: HashMap<String, (DeviceId, Reading)>,
+    /// The devices of the devices file that fall silent ([`Profile::falls_silent`]).
+    falling_silent: Vec<DeviceId>,
     registry: Mutex<Registry>,
     applied: AtomicU64,
     ignored: AtomicU64,
@@ -75,13 +82,6 @@ struct Entry {
     shown: Option<PresenceState>,
 }
 
-/// What an AWTRIX topic of this server is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AwtrixLevel {
-    Stats,
-    StatsDevice,
-}
-
 /// One device as `GET /devices` shows it (SPEC 11.2).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,12 +97,19 @@ pub struct DeviceView {
 impl Presence {
     /// An empty registry for the devices of `devices`; `prefix` is the generic topic prefix.
     pub fn new(prefix: &str, devices: Arc<Devices>, timeout: Duration) -> Self {
-        let awtrix = devices
+        let topics = devices
             .iter()
-            .filter_map(|(id, profile)| match profile {
-                Profile::Awtrix3(clock) => Some((clock.topic.as_str().to_owned(), id.clone())),
-                Profile::Generic | Profile::Lametric(_) => None,
+            .flat_map(|(id, profile)| {
+                profile
+                    .presence_topics()
+                    .into_iter()
+                    .map(move |(topic, reading)| (topic, (id.clone(), reading)))
             })
+            .collect();
+        let falling_silent = devices
+            .iter()
+            .filter(|(_, profile)| profile.falls_silent())
+            .map(|(id, _)| id.clone())
             .collect();
         let registry = Registry {
             listed: devices
@@ -115,7 +122,8 @@ impl Presence {
             prefix: prefix.to_owned(),
             timeout: TimeDelta::from_std(timeout).unwrap_or(TimeDelta::MAX),
             devices,
-            awtrix,
+            topics,
+            falling_silent,
             registry: Mutex::new(registry),
             applied: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
@@ -153,16 +161,16 @@ impl Presence {
         ))
     }
 
-    /// Publishes the changes that time alone makes (an AWTRIX clock silent past
-    /// `PRESENCE_TIMEOUT_SECS` is offline): the server calls it every second.
+    /// Publishes the changes that time alone makes (a device that falls silent, silent past
+    /// `PRESENCE_TIMEOUT_SECS`, is offline): the server calls it every second.
     pub fn publish_timeouts(&self, now: DateTime<Utc>) {
         let Some(events) = self.events.get() else {
             return;
         };
         let changed: Vec<_> = {
             let mut registry = self.lock();
-            let ids: Vec<DeviceId> = self.awtrix.values().cloned().collect();
-            ids.iter()
+            self.falling_silent
+                .iter()
                 .filter_map(|id| {
                     let entry = registry.listed.get_mut(id)?;
                     self.change_event(id, entry, now)
@@ -174,17 +182,16 @@ impl Presence {
         }
     }
 
-    /// The topic filters that feed this registry: every generic device's status, and both
-    /// topics of each AWTRIX clock of the devices file (exact topics: the client matches
-    /// them with one hash lookup, however many clocks there are).
+    /// The topic filters that feed this registry: the one of the devices the devices file
+    /// does not list (every generic device's status), and the exact topics of each listed
+    /// device's own presence (an AWTRIX clock's two: the client matches them with one hash
+    /// lookup, however many clocks there are).
     pub fn topic_filters(&self) -> Vec<String> {
-        let mut filters = vec![wire::status_filter(&self.prefix)];
-        for (_, profile) in self.devices.iter() {
-            if let Profile::Awtrix3(clock) = profile {
-                filters.push(wire::stats_topic(clock.topic.as_str()));
-                filters.push(wire::stats_device_topic(clock.topic.as_str()));
-            }
-        }
+        let mut filters: Vec<String> = Devices::unlisted()
+            .presence_filter(&self.prefix)
+            .into_iter()
+            .chain(self.topics.keys().cloned())
+            .collect();
         filters.sort();
         filters.dedup();
         filters
@@ -211,19 +218,10 @@ impl Presence {
 
     /// One message received on a presence topic ([`Presence::topic_filters`]).
     pub fn observe(&self, topic: &str, payload: &[u8], now: DateTime<Utc>) {
-        let applied = if let Some((device, level)) = self.awtrix_device(topic) {
-            self.observe_awtrix(&device, level, payload, now)
-        } else if let Some(device) = self
-            .generic_device(topic, wire::STATUS_LEVEL)
-            .filter(|d| matches!(self.devices.profile(d), Profile::Generic))
-        {
-            match PresenceState::parse_payload(payload) {
-                Some(state) => self.update(&device, now, |entry| {
-                    entry.said = Some(state);
-                    state == PresenceState::Online
-                }),
-                None => false,
-            }
+        let applied = if let Some((device, reading)) = self.topics.get(topic) {
+            self.heard(device, reading.read(payload), now)
+        } else if let Some((device, reading)) = self.unlisted_device(topic) {
+            self.heard(&device, reading.read(payload), now)
         } else {
             false
         };
@@ -231,9 +229,9 @@ impl Presence {
     }
 
     /// A well-formed acknowledgement from `device` (SPEC 11.1: any acknowledgement says
-    /// a generic device is online).
+    /// a device that acknowledges over MQTT, a generic one, is online).
     pub fn acknowledged(&self, device: &DeviceId, now: DateTime<Utc>) {
-        let applied = matches!(self.devices.profile(device), Profile::Generic)
+        let applied = self.devices.profile(device).acknowledges_over_mqtt()
             && self.update(device, now, |entry| {
                 entry.said = Some(PresenceState::Online);
                 true
@@ -251,7 +249,7 @@ impl Presence {
         answer: Option<Option<serde_json::Value>>,
         now: DateTime<Utc>,
     ) {
-        if !matches!(self.devices.profile(device), Profile::Lametric(_)) {
+        if !self.devices.profile(device).presence_polled() {
             return;
         }
         self.update(device, now, |entry| match answer {
@@ -278,31 +276,21 @@ impl Presence {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn observe_awtrix(
-        &self,
-        device: &DeviceId,
-        level: AwtrixLevel,
-        payload: &[u8],
-        now: DateTime<Utc>,
-    ) -> bool {
-        match level {
-            AwtrixLevel::StatsDevice => match PresenceState::parse_payload(payload) {
-                Some(state) => self.update(device, now, |entry| {
-                    entry.said = Some(state);
-                    state == PresenceState::Online
-                }),
-                None => false,
-            },
-            AwtrixLevel::Stats => match wire::stats_info(payload) {
-                Some(info) => self.update(device, now, |entry| {
-                    entry.said = Some(PresenceState::Online);
-                    if entry.info.as_deref() != Some(info) {
-                        entry.info = Some(info.into());
-                    }
-                    true
-                }),
-                None => false,
-            },
+    /// Applies what a message said of `device` (`None`: it said nothing of presence).
+    fn heard(&self, device: &DeviceId, heard: Option<Heard<'_>>, now: DateTime<Utc>) -> bool {
+        match heard {
+            Some(Heard::Said(state)) => self.update(device, now, |entry| {
+                entry.said = Some(state);
+                state == PresenceState::Online
+            }),
+            Some(Heard::Stats(info)) => self.update(device, now, |entry| {
+                entry.said = Some(PresenceState::Online);
+                if entry.info.as_deref() != Some(info) {
+                    entry.info = Some(info.into());
+                }
+                true
+            }),
+            None => false,
         }
     }
 
@@ -354,19 +342,20 @@ impl Presence {
         true
     }
 
-    /// The presence of an entry at `now`: what it said last, unless an AWTRIX clock has
-    /// been silent for longer than the timeout since its last sign of life.
+    /// The presence of an entry at `now`: what it said last, unless a device that falls
+    /// silent has been silent for longer than the timeout since its last sign of life.
     fn effective(&self, profile: &Profile, entry: &Entry, now: DateTime<Utc>) -> PresenceState {
-        match (entry.said, profile) {
-            (None, _) => PresenceState::Unknown,
-            (Some(PresenceState::Online), Profile::Awtrix3(_))
-                if entry
-                    .last_seen
-                    .is_none_or(|seen| now.signed_duration_since(seen) > self.timeout) =>
+        match entry.said {
+            None => PresenceState::Unknown,
+            Some(PresenceState::Online)
+                if profile.falls_silent()
+                    && entry
+                        .last_seen
+                        .is_none_or(|seen| now.signed_duration_since(seen) > self.timeout) =>
             {
                 PresenceState::Offline
             }
-            (Some(state), _) => state,
+            Some(state) => state,
         }
     }
 
@@ -453,32 +442,13 @@ impl Presence {
         }
     }
 
-    /// The AWTRIX clock of the devices file whose `stats` or `stats/device` topic this is.
-    fn awtrix_device(&self, topic: &str) -> Option<(DeviceId, AwtrixLevel)> {
-        let (base, level) = if let Some(base) = topic
-            .strip_suffix(wire::STATS_DEVICE)
-            .and_then(|b| b.strip_suffix('/'))
-        {
-            (base, AwtrixLevel::StatsDevice)
-        } else {
-            let base = topic
-                .strip_suffix(wire::STATS)
-                .and_then(|b| b.strip_suffix('/'))?;
-            (base, AwtrixLevel::Stats)
-        };
-        self.awtrix.get(base).map(|id| (id.clone(), level))
-    }
-
-    /// The device of `<prefix>/<deviceId>/<level>`, with a valid id exactly as written.
-    fn generic_device(&self, topic: &str, level: &str) -> Option<DeviceId> {
-        let rest = if self.prefix.is_empty() {
-            topic
-        } else {
-            topic.strip_prefix(&self.prefix)?.strip_prefix('/')?
-        };
-        let raw = rest.strip_suffix(level)?.strip_suffix('/')?;
-        let device = DeviceId::parse(raw).ok()?;
-        (device.as_str() == raw).then_some(device)
+    /// The device a topic of the unlisted devices' filter is about, when its own profile
+    /// is theirs (an AWTRIX clock's generic status topic is not its presence).
+    fn unlisted_device(&self, topic: &str) -> Option<(DeviceId, Reading)> {
+        let unlisted = Devices::unlisted();
+        unlisted
+            .presence_device(&self.prefix, topic)
+            .filter(|(device, _)| self.devices.profile(device).name() == unlisted.name())
     }
 }
 

@@ -56,6 +56,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::command::field;
+use super::presence::{Reading, stats_device_topic, stats_topic};
 use super::wire::{MqttForm, Publication};
 use super::{Command, ValidationError};
 
@@ -242,6 +243,17 @@ impl Awtrix3Device {
             answers: false,
             may_retain: false,
         }
+    }
+
+    /// The topics by which the clock says it is there (SPEC 11.1): `<topic>/stats`, its
+    /// readings every 10 s (kept as its `info`), and `<topic>/stats/device`, `online` at
+    /// connection and `offline` as its Last Will. Neither is retained, so a clock silent
+    /// for longer than `PRESENCE_TIMEOUT_SECS` is offline ([`super::Profile::falls_silent`]).
+    pub fn presence_topics(&self) -> Vec<(String, Reading)> {
+        vec![
+            (stats_topic(self.topic.as_str()), Reading::Stats),
+            (stats_device_topic(self.topic.as_str()), Reading::State),
+        ]
     }
 
     /// The notification a held alarm publishes at its time; `None` for another command.

@@ -8,8 +8,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::presence::{STATUS_LEVEL, status_filter};
 use super::wire::{MqttForm, Publication};
-use super::{Command, CommandType, Envelope, ValidationError};
+use super::{Command, CommandType, DeviceId, Envelope, ValidationError};
 
 /// The generic JSON object: the command's own fields, plus `commandId`, `deviceId` and
 /// `type` in the MQTT payload. Absent fields are left out; keys are in alphabetical order,
@@ -120,6 +121,26 @@ pub fn command_topic(prefix: &str, envelope: &Envelope) -> String {
     parts[skip..].join("/")
 }
 
+/// The filter of every generic device's presence, listed in the devices file or not
+/// (SPEC 11.1): `<prefix>/+/status`, `online` as its retained birth and `offline` as its
+/// retained Last Will (the ESPHome and Tasmota convention). It never times out.
+pub fn presence_filter(prefix: &str) -> String {
+    status_filter(prefix)
+}
+
+/// The device whose status `topic` is (`<prefix>/<deviceId>/status`), with a valid id
+/// exactly as written; `None` for any other topic.
+pub fn status_device(prefix: &str, topic: &str) -> Option<DeviceId> {
+    let rest = if prefix.is_empty() {
+        topic
+    } else {
+        topic.strip_prefix(prefix)?.strip_prefix('/')?
+    };
+    let raw = rest.strip_suffix(STATUS_LEVEL)?.strip_suffix('/')?;
+    let device = DeviceId::parse(raw).ok()?;
+    (device.as_str() == raw).then_some(device)
+}
+
 impl Envelope {
     /// The generic MQTT payload (SPEC 4.1).
     pub fn mqtt_payload(&self) -> Vec<u8> {
@@ -157,6 +178,27 @@ mod tests {
             "clocks/commands/clock-1/set_brightness"
         );
         assert_eq!(command_topic("", &envelope), "clock-1/set_brightness");
+    }
+
+    #[test]
+    fn a_status_topic_names_its_device_exactly_and_nothing_else_does() {
+        assert_eq!(
+            status_device("p", "p/clock-1/status"),
+            Some(DeviceId::parse("clock-1").unwrap())
+        );
+        assert_eq!(
+            status_device("", "clock-1/status"),
+            Some(DeviceId::parse("clock-1").unwrap())
+        );
+        for other in [
+            "q/clock-1/status",
+            "p/clock-1/status/x",
+            "p/a/b/status",
+            "p/ clock/status",
+            "p//status",
+        ] {
+            assert_eq!(status_device("p", other), None, "{other}");
+        }
     }
 
     #[test]

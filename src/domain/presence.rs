@@ -87,6 +87,36 @@ impl fmt::Display for PresenceState {
     }
 }
 
+/// How a message on one of a device's presence topics is read (each firmware module says
+/// which of its topics is which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// `online` or `offline`, exactly ([`PresenceState::parse_payload`]).
+    State,
+    /// The clock's readings: one JSON object ([`stats_info`]), a sign of life kept as the
+    /// device's `info`.
+    Stats,
+}
+
+/// What a message on a presence topic says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard<'a> {
+    /// The device says it is `online` or `offline`.
+    Said(PresenceState),
+    /// The device's readings (it is online): one JSON object, as sent.
+    Stats(&'a str),
+}
+
+impl Reading {
+    /// What `payload` says, read so; `None` when it is not presence (ignored and counted).
+    pub fn read(self, payload: &[u8]) -> Option<Heard<'_>> {
+        match self {
+            Self::State => PresenceState::parse_payload(payload).map(Heard::Said),
+            Self::Stats => stats_info(payload).map(Heard::Stats),
+        }
+    }
+}
+
 /// `payload` as a device's `info`: one JSON object of at most [`MAX_INFO_BYTES`], its
 /// surrounding whitespace removed, or `None`. Checked without building the object (the
 /// text is what is kept: a tenth of the memory of a parsed `serde_json::Value`).
@@ -131,6 +161,17 @@ mod tests {
         for other in [&b"Online"[..], b" online", b"", b"1", b"{\"online\":true}"] {
             assert_eq!(PresenceState::parse_payload(other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn each_reading_reads_only_its_own_kind_of_message() {
+        assert_eq!(
+            Reading::State.read(b"offline"),
+            Some(Heard::Said(PresenceState::Offline))
+        );
+        assert_eq!(Reading::State.read(b"{}"), None);
+        assert_eq!(Reading::Stats.read(b"{}"), Some(Heard::Stats("{}")));
+        assert_eq!(Reading::Stats.read(b"online"), None);
     }
 
     #[test]

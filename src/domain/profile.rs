@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::awtrix3::Awtrix3Device;
 use super::lametric::LametricDevice;
+use super::presence::Reading;
 use super::wire::{MqttForm, Publication};
 use super::{Command, DeviceId, Envelope, ValidationError, generic};
 
@@ -88,6 +89,47 @@ impl Profile {
         }
     }
 
+    /// The MQTT topics of this device's own presence (SPEC 11.1) and how each is read:
+    /// an AWTRIX clock's two. Empty for a device whose presence is heard elsewhere (the
+    /// shared filter of [`Self::presence_filter`], or polls).
+    pub fn presence_topics(&self) -> Vec<(String, Reading)> {
+        match self {
+            Self::Generic | Self::Lametric(_) => Vec::new(),
+            Self::Awtrix3(device) => device.presence_topics(),
+        }
+    }
+
+    /// A filter that covers the presence of every device of this profile, also those the
+    /// devices file does not list (so they announce themselves): the generic
+    /// `<prefix>/+/status`. Asked of [`Devices::unlisted`]; `prefix` is the generic topic
+    /// prefix.
+    pub fn presence_filter(&self, prefix: &str) -> Option<String> {
+        match self {
+            Self::Generic => Some(generic::presence_filter(prefix)),
+            Self::Awtrix3(_) | Self::Lametric(_) => None,
+        }
+    }
+
+    /// The device a topic of [`Self::presence_filter`] is about, and how it is read.
+    pub fn presence_device(&self, prefix: &str, topic: &str) -> Option<(DeviceId, Reading)> {
+        match self {
+            Self::Generic => generic::status_device(prefix, topic).map(|d| (d, Reading::State)),
+            Self::Awtrix3(_) | Self::Lametric(_) => None,
+        }
+    }
+
+    /// Whether a device silent for longer than `PRESENCE_TIMEOUT_SECS` is offline (an
+    /// AWTRIX clock: its readings come every 10 s, and nothing of it is retained).
+    pub fn falls_silent(&self) -> bool {
+        matches!(self, Self::Awtrix3(_))
+    }
+
+    /// Whether the device's presence is what the gateway's polls of it say (a LaMetric
+    /// clock, through its own transport).
+    pub fn presence_polled(&self) -> bool {
+        matches!(self, Self::Lametric(_))
+    }
+
     /// Whether the device can only be reached over MQTT.
     pub fn mqtt_only(&self) -> bool {
         matches!(self, Self::Awtrix3(_))
@@ -147,6 +189,11 @@ impl Devices {
     /// Lists `id` with `profile`; returns the profile it had, if it was listed.
     pub fn insert(&mut self, id: DeviceId, profile: Profile) -> Option<Profile> {
         self.by_id.insert(id, profile)
+    }
+
+    /// The profile of every device the devices file does not list.
+    pub fn unlisted() -> &'static Profile {
+        &GENERIC
     }
 
     /// The profile of `id`: [`Profile::Generic`] unless listed otherwise.
