@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::commands::{Commands, Occurrence, Origin, Submission};
+use crate::commands::{Commands, IdempotencyKey, Occurrence, Origin, Submission};
 use crate::domain::Command;
 use crate::domain::DeviceId;
 use crate::domain::schedule::{ScheduleError, ScheduleRequest};
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::security::Credential;
 use crate::store::schedule::{Claim, claim_due};
 use crate::store::{
-    IdemBegin, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore, StoreError,
+    IdemAnswer, IdemBegin, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore, StoreError,
 };
 
 /// `SCHEDULES_MAX_PER_DEVICE` bounds.
@@ -77,12 +77,6 @@ pub enum Refused {
 pub enum Created {
     New(Box<ScheduleRecord>),
     Replay { status: u16, body: Vec<u8> },
-}
-
-/// An `Idempotency-Key` and the fingerprint of its request.
-pub struct IdemKey {
-    pub key: String,
-    pub fingerprint: [u8; 32],
 }
 
 /// The schedule rules of one server.
@@ -258,7 +252,7 @@ impl Schedules {
         &self,
         caller: &Credential,
         body: ScheduleRequest,
-        key: Option<IdemKey>,
+        key: Option<IdempotencyKey>,
         now: DateTime<Utc>,
     ) -> Result<Created, Refused> {
         let record = new_record(caller, body, now)?;
@@ -266,7 +260,7 @@ impl Schedules {
         if let Some(k) = &key {
             let begun = self
                 .store
-                .idem_begin(principal, &k.key, k.fingerprint, now)
+                .idem_begin(k.of(principal), now)
                 .await
                 .map_err(|e| self.failed("checking an Idempotency-Key", &e))?;
             match begun {
@@ -280,19 +274,15 @@ impl Schedules {
         if let Some(k) = &key {
             let stored = match &result {
                 Ok(record) => {
-                    self.store
-                        .idem_finish(
-                            principal,
-                            &k.key,
-                            k.fingerprint,
-                            201,
-                            record.to_json(),
-                            self.idempotency_ttl,
-                            Utc::now(),
-                        )
-                        .await
+                    let answer = IdemAnswer {
+                        request: k.of(principal),
+                        status: 201,
+                        body: record.to_json(),
+                        ttl: self.idempotency_ttl,
+                    };
+                    self.store.idem_finish(answer, Utc::now()).await
                 }
-                Err(_) => self.store.idem_abort(principal, &k.key).await,
+                Err(_) => self.store.idem_abort(k.of(principal)).await,
             };
             if let Err(e) = stored {
                 self.failed("saving an Idempotency-Key", &e);

@@ -16,9 +16,10 @@ use clock_server::domain::{CommandType, DeviceId};
 use clock_server::shared::Secret;
 use clock_server::store::schedule::claim_due;
 use clock_server::store::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FileStore, FinalOutcome,
-    IdemBegin, MemoryStore, RedisStore, ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore,
-    StatusReason, StoreError, StoreSettings,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery, FileStore,
+    FinalOutcome, IdemAnswer, IdemBegin, IdemRequest, LeaseBatch, MemoryStore, RedisStore,
+    ScheduleCreated, ScheduleRecord, ScheduleWrite, StateStore, StatusReason, StoreError,
+    StoreSettings,
 };
 use tempfile::TempDir;
 
@@ -67,6 +68,45 @@ fn at(secs: i64) -> DateTime<Utc> {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// The outcome of `id` reported for `device`.
+fn completion(
+    id: &str,
+    device: &str,
+    outcome: FinalOutcome,
+    reason: Option<StatusReason>,
+) -> Completion {
+    Completion {
+        command_id: id.to_owned(),
+        device_id: device.to_owned(),
+        outcome,
+        reason,
+    }
+}
+
+/// `principal`'s `Idempotency-Key` `key` on a request with `fingerprint`.
+fn idem<'a>(principal: &'a str, key: &'a str, fingerprint: [u8; 32]) -> IdemRequest<'a> {
+    IdemRequest {
+        principal,
+        key,
+        fingerprint,
+    }
+}
+
+/// The answer `status`/`body` to `request`, kept for `ttl`.
+fn answer(request: IdemRequest<'_>, status: u16, body: Vec<u8>, ttl: Duration) -> IdemAnswer<'_> {
+    IdemAnswer {
+        request,
+        status,
+        body,
+        ttl,
+    }
+}
+
+/// A claim at `now` of up to `limit` records, leased for `lease`.
+fn claim(now: DateTime<Utc>, lease: Duration, limit: usize) -> LeaseBatch {
+    LeaseBatch { now, lease, limit }
 }
 
 /// A command just submitted at `at(0)`, alive for 600 s.
@@ -159,10 +199,7 @@ async fn the_record_renders_as_the_status_resource_of_7_3(h: Harness) {
     let reason = StatusReason::new("busy", "display \"busy\"");
     store
         .complete(
-            "c-1",
-            "kitchen",
-            FinalOutcome::Failed,
-            Some(reason),
+            completion("c-1", "kitchen", FinalOutcome::Failed, Some(reason)),
             at(2) + TimeDelta::milliseconds(5),
         )
         .await
@@ -195,13 +232,19 @@ async fn a_record_past_its_expiry_is_expired_and_a_late_ack_is_ignored(h: Harnes
     assert_eq!(expired.completed_at, Some(at(600)));
     // The expiry was persisted: an ack stamped "earlier" no longer applies.
     let late = store
-        .complete("seen", "clock-1", FinalOutcome::Succeeded, None, at(500))
+        .complete(
+            completion("seen", "clock-1", FinalOutcome::Succeeded, None),
+            at(500),
+        )
         .await
         .unwrap();
     assert_eq!(late, AckOutcome::Expired);
     // Nobody read the other one: the ack itself finds it expired.
     let late = store
-        .complete("unseen", "clock-1", FinalOutcome::Succeeded, None, at(700))
+        .complete(
+            completion("unseen", "clock-1", FinalOutcome::Succeeded, None),
+            at(700),
+        )
         .await
         .unwrap();
     assert_eq!(late, AckOutcome::Expired);
@@ -216,9 +259,15 @@ async fn acks_apply_only_to_the_right_device_and_the_first_final_status_wins(h: 
     store.create(pending("c-1", "clock-1")).await.unwrap();
     store.mark_sent("c-1", at(1)).await.unwrap();
 
-    let unknown = store.complete("nope", "clock-1", FinalOutcome::Succeeded, None, at(2));
+    let unknown = store.complete(
+        completion("nope", "clock-1", FinalOutcome::Succeeded, None),
+        at(2),
+    );
     assert_eq!(unknown.await.unwrap(), AckOutcome::Unknown);
-    let wrong = store.complete("c-1", "clock-2", FinalOutcome::Succeeded, None, at(2));
+    let wrong = store.complete(
+        completion("c-1", "clock-2", FinalOutcome::Succeeded, None),
+        at(2),
+    );
     assert_eq!(wrong.await.unwrap(), AckOutcome::WrongDevice);
     assert_eq!(
         store.get("c-1", at(2)).await.unwrap().unwrap().status,
@@ -227,7 +276,10 @@ async fn acks_apply_only_to_the_right_device_and_the_first_final_status_wins(h: 
 
     let done = applied(
         store
-            .complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(3))
+            .complete(
+                completion("c-1", "clock-1", FinalOutcome::Succeeded, None),
+                at(3),
+            )
             .await
             .unwrap(),
     );
@@ -236,13 +288,19 @@ async fn acks_apply_only_to_the_right_device_and_the_first_final_status_wins(h: 
         (CommandStatus::Succeeded, Some(at(3)))
     );
 
-    let duplicate = store.complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(4));
+    let duplicate = store.complete(
+        completion("c-1", "clock-1", FinalOutcome::Succeeded, None),
+        at(4),
+    );
     assert_eq!(
         duplicate.await.unwrap(),
         AckOutcome::AlreadyFinal(CommandStatus::Succeeded)
     );
     let reason = Some(StatusReason::new("late", "changed my mind"));
-    let contrary = store.complete("c-1", "clock-1", FinalOutcome::Failed, reason, at(5));
+    let contrary = store.complete(
+        completion("c-1", "clock-1", FinalOutcome::Failed, reason),
+        at(5),
+    );
     assert_eq!(
         contrary.await.unwrap(),
         AckOutcome::AlreadyFinal(CommandStatus::Succeeded)
@@ -253,7 +311,10 @@ async fn acks_apply_only_to_the_right_device_and_the_first_final_status_wins(h: 
 async fn an_ack_that_overtakes_the_puback_is_kept_and_sent_at_is_filled(h: Harness) {
     let store = h.open_default();
     store.create(pending("c-1", "clock-1")).await.unwrap();
-    let early = store.complete("c-1", "clock-1", FinalOutcome::Succeeded, None, at(1));
+    let early = store.complete(
+        completion("c-1", "clock-1", FinalOutcome::Succeeded, None),
+        at(1),
+    );
     applied(early.await.unwrap());
     let status = store.mark_sent("c-1", at(2)).await.unwrap();
     assert_eq!(status, Some(CommandStatus::Succeeded));
@@ -277,10 +338,7 @@ async fn a_failed_dispatch_is_recorded_with_its_reason(h: Harness) {
     let failed = applied(
         store
             .complete(
-                "c-1",
-                "clock-1",
-                FinalOutcome::Failed,
-                reason.clone(),
+                completion("c-1", "clock-1", FinalOutcome::Failed, reason.clone()),
                 at(1),
             )
             .await
@@ -297,7 +355,12 @@ async fn an_idempotency_key_replays_byte_for_byte_and_refuses_another_request(h:
     let store = h.open_default();
     let begin = |principal: &'static str, fp, t| {
         let store = Arc::clone(&store);
-        async move { store.idem_begin(principal, "k-1", fp, at(t)).await.unwrap() }
+        async move {
+            store
+                .idem_begin(idem(principal, "k-1", fp), at(t))
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(begin("ops", FP_A, 0).await, IdemBegin::New);
     assert_eq!(begin("ops", FP_A, 1).await, IdemBegin::InProgress);
@@ -307,7 +370,10 @@ async fn an_idempotency_key_replays_byte_for_byte_and_refuses_another_request(h:
 
     let body = b"{\"result\":\"sent\",\"x\":\"\xff\x00\"}\n".to_vec();
     store
-        .idem_finish("ops", "k-1", FP_A, 202, body.clone(), secs(3600), at(2))
+        .idem_finish(
+            answer(idem("ops", "k-1", FP_A), 202, body.clone(), secs(3600)),
+            at(2),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -320,7 +386,7 @@ async fn an_idempotency_key_replays_byte_for_byte_and_refuses_another_request(h:
     assert_eq!(begin("ops", FP_B, 3).await, IdemBegin::Mismatch);
     assert_eq!(begin("other", FP_B, 3).await, IdemBegin::InProgress);
     // Aborting a finished key changes nothing.
-    store.idem_abort("ops", "k-1").await.unwrap();
+    store.idem_abort(idem("ops", "k-1", FP_A)).await.unwrap();
     assert_eq!(
         begin("ops", FP_A, 4).await,
         IdemBegin::Replay { status: 202, body }
@@ -332,21 +398,33 @@ async fn an_idempotency_key_replays_byte_for_byte_and_refuses_another_request(h:
 async fn an_aborted_or_abandoned_key_can_be_used_again(h: Harness) {
     let store = h.open_default();
     assert_eq!(
-        store.idem_begin("ops", "k", FP_A, at(0)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k", FP_A), at(0))
+            .await
+            .unwrap(),
         IdemBegin::New
     );
-    store.idem_abort("ops", "k").await.unwrap();
+    store.idem_abort(idem("ops", "k", FP_A)).await.unwrap();
     assert_eq!(
-        store.idem_begin("ops", "k", FP_A, at(1)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k", FP_A), at(1))
+            .await
+            .unwrap(),
         IdemBegin::New
     );
     // Left in progress by a crash: blocked for a bounded time, then free.
     assert_eq!(
-        store.idem_begin("ops", "k", FP_A, at(60)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k", FP_A), at(60))
+            .await
+            .unwrap(),
         IdemBegin::InProgress
     );
     assert_eq!(
-        store.idem_begin("ops", "k", FP_B, at(61)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k", FP_B), at(61))
+            .await
+            .unwrap(),
         IdemBegin::New
     );
 }
@@ -356,7 +434,12 @@ async fn concurrent_begins_with_one_key_give_exactly_one_new(h: Harness) {
     let tasks: Vec<_> = (0..32)
         .map(|_| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.idem_begin("ops", "race", FP_A, at(0)).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .idem_begin(idem("ops", "race", FP_A), at(0))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut new = 0;
@@ -376,12 +459,12 @@ async fn a_scheduled_alarm_is_not_claimed_before_its_time(h: Harness) {
     store.create(pending("c-1", "clock-1")).await.unwrap();
     assert!(
         store
-            .claim_due(at(59), secs(10), 10)
+            .claim_due(claim(at(59), secs(10), 10))
             .await
             .unwrap()
             .is_empty()
     );
-    let due = store.claim_due(at(60), secs(10), 10).await.unwrap();
+    let due = store.claim_due(claim(at(60), secs(10), 10)).await.unwrap();
     assert_eq!(due, vec![alarm("a-1", 60)]);
     assert_eq!(
         due[0].delivery.as_ref().unwrap().topic,
@@ -401,7 +484,7 @@ async fn concurrent_claimers_get_each_alarm_exactly_once(h: Harness) {
                 let mut mine = Vec::new();
                 // Small batches so the two claimers interleave.
                 loop {
-                    let got = store.claim_due(at(100), secs(30), 3).await.unwrap();
+                    let got = store.claim_due(claim(at(100), secs(30), 3)).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
@@ -419,7 +502,7 @@ async fn concurrent_claimers_get_each_alarm_exactly_once(h: Harness) {
     // Earliest first.
     let first = store.create(alarm("later", 50)).await;
     first.unwrap();
-    let got = store.claim_due(at(131), secs(30), 2).await.unwrap();
+    let got = store.claim_due(claim(at(131), secs(30), 2)).await.unwrap();
     let ids: Vec<_> = got.iter().map(|r| r.command_id.as_str()).collect();
     assert_eq!(ids, ["a-00", "a-01"]);
 }
@@ -427,15 +510,22 @@ async fn concurrent_claimers_get_each_alarm_exactly_once(h: Harness) {
 async fn an_alarm_whose_claimer_died_is_claimed_again_after_the_lease(h: Harness) {
     let store = h.open_default();
     store.create(alarm("a-1", 0)).await.unwrap();
-    assert_eq!(store.claim_due(at(0), secs(10), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .claim_due(claim(at(0), secs(10), 10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(
         store
-            .claim_due(at(9), secs(10), 10)
+            .claim_due(claim(at(9), secs(10), 10))
             .await
             .unwrap()
             .is_empty()
     );
-    let again = store.claim_due(at(10), secs(10), 10).await.unwrap();
+    let again = store.claim_due(claim(at(10), secs(10), 10)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(
         store.mark_sent("a-1", at(11)).await.unwrap(),
@@ -448,7 +538,7 @@ async fn an_alarm_whose_claimer_died_is_claimed_again_after_the_lease(h: Harness
     );
     assert!(
         store
-            .claim_due(at(100), secs(10), 10)
+            .claim_due(claim(at(100), secs(10), 10))
             .await
             .unwrap()
             .is_empty()
@@ -477,7 +567,7 @@ async fn only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled(h: Harness
     );
 
     // a-2 is claimed (being published): 409, until its lease runs out.
-    let due = store.claim_due(at(60), secs(10), 10).await.unwrap();
+    let due = store.claim_due(claim(at(60), secs(10), 10)).await.unwrap();
     assert_eq!(
         due.iter()
             .map(|r| r.command_id.as_str())
@@ -495,7 +585,7 @@ async fn only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled(h: Harness
     ));
     assert!(
         store
-            .claim_due(at(80), secs(10), 10)
+            .claim_due(claim(at(80), secs(10), 10))
             .await
             .unwrap()
             .is_empty()
@@ -518,20 +608,23 @@ async fn only_a_scheduled_alarm_nobody_is_publishing_can_be_cancelled(h: Harness
 async fn an_alarm_still_scheduled_a_minute_after_its_time_is_failed_once(h: Harness) {
     let store = h.open_default();
     store.create(alarm("a-1", 0)).await.unwrap();
-    let due = store.claim_due(at(61), secs(10), 10).await.unwrap();
+    let due = store.claim_due(claim(at(61), secs(10), 10)).await.unwrap();
     assert!(!due[0].schedule_missed(at(60)));
     assert!(due[0].schedule_missed(at(61)));
     let missed = Some(StatusReason::schedule_missed());
     let failed = applied(
         store
-            .complete("a-1", "kitchen", FinalOutcome::Failed, missed, at(61))
+            .complete(
+                completion("a-1", "kitchen", FinalOutcome::Failed, missed),
+                at(61),
+            )
             .await
             .unwrap(),
     );
     assert_eq!(failed.status_reason.unwrap().code, "schedule_missed");
     assert!(
         store
-            .claim_due(at(200), secs(10), 10)
+            .claim_due(claim(at(200), secs(10), 10))
             .await
             .unwrap()
             .is_empty()
@@ -549,14 +642,20 @@ async fn finished_records_are_dropped_after_retention(h: Harness) {
     store.create(alarm("later", 10_000)).await.unwrap();
     applied(
         store
-            .complete("done", "clock-1", FinalOutcome::Succeeded, None, at(1))
+            .complete(
+                completion("done", "clock-1", FinalOutcome::Succeeded, None),
+                at(1),
+            )
             .await
             .unwrap(),
     );
 
     assert!(store.get("done", at(60)).await.unwrap().is_some());
     assert_eq!(store.get("done", at(61)).await.unwrap(), None);
-    let ack = store.complete("done", "clock-1", FinalOutcome::Failed, None, at(62));
+    let ack = store.complete(
+        completion("done", "clock-1", FinalOutcome::Failed, None),
+        at(62),
+    );
     assert_eq!(ack.await.unwrap(), AckOutcome::Unknown);
     // Expired at 600 without anyone looking: dropped 60 s later all the same.
     store.purge(at(659)).await.unwrap();
@@ -564,14 +663,23 @@ async fn finished_records_are_dropped_after_retention(h: Harness) {
     store.purge(at(660)).await.unwrap();
     assert_eq!(store.get("unseen", at(660)).await.unwrap(), None);
     // Idempotency entries go after their own TTL.
-    store.idem_begin("ops", "k", FP_A, at(700)).await.unwrap();
     store
-        .idem_finish("ops", "k", FP_A, 202, b"{}".to_vec(), secs(100), at(700))
+        .idem_begin(idem("ops", "k", FP_A), at(700))
+        .await
+        .unwrap();
+    store
+        .idem_finish(
+            answer(idem("ops", "k", FP_A), 202, b"{}".to_vec(), secs(100)),
+            at(700),
+        )
         .await
         .unwrap();
     store.purge(at(800)).await.unwrap();
     assert_eq!(
-        store.idem_begin("ops", "k", FP_B, at(800)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k", FP_B), at(800))
+            .await
+            .unwrap(),
         IdemBegin::New
     );
     // What is not final yet stays.
@@ -1007,20 +1115,23 @@ async fn queued_commands_are_claimed_per_device_in_the_order_accepted(h: Harness
         Some(queued("q-4", "dev-a", 2))
     );
     let lease = secs(30);
-    let first = store.claim_queued("dev-a", at(10), lease, 2).await.unwrap();
+    let first = store
+        .claim_queued("dev-a", claim(at(10), lease, 2))
+        .await
+        .unwrap();
     assert_eq!(ids(&first), ["q-1", "q-1b"]);
     assert_eq!(first[0].delivery, queued("q-1", "dev-a", 0).delivery);
     // While that claimer delivers, nobody else gets any of the device's queue.
     assert!(
         store
-            .claim_queued("dev-a", at(11), lease, 10)
+            .claim_queued("dev-a", claim(at(11), lease, 10))
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         ids(&store
-            .claim_queued("dev-b", at(11), lease, 10)
+            .claim_queued("dev-b", claim(at(11), lease, 10))
             .await
             .unwrap()),
         ["q-3"]
@@ -1039,20 +1150,20 @@ async fn queued_commands_are_claimed_per_device_in_the_order_accepted(h: Harness
     }
     // Delivered: the rest of the queue is free at once, in order.
     let rest = store
-        .claim_queued("dev-a", at(13), lease, 10)
+        .claim_queued("dev-a", claim(at(13), lease, 10))
         .await
         .unwrap();
     assert_eq!(ids(&rest), ["q-2", "q-4"]);
     assert_eq!(store.count_queued(at(13)).await.unwrap(), 3);
     // A claimer that died: its lease runs out and the records are claimed again.
     let again = store
-        .claim_queued("dev-a", at(13) + TimeDelta::seconds(31), lease, 10)
+        .claim_queued("dev-a", claim(at(13) + TimeDelta::seconds(31), lease, 10))
         .await
         .unwrap();
     assert_eq!(ids(&again), ["q-2", "q-4"]);
     assert!(
         store
-            .claim_queued("dev-c", at(13), lease, 10)
+            .claim_queued("dev-c", claim(at(13), lease, 10))
             .await
             .unwrap()
             .is_empty()
@@ -1065,7 +1176,7 @@ async fn a_queued_command_past_its_expiry_is_expired_and_never_claimed(h: Harnes
     store.create(queued("q-2", "dev-a", 100)).await.unwrap();
     assert_eq!(store.count_queued(at(601)).await.unwrap(), 1);
     let claimed = store
-        .claim_queued("dev-a", at(601), secs(30), 10)
+        .claim_queued("dev-a", claim(at(601), secs(30), 10))
         .await
         .unwrap();
     assert_eq!(ids(&claimed), ["q-2"]);
@@ -1092,14 +1203,14 @@ async fn a_queued_command_can_be_cancelled_unless_it_is_being_delivered(h: Harne
     }
     assert!(
         store
-            .claim_queued("dev-a", at(6), secs(30), 10)
+            .claim_queued("dev-a", claim(at(6), secs(30), 10))
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         ids(&store
-            .claim_queued("dev-b", at(6), secs(30), 10)
+            .claim_queued("dev-b", claim(at(6), secs(30), 10))
             .await
             .unwrap()),
         ["q-2"]
@@ -1129,7 +1240,7 @@ async fn concurrent_claimers_deliver_a_devices_queue_once_and_in_order(h: Harnes
             while store.count_queued(at(n)).await.unwrap() > 0 {
                 assert!(Instant::now() < deadline, "the queue did not drain");
                 let batch = store
-                    .claim_queued("dev-a", at(n), secs(30), 7)
+                    .claim_queued("dev-a", claim(at(n), secs(30), 7))
                     .await
                     .unwrap();
                 for record in batch {
@@ -1169,7 +1280,10 @@ async fn the_expiry_sweep_reports_each_expired_record_once_whoever_expired_it(h:
     store.mark_sent("swept", at(1)).await.unwrap();
     applied(
         store
-            .complete("acked", "clock-1", FinalOutcome::Succeeded, None, at(10))
+            .complete(
+                completion("acked", "clock-1", FinalOutcome::Succeeded, None),
+                at(10),
+            )
             .await
             .unwrap(),
     );
@@ -1301,13 +1415,19 @@ async fn past_its_bound_memory_drops_the_oldest_finished_record_and_never_an_unf
     }
     applied(
         store
-            .complete("c", "clock-1", FinalOutcome::Succeeded, None, at(1))
+            .complete(
+                completion("c", "clock-1", FinalOutcome::Succeeded, None),
+                at(1),
+            )
             .await
             .unwrap(),
     );
     applied(
         store
-            .complete("b", "clock-1", FinalOutcome::Succeeded, None, at(2))
+            .complete(
+                completion("b", "clock-1", FinalOutcome::Succeeded, None),
+                at(2),
+            )
             .await
             .unwrap(),
     );
@@ -1346,13 +1466,22 @@ async fn memory_stays_bounded_under_a_long_run_of_commands() {
         store.create(pending(&id, "clock-1")).await.unwrap();
         store.mark_sent(&id, at(1)).await.unwrap();
         store
-            .complete(&id, "clock-1", FinalOutcome::Succeeded, None, at(2))
+            .complete(
+                completion(&id, "clock-1", FinalOutcome::Succeeded, None),
+                at(2),
+            )
             .await
             .unwrap();
         let key = format!("k-{i}");
-        store.idem_begin("ops", &key, FP_A, at(0)).await.unwrap();
         store
-            .idem_finish("ops", &key, FP_A, 202, vec![0; 16], secs(60), at(0))
+            .idem_begin(idem("ops", &key, FP_A), at(0))
+            .await
+            .unwrap();
+        store
+            .idem_finish(
+                answer(idem("ops", &key, FP_A), 202, vec![0; 16], secs(60)),
+                at(0),
+            )
             .await
             .unwrap();
     }
@@ -1361,13 +1490,16 @@ async fn memory_stays_bounded_under_a_long_run_of_commands() {
     // The credential's own oldest keys made room for its newest.
     assert!(matches!(
         store
-            .idem_begin("ops", "k-19999", FP_A, at(1))
+            .idem_begin(idem("ops", "k-19999", FP_A), at(1))
             .await
             .unwrap(),
         IdemBegin::Replay { .. }
     ));
     assert_eq!(
-        store.idem_begin("ops", "k-0", FP_A, at(1)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k-0", FP_A), at(1))
+            .await
+            .unwrap(),
         IdemBegin::New
     );
 }
@@ -1393,9 +1525,15 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
     };
     store.create(alarm).await.unwrap();
     store.create(message_of("b", "b-message")).await.unwrap();
-    store.idem_begin("b", "b-key", FP_A, at(0)).await.unwrap();
     store
-        .idem_finish("b", "b-key", FP_A, 202, b"{}".to_vec(), secs(86_400), at(0))
+        .idem_begin(idem("b", "b-key", FP_A), at(0))
+        .await
+        .unwrap();
+    store
+        .idem_finish(
+            answer(idem("b", "b-key", FP_A), 202, b"{}".to_vec(), secs(86_400)),
+            at(0),
+        )
         .await
         .unwrap();
     // Credential a: 1,100 commands that stay on their way (`pending`), each with its own
@@ -1403,7 +1541,7 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
     let mut refused = 0;
     for i in 0..1100 {
         let key = format!("a-key-{i}");
-        match store.idem_begin("a", &key, FP_A, at(1)).await {
+        match store.idem_begin(idem("a", &key, FP_A), at(1)).await {
             Ok(IdemBegin::New) => {}
             Ok(other) => panic!("{other:?}"),
             Err(StoreError::Full { .. }) => {
@@ -1415,14 +1553,17 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
         match store.create(message_of("a", &format!("a-{i}"))).await {
             Ok(()) => {
                 store
-                    .idem_finish("a", &key, FP_A, 202, vec![b'x'; 200], secs(86_400), at(1))
+                    .idem_finish(
+                        answer(idem("a", &key, FP_A), 202, vec![b'x'; 200], secs(86_400)),
+                        at(1),
+                    )
                     .await
                     .unwrap();
             }
             Err(StoreError::Full { message }) => {
                 assert!(message.contains("\"a\""), "names the credential: {message}");
                 refused += 1;
-                store.idem_abort("a", &key).await.unwrap();
+                store.idem_abort(idem("a", &key, FP_A)).await.unwrap();
             }
             Err(e) => panic!("{e}"),
         }
@@ -1436,7 +1577,10 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
         CommandStatus::Pending
     );
     assert_eq!(
-        store.idem_begin("b", "b-key", FP_A, at(2)).await.unwrap(),
+        store
+            .idem_begin(idem("b", "b-key", FP_A), at(2))
+            .await
+            .unwrap(),
         IdemBegin::Replay {
             status: 202,
             body: b"{}".to_vec()
@@ -1444,7 +1588,11 @@ async fn one_credentials_traffic_never_evicts_anothers_held_alarm_unfinished_com
     );
     store.create(message_of("b", "b-second")).await.unwrap();
     assert_eq!(
-        store.claim_due(at(3600), secs(30), 10).await.unwrap().len(),
+        store
+            .claim_due(claim(at(3600), secs(30), 10))
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -1554,9 +1702,15 @@ async fn unique_idempotency_keys_cannot_grow_memory_past_its_byte_bound() {
     let long_key = "k".repeat(200);
     for i in 0..20_000 {
         let key = format!("{long_key}-{i}");
-        store.idem_begin("ops", &key, FP_A, at(0)).await.unwrap();
         store
-            .idem_finish("ops", &key, FP_A, 202, vec![b'x'; 200], secs(86_400), at(0))
+            .idem_begin(idem("ops", &key, FP_A), at(0))
+            .await
+            .unwrap();
+        store
+            .idem_finish(
+                answer(idem("ops", &key, FP_A), 202, vec![b'x'; 200], secs(86_400)),
+                at(0),
+            )
             .await
             .unwrap();
     }
@@ -1656,23 +1810,29 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
         store.mark_sent("c-1", at(1)).await.unwrap();
         store.create(alarm("a-1", 60)).await.unwrap();
         store.create(alarm("a-2", 60)).await.unwrap();
-        store.idem_begin("ops", "k-1", FP_A, at(0)).await.unwrap();
+        store
+            .idem_begin(idem("ops", "k-1", FP_A), at(0))
+            .await
+            .unwrap();
         store
             .idem_finish(
-                "ops",
-                "k-1",
-                FP_A,
-                202,
-                b"{\"a\":1}".to_vec(),
-                secs(3600),
+                answer(
+                    idem("ops", "k-1", FP_A),
+                    202,
+                    b"{\"a\":1}".to_vec(),
+                    secs(3600),
+                ),
                 at(1),
             )
             .await
             .unwrap();
-        store.idem_begin("ops", "k-2", FP_A, at(0)).await.unwrap();
+        store
+            .idem_begin(idem("ops", "k-2", FP_A), at(0))
+            .await
+            .unwrap();
         // a-2 was being published when the process died.
         assert_eq!(
-            store.claim_due(at(60), secs(30), 1).await.unwrap()[0].command_id,
+            store.claim_due(claim(at(60), secs(30), 1)).await.unwrap()[0].command_id,
             "a-1"
         );
     }
@@ -1682,7 +1842,10 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
         (record.status, record.sent_at),
         (CommandStatus::Sent, Some(at(1)))
     );
-    let replay = store.idem_begin("ops", "k-1", FP_A, at(2)).await.unwrap();
+    let replay = store
+        .idem_begin(idem("ops", "k-1", FP_A), at(2))
+        .await
+        .unwrap();
     assert_eq!(
         replay,
         IdemBegin::Replay {
@@ -1691,14 +1854,17 @@ async fn records_keys_and_scheduled_alarms_survive_a_restart() {
         }
     );
     assert_eq!(
-        store.idem_begin("ops", "k-2", FP_A, at(2)).await.unwrap(),
+        store
+            .idem_begin(idem("ops", "k-2", FP_A), at(2))
+            .await
+            .unwrap(),
         IdemBegin::InProgress
     );
     // The lease survived too: a-1 is not published twice, a-2 is still due.
-    let due = store.claim_due(at(61), secs(30), 10).await.unwrap();
+    let due = store.claim_due(claim(at(61), secs(30), 10)).await.unwrap();
     assert_eq!(due, vec![alarm("a-2", 60)]);
     assert_eq!(
-        store.claim_due(at(90), secs(30), 10).await.unwrap()[0].command_id,
+        store.claim_due(claim(at(90), secs(30), 10)).await.unwrap()[0].command_id,
         "a-1"
     );
 }
@@ -1745,7 +1911,7 @@ async fn a_file_of_the_previous_schema_keeps_its_commands_and_gets_schedules() {
         store.create(queued("q-1", "dev-a", 0)).await.unwrap();
         assert_eq!(
             ids(&store
-                .claim_queued("dev-a", at(1), secs(30), 10)
+                .claim_queued("dev-a", claim(at(1), secs(30), 10))
                 .await
                 .unwrap()),
             ["q-1"]

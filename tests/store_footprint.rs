@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 use clock_server::domain::{CommandType, DeviceId};
 use clock_server::store::{
-    CommandRecord, CommandStatus, FinalOutcome, MemoryStore, StateStore, StoreSettings,
+    CommandRecord, CommandStatus, Completion, FinalOutcome, IdemAnswer, IdemRequest, MemoryStore,
+    StateStore, StoreSettings,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -51,10 +52,13 @@ async fn measure_memory_store_bytes_per_record() {
         store.create(record).await.unwrap();
         store.mark_sent(&id, now).await.unwrap();
         if i % 2 == 0 {
-            store
-                .complete(&id, device.as_str(), FinalOutcome::Succeeded, None, now)
-                .await
-                .unwrap();
+            let completion = Completion {
+                command_id: id.clone(),
+                device_id: device.to_string(),
+                outcome: FinalOutcome::Succeeded,
+                reason: None,
+            };
+            store.complete(completion, now).await.unwrap();
         }
     }
     let (rss1, hwm1) = (status_kib("VmRSS:"), status_kib("VmHWM:"));
@@ -90,21 +94,21 @@ async fn measure_memory_store_rss_at_its_default_byte_bound() {
     let mut keys = 0;
     for i in 0.. {
         let key = format!("{key}{i:05}");
-        if store.idem_begin("ops", &key, [0; 32], t0).await.is_err() || i >= 150_000 {
+        let request = IdemRequest {
+            principal: "ops",
+            key: &key,
+            fingerprint: [0; 32],
+        };
+        if store.idem_begin(request, t0).await.is_err() || i >= 150_000 {
             break;
         }
-        store
-            .idem_finish(
-                "ops",
-                &key,
-                [0; 32],
-                202,
-                vec![b'x'; 220],
-                std::time::Duration::from_secs(86_400),
-                t0,
-            )
-            .await
-            .unwrap();
+        let answer = IdemAnswer {
+            request,
+            status: 202,
+            body: vec![b'x'; 220],
+            ttl: std::time::Duration::from_secs(86_400),
+        };
+        store.idem_finish(answer, t0).await.unwrap();
         keys += 1;
     }
     let mut alarms = 0;

@@ -33,7 +33,7 @@ use crate::domain::presence::PresenceState;
 use crate::domain::{DeviceId, Devices, Envelope, generic};
 use crate::metrics::{self, Metrics};
 use crate::presence::Presence;
-use crate::store::{CommandRecord, Delivery, FinalOutcome, StatusReason};
+use crate::store::{CommandRecord, Delivery, FinalOutcome, LeaseBatch, StatusReason};
 
 /// How often the devices with queued commands are looked at (and the gauge refreshed).
 pub const SWEEP: Duration = Duration::from_secs(1);
@@ -143,10 +143,15 @@ impl Held {
                 return;
             }
             let claimed_at = Instant::now();
+            let batch = LeaseBatch {
+                now: Utc::now(),
+                lease: LEASE,
+                limit: BATCH,
+            };
             let claimed = match self
                 .tracker
                 .store
-                .claim_queued(device.as_str(), Utc::now(), LEASE, BATCH)
+                .claim_queued(device.as_str(), batch)
                 .await
             {
                 Ok(claimed) => claimed,

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::records::Tracker;
-use crate::store::IDEM_IN_PROGRESS_TIMEOUT;
+use crate::store::{IDEM_IN_PROGRESS_TIMEOUT, IdemAnswer, IdemRequest};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
@@ -33,6 +33,16 @@ impl IdempotencyKey {
             key: parse_idempotency_key(raw)?.to_owned(),
             fingerprint: fingerprint(path, body),
         })
+    }
+
+    /// This key as `principal`'s, for the store (keys of different principals never
+    /// collide).
+    pub fn of<'a>(&'a self, principal: &'a str) -> IdemRequest<'a> {
+        IdemRequest {
+            principal,
+            key: &self.key,
+            fingerprint: self.fingerprint,
+        }
     }
 }
 
@@ -77,20 +87,15 @@ pub(super) async fn settle_once(
 ) -> bool {
     let stored = match settlement {
         Settlement::Finish { status, body } => {
-            tracker
-                .store
-                .idem_finish(
-                    principal,
-                    &key.key,
-                    key.fingerprint,
-                    *status,
-                    body.clone(),
-                    tracker.idempotency_ttl,
-                    Utc::now(),
-                )
-                .await
+            let answer = IdemAnswer {
+                request: key.of(principal),
+                status: *status,
+                body: body.clone(),
+                ttl: tracker.idempotency_ttl,
+            };
+            tracker.store.idem_finish(answer, Utc::now()).await
         }
-        Settlement::Abort => tracker.store.idem_abort(principal, &key.key).await,
+        Settlement::Abort => tracker.store.idem_abort(key.of(principal)).await,
     };
     match stored {
         Ok(()) => true,

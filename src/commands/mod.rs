@@ -390,7 +390,7 @@ impl Commands {
         if let Some(k) = &s.key {
             let begun = tracker
                 .store
-                .idem_begin(principal, &k.key, k.fingerprint, Utc::now())
+                .idem_begin(k.of(principal), Utc::now())
                 .await
                 .map_err(|e| store_failed(tracker, "checking an Idempotency-Key", &e))?;
             match begun {

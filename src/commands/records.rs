@@ -14,7 +14,8 @@ use crate::events::Hub;
 use crate::metrics::Metrics;
 use crate::shared::Folded;
 use crate::store::{
-    AckOutcome, CommandRecord, CommandStatus, FinalOutcome, StateStore, StatusReason, StoreError,
+    AckOutcome, CommandRecord, CommandStatus, Completion, FinalOutcome, StateStore, StatusReason,
+    StoreError,
 };
 
 /// How often records past their retention and expired idempotency keys are dropped.
@@ -165,9 +166,15 @@ impl Tracker {
         outcome: FinalOutcome,
         reason: Option<StatusReason>,
     ) -> Result<AckOutcome, Unavailable> {
+        let completion = Completion {
+            command_id: command_id.to_owned(),
+            device_id: device_id.to_owned(),
+            outcome,
+            reason,
+        };
         let done = self
             .store
-            .complete(command_id, device_id, outcome, reason, Utc::now())
+            .complete(completion, Utc::now())
             .await
             .map_err(|e| self.failed(what, &e))?;
         if let AckOutcome::Applied(record) = &done {

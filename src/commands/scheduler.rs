@@ -40,7 +40,8 @@ use crate::domain::presence::PresenceState;
 use crate::domain::{Devices, Profile};
 use crate::presence::Presence;
 use crate::store::{
-    AckOutcome, CommandRecord, Delivery, FinalOutcome, SCHEDULE_GRACE, StatusReason, format_time,
+    AckOutcome, CommandRecord, Delivery, FinalOutcome, LeaseBatch, SCHEDULE_GRACE, StatusReason,
+    format_time,
 };
 use crate::transport::Transport;
 use crate::transport::lametric::LametricTransport;
@@ -175,7 +176,12 @@ impl Scheduler {
         // Without MQTT there is no broker to be down.
         let up = self.mqtt.as_ref().is_none_or(|mqtt| mqtt.is_ready());
         let lease = if up { self.lease } else { DOWN_LEASE };
-        let claimed = match self.tracker.store.claim_due(Utc::now(), lease, BATCH).await {
+        let batch = LeaseBatch {
+            now: Utc::now(),
+            lease,
+            limit: BATCH,
+        };
+        let claimed = match self.tracker.store.claim_due(batch).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 self.tracker.failed("claiming due alarms", &e);

@@ -8,17 +8,20 @@
 //!   the command's fields; every rejection is an [`ApiError`]. (Not `axum::Json`: that one
 //!   insists on a `Content-Type` the older service never required, and words its errors
 //!   differently from SPEC 2.1.)
+//! - [`idempotency_key`]: the `Idempotency-Key` header (SPEC 7.6), read once the body
+//!   parsed, since its fingerprint is of the parsed body.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, ConnInfo, Principal, RequestId};
+use crate::commands::IdempotencyKey;
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
@@ -135,4 +138,23 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Some(_) => return Err(ApiError::InvalidBody("expected a JSON object".into())),
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))
+}
+
+/// The request's `Idempotency-Key` (one at most) with the fingerprint of the request to
+/// `path` with `body`; a second header or an invalid value is refused.
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey);
+    }
+    IdempotencyKey::new(value.as_bytes(), path, body)
+        .map(Some)
+        .ok_or(ApiError::InvalidIdempotencyKey)
 }

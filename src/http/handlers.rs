@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{ApiJson, Caller, IdPath};
+use super::extract::{ApiJson, Caller, IdPath, idempotency_key};
 use super::{ApiError, AppState, Principal, status_response};
-use crate::commands::{IdempotencyKey, Origin, Receipt, Submission, Submitted};
+use crate::commands::{Origin, Receipt, Submission, Submitted};
 use crate::domain::{CommandRequest, DeviceId, ValidationError};
 use crate::store::CommandRecord;
 
@@ -85,24 +85,6 @@ pub async fn command<R: CommandRequest>(
             res
         }
     })
-}
-
-/// The request's `Idempotency-Key` (one at most) with the fingerprint of its request.
-fn idempotency_key(
-    headers: &HeaderMap,
-    path: &str,
-    body: &impl serde::Serialize,
-) -> Result<Option<IdempotencyKey>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ApiError::InvalidIdempotencyKey);
-    }
-    IdempotencyKey::new(value.as_bytes(), path, body)
-        .map(Some)
-        .ok_or(ApiError::InvalidIdempotencyKey)
 }
 
 impl Caller {

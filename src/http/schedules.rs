@@ -12,10 +12,10 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Serialize;
 
-use super::extract::{ApiJson, IdPath};
+use super::extract::{ApiJson, IdPath, idempotency_key};
 use super::{ApiError, AppState, Principal, json_response};
 use crate::domain::schedule::ScheduleRequest;
-use crate::schedules::{Created, IdemKey, Refused, Schedules};
+use crate::schedules::{Created, Refused, Schedules};
 use crate::store::{ScheduleRecord, format_time};
 
 /// The path of the collection, also the `Idempotency-Key` fingerprint's endpoint.
@@ -112,7 +112,8 @@ async fn create(
     ApiJson(body): ApiJson<ScheduleRequest>,
 ) -> Result<Response, ApiError> {
     let schedules = schedules(&state)?;
-    let key = idempotency_key(&headers, &body)?;
+    // Checked after the body parsed: the key's fingerprint is of the parsed body.
+    let key = idempotency_key(&headers, COLLECTION, &body)?;
     match schedules
         .create(&principal.0, body, key, Utc::now())
         .await?
@@ -126,26 +127,6 @@ async fn create(
             Ok(res)
         }
     }
-}
-
-/// The `Idempotency-Key` of a create (SPEC 7.6), checked after the body parsed.
-fn idempotency_key(
-    headers: &HeaderMap,
-    body: &ScheduleRequest,
-) -> Result<Option<IdemKey>, ApiError> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ApiError::InvalidIdempotencyKey);
-    }
-    let key = crate::commands::parse_idempotency_key(value.as_bytes())
-        .ok_or(ApiError::InvalidIdempotencyKey)?;
-    Ok(Some(IdemKey {
-        key: key.to_owned(),
-        fingerprint: crate::commands::fingerprint(COLLECTION, body),
-    }))
 }
 
 /// The value of `name` in a query string (percent-decoded; `+` stays a plus, so an offset

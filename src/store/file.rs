@@ -28,10 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::file_schedules;
 use super::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
-    IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
-    apply_complete, apply_expiry, apply_mark_sent, final_at, idem_key, is_dropped, millis,
-    normalise,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery,
+    IDEM_IN_PROGRESS_TIMEOUT, IdemAnswer, IdemBegin, IdemRequest, LeaseBatch, StateStore,
+    StatusReason, StoreError, StoreSettings, add, apply_complete, apply_expiry, apply_mark_sent,
+    final_at, is_dropped, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use crate::domain::{CommandType, DeviceId};
@@ -747,24 +747,17 @@ impl StateStore for FileStore {
         })
     }
 
-    fn complete<'a>(
-        &'a self,
-        command_id: &'a str,
-        device_id: &'a str,
-        outcome: FinalOutcome,
-        reason: Option<StatusReason>,
+    fn complete(
+        &self,
+        completion: Completion,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
-        let (id, device, retention) = (
-            command_id.to_owned(),
-            device_id.to_owned(),
-            self.settings.retention,
-        );
+    ) -> BoxFuture<'_, Result<AckOutcome, StoreError>> {
+        let retention = self.settings.retention;
         self.submit(move |conn| {
-            let Some((mut record, _)) = live(conn, &id, retention, now)? else {
+            let Some((mut record, _)) = live(conn, &completion.command_id, retention, now)? else {
                 return Ok(AckOutcome::Unknown);
             };
-            let result = apply_complete(&mut record, &device, outcome, reason, now);
+            let result = apply_complete(&mut record, &completion, now);
             if matches!(result, AckOutcome::Applied(_)) {
                 update(conn, &record, None)?;
             }
@@ -846,12 +839,10 @@ impl StateStore for FileStore {
 
     fn claim_due(
         &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
-        let until = ms(millis(add(now, lease)));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, until) = (batch.now, ms(batch.until()));
+        let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
         self.submit(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM commands WHERE status = 'scheduled' AND fire_ms <= ?1 \
@@ -876,13 +867,11 @@ impl StateStore for FileStore {
     fn claim_queued<'a>(
         &'a self,
         device_id: &'a str,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
-        let until = millis(add(now, lease));
+        let (now, until) = (batch.now, ms(batch.until()));
         let device = device_id.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = i64::try_from(batch.limit).unwrap_or(i64::MAX);
         self.submit(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM commands WHERE status = 'queued' AND device_id = ?1 \
@@ -908,7 +897,7 @@ impl StateStore for FileStore {
                 exec(
                     conn,
                     "UPDATE commands SET lease_ms = ?2 WHERE id = ?1",
-                    params![record.command_id, ms(until)],
+                    params![record.command_id, until],
                 )?;
             }
             Ok(claimed)
@@ -942,12 +931,10 @@ impl StateStore for FileStore {
 
     fn idem_begin<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
+        request: IdemRequest<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
-        let key = idem_key(principal, key);
+        let (key, fingerprint) = (request.store_key(), request.fingerprint);
         self.submit(move |conn| {
             let found = query_row(
                 conn,
@@ -989,15 +976,11 @@ impl StateStore for FileStore {
 
     fn idem_finish<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
-        status: u16,
-        body: Vec<u8>,
-        ttl: Duration,
+        answer: IdemAnswer<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let key = idem_key(principal, key);
+        let (key, fingerprint) = (answer.request.store_key(), answer.request.fingerprint);
+        let expires_ms = ms(millis(add(now, answer.ttl)));
         self.submit(move |conn| {
             exec(
                 conn,
@@ -1006,21 +989,17 @@ impl StateStore for FileStore {
                 params![
                     key,
                     &fingerprint[..],
-                    status,
-                    body,
-                    ms(millis(add(now, ttl)))
+                    answer.status,
+                    answer.body,
+                    expires_ms
                 ],
             )?;
             Ok(())
         })
     }
 
-    fn idem_abort<'a>(
-        &'a self,
-        principal: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let key = idem_key(principal, key);
+    fn idem_abort<'a>(&'a self, request: IdemRequest<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = request.store_key();
         self.submit(move |conn| {
             exec(
                 conn,

@@ -30,9 +30,9 @@ use chrono::{DateTime, Utc};
 use super::compact_id::CompactId;
 use super::memory_schedules::Schedules;
 use super::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery, FinalOutcome,
-    IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
-    apply_complete, idem_key, millis, normalise,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery,
+    IDEM_IN_PROGRESS_TIMEOUT, IdemAnswer, IdemBegin, IdemRequest, LeaseBatch, StateStore,
+    StatusReason, StoreError, StoreSettings, add, apply_complete, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use crate::domain::{CommandType, DeviceId};
@@ -918,8 +918,7 @@ impl Inner {
             Some(entry) if entry.device_id.as_str() != c.device_id => AckOutcome::WrongDevice,
             Some(entry) => {
                 let mut record = entry.record(&key);
-                let result =
-                    apply_complete(&mut record, &c.device_id, c.outcome, c.reason.clone(), now);
+                let result = apply_complete(&mut record, c, now);
                 entry.absorb(&record);
                 self.settle(&key);
                 result
@@ -1098,20 +1097,11 @@ impl StateStore for MemoryStore {
         Box::pin(std::future::ready(Ok(status)))
     }
 
-    fn complete<'a>(
-        &'a self,
-        command_id: &'a str,
-        device_id: &'a str,
-        outcome: FinalOutcome,
-        reason: Option<StatusReason>,
+    fn complete(
+        &self,
+        completion: Completion,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
-        let completion = Completion {
-            command_id: command_id.to_owned(),
-            device_id: device_id.to_owned(),
-            outcome,
-            reason,
-        };
+    ) -> BoxFuture<'_, Result<AckOutcome, StoreError>> {
         let result = self
             .lock()
             .complete(&completion, self.settings.retention, now);
@@ -1193,18 +1183,16 @@ impl StateStore for MemoryStore {
 
     fn claim_due(
         &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
         let mut inner = self.lock();
         let Inner {
             records, scheduled, ..
         } = &mut *inner;
-        let until = to_ms(millis(add(now, lease)));
+        let (now, until) = (batch.now, to_ms(batch.until()));
         let mut claimed = Vec::new();
         for (fire_at, key) in scheduled.iter() {
-            if to_time(*fire_at) > now || claimed.len() >= limit {
+            if to_time(*fire_at) > now || claimed.len() >= batch.limit {
                 break;
             }
             let Some(entry) = records.get_mut(key) else {
@@ -1223,13 +1211,11 @@ impl StateStore for MemoryStore {
     fn claim_queued<'a>(
         &'a self,
         device_id: &'a str,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
         let mut inner = self.lock();
         let retention = self.settings.retention;
-        let until = to_ms(millis(add(now, lease)));
+        let (now, until) = (batch.now, to_ms(batch.until()));
         let keys: Vec<Key> = match DeviceId::parse(device_id) {
             Ok(device) => inner
                 .queued
@@ -1242,7 +1228,7 @@ impl StateStore for MemoryStore {
         };
         let mut claimed: Vec<CommandRecord> = Vec::new();
         for key in keys {
-            if claimed.len() >= limit {
+            if claimed.len() >= batch.limit {
                 break;
             }
             // Lazy expiry: an expired one leaves the queue here.
@@ -1307,17 +1293,15 @@ impl StateStore for MemoryStore {
 
     fn idem_begin<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
+        request: IdemRequest<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
-        let key = idem_key(principal, key);
+        let key = request.store_key();
         let mut inner = self.lock();
         inner.purge_some(self.settings.retention, now, PURGE_STEP);
         let result = match inner.idem.get(&*key) {
             Some(e) if e.expires_at > now => Ok(match &e.answer {
-                _ if e.fingerprint != fingerprint => IdemBegin::Mismatch,
+                _ if e.fingerprint != request.fingerprint => IdemBegin::Mismatch,
                 None => IdemBegin::InProgress,
                 Some((status, body)) => IdemBegin::Replay {
                     status: *status,
@@ -1329,11 +1313,11 @@ impl StateStore for MemoryStore {
                     inner.idem_remove(&key);
                 }
                 let entry = IdemEntry {
-                    fingerprint,
+                    fingerprint: request.fingerprint,
                     answer: None,
                     expires_at: millis(add(now, IDEM_IN_PROGRESS_TIMEOUT)),
                     seq: 0,
-                    principal: inner.intern(principal.to_owned()),
+                    principal: inner.intern(request.principal.to_owned()),
                 };
                 let bytes = entry.footprint(&key);
                 let principal = entry.principal.clone();
@@ -1352,35 +1336,27 @@ impl StateStore for MemoryStore {
 
     fn idem_finish<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
-        status: u16,
-        body: Vec<u8>,
-        ttl: Duration,
+        answer: IdemAnswer<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let request = answer.request;
         let mut inner = self.lock();
         let entry = IdemEntry {
-            fingerprint,
-            answer: Some((status, body)),
-            expires_at: millis(add(now, ttl)),
+            fingerprint: request.fingerprint,
+            answer: Some((answer.status, answer.body)),
+            expires_at: millis(add(now, answer.ttl)),
             seq: 0,
-            principal: inner.intern(principal.to_owned()),
+            principal: inner.intern(request.principal.to_owned()),
         };
         // No room is made here: the command is out, its answer must be kept. Its room was
         // made by `idem_begin` (with `IDEM_ANSWER_RESERVE` for the answer).
-        inner.idem_put(&idem_key(principal, key), entry);
+        inner.idem_put(&request.store_key(), entry);
         drop(inner);
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn idem_abort<'a>(
-        &'a self,
-        principal: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let key = idem_key(principal, key);
+    fn idem_abort<'a>(&'a self, request: IdemRequest<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = request.store_key();
         let mut inner = self.lock();
         if inner.idem.get(&*key).is_some_and(|e| e.answer.is_none()) {
             inner.idem_remove(&key);
@@ -1534,22 +1510,34 @@ mod tests {
         let mut blocker = record("blocker", 0);
         blocker.expires_at = at(1_000_000);
         store.create(blocker).await.unwrap();
-        let long = Duration::from_secs(1_000_000);
-        store
-            .idem_finish("ops", "blocker", [0; 32], 202, Vec::new(), long, at(0))
-            .await
-            .unwrap();
+        fn idem(key: &str) -> IdemRequest<'_> {
+            IdemRequest {
+                principal: "ops",
+                key,
+                fingerprint: [0; 32],
+            }
+        }
+        let answer = IdemAnswer {
+            request: idem("blocker"),
+            status: 202,
+            body: Vec::new(),
+            ttl: Duration::from_secs(1_000_000),
+        };
+        store.idem_finish(answer, at(0)).await.unwrap();
         for i in 0..10_000_i64 {
             let id = format!("c-{i}");
             let record = record(&id, i);
             store.create(record).await.unwrap();
-            store
-                .complete(&id, "d", FinalOutcome::Succeeded, None, at(i))
-                .await
-                .unwrap();
+            let completion = Completion {
+                command_id: id,
+                device_id: "d".to_owned(),
+                outcome: FinalOutcome::Succeeded,
+                reason: None,
+            };
+            store.complete(completion, at(i)).await.unwrap();
             let key = format!("k-{i}");
-            store.idem_begin("ops", &key, [0; 32], at(i)).await.unwrap();
-            store.idem_abort("ops", &key).await.unwrap();
+            store.idem_begin(idem(&key), at(i)).await.unwrap();
+            store.idem_abort(idem(&key)).await.unwrap();
         }
         let inner = store.lock();
         // Retention (60 s at one command a second) keeps about 60 records.

@@ -14,7 +14,8 @@
 //!   at after its expiry: after `expiresAt`); from then on it reads as unknown.
 //! - Timestamps are kept to the millisecond (what the API shows and what a backend
 //!   stores), so every backend returns the same values.
-//! - Every method that depends on time takes `now`; no backend reads the clock.
+//! - Every method that depends on time takes `now` (a claim in its [`LeaseBatch`]); no
+//!   backend reads the clock.
 
 mod compact_id;
 mod file;
@@ -291,7 +292,7 @@ impl CommandRecord {
 
     /// Whether a claimed scheduled alarm is too late to publish (`now` is past
     /// `fire_at` + [`SCHEDULE_GRACE`]): the claimer then calls
-    /// `complete(.., Failed, Some(StatusReason::schedule_missed()), now)` instead.
+    /// [`StateStore::complete`] with `Failed` and [`StatusReason::schedule_missed`] instead.
     pub fn schedule_missed(&self, now: DateTime<Utc>) -> bool {
         self.status == CommandStatus::Scheduled
             && self
@@ -322,7 +323,8 @@ pub enum AckOutcome {
     Expired,
 }
 
-/// One call of [`StateStore::complete`] in a [`StateStore::complete_many`] batch.
+/// What [`StateStore::complete`] applies (one of a [`StateStore::complete_many`] batch):
+/// the outcome of `command_id`, reported for `device_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     pub command_id: String,
@@ -339,6 +341,49 @@ pub enum CancelOutcome {
     /// Any other status, or `scheduled` but leased by a publisher (409 with the status).
     NotCancellable(CommandStatus),
     NotFound,
+}
+
+/// One claim of held records ([`StateStore::claim_due`], [`StateStore::claim_queued`]):
+/// at `now`, up to `limit` of them, each leased for `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseBatch {
+    pub now: DateTime<Utc>,
+    pub lease: Duration,
+    pub limit: usize,
+}
+
+impl LeaseBatch {
+    /// When the leases of this claim run out (to the millisecond, as the store keeps it).
+    pub(crate) fn until(&self) -> DateTime<Utc> {
+        millis(add(self.now, self.lease))
+    }
+}
+
+/// A request that came with an `Idempotency-Key` (SPEC 7.6): whose key (keys of different
+/// principals never collide), the key, and the fingerprint of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemRequest<'a> {
+    pub principal: &'a str,
+    pub key: &'a str,
+    pub fingerprint: [u8; 32],
+}
+
+impl IdemRequest<'_> {
+    /// One string per (principal, key) that cannot collide across principals (the
+    /// principal's length comes first, so no choice of names makes two pairs equal).
+    pub(crate) fn store_key(&self) -> String {
+        format!("{}:{}{}", self.principal.len(), self.principal, self.key)
+    }
+}
+
+/// What [`StateStore::idem_finish`] keeps for `request`: the answer (a 202 or 201:
+/// `status` and exact `body`), replayed for `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemAnswer<'a> {
+    pub request: IdemRequest<'a>,
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub ttl: Duration,
 }
 
 /// What [`StateStore::idem_begin`] found for an `Idempotency-Key` (SPEC 7.6).
@@ -417,15 +462,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// A final outcome from the device's acknowledgement, or `Failed` with
     /// [`StatusReason::dispatch_failed`] / [`StatusReason::schedule_missed`] from the
     /// server itself. Applied (`completed_at = now`) only if the record exists, belongs
-    /// to `device_id` and is not final and not expired; otherwise says why not.
-    fn complete<'a>(
-        &'a self,
-        command_id: &'a str,
-        device_id: &'a str,
-        outcome: FinalOutcome,
-        reason: Option<StatusReason>,
+    /// to the completion's device and is not final and not expired; otherwise says why not.
+    fn complete(
+        &self,
+        completion: Completion,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>>;
+    ) -> BoxFuture<'_, Result<AckOutcome, StoreError>>;
 
     /// [`complete`](Self::complete) for each of `batch`, answered in the same order: how
     /// device acknowledgements are applied, so that a flood of them costs one store call
@@ -438,15 +480,7 @@ pub trait StateStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> BoxFuture<'_, Vec<Result<AckOutcome, StoreError>>> {
         Box::pin(async move {
-            let calls = batch.iter().map(|c| {
-                self.complete(
-                    &c.command_id,
-                    &c.device_id,
-                    c.outcome,
-                    c.reason.clone(),
-                    now,
-                )
-            });
+            let calls = batch.into_iter().map(|c| self.complete(c, now));
             futures_util::future::join_all(calls).await
         })
     }
@@ -461,33 +495,27 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<CancelOutcome, StoreError>>;
 
     /// Leases up to `limit` `Scheduled` records with `fire_at <= now` and no unexpired
-    /// lease, earliest first, until `now + lease`: among concurrent claimers (replicas)
-    /// each record goes to one. The claimer publishes and calls `mark_sent`; if the
-    /// publish fails it does nothing and the record is claimed again once the lease
+    /// lease, earliest first, until `now + lease` (of `batch`): among concurrent claimers
+    /// (replicas) each record goes to one. The claimer publishes and calls `mark_sent`; if
+    /// the publish fails it does nothing and the record is claimed again once the lease
     /// runs out (a dead claimer's leases run out the same way). A record past
     /// [`CommandRecord::schedule_missed`] is returned too, so exactly one claimer marks
     /// it failed.
-    fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
+    fn claim_due(&self, batch: LeaseBatch)
+    -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
 
     /// Leases, in the order they were accepted (`created_at`, then id), up to `limit`
-    /// `Queued` records of `device_id` until `now + lease` (SPEC 11.3), for delivery now
-    /// that the device is back. One device's queue goes to one claimer at a time: while
-    /// any of its records is leased by another, this returns nothing, so the records go
-    /// out in order and each once, across replicas. The claimer delivers them in order
-    /// and calls `mark_sent` for each (which ends its lease); one it could not deliver is
-    /// claimed again once the lease runs out. Records past `expiresAt` are `expired`, not
-    /// returned.
+    /// `Queued` records of `device_id` until `now + lease` (of `batch`; SPEC 11.3), for
+    /// delivery now that the device is back. One device's queue goes to one claimer at a
+    /// time: while any of its records is leased by another, this returns nothing, so the
+    /// records go out in order and each once, across replicas. The claimer delivers them
+    /// in order and calls `mark_sent` for each (which ends its lease); one it could not
+    /// deliver is claimed again once the lease runs out. Records past `expiresAt` are
+    /// `expired`, not returned.
     fn claim_queued<'a>(
         &'a self,
         device_id: &'a str,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>>;
 
     /// The devices with at least one `Queued` record not past its expiry at `now`, in id
@@ -510,40 +538,27 @@ pub trait StateStore: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>>;
 
-    /// Checks and reserves `Idempotency-Key` `key` of `principal` (keys of different
-    /// principals never collide). Atomic: of concurrent callers with the same key one
-    /// gets `New`, the others `InProgress` (or `Mismatch` for another fingerprint). A
-    /// `New` entry stays in progress at most [`IDEM_IN_PROGRESS_TIMEOUT`]; a finished
-    /// one `ttl` after `idem_finish`.
+    /// Checks and reserves the `Idempotency-Key` of `request`. Atomic: of concurrent
+    /// callers with the same key one gets `New`, the others `InProgress` (or `Mismatch`
+    /// for another fingerprint). A `New` entry stays in progress at most
+    /// [`IDEM_IN_PROGRESS_TIMEOUT`]; a finished one `ttl` after `idem_finish`.
     fn idem_begin<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
+        request: IdemRequest<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<IdemBegin, StoreError>>;
 
-    /// Remembers the answer (a 202: `status` and exact `body`) to the request that got
-    /// `New`, for `ttl` from `now`; later begins with the same fingerprint replay it.
-    #[allow(clippy::too_many_arguments)]
+    /// Remembers `answer` to the request that got `New`, for its `ttl` from `now`; later
+    /// begins with the same fingerprint replay it.
     fn idem_finish<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
-        status: u16,
-        body: Vec<u8>,
-        ttl: Duration,
+        answer: IdemAnswer<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Forgets an in-progress key (the answer was not a 202, so a retry runs again). A
-    /// finished entry is left alone.
-    fn idem_abort<'a>(
-        &'a self,
-        principal: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Forgets the key of `request` if it is in progress (the answer was not a 202, so a
+    /// retry runs again). A finished entry is left alone.
+    fn idem_abort<'a>(&'a self, request: IdemRequest<'a>) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Drops records `retention` past their final status and expired idempotency
     /// entries; returns how many were dropped. The server calls it on a timer (say once
@@ -766,12 +781,10 @@ pub(crate) fn apply_mark_sent(r: &mut CommandRecord, now: DateTime<Utc>) -> bool
 /// `complete`'s rule on a record that exists (after `apply_expiry`).
 pub(crate) fn apply_complete(
     r: &mut CommandRecord,
-    device_id: &str,
-    outcome: FinalOutcome,
-    reason: Option<StatusReason>,
+    c: &Completion,
     now: DateTime<Utc>,
 ) -> AckOutcome {
-    if r.device_id.as_str() != device_id {
+    if r.device_id.as_str() != c.device_id {
         return AckOutcome::WrongDevice;
     }
     match r.status {
@@ -779,19 +792,13 @@ pub(crate) fn apply_complete(
         s if s.is_final() => return AckOutcome::AlreadyFinal(s),
         _ => {}
     }
-    r.status = match outcome {
+    r.status = match c.outcome {
         FinalOutcome::Succeeded => CommandStatus::Succeeded,
         FinalOutcome::Failed => CommandStatus::Failed,
     };
     r.completed_at = Some(millis(now));
-    r.status_reason = reason;
+    r.status_reason = c.reason.clone();
     AckOutcome::Applied(Box::new(r.clone()))
-}
-
-/// One string per (principal, `Idempotency-Key`) that cannot collide across principals
-/// (the principal's length comes first, so no choice of names makes two pairs equal).
-pub(crate) fn idem_key(principal: &str, key: &str) -> String {
-    format!("{}:{principal}{key}", principal.len())
 }
 
 /// A timestamp as the API shows it (SPEC 7.2): RFC 3339 in UTC, milliseconds, `Z`.

@@ -35,9 +35,9 @@ use super::redis_schedules;
 use super::redis_schedules::flag;
 use super::schedule;
 use super::{
-    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Delivery, FinalOutcome,
-    IDEM_IN_PROGRESS_TIMEOUT, IdemBegin, StateStore, StatusReason, StoreError, StoreSettings, add,
-    idem_key, millis, normalise,
+    AckOutcome, CancelOutcome, CommandRecord, CommandStatus, Completion, Delivery, FinalOutcome,
+    IDEM_IN_PROGRESS_TIMEOUT, IdemAnswer, IdemBegin, IdemRequest, LeaseBatch, StateStore,
+    StatusReason, StoreError, StoreSettings, add, millis, normalise,
 };
 use super::{ScheduleCreated, ScheduleRecord, ScheduleWrite};
 use crate::domain::{CommandType, DeviceId};
@@ -667,8 +667,8 @@ impl RedisStore {
         format!("{}{id}", self.record_prefix)
     }
 
-    fn idem_key(&self, principal: &str, key: &str) -> String {
-        format!("{}{}", self.idem_prefix, idem_key(principal, key))
+    fn idem_key(&self, request: &IdemRequest<'_>) -> String {
+        format!("{}{}", self.idem_prefix, request.store_key())
     }
 
     fn retention_ms(&self) -> i64 {
@@ -852,32 +852,29 @@ impl StateStore for RedisStore {
         })
     }
 
-    fn complete<'a>(
-        &'a self,
-        command_id: &'a str,
-        device_id: &'a str,
-        outcome: FinalOutcome,
-        reason: Option<StatusReason>,
+    fn complete(
+        &self,
+        completion: Completion,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<AckOutcome, StoreError>> {
+    ) -> BoxFuture<'_, Result<AckOutcome, StoreError>> {
         Box::pin(async move {
-            let status = match outcome {
+            let status = match completion.outcome {
                 FinalOutcome::Succeeded => CommandStatus::Succeeded,
                 FinalOutcome::Failed => CommandStatus::Failed,
             };
-            let (has, code, message) = match &reason {
+            let (has, code, message) = match &completion.reason {
                 Some(r) => ("1", r.code.as_str(), r.message.as_str()),
                 None => ("0", "", ""),
             };
             let args: [&[u8]; 5] = [
-                device_id.as_bytes(),
+                completion.device_id.as_bytes(),
                 status.as_str().as_bytes(),
                 has.as_bytes(),
                 code.as_bytes(),
                 message.as_bytes(),
             ];
             let answer = self
-                .run_record(&self.scripts.complete, command_id, now, &args)
+                .run_record(&self.scripts.complete, &completion.command_id, now, &args)
                 .await?;
             let (code, mut fields) = split(answer)?;
             Ok(match code.as_str() {
@@ -912,23 +909,20 @@ impl StateStore for RedisStore {
 
     fn claim_due(
         &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>, StoreError>> {
         Box::pin(async move {
-            if limit == 0 {
+            if batch.limit == 0 {
                 return Ok(Vec::new());
             }
             self.check_ready()?;
-            let until = ms(millis(add(now, lease)));
             let mut call = self.scripts.claim_due.prepare_invoke();
             call.key(&self.sched)
                 .key(&self.leased)
-                .arg(ms(now))
+                .arg(ms(batch.now))
                 .arg(self.retention_ms())
-                .arg(until)
-                .arg(limit)
+                .arg(ms(batch.until()))
+                .arg(batch.limit)
                 .arg(&self.record_prefix);
             let mut conn = self.conn.clone();
             let result = call.invoke_async(&mut conn).await;
@@ -961,23 +955,20 @@ impl StateStore for RedisStore {
     fn claim_queued<'a>(
         &'a self,
         device_id: &'a str,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: usize,
+        batch: LeaseBatch,
     ) -> BoxFuture<'a, Result<Vec<CommandRecord>, StoreError>> {
         Box::pin(async move {
-            if limit == 0 {
+            if batch.limit == 0 {
                 return Ok(Vec::new());
             }
             self.check_ready()?;
-            let until = ms(millis(add(now, lease)));
             let mut call = self.scripts.claim_queued.prepare_invoke();
             call.key(&self.sched)
                 .key(&self.leased)
-                .arg(ms(now))
+                .arg(ms(batch.now))
                 .arg(self.retention_ms())
-                .arg(until)
-                .arg(limit)
+                .arg(ms(batch.until()))
+                .arg(batch.limit)
                 .arg(&self.record_prefix)
                 .arg(device_id);
             let mut conn = self.conn.clone();
@@ -997,9 +988,7 @@ impl StateStore for RedisStore {
 
     fn idem_begin<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
+        request: IdemRequest<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<IdemBegin, StoreError>> {
         Box::pin(async move {
@@ -1007,18 +996,13 @@ impl StateStore for RedisStore {
             let until = ms(millis(add(now, IDEM_IN_PROGRESS_TIMEOUT))).to_string();
             let timeout = duration_ms(IDEM_IN_PROGRESS_TIMEOUT).to_string();
             let args: [&[u8]; 4] = [
-                &fingerprint,
+                &request.fingerprint,
                 now_ms.as_bytes(),
                 until.as_bytes(),
                 timeout.as_bytes(),
             ];
-            let answer = self
-                .run_idem(
-                    &self.scripts.idem_begin,
-                    self.idem_key(principal, key),
-                    &args,
-                )
-                .await?;
+            let key = self.idem_key(&request);
+            let answer = self.run_idem(&self.scripts.idem_begin, key, &args).await?;
             let (code, mut fields) = split(answer)?;
             Ok(match code.as_str() {
                 "new" => IdemBegin::New,
@@ -1038,42 +1022,31 @@ impl StateStore for RedisStore {
 
     fn idem_finish<'a>(
         &'a self,
-        principal: &'a str,
-        key: &'a str,
-        fingerprint: [u8; 32],
-        status: u16,
-        body: Vec<u8>,
-        ttl: Duration,
+        answer: IdemAnswer<'a>,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let status = status.to_string();
-            let until = ms(millis(add(now, ttl))).to_string();
-            let ttl = duration_ms(ttl).max(1).to_string();
+            let status = answer.status.to_string();
+            let until = ms(millis(add(now, answer.ttl))).to_string();
+            let ttl = duration_ms(answer.ttl).max(1).to_string();
             let args: [&[u8]; 5] = [
-                &fingerprint,
+                &answer.request.fingerprint,
                 status.as_bytes(),
-                &body,
+                &answer.body,
                 until.as_bytes(),
                 ttl.as_bytes(),
             ];
-            self.run_idem(
-                &self.scripts.idem_finish,
-                self.idem_key(principal, key),
-                &args,
-            )
-            .await
-            .map(drop)
+            let key = self.idem_key(&answer.request);
+            self.run_idem(&self.scripts.idem_finish, key, &args)
+                .await
+                .map(drop)
         })
     }
 
-    fn idem_abort<'a>(
-        &'a self,
-        principal: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn idem_abort<'a>(&'a self, request: IdemRequest<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            self.run_idem(&self.scripts.idem_abort, self.idem_key(principal, key), &[])
+            let key = self.idem_key(&request);
+            self.run_idem(&self.scripts.idem_abort, key, &[])
                 .await
                 .map(drop)
         })
