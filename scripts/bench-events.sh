@@ -10,8 +10,8 @@
 #           (`?deviceId=...&types=command`): a console per clock;
 #   all     BENCH_STREAMS streams taking every command event (`?types=command`): the
 #           worst case, every event written BENCH_STREAMS times.
-# The streams are held by scripts/bench/event_streams.py (one Python process, one thread),
-# opened and answered 200 before the load starts; after it, they are read until quiet.
+# The streams are held by examples/event_streams.rs (one process, one thread), opened and
+# answered 200 before the load starts; after it, they are read until quiet.
 # The CPU the server and the stream client used during the load is printed with each
 # round: a client at 100% of a core is the bottleneck, not the server.
 # Reported per phase: the command rate and p99, the rate's ratio to `none` (target of
@@ -45,12 +45,14 @@ if [ $((STREAMS % DEVICES)) -ne 0 ]; then
 	echo "bench-events: BENCH_DEVICES ($DEVICES) must divide BENCH_STREAMS ($STREAMS), so that every device has as many streams" >&2
 	exit 1
 fi
-command -v python3 >/dev/null 2>&1 || {
-	echo "bench-events: python3 is missing" >&2
-	exit 1
-}
 # shellcheck source=scripts/bench/server.sh
 . scripts/bench/server.sh
+if [ "${BENCH_BUILD:-1}" = 1 ]; then
+	# shellcheck disable=SC2086
+	$CARGO build --release --locked $CARGO_FLAGS --example event_streams
+fi
+STREAM_CLIENT=$TARGET_DIR/release/examples/event_streams
+[ -x "$STREAM_CLIENT" ] || die "build first: $STREAM_CLIENT"
 
 # The streams and wrk's connections on top of the server's own descriptors.
 files=$(ulimit -n)
@@ -74,7 +76,7 @@ CLIENT=""
 open_streams() {
 	local out=$TMP/streams-$1-$2.out
 	BENCH_STREAMS_DETAIL=$TMP/streams-$1-$2.txt BENCH_ACK_BROKER=127.0.0.1:$MQTT_PORT \
-		python3 scripts/bench/event_streams.py \
+		"$STREAM_CLIENT" \
 		"http://127.0.0.1:$HTTP_PORT" bench-token "$STREAMS" "$1" "$DEVICES" \
 		>"$out" 2>"$TMP/streams-$1-$2.err" &
 	CLIENT=$!

@@ -174,7 +174,25 @@ fn make_bench_runs_every_bench_script() {
     }
 }
 
-/// `scripts/bench/event_streams.py` holding `streams` streams in `mode` over `devices`
+/// An example's binary, built by `cargo test` beside the test binaries (target/<profile>/examples).
+fn example(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples (`cargo test --test scripts` alone does not: run `cargo build --example {name}` first)",
+        path.display()
+    );
+    path
+}
+
+/// `examples/event_streams.rs` (the bench's stream client) holding `streams` streams in `mode` over `devices`
 /// devices of `app` (acknowledging a sample through `ack_broker`, if given): its stdout
 /// lines (read by a thread), the process, the detail file.
 struct StreamClient {
@@ -192,12 +210,11 @@ impl StreamClient {
         ack_broker: Option<&Mosquitto>,
     ) -> Self {
         let detail = tempfile::NamedTempFile::new().unwrap();
-        let mut command = Command::new("python3");
+        let mut command = Command::new(example("event_streams"));
         if let Some(broker) = ack_broker {
             command.env("BENCH_ACK_BROKER", format!("127.0.0.1:{}", broker.port));
         }
         let mut child = command
-            .arg("scripts/bench/event_streams.py")
             .arg(app.url(""))
             .arg("ops-secret-token-1")
             .arg(streams.to_string())
@@ -229,7 +246,7 @@ impl StreamClient {
     fn line(&self) -> String {
         self.lines
             .recv_timeout(Duration::from_secs(20))
-            .expect("a line from event_streams.py within 20 s")
+            .expect("a line from event_streams within 20 s")
     }
 
     /// Asks for the summary (SIGUSR1): the `STREAMS` line and the per-stream lines.
@@ -248,7 +265,7 @@ impl StreamClient {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "event_streams.py did not exit");
+            assert!(Instant::now() < deadline, "event_streams did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "{status:?}");

@@ -150,6 +150,8 @@ impl Stream {
                 },
                 _ = self.tick.tick() => return Some(Bytes::from_static(KEEP_ALIVE_LINE)),
             };
+            // Gather: what follows within GATHER goes out in the same write.
+            tokio::time::sleep(GATHER).await;
             return Some(self.more(&admitted));
         }
     }
@@ -174,6 +176,9 @@ impl Stream {
 
 /// Most events one chunk of a stream carries.
 const BATCH: usize = 64;
+
+/// How long a stream waits after an event for the ones that follow it before it writes.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {
