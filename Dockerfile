@@ -55,8 +55,9 @@ COPY . .
 # - --remap-path-prefix: no local paths (/app, $CARGO_HOME) end up in the binaries.
 # - -C strip=symbols: stripped (the release profile also sets strip = true).
 # - --locked: build exactly Cargo.lock.
-# - --no-default-features: leaves out the `demo` feature (an embedded MQTT broker for
-#   `clock-server demo`, about half the server binary); the image runs next to a real broker.
+# - --no-default-features --features stores: leaves out the `demo` feature (an embedded
+#   MQTT broker for `clock-server demo`, about half the server binary; the image runs next
+#   to a real broker) and keeps every state store (file: and redis://).
 # The binaries are copied out because a cache mount is not part of the image layer.
 RUN --mount=type=cache,id=clock-server-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=clock-server-target-${TARGETARCH},target=/app/target,sharing=locked \
@@ -64,7 +65,7 @@ RUN --mount=type=cache,id=clock-server-cargo-registry,target=/usr/local/cargo/re
     triple="$(cat /rust-target)"; \
     cargo_home="${CARGO_HOME:-/usr/local/cargo}"; \
     export RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols --remap-path-prefix=/app=/build --remap-path-prefix=${cargo_home}=/cargo"; \
-    cargo build --release --locked --no-default-features --target "${triple}" --bin clock-server --bin clockctl; \
+    cargo build --release --locked --no-default-features --features stores --target "${triple}" --bin clock-server --bin clockctl; \
     mkdir -p /out; \
     cp "target/${triple}/release/clock-server" "target/${triple}/release/clockctl" /out/
 

@@ -21,7 +21,7 @@
 # (100000; 0 skips it), BENCH_KINDS ("alarms schedules": the bursts), BENCH_DEVICES (100),
 # BENCH_POSTERS (8 connections), BENCH_STORES ("memory file"; add redis for a
 # redis-server of its own), BENCH_CARGO_FLAGS
-# (--no-default-features), BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR,
+# (--no-default-features --features stores), BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR,
 # MOSQUITTO.
 set -euo pipefail
 

@@ -16,7 +16,7 @@
 # The figures are for reading, not asserting.
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_HEADER_CONNS
-# (2000), BENCH_CARGO_FLAGS (--no-default-features), BENCH_BUILD (1), BENCH_KEEP (0),
+# (2000), BENCH_CARGO_FLAGS (--no-default-features --features stores), BENCH_BUILD (1), BENCH_KEEP (0),
 # CARGO, CARGO_TARGET_DIR, MOSQUITTO.
 set -euo pipefail
 

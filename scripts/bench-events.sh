@@ -28,7 +28,7 @@
 #
 # Variables: BENCH_STREAMS (1000), BENCH_DEVICES (BENCH_STREAMS; must divide it),
 # BENCH_EVENT_PHASES ("none device all"), BENCH_RUNS (3), BENCH_SECONDS (10),
-# BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_CARGO_FLAGS (--no-default-features),
+# BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_CARGO_FLAGS (--no-default-features --features stores),
 # BENCH_BUILD (1), BENCH_KEEP (0), CARGO, CARGO_TARGET_DIR, MOSQUITTO.
 set -euo pipefail
 

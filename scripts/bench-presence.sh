@@ -16,7 +16,7 @@
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS
 # (2), BENCH_CLOCKS (10000; 0 skips phase 1), BENCH_QUEUED (1000; 0 skips phase 2),
-# BENCH_CARGO_FLAGS (--no-default-features), BENCH_BUILD (1), BENCH_KEEP (0), CARGO,
+# BENCH_CARGO_FLAGS (--no-default-features --features stores), BENCH_BUILD (1), BENCH_KEEP (0), CARGO,
 # CARGO_TARGET_DIR, MOSQUITTO.
 set -euo pipefail
 

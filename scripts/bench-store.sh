@@ -17,7 +17,7 @@
 # The figures are for reading, not asserting.
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
-# BENCH_MILLION (1000000; 0 skips it), BENCH_CARGO_FLAGS (--no-default-features),
+# BENCH_MILLION (1000000; 0 skips it), BENCH_CARGO_FLAGS (--no-default-features --features stores),
 # BENCH_BUILD (1), BENCH_KEEP (0), BENCH_STORES ("none memory file redis"), CARGO,
 # CARGO_TARGET_DIR, MOSQUITTO, REDIS_SERVER (redis-server; its phase is skipped without it).
 set -euo pipefail

@@ -24,7 +24,7 @@
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2,
 # wrk threads), BENCH_LOG_LEVEL (info: the server's LOG_LEVEL; the audit line per request
-# is part of the real cost), BENCH_CARGO_FLAGS (--no-default-features: the server as the
+# is part of the real cost), BENCH_CARGO_FLAGS (--no-default-features --features stores: the server as the
 # container image builds it, without the demo; set it empty for `make run`'s build),
 # BENCH_TARGET (unset: the host's toolchain; x86_64-unknown-linux-musl measures the static
 # binary of the image, needs `rustup target add` and musl-tools),

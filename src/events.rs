@@ -20,6 +20,7 @@
 //! - [`Hub::close`] at shutdown ends every stream, so open streams do not hold the
 //!   graceful shutdown for its whole grace period.
 
+#[cfg(feature = "redis-store")]
 pub mod relay;
 
 use std::collections::HashMap;

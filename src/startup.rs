@@ -355,6 +355,7 @@ impl Application {
         presence.publish_to(events.clone());
         tokio::spawn(publish_presence_timeouts(presence.clone(), events.clone()));
         let tracking = build_tracking(&config)?;
+        #[cfg(feature = "redis-store")]
         if let crate::store::StoreKind::Redis(url) = &config.tracking.store {
             // The URL parsed for the store already; this cannot fail on its form.
             if let Err(e) = crate::events::relay::spawn(&events, url.expose()) {

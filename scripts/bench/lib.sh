@@ -10,7 +10,7 @@ DURATION=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
 CARGO=${CARGO:-cargo}
-CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features}
+CARGO_FLAGS=${BENCH_CARGO_FLAGS---no-default-features --features stores}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ -z "${MOSQUITTO:-}" ]; then
 	for candidate in /usr/sbin/mosquitto /usr/local/sbin/mosquitto /usr/bin/mosquitto; do

@@ -18,11 +18,15 @@
 //!   backend reads the clock.
 
 mod compact_id;
+#[cfg(feature = "file-store")]
 mod file;
+#[cfg(feature = "file-store")]
 mod file_schedules;
 mod memory;
 mod memory_schedules;
+#[cfg(feature = "redis-store")]
 mod redis;
+#[cfg(feature = "redis-store")]
 mod redis_schedules;
 pub mod schedule;
 
@@ -34,8 +38,10 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Serialize, Serializer};
 
+#[cfg(feature = "file-store")]
 pub use file::FileStore;
 pub use memory::MemoryStore;
+#[cfg(feature = "redis-store")]
 pub use redis::RedisStore;
 pub use schedule::{Claim, ScheduleCreated, ScheduleRecord, ScheduleWrite};
 
@@ -700,8 +706,33 @@ pub fn open(
     match kind {
         StoreKind::None => Ok(None),
         StoreKind::Memory => Ok(Some(Arc::new(MemoryStore::new(settings)))),
+        #[cfg(feature = "file-store")]
         StoreKind::File(path) => Ok(Some(Arc::new(FileStore::open(path, settings)?))),
+        #[cfg(feature = "redis-store")]
         StoreKind::Redis(url) => Ok(Some(Arc::new(RedisStore::open(url, settings)?))),
+        #[allow(unreachable_patterns)]
+        other => Err(not_built(other)),
+    }
+}
+
+/// The refusal of a store this build leaves out (a lean build: its cargo feature is off).
+fn not_built(kind: &StoreKind) -> StoreError {
+    StoreError::Open {
+        message: format!(
+            "STATE_STORE={kind}: this clock-server was built without that store (cargo feature `{}`); use a build with it (the image has every store) or STATE_STORE=memory",
+            kind.feature()
+        ),
+    }
+}
+
+impl StoreKind {
+    /// The cargo feature that builds this store in (`none` and `memory` are always in).
+    pub fn feature(&self) -> &'static str {
+        match self {
+            Self::None | Self::Memory => "",
+            Self::File(_) => "file-store",
+            Self::Redis(_) => "redis-store",
+        }
     }
 }
 
@@ -739,6 +770,10 @@ pub(crate) fn normalise(mut r: CommandRecord) -> CommandRecord {
 
 /// When the retention clock of `r` starts: its completion, or for a non-final record its
 /// expiry (it is `expired` from then on, whether or not anyone looked).
+#[cfg_attr(
+    not(any(feature = "file-store", feature = "redis-store")),
+    allow(dead_code)
+)]
 pub(crate) fn final_at(r: &CommandRecord) -> DateTime<Utc> {
     match r.completed_at {
         Some(t) if r.status.is_final() => t,
@@ -747,11 +782,13 @@ pub(crate) fn final_at(r: &CommandRecord) -> DateTime<Utc> {
 }
 
 /// Whether `r` is past retention and must read as unknown.
+#[cfg_attr(not(feature = "file-store"), allow(dead_code))]
 pub(crate) fn is_dropped(r: &CommandRecord, retention: Duration, now: DateTime<Utc>) -> bool {
     add(final_at(r), retention) <= now
 }
 
 /// Lazy expiry; returns whether `r` changed.
+#[cfg_attr(not(feature = "file-store"), allow(dead_code))]
 pub(crate) fn apply_expiry(r: &mut CommandRecord, now: DateTime<Utc>) -> bool {
     if r.status.is_final() || r.expires_at > now {
         return false;
@@ -849,6 +886,22 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn a_store_left_out_of_the_build_is_refused_by_its_feature_without_the_password() {
+        let kind = parse_state_store("rediss://app:s3cret@redis.example:6380/1").unwrap();
+        let message = not_built(&kind).to_string();
+        assert!(message.contains("cargo feature `redis-store`"), "{message}");
+        assert!(
+            message.contains("<redacted>") && !message.contains("s3cret"),
+            "{message}"
+        );
+        let message = not_built(&parse_state_store("file:/tmp/x.db").unwrap()).to_string();
+        assert!(
+            message.starts_with("STATE_STORE=file:/tmp/x.db: ") && message.contains("`file-store`"),
+            "{message}"
+        );
     }
 
     #[test]
