@@ -18,8 +18,11 @@
 #
 # Variables: BENCH_RUNS (3), BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
 # BENCH_MILLION (1000000; 0 skips it), BENCH_CARGO_FLAGS (--no-default-features --features stores),
-# BENCH_BUILD (1), BENCH_KEEP (0), BENCH_STORES ("none memory file redis"), CARGO,
-# CARGO_TARGET_DIR, MOSQUITTO, REDIS_SERVER (redis-server; its phase is skipped without it).
+# BENCH_BUILD (1), BENCH_KEEP (0), BENCH_STORES ("none memory file redis"), BENCH_SERVER_ENV
+# (more VAR=value for every server of the rounds, space-separated: e.g.
+# "STATE_MAX_COMMANDS=1000000 STATE_MAX_BYTES=536870912" so that an older build's bound is
+# not what is measured), CARGO, CARGO_TARGET_DIR, MOSQUITTO, REDIS_SERVER (redis-server; its
+# phase is skipped without it).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -74,7 +77,8 @@ for run in $(seq "$RUNS"); do
 		[ "$store" != redis ] || redis_flush
 		binary=$SERVER
 		[ "$store" = "${store%@base}" ] || SERVER=$BASELINE
-		start_server "$TMP/server-$store-$run.log" "STATE_STORE=$(store_value "$store" "$run")"
+		# shellcheck disable=SC2086
+		start_server "$TMP/server-$store-$run.log" "STATE_STORE=$(store_value "$store" "$run")" ${BENCH_SERVER_ENV:-}
 		SERVER=$binary
 		out=$TMP/wrk-$store-$run.out
 		wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s scripts/bench/wrk.lua \
