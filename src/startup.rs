@@ -273,10 +273,7 @@ impl Application {
         let publish_timeout = config
             .devices
             .iter()
-            .filter_map(|(_, profile)| match profile {
-                crate::domain::Profile::Lametric(clock) => Some(clock.timeout),
-                _ => None,
-            })
+            .filter_map(|(_, profile)| profile.delivery_timeout())
             .chain(config.transports.mqtt().map(|m| m.publish_timeout))
             .max()
             .unwrap_or(Duration::from_secs(5));

@@ -377,3 +377,124 @@ fn the_import_reader_sees_paths_groups_and_parents() {
             .any(|t| t.first().is_some_and(|m| m == "domain"))
     );
 }
+
+/// The files of `src/` that may name a profile's variant (`Profile::Awtrix3`,
+/// `ProfileName::Lametric`, …), each with why: the registration and each firmware's own
+/// code. Everything else (the core, presence, the MQTT transport, start-up, the edge) asks
+/// the device's `Profile` and never names its firmware (docs/ARCHITECTURE.md, "A device
+/// profile, the device-driver seam"). A path ending in `/` is a whole directory.
+const FIRMWARE_FILES: &[(&str, &str)] = &[
+    (
+        "domain/profile.rs",
+        "the registration: the variants and their arms",
+    ),
+    (
+        "devices.rs",
+        "the registration: each profile's keys in DEVICES_FILE",
+    ),
+    ("domain/generic.rs", "the generic firmware's module"),
+    ("domain/awtrix3.rs", "the AWTRIX 3 firmware's module"),
+    ("domain/lametric.rs", "the LaMetric firmware's module"),
+    (
+        "transport/lametric.rs",
+        "how a LaMetric is reached: its own HTTP transport",
+    ),
+    (
+        "clock/",
+        "the virtual clocks: the device side of each firmware",
+    ),
+    (
+        "cli/watch.rs",
+        "`clockctl watch`: which virtual clock to be",
+    ),
+    ("demo.rs", "the demo's own clocks, one of each firmware"),
+];
+
+/// The variants of `enum <name>` in `domain/profile.rs`.
+fn variants_of(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("src/domain/profile.rs"))
+        .expect("read src/domain/profile.rs");
+    let start = text
+        .find(&format!("pub enum {name} {{"))
+        .unwrap_or_else(|| panic!("src/domain/profile.rs has no `pub enum {name}`"));
+    let body = &text[start..];
+    let body = &body[body.find('{').expect("an enum body") + 1..body.find("\n}").expect("its end")];
+    body.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
+        .filter_map(|l| {
+            let ident: String = l
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            ident
+                .starts_with(|c: char| c.is_ascii_uppercase())
+                .then_some(ident)
+        })
+        .collect()
+}
+
+/// `text` up to its test module (`#[cfg(test)]` followed by `mod …`), without comments.
+fn code_outside_tests(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = (0..lines.len())
+        .find(|&i| {
+            lines[i].trim() == "#[cfg(test)]"
+                && lines[i + 1..]
+                    .iter()
+                    .find(|l| !l.trim().is_empty())
+                    .is_some_and(|l| l.trim_start().starts_with("mod "))
+        })
+        .unwrap_or(lines.len());
+    code_of(&lines[..end].join("\n"))
+}
+
+#[test]
+fn only_the_registration_and_each_firmwares_own_files_name_a_profile() {
+    let mut names = Vec::new();
+    for enum_name in ["Profile", "ProfileName"] {
+        let variants = variants_of(enum_name);
+        assert!(
+            variants.len() >= 2,
+            "the variants of {enum_name} are read from src/domain/profile.rs: {variants:?}"
+        );
+        names.extend(variants.iter().map(|v| format!("{enum_name}::{v}")));
+    }
+    let src = Path::new(ROOT).join("src");
+    for (allowed, _) in FIRMWARE_FILES {
+        assert!(
+            src.join(allowed).exists(),
+            "FIRMWARE_FILES lists src/{allowed}, which is gone"
+        );
+    }
+    let mut named = Vec::new();
+    for file in source_files() {
+        let rel = file
+            .strip_prefix(&src)
+            .expect("under src/")
+            .to_string_lossy()
+            .replace('\\', "/");
+        if FIRMWARE_FILES.iter().any(|(allowed, _)| {
+            rel == *allowed || (allowed.ends_with('/') && rel.starts_with(allowed))
+        }) {
+            continue;
+        }
+        let code = code_outside_tests(&std::fs::read_to_string(&file).expect("read a source file"));
+        for name in &names {
+            let found = code.match_indices(name.as_str()).any(|(at, _)| {
+                let before = code[..at].chars().next_back();
+                let after = code[at + name.len()..].chars().next();
+                !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+            if found {
+                named.push(format!("src/{rel} names {name}"));
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "outside the registration and the firmware modules, ask the device's Profile (add a method in domain/profile.rs) instead of naming its firmware:\n{}",
+        named.join("\n")
+    );
+}

@@ -35,9 +35,9 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 
 use super::records::Tracker;
-use crate::domain::awtrix3::{self, Awtrix3Device};
+use crate::domain::Devices;
 use crate::domain::presence::PresenceState;
-use crate::domain::{Devices, Profile};
+use crate::domain::wire::Publication;
 use crate::presence::Presence;
 use crate::store::{
     AckOutcome, CommandRecord, Delivery, FinalOutcome, LeaseBatch, SCHEDULE_GRACE, StatusReason,
@@ -232,13 +232,19 @@ impl Scheduler {
             );
             return self.missed(&record).await;
         };
-        if let Some(lametric) = self.lametric_of(&record) {
-            return self.post(lametric, &record, delivery).await;
-        }
         let Some(delivery) = self.current_delivery(&record, delivery) else {
             return self.device_removed(&record).await;
         };
-        let delivery = &delivery;
+        if self.devices.profile(&record.device_id).direct() {
+            let Some(lametric) = &self.lametric else {
+                return self.device_removed(&record).await;
+            };
+            return self.post(lametric, &record, &delivery).await;
+        }
+        let delivery = &Delivery {
+            topic: delivery.topic,
+            payload: delivery.payload,
+        };
         if !up {
             tracing::debug!(
                 command_id = id,
@@ -273,26 +279,13 @@ impl Scheduler {
         }
     }
 
-    /// The LaMetric transport, when the alarm's device is a LaMetric clock now.
-    fn lametric_of(&self, record: &CommandRecord) -> Option<&LametricTransport> {
-        match self.devices.profile(&record.device_id) {
-            Profile::Lametric(_) => self.lametric.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// A LaMetric's alarm, posted to the clock (SPEC 8.3): its answer ends the command;
-    /// no answer is retried until the grace ends, as a publish is.
-    async fn post(&self, lametric: &LametricTransport, record: &CommandRecord, held: &Delivery) {
+    /// The alarm of a device the gateway reaches itself (a LaMetric clock, SPEC 8.3),
+    /// delivered to it: its answer ends the command; no answer is retried until the grace
+    /// ends, as a publish is.
+    async fn post(&self, lametric: &LametricTransport, record: &CommandRecord, held: &Publication) {
         let id = record.command_id.as_str();
-        let device = record.device_id.clone();
-        let request = crate::domain::lametric::Request {
-            method: crate::domain::lametric::Method::Post,
-            path: crate::domain::lametric::NOTIFICATIONS_PATH.to_owned(),
-            body: Some(held.payload.clone()),
-        };
-        match lametric.request(&device, &request).await {
-            Ok(_) => {
+        match lametric.deliver_held(&record.device_id, held).await {
+            Ok(()) => {
                 self.tracker.sent(id, Some(record)).await;
                 let _ = self
                     .tracker
@@ -390,14 +383,18 @@ impl Scheduler {
         }
     }
 
-    /// The alarm's delivery to its device as the devices file describes it now: the
-    /// device's current topic and alarm melody. `None` when the device is no longer a
-    /// clock whose alarms the gateway holds.
-    fn current_delivery(&self, record: &CommandRecord, held: &Delivery) -> Option<Delivery> {
-        let Profile::Awtrix3(awtrix) = self.devices.profile(&record.device_id) else {
-            return None;
+    /// The alarm's delivery to its device as the devices file describes it now, in its
+    /// firmware's form ([`crate::domain::Profile::held_alarm_now`]: an AWTRIX clock's
+    /// current topic and melody). `None` when the device is no longer a clock whose alarms
+    /// the gateway holds.
+    fn current_delivery(&self, record: &CommandRecord, held: &Delivery) -> Option<Publication> {
+        let held = Publication {
+            topic: held.topic.clone(),
+            payload: held.payload.clone(),
         };
-        Some(retarget(awtrix, held))
+        self.devices
+            .profile(&record.device_id)
+            .held_alarm_now(&held)
     }
 
     async fn device_removed(&self, record: &CommandRecord) {
@@ -415,27 +412,6 @@ impl Scheduler {
                 "scheduled alarm not published: the devices file no longer lists its device as an AWTRIX clock; marked failed (device_removed)"
             );
         }
-    }
-}
-
-/// A held alarm's delivery for the clock as it is configured now: the notification held
-/// at scheduling time, published on the clock's current topic with its current melody.
-fn retarget(device: &Awtrix3Device, held: &Delivery) -> Delivery {
-    let current = device.alarm_publication(&crate::domain::Command::SetAlarm {
-        alarm_time: chrono::DateTime::<chrono::FixedOffset>::default(),
-        label: String::new(),
-    });
-    let payload = match serde_json::from_slice::<awtrix3::Notify>(&held.payload) {
-        Ok(notify) => serde_json::to_vec(&awtrix3::Notify {
-            rtttl: Some(device.melody().to_owned()),
-            ..notify
-        })
-        .unwrap_or_else(|_| held.payload.clone()),
-        Err(_) => held.payload.clone(),
-    };
-    Delivery {
-        topic: current.map_or_else(|| held.topic.clone(), |p| p.topic),
-        payload,
     }
 }
 

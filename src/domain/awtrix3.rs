@@ -256,6 +256,26 @@ impl Awtrix3Device {
         ]
     }
 
+    /// A held alarm ([`Self::alarm_publication`] when it was scheduled) as the clock is
+    /// configured now (SPEC 8.1): the notification held, published on the clock's current
+    /// topic with its current melody (a clock given another `topic` or `alarm_rtttl` since,
+    /// and a restart, gets it there and so). A payload that is not a notification is kept
+    /// as it is.
+    pub fn held_alarm_now(&self, held: &Publication) -> Publication {
+        let payload = match serde_json::from_slice::<Notify>(&held.payload) {
+            Ok(notify) => serde_json::to_vec(&Notify {
+                rtttl: Some(self.melody().to_owned()),
+                ..notify
+            })
+            .unwrap_or_else(|_| held.payload.clone()),
+            Err(_) => held.payload.clone(),
+        };
+        Publication {
+            topic: format!("{}/{NOTIFY}", self.topic),
+            payload,
+        }
+    }
+
     /// The notification a held alarm publishes at its time; `None` for another command.
     pub fn alarm_publication(&self, command: &Command) -> Option<Publication> {
         match command {

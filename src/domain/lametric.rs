@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Command;
+use super::wire::Publication;
 use crate::shared::Secret;
 
 /// What a notification shows when the alarm has no label.
@@ -310,6 +311,16 @@ impl LametricDevice {
         }
     }
 
+    /// A held alarm as the clock gets it at its time (SPEC 8.3): the notification held when
+    /// it was scheduled (the body of [`Self::request`]), to [`NOTIFICATIONS_PATH`]
+    /// ([`held_request`]).
+    pub fn held_alarm_now(&self, held: &Publication) -> Publication {
+        Publication {
+            topic: NOTIFICATIONS_PATH.to_owned(),
+            payload: held.payload.clone(),
+        }
+    }
+
     /// What shows a notification for `seconds`, then dismisses it: the message's duration,
     /// `None` for the other commands (an alarm stays until dismissed on the clock).
     pub fn dismiss_after(command: &Command) -> Option<Duration> {
@@ -370,6 +381,16 @@ pub fn dismiss(id: &str) -> Option<Request> {
         path: format!("{NOTIFICATIONS_PATH}/{id}"),
         body: None,
     })
+}
+
+/// The request that delivers a held alarm ([`LametricDevice::held_alarm_now`]): its body
+/// posted to its path.
+pub fn held_request(held: &Publication) -> Request {
+    Request {
+        method: Method::Post,
+        path: held.topic.clone(),
+        body: Some(held.payload.clone()),
+    }
 }
 
 fn post_notification(notification: &Notification) -> Request {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use super::awtrix3::Awtrix3Device;
 use super::lametric::LametricDevice;
@@ -128,6 +129,30 @@ impl Profile {
     /// clock, through its own transport).
     pub fn presence_polled(&self) -> bool {
         matches!(self, Self::Lametric(_))
+    }
+
+    /// A held alarm (what [`Self::held_alarm`] gave when it was scheduled) as this device
+    /// is to get it now, as the devices file describes it today (SPEC 8.1): an AWTRIX clock
+    /// given another topic or melody since gets it on its current topic with its current
+    /// melody. `None` when this profile holds no alarms (the device is listed otherwise
+    /// since): the core then ends it `device_removed`, never sending it where nobody may
+    /// read it any more.
+    pub fn held_alarm_now(&self, held: &Publication) -> Option<Publication> {
+        match self {
+            Self::Generic => None,
+            Self::Awtrix3(device) => Some(device.held_alarm_now(held)),
+            Self::Lametric(clock) => Some(clock.held_alarm_now(held)),
+        }
+    }
+
+    /// The longest one delivery to this device can take when the gateway reaches it
+    /// itself ([`Self::direct`]: a LaMetric's `timeout_ms`); `None` for the others, whose
+    /// transport has its own bound.
+    pub fn delivery_timeout(&self) -> Option<Duration> {
+        match self {
+            Self::Generic | Self::Awtrix3(_) => None,
+            Self::Lametric(clock) => Some(clock.timeout),
+        }
     }
 
     /// Whether the device can only be reached over MQTT.
@@ -272,6 +297,37 @@ mod tests {
         assert_eq!(topics, ["awtrix_a1/power", "awtrix_a1/settings"]);
         let lametric = envelope(Profile::Lametric(desk()));
         assert_eq!(lametric.profile.mqtt_form("p", &lametric), None);
+    }
+
+    #[test]
+    fn a_held_alarm_goes_to_the_clock_as_configured_now_and_nowhere_once_it_is_generic() {
+        use crate::domain::awtrix3::Rtttl;
+        let alarm = Command::SetAlarm {
+            alarm_time: chrono::DateTime::parse_from_rfc3339("2030-01-01T07:00:00+01:00").unwrap(),
+            label: "wake".into(),
+        };
+        let before = Profile::Awtrix3(Awtrix3Device::new(
+            AwtrixTopic::parse("awtrix_old").unwrap(),
+            None,
+        ));
+        let held = before.held_alarm(&alarm).unwrap();
+        let melody = Rtttl::parse("m:d=4,o=5,b=100:c").unwrap();
+        let now = Profile::Awtrix3(Awtrix3Device::new(
+            AwtrixTopic::parse("awtrix_new").unwrap(),
+            Some(melody),
+        ));
+        let delivered = now.held_alarm_now(&held).unwrap();
+        assert_eq!(delivered.topic, "awtrix_new/notify");
+        let notify: crate::domain::awtrix3::Notify =
+            serde_json::from_slice(&delivered.payload).unwrap();
+        assert_eq!(notify.text, "wake");
+        assert_eq!(notify.rtttl.as_deref(), Some("m:d=4,o=5,b=100:c"));
+        let lametric = Profile::Lametric(desk());
+        let held = lametric.held_alarm(&alarm).unwrap();
+        assert_eq!(lametric.held_alarm_now(&held), Some(held.clone()));
+        assert_eq!(Profile::Generic.held_alarm_now(&held), None);
+        assert_eq!(lametric.delivery_timeout(), Some(desk().timeout));
+        assert_eq!(now.delivery_timeout(), None);
     }
 
     fn desk() -> LametricDevice {

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use super::{BoxFuture, Transport, TransportError};
 use crate::domain::lametric::{self, BASIC_USER, CertCheck, LametricDevice, Method, Request};
+use crate::domain::wire::Publication;
 use crate::domain::{DeviceId, Devices, Envelope, Profile};
 use crate::presence::Presence;
 use crate::shared::Secret;
@@ -73,18 +74,20 @@ impl LametricTransport {
         Ok((!clocks.is_empty()).then(|| Arc::new(Self { clocks })))
     }
 
-    /// Sends `request` to the clock of `device_id`.
-    pub async fn request(
+    /// Delivers a held alarm (what [`Profile::held_alarm_now`] gave: the request's path
+    /// and body) to the clock of `device_id`; its answer ends the command as any
+    /// command's does.
+    pub async fn deliver_held(
         &self,
         device_id: &DeviceId,
-        request: &Request,
-    ) -> Result<Option<String>, TransportError> {
+        held: &Publication,
+    ) -> Result<(), TransportError> {
         let clock = self.clocks.get(device_id).ok_or_else(|| {
             failed(format!(
                 "{device_id} is not a LaMetric clock of the devices file"
             ))
         })?;
-        clock.send(request).await
+        clock.send(&lametric::held_request(held)).await.map(drop)
     }
 
     /// Polls every clock for presence (SPEC 11.1: at once, then every `PRESENCE_POLL_SECS`),
