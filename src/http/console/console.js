@@ -157,7 +157,11 @@
   function remember(record, sent) {
     // A Map keeps the order of first sight: the list shows the newest first.
     const old = commands.get(record.commandId) || {};
+    // A status never goes back from final: a 202 read after the stream's `succeeded`
+    // (the answer and the event race) keeps the final status.
+    const final = FINAL.has(old.status) && !FINAL.has(record.status) ? old.status : null;
     const merged = Object.assign(old, record);
+    if (final) merged.status = final;
     if (sent) merged.sent = sent;
     commands.set(record.commandId, merged);
   }
