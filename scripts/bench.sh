@@ -138,17 +138,9 @@ start_server() {
 try_server() {
 	local qos=$1 prefix=$2 log=$3
 	HTTP_PORT=$(free_port)
-	env -i PATH="$PATH" \
-		HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-		REQUIRE_TLS=false \
-		API_AUTH_CREDENTIALS="bench|$TOKEN|*" \
-		ENABLED_SENDERS=mqtt \
-		MQTT_BROKER_URL="mqtt://127.0.0.1:$MQTT_PORT" \
-		ALLOW_INSECURE_MQTT=true \
-		MQTT_CONNECT_RETRY=false \
-		MQTT_QOS="$qos" \
-		MQTT_TOPIC_PREFIX="$prefix" \
-		LOG_LEVEL="$LOG_LEVEL_" \
+	server_vars "$HTTP_PORT" "bench|$TOKEN|*" "$MQTT_PORT"
+	env -i PATH="$PATH" "${SERVER_VARS[@]}" MQTT_CONNECT_RETRY=false \
+		MQTT_QOS="$qos" MQTT_TOPIC_PREFIX="$prefix" LOG_LEVEL="$LOG_LEVEL_" \
 		"$SERVER" 2>"$log" &
 	SERVER_PID=$!
 	track "$SERVER_PID"

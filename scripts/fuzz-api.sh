@@ -106,17 +106,10 @@ api_port=$(free_port)
 metrics_port=$(free_port)
 token="fuzz-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
 base="http://127.0.0.1:$api_port"
-HTTP_ADDR="127.0.0.1:$api_port" \
-    REQUIRE_TLS=false \
-    API_AUTH_CREDENTIALS="fuzz|$token|*" \
-    READINESS_REQUIRE_AUTH=true \
-    AUTH_FAIL_LIMIT_PER_MIN=10000 \
-    ENABLED_SENDERS=mqtt \
-    MQTT_BROKER_URL="mqtt://127.0.0.1:$mqtt_port" \
-    ALLOW_INSECURE_MQTT=true \
-    METRICS_ADDR="127.0.0.1:$metrics_port" \
-    LOG_FORMAT=json \
-    LOG_LEVEL=warn \
+# It inherits this script's environment (a variable exported for the run reaches it).
+server_vars "$api_port" "fuzz|$token|*" "$mqtt_port"
+env "${SERVER_VARS[@]}" READINESS_REQUIRE_AUTH=true AUTH_FAIL_LIMIT_PER_MIN=10000 \
+    METRICS_ADDR="127.0.0.1:$metrics_port" LOG_FORMAT=json LOG_LEVEL=warn \
     "$bin" 2>"$TMP/server.log" &
 server_pid=$!
 track "$server_pid"

@@ -70,6 +70,39 @@ fn the_scripts_source_one_library_instead_of_restating_it() {
     assert!(server.contains(r#". "$(dirname "${BASH_SOURCE[0]}")/lib.sh""#));
 }
 
+#[test]
+fn every_scripts_server_takes_the_shared_settings_from_the_library() {
+    // The scripts that start a server themselves; the others call server.sh's start_server.
+    for script in [
+        "scripts/bench.sh",
+        "scripts/fuzz-api.sh",
+        "scripts/bench/server.sh",
+    ] {
+        assert!(
+            read(script).contains("\"${SERVER_VARS[@]}\""),
+            "{script} does not start its server with server_vars from scripts/bench/lib.sh"
+        );
+    }
+    let lib = read("scripts/bench/lib.sh");
+    for script in USERS.iter().chain(&["scripts/bench/server.sh"]) {
+        let text = read(script);
+        for setting in [
+            "HTTP_ADDR=",
+            "REQUIRE_TLS=",
+            "API_AUTH_CREDENTIALS=",
+            "ENABLED_SENDERS=",
+            "MQTT_BROKER_URL=",
+            "ALLOW_INSECURE_MQTT=",
+        ] {
+            assert!(lib.contains(setting), "scripts/bench/lib.sh lost {setting}");
+            assert!(
+                !text.contains(setting),
+                "{script} sets {setting} itself: server_vars in scripts/bench/lib.sh does"
+            );
+        }
+    }
+}
+
 /// Runs `body` in bash after sourcing the library, from the repository root.
 fn bash(body: &str, env: &[(&str, &str)]) -> Output {
     let script = format!("set -euo pipefail\nSCRIPT_NAME=libtest\n. scripts/bench/lib.sh\n{body}");

@@ -1,6 +1,7 @@
 # Sourced, not run, by every script that starts its own processes (scripts/bench*.sh and
 # scripts/fuzz-api.sh): the variables the bench scripts share, dying with a message, a
-# temp dir and the processes a script starts cleaned up however it ends, free ports.
+# temp dir and the processes a script starts cleaned up however it ends, free ports, and
+# the settings every script's server starts with.
 # Set SCRIPT_NAME first: it prefixes the messages and names the temp dir.
 # scripts/bench/server.sh adds one Mosquitto and one server at a time on top of this.
 
@@ -90,4 +91,21 @@ wait_port() {
 		sleep 0.1
 	done
 	return 1
+}
+
+# --- the server's settings ----------------------------------------------------------------
+# server_vars HTTP_PORT CREDENTIAL MQTT_PORT: sets the array SERVER_VARS to what every
+# script's server shares: plain HTTP on 127.0.0.1:HTTP_PORT, the one credential CREDENTIAL
+# (`name|token|scopes`), and MQTT only, to the broker on 127.0.0.1:MQTT_PORT without TLS.
+# A script adds its own after them: env [-i PATH="$PATH"] "${SERVER_VARS[@]}" VAR=… BIN.
+server_vars() {
+	# shellcheck disable=SC2034 # read by the scripts that source this file
+	SERVER_VARS=(
+		"HTTP_ADDR=127.0.0.1:$1"
+		REQUIRE_TLS=false
+		"API_AUTH_CREDENTIALS=$2"
+		ENABLED_SENDERS=mqtt
+		"MQTT_BROKER_URL=mqtt://127.0.0.1:$3"
+		ALLOW_INSECURE_MQTT=true
+	)
 }

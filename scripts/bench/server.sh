@@ -32,10 +32,8 @@ start_server() {
 	local log=$1
 	shift
 	HTTP_PORT=$(free_port)
-	env -i PATH="$PATH" HTTP_ADDR="127.0.0.1:$HTTP_PORT" REQUIRE_TLS=false \
-		API_AUTH_CREDENTIALS="bench|bench-token|*" ENABLED_SENDERS=mqtt \
-		MQTT_BROKER_URL="mqtt://127.0.0.1:$MQTT_PORT" ALLOW_INSECURE_MQTT=true MQTT_QOS=1 \
-		LOG_LEVEL=info "$@" "$SERVER" 2>"$log" &
+	server_vars "$HTTP_PORT" "bench|bench-token|*" "$MQTT_PORT"
+	env -i PATH="$PATH" "${SERVER_VARS[@]}" MQTT_QOS=1 LOG_LEVEL=info "$@" "$SERVER" 2>"$log" &
 	SERVER_PID=$!
 	track "$SERVER_PID"
 	for _ in $(seq 100); do
