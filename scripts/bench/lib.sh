@@ -33,10 +33,27 @@ TMP=""
 PIDS=""
 track() { PIDS="$PIDS $1"; }
 untrack() { PIDS=$(echo "$PIDS" | tr ' ' '\n' | grep -vx "$1" | tr '\n' ' ' || true); }
+# Whether PID is still running (a zombie is not: it only waits to be reaped).
+running() {
+	local state
+	state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
+# Ends one of our processes: TERM, asked again for up to 5 s (a process signalled right
+# after `&` may get it before its exec, and bash drops it then), then KILL; then reaps it.
+end() {
+	kill -TERM "$1" 2>/dev/null || true
+	for _ in $(seq 50); do
+		running "$1" || break
+		sleep 0.1
+		kill -TERM "$1" 2>/dev/null || true
+	done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
 # Stops one of our processes by its pid and waits for it.
 stop() {
-	kill -TERM "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
+	end "$1"
 	untrack "$1"
 }
 # Kills every tracked process, runs the script's `on_failure` (if it defines one) when it
@@ -44,7 +61,7 @@ stop() {
 cleanup() {
 	local status=$?
 	for pid in $PIDS; do kill "$pid" 2>/dev/null || true; done
-	for pid in $PIDS; do wait "$pid" 2>/dev/null || true; done
+	for pid in $PIDS; do end "$pid"; done
 	if [ "$status" -ne 0 ] && declare -F on_failure >/dev/null; then on_failure || true; fi
 	if [ -n "$TMP" ]; then
 		if [ "${BENCH_KEEP:-0}" = 1 ]; then
