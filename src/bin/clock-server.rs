@@ -9,9 +9,10 @@ use clock_server::demo::{Demo, DemoArgs};
 use clock_server::shared::shutdown;
 use clock_server::startup::Application;
 
-/// musl's malloc serialises every allocation behind one lock and made the static image
-/// noticeably slower than the glibc build; see docs/performance.md.
-#[cfg(target_env = "musl")]
+/// mimalloc on every target. musl's malloc serialises every allocation behind one lock
+/// (the static image was noticeably slower than the glibc build); glibc's took a third of
+/// the server's CPU per tracked command with the `memory` store (its two workers' arenas
+/// lock each other when one frees what the other allocated). See docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
