@@ -11,9 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fantoccini::wd::WebDriverCompatibleCommand;
@@ -67,17 +65,8 @@ impl Demo {
             .stderr(common::test_log())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let lines = common::process::stdout_lines(&mut child);
         let process = Process(child);
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         // The banner names the console; the clocks announce their subscriptions after it.
         let mut console = None;
         let mut awtrix_watching = false;

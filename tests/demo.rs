@@ -64,16 +64,7 @@ impl DemoProcess {
                 all.push('\n');
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::process::stdout_lines(&mut child);
         let mut demo = Self {
             child,
             http_port,

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::eventually;
@@ -35,13 +35,7 @@ impl Watch {
             .stderr(common::test_log())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = common::process::stdout_lines(&mut child);
         let first = rx.recv_timeout(WITHIN).expect("the watching line");
         assert!(first.starts_with("watching "), "{first}");
         Self { child }

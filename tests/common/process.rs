@@ -130,3 +130,18 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A child's stdout, line by line, read by a thread into a channel so that a test can wait
+/// for a line with a bound. The thread reads until the child closes it (or a read fails),
+/// also once the receiver is gone: a child never blocks on a full pipe.
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
