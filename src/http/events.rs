@@ -3,20 +3,24 @@
 //!
 //! The stream writes `: keep-alive` when it opens and every [`KEEP_ALIVE`] after, ends
 //! with `event: overflow` once it fell more than [`QUEUE`](crate::events::QUEUE) events
-//! behind (the hub's channel told it so), and ends when the server stops. The events are
-//! written as the hub serialised them, once for every stream.
+//! behind (the hub's channel told it so; the commands never wait for a stream), and ends when the server stops. The events are
+//! written as the hub serialised them, once for every stream, in chunks: a quiet stream
+//! writes [`GATHER`] after an event, a busy one at most every [`PACE`] (see [`pace`]), so
+//! a thousand consoles under load cost a few thousand writes a second, not one per event.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
+use tokio::time::Instant;
 
 use super::server::{Streaming, StreamingGuard};
 use super::{ApiError, AppState, Principal};
-use crate::events::{Event, KEEP_ALIVE, Kinds, Missed, Subscription};
+use crate::events::{Event, KEEP_ALIVE, Kinds, Missed, QUEUE, Subscription};
 use crate::security::Credential;
 
 const KEEP_ALIVE_LINE: &[u8] = b": keep-alive\n\n";
@@ -114,6 +118,10 @@ struct Stream {
     sub: Subscription,
     filter: Filter,
     tick: tokio::time::Interval,
+    /// When the stream last wrote events (`None`: not yet).
+    wrote: Option<Instant>,
+    /// How long after that write the next one waits ([`pace`]).
+    pace: Duration,
     /// The last chunk (overflow) was handed out: nothing follows.
     ended: bool,
     _streaming: Option<StreamingGuard>,
@@ -128,6 +136,8 @@ impl Stream {
             sub,
             filter,
             tick,
+            wrote: None,
+            pace: GATHER,
             ended: false,
             _streaming: streaming,
         }
@@ -150,35 +160,69 @@ impl Stream {
                 },
                 _ = self.tick.tick() => return Some(Bytes::from_static(KEEP_ALIVE_LINE)),
             };
-            // Gather: what follows within GATHER goes out in the same write.
-            tokio::time::sleep(GATHER).await;
-            return Some(self.more(&admitted));
+            // Gather: what follows within the wait goes out in the same write. A quiet
+            // stream waits GATHER; one that wrote lately waits until `pace` after that
+            // write, so a busy stream writes fewer, larger chunks.
+            let now = Instant::now();
+            let until = match self.wrote {
+                Some(wrote) => (wrote + self.pace).max(now + GATHER),
+                None => now + GATHER,
+            };
+            tokio::time::sleep_until(until).await;
+            let (chunk, events) = self.more(&admitted);
+            let now = Instant::now();
+            if let Some(wrote) = self.wrote {
+                self.pace = pace(events, now.saturating_duration_since(wrote));
+            }
+            self.wrote = Some(now);
+            return Some(chunk);
         }
     }
 
-    /// `first`, and the events already waiting behind it (at most [`BATCH`]), as one
-    /// chunk: under load a stream writes once per wake-up, not once per event. A lag met
-    /// here is left for the next `recv` to report.
-    fn more(&mut self, first: &Event) -> Bytes {
+    /// `first`, and the events already waiting behind it, as one chunk, with the number
+    /// of events in it: under load a stream writes once per wake-up, not once per event.
+    /// A lag met here is left for the next `recv` to report.
+    fn more(&mut self, first: &Event) -> (Bytes, usize) {
         let mut chunk: Option<Vec<u8>> = None;
-        for _ in 0..BATCH {
+        let mut events = 1;
+        for _ in 0..QUEUE {
             match self.sub.events.try_recv() {
-                Some(event) if self.filter.admits(&event) => chunk
-                    .get_or_insert_with(|| first.frame.to_vec())
-                    .extend_from_slice(&event.frame),
+                Some(event) if self.filter.admits(&event) => {
+                    events += 1;
+                    chunk
+                        .get_or_insert_with(|| first.frame.to_vec())
+                        .extend_from_slice(&event.frame);
+                }
                 Some(_) => {}
                 None => break,
             }
         }
-        chunk.map_or_else(|| first.frame.clone(), Bytes::from)
+        (
+            chunk.map_or_else(|| first.frame.clone(), Bytes::from),
+            events,
+        )
     }
 }
 
-/// Most events one chunk of a stream carries.
-const BATCH: usize = 64;
+/// How long a stream waits after an event for the ones that follow it before it writes,
+/// when it has not written lately.
+const GATHER: Duration = Duration::from_millis(5);
 
-/// How long a stream waits after an event for the ones that follow it before it writes.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest a busy stream waits between two writes: an event is on the wire at most
+/// this long after it happened.
+const PACE: Duration = Duration::from_millis(100);
+
+/// How long a stream waits after a write before the next, now that it wrote `events`
+/// events `since` after the previous write: at that rate a quarter of its queue fills in
+/// the wait (so a fast stream writes often enough never to overflow, and a slow one
+/// gathers its events), within [`GATHER`] and [`PACE`].
+fn pace(events: usize, since: Duration) -> Duration {
+    let quarter = u32::try_from(QUEUE / 4).unwrap_or(u32::MAX);
+    let events = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
+    since
+        .checked_mul(quarter)
+        .map_or(PACE, |wait| (wait / events).clamp(GATHER, PACE))
+}
 
 #[cfg(test)]
 mod tests {
@@ -186,6 +230,21 @@ mod tests {
 
     use super::*;
     use crate::events::EventKind;
+
+    #[test]
+    fn a_busy_stream_writes_less_often_and_a_fast_one_often_enough() {
+        // Two events 40 ms apart: the stream waits the longest before its next write.
+        assert_eq!(pace(2, Duration::from_millis(40)), PACE);
+        // 250 events in 5 ms (50,000 a second): a quarter of the queue fills in ~5 ms.
+        assert_eq!(
+            pace(250, Duration::from_millis(5)),
+            Duration::from_micros(5120)
+        );
+        // Faster still: never below GATHER; an idle week or a zero count cannot overflow.
+        assert_eq!(pace(1000, Duration::from_millis(1)), GATHER);
+        assert_eq!(pace(0, Duration::from_secs(7 * 86_400)), PACE);
+        assert_eq!(pace(1, Duration::MAX), PACE);
+    }
 
     #[test]
     fn the_query_gives_devices_and_types() {
