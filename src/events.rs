@@ -82,29 +82,72 @@ impl EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub device_id: DeviceId,
-    /// The `data:` JSON (one line: serde_json never writes a newline in compact form).
-    pub data: String,
-    /// `event: <kind>\ndata: <data>\n\n`.
+    /// `event: <kind>\ndata: <data>\n\n`, built in one buffer.
     pub frame: Bytes,
+    /// Where the `data:` JSON starts in `frame` (it ends before the last two bytes).
+    data_at: usize,
 }
+
+/// `event: <kind>\ndata: `.
+fn frame_head(kind: EventKind) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_CAPACITY);
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(kind.as_str().as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame
+}
+
+/// Room for a command's whole frame (its record is about 300 bytes), so that building
+/// one is a single allocation.
+const FRAME_CAPACITY: usize = 512;
 
 impl Event {
     pub fn new(kind: EventKind, device_id: DeviceId, data: String) -> Self {
-        let frame = format!("event: {}\ndata: {data}\n\n", kind.as_str()).into();
+        let mut frame = frame_head(kind);
+        Self::finish(kind, device_id, &mut frame, |frame| {
+            frame.extend_from_slice(data.as_bytes());
+        })
+    }
+
+    /// The frame `head` + what `data` writes + the blank line.
+    fn finish(
+        kind: EventKind,
+        device_id: DeviceId,
+        frame: &mut Vec<u8>,
+        data: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let data_at = frame.len();
+        data(frame);
+        frame.extend_from_slice(b"\n\n");
         Self {
             kind,
             device_id,
-            data,
-            frame,
+            frame: Bytes::from(std::mem::take(frame)),
+            data_at,
         }
     }
 
-    /// A `command` event: the record as `GET /commands/{id}` shows it (`None` for a record
-    /// whose device id is not one: no stream could be shown it).
+    /// The `data:` JSON (one line: serde_json never writes a newline in compact form).
+    pub fn data(&self) -> &str {
+        let end = self.frame.len().saturating_sub(2).max(self.data_at);
+        std::str::from_utf8(self.frame.get(self.data_at..end).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// A `command` event: the record as `GET /commands/{id}` shows it, serialised
+    /// straight into the frame (`None` for a record whose device id is not one: no stream
+    /// could be shown it).
     pub fn command(record: &CommandRecord) -> Option<Self> {
-        let device_id = record.device_id.clone();
-        let data = String::from_utf8(record.to_json()).unwrap_or_default();
-        Some(Self::new(EventKind::Command, device_id, data))
+        let mut frame = frame_head(EventKind::Command);
+        Some(Self::finish(
+            EventKind::Command,
+            record.device_id.clone(),
+            &mut frame,
+            // Plain strings, bools and timestamps into a Vec: cannot fail.
+            |frame| {
+                let _ = serde_json::to_writer(&mut *frame, record);
+            },
+        ))
     }
 
     /// A `schedule` event: the schedule's JSON object as `GET /schedules/{id}` shows it,
@@ -518,19 +561,34 @@ mod tests {
         for stream in [&mut one, &mut all] {
             let first = stream.events.recv().await.ok().unwrap();
             assert!(
-                first.data.contains(r#""commandId":"c-1""#)
-                    && first.data.contains(r#""status":"succeeded""#),
+                first.data().contains(r#""commandId":"c-1""#)
+                    && first.data().contains(r#""status":"succeeded""#),
                 "{}",
-                first.data
+                first.data()
             );
             let second = stream.events.recv().await.ok().unwrap();
             assert!(
-                second.data.contains(r#""commandId":"c-2""#),
+                second.data().contains(r#""commandId":"c-2""#),
                 "{}",
-                second.data
+                second.data()
             );
             assert!(stream.events.try_recv().is_none());
         }
+    }
+
+    #[test]
+    fn an_event_is_one_frame_whose_data_is_the_json_line() {
+        let event = Event::schedule(
+            &DeviceId::parse("kitchen").unwrap(),
+            r#"{"scheduleId":"s-1"}"#,
+            true,
+        );
+        assert_eq!(
+            &event.frame[..],
+            b"event: schedule\ndata: {\"scheduleId\":\"s-1\",\"deleted\":true}\n\n"
+        );
+        assert_eq!(event.data(), r#"{"scheduleId":"s-1","deleted":true}"#);
+        assert_eq!(device_event("kitchen").data(), "{}");
     }
 
     fn device_event(device: &str) -> Event {

@@ -140,7 +140,7 @@ fn encode(origin: &str, event: &Event) -> String {
         "{origin}\n{}\n{}\n{}",
         event.kind.as_str(),
         event.device_id,
-        event.data
+        event.data()
     )
 }
 
