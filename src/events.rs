@@ -273,8 +273,12 @@ pub enum Missed {
 
 /// What one stream reads.
 pub enum Events {
-    /// Every device's events.
-    All(broadcast::Receiver<Arc<Event>>),
+    /// Every device's events. `lagged`: [`Self::try_recv`] met a lag (the channel says
+    /// so once, and moves on past the lost events), which the next `recv` reports.
+    All {
+        rx: broadcast::Receiver<Arc<Event>>,
+        lagged: bool,
+    },
     /// One device's events, in the stream's own queue.
     One {
         rx: mpsc::Receiver<Arc<Event>>,
@@ -286,7 +290,8 @@ impl Events {
     /// The next event.
     pub async fn recv(&mut self) -> Result<Arc<Event>, Missed> {
         match self {
-            Self::All(rx) => rx.recv().await.map_err(|e| match e {
+            Self::All { lagged: true, .. } => Err(Missed::Lagged),
+            Self::All { rx, .. } => rx.recv().await.map_err(|e| match e {
                 broadcast::error::RecvError::Lagged(_) => Missed::Lagged,
                 broadcast::error::RecvError::Closed => Missed::Closed,
             }),
@@ -298,10 +303,19 @@ impl Events {
         }
     }
 
-    /// An event already waiting, if any (a lag is left for [`Self::recv`] to report).
+    /// An event already waiting, if any. A lag met here is left for [`Self::recv`] to
+    /// report: no event is read after it.
     pub fn try_recv(&mut self) -> Option<Arc<Event>> {
         match self {
-            Self::All(rx) => rx.try_recv().ok(),
+            Self::All { lagged: true, .. } => None,
+            Self::All { rx, lagged } => match rx.try_recv() {
+                Ok(event) => Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    *lagged = true;
+                    None
+                }
+                Err(_) => None,
+            },
             Self::One { rx, .. } => rx.try_recv().ok(),
         }
     }
@@ -468,7 +482,10 @@ impl Hub {
             Ok(_) => {}
         }
         let events = match device {
-            None => Events::All(self.tx.subscribe()),
+            None => Events::All {
+                rx: self.tx.subscribe(),
+                lagged: false,
+            },
             Some(device) => {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let lagged = Arc::new(AtomicBool::new(false));
@@ -629,6 +646,36 @@ mod tests {
         let mut again = hub.subscribe(Some(&kitchen)).unwrap();
         hub.publish(device_event("kitchen"));
         assert!(again.events.recv().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_every_device_that_falls_behind_while_draining_is_told_so() {
+        // A stream takes what waits with `try_recv` before it writes. The broadcast
+        // channel says "lagged" once and moves past the lost events: the stream must
+        // still end with `overflow`, not carry on with a hole in its events.
+        let hub = Hub::new(10);
+        let mut all = hub.subscribe(None).unwrap();
+        for _ in 0..QUEUE + 10 {
+            hub.publish(device_event("kitchen"));
+        }
+        let mut drained = 0;
+        while all.events.try_recv().is_some() {
+            drained += 1;
+        }
+        assert_eq!(drained, 0, "the lag is met first");
+        assert!(
+            matches!(all.events.recv().await, Err(Missed::Lagged)),
+            "a lag met by try_recv is reported by the next recv"
+        );
+        // Lagged in the middle of a drain, too.
+        let mut all = hub.subscribe(None).unwrap();
+        hub.publish(device_event("kitchen"));
+        assert!(all.events.try_recv().is_some());
+        for _ in 0..QUEUE + 10 {
+            hub.publish(device_event("kitchen"));
+        }
+        assert!(all.events.try_recv().is_none());
+        assert!(matches!(all.events.recv().await, Err(Missed::Lagged)));
     }
 
     #[test]
