@@ -261,6 +261,8 @@ impl RecentFinals {
 struct Follower {
     tx: mpsc::Sender<Arc<Event>>,
     lagged: Arc<AtomicBool>,
+    /// Told when the queue is half full: a stream that paces its writes writes now.
+    urge: Arc<tokio::sync::Notify>,
 }
 
 /// Why a stream's next event is not there.
@@ -283,6 +285,7 @@ pub enum Events {
     One {
         rx: mpsc::Receiver<Arc<Event>>,
         lagged: Arc<AtomicBool>,
+        urge: Arc<tokio::sync::Notify>,
     },
 }
 
@@ -295,7 +298,7 @@ impl Events {
                 broadcast::error::RecvError::Lagged(_) => Missed::Lagged,
                 broadcast::error::RecvError::Closed => Missed::Closed,
             }),
-            Self::One { rx, lagged } => match rx.recv().await {
+            Self::One { rx, lagged, .. } => match rx.recv().await {
                 Some(event) => Ok(event),
                 None if lagged.load(Ordering::Acquire) => Err(Missed::Lagged),
                 None => Err(Missed::Closed),
@@ -317,6 +320,21 @@ impl Events {
                 Err(_) => None,
             },
             Self::One { rx, .. } => rx.try_recv().ok(),
+        }
+    }
+
+    /// Whether the stream may pace its writes: one device's queue, whose filling the hub
+    /// watches ([`Self::urged`]). A stream of every device shares the hub's channel, whose
+    /// lag cannot be seen coming: it writes promptly.
+    pub fn paced(&self) -> bool {
+        matches!(self, Self::One { .. })
+    }
+
+    /// Resolves once the stream's queue is half full (never for a stream of every device).
+    pub async fn urged(&self) {
+        match self {
+            Self::One { urge, .. } => urge.notified().await,
+            Self::All { .. } => std::future::pending().await,
         }
     }
 }
@@ -369,7 +387,12 @@ impl Hub {
             let mut followers = self.per_device();
             if let Some(list) = followers.get_mut(&event.device_id) {
                 list.retain(|f| match f.tx.try_send(event.clone()) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        if f.tx.capacity() <= QUEUE / 2 {
+                            f.urge.notify_one();
+                        }
+                        true
+                    }
                     // Behind by a whole queue: it ends with `overflow`, as a stream of
                     // every device does.
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -494,9 +517,11 @@ impl Hub {
                 // has an event), so opening and closing streams cannot grow the lists.
                 let list = followers.entry(device.clone()).or_default();
                 list.retain(|f| !f.tx.is_closed());
+                let urge = Arc::new(tokio::sync::Notify::new());
                 list.push(Follower {
                     tx,
                     lagged: lagged.clone(),
+                    urge: urge.clone(),
                 });
                 if followers.len() > 2 * self.streams() + 64 {
                     followers.retain(|_, list| {
@@ -504,7 +529,7 @@ impl Hub {
                         !list.is_empty()
                     });
                 }
-                Events::One { rx, lagged }
+                Events::One { rx, lagged, urge }
             }
         };
         Some(Subscription {
@@ -676,6 +701,22 @@ mod tests {
         }
         assert!(all.events.try_recv().is_none());
         assert!(matches!(all.events.recv().await, Err(Missed::Lagged)));
+    }
+
+    #[tokio::test]
+    async fn a_stream_following_one_device_is_urged_once_half_its_queue_has_filled() {
+        use futures_util::FutureExt;
+        let hub = Hub::new(10);
+        let kitchen = DeviceId::parse("kitchen").unwrap();
+        let one = hub.subscribe(Some(&kitchen)).unwrap();
+        assert!(one.events.paced());
+        assert!(!hub.subscribe(None).unwrap().events.paced());
+        for _ in 0..QUEUE / 2 - 1 {
+            hub.publish(device_event("kitchen"));
+        }
+        assert!(one.events.urged().now_or_never().is_none());
+        hub.publish(device_event("kitchen"));
+        assert!(one.events.urged().now_or_never().is_some());
     }
 
     #[test]

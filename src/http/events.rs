@@ -3,10 +3,11 @@
 //!
 //! The stream writes `: keep-alive` when it opens and every [`KEEP_ALIVE`] after, ends
 //! with `event: overflow` once it fell more than [`QUEUE`](crate::events::QUEUE) events
-//! behind (the hub's channel told it so; the commands never wait for a stream), and ends when the server stops. The events are
-//! written as the hub serialised them, once for every stream, in chunks: a quiet stream
-//! writes [`GATHER`] after an event, a busy one at most every [`PACE`] (see [`pace`]), so
-//! a thousand consoles under load cost a few thousand writes a second, not one per event.
+//! behind (the hub's channel told it so), and ends when the server stops. The events are
+//! written as the hub serialised them, once for every stream, in chunks: a stream writes
+//! [`GATHER`] after an event; a busy one that follows one device at most every [`PACE`]
+//! (see [`pace`]; sooner once half its queue has filled), so a thousand consoles, one per
+//! clock, cost a few thousand writes a second under load, not one per event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,14 +162,18 @@ impl Stream {
                 _ = self.tick.tick() => return Some(Bytes::from_static(KEEP_ALIVE_LINE)),
             };
             // Gather: what follows within the wait goes out in the same write. A quiet
-            // stream waits GATHER; one that wrote lately waits until `pace` after that
-            // write, so a busy stream writes fewer, larger chunks.
+            // stream waits GATHER. One that follows one device and wrote lately waits
+            // until `pace` after that write (a busy stream writes fewer, larger chunks),
+            // or until the hub says its queue is half full.
             let now = Instant::now();
             let until = match self.wrote {
-                Some(wrote) => (wrote + self.pace).max(now + GATHER),
-                None => now + GATHER,
+                Some(wrote) if self.sub.events.paced() => (wrote + self.pace).max(now + GATHER),
+                _ => now + GATHER,
             };
-            tokio::time::sleep_until(until).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = self.sub.events.urged() => {}
+            }
             let (chunk, events) = self.more(&admitted);
             let now = Instant::now();
             if let Some(wrote) = self.wrote {
