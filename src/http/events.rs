@@ -184,16 +184,19 @@ impl Stream {
         }
     }
 
-    /// `first`, and the events already waiting behind it, as one chunk, with the number
-    /// of events in it: under load a stream writes once per wake-up, not once per event.
+    /// `first`, and the events already waiting behind it (up to [`CHUNK_MAX`] bytes), as
+    /// one chunk, with the number of events in it: under load a stream writes once per wake-up, not once per event.
     /// A lag met here is left for the next `recv` to report.
     fn more(&mut self, first: &Event) -> (Bytes, usize) {
         let mut chunk: Option<Vec<u8>> = None;
         let mut events = 1;
-        for _ in 0..QUEUE {
+        let mut bytes = first.frame.len();
+        // The rest waits for the next write (at once when the queue is half full).
+        while bytes < CHUNK_MAX {
             match self.sub.events.try_recv() {
                 Some(event) if self.filter.admits(&event) => {
                     events += 1;
+                    bytes += event.frame.len();
                     chunk
                         .get_or_insert_with(|| first.frame.to_vec())
                         .extend_from_slice(&event.frame);
@@ -208,6 +211,10 @@ impl Stream {
         )
     }
 }
+
+/// Most bytes a chunk gathers (past its first event): what a stream holds in memory while
+/// its client reads is bounded (1,000 slow streams: about 32 MiB), not its whole queue.
+const CHUNK_MAX: usize = 32 * 1024;
 
 /// How long a stream waits after an event for the ones that follow it before it writes,
 /// when it has not written lately.
