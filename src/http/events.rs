@@ -185,8 +185,8 @@ impl Stream {
     }
 
     /// `first`, and the events already waiting behind it (up to [`CHUNK_MAX`] bytes), as
-    /// one chunk, with the number of events in it: under load a stream writes once per wake-up, not once per event.
-    /// A lag met here is left for the next `recv` to report.
+    /// one chunk, with the number of events in it: under load a stream writes once per
+    /// wake-up, not once per event. A lag met here is left for the next `recv` to report.
     fn more(&mut self, first: &Event) -> (Bytes, usize) {
         let mut chunk: Option<Vec<u8>> = None;
         let mut events = 1;
