@@ -88,41 +88,30 @@ pub struct Event {
     data_at: usize,
 }
 
-/// `event: <kind>\ndata: `.
-fn frame_head(kind: EventKind) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(FRAME_CAPACITY);
-    frame.extend_from_slice(b"event: ");
-    frame.extend_from_slice(kind.as_str().as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
-    frame
-}
-
 /// Room for a command's whole frame (its record is about 300 bytes), so that building
 /// one is a single allocation.
 const FRAME_CAPACITY: usize = 512;
 
 impl Event {
     pub fn new(kind: EventKind, device_id: DeviceId, data: String) -> Self {
-        let mut frame = frame_head(kind);
-        Self::finish(kind, device_id, &mut frame, |frame| {
-            frame.extend_from_slice(data.as_bytes());
+        Self::framed(kind, device_id, |frame| {
+            frame.extend_from_slice(data.as_bytes())
         })
     }
 
-    /// The frame `head` + what `data` writes + the blank line.
-    fn finish(
-        kind: EventKind,
-        device_id: DeviceId,
-        frame: &mut Vec<u8>,
-        data: impl FnOnce(&mut Vec<u8>),
-    ) -> Self {
+    /// `event: <kind>\ndata: ` + what `data` writes + the blank line, in one buffer.
+    fn framed(kind: EventKind, device_id: DeviceId, data: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut frame = Vec::with_capacity(FRAME_CAPACITY);
+        frame.extend_from_slice(b"event: ");
+        frame.extend_from_slice(kind.as_str().as_bytes());
+        frame.extend_from_slice(b"\ndata: ");
         let data_at = frame.len();
-        data(frame);
+        data(&mut frame);
         frame.extend_from_slice(b"\n\n");
         Self {
             kind,
             device_id,
-            frame: Bytes::from(std::mem::take(frame)),
+            frame: Bytes::from(frame),
             data_at,
         }
     }
@@ -138,14 +127,12 @@ impl Event {
     /// straight into the frame (`None` for a record whose device id is not one: no stream
     /// could be shown it).
     pub fn command(record: &CommandRecord) -> Option<Self> {
-        let mut frame = frame_head(EventKind::Command);
-        Some(Self::finish(
+        // Plain strings, bools and timestamps into a Vec: cannot fail.
+        Some(Self::framed(
             EventKind::Command,
             record.device_id.clone(),
-            &mut frame,
-            // Plain strings, bools and timestamps into a Vec: cannot fail.
             |frame| {
-                let _ = serde_json::to_writer(&mut *frame, record);
+                let _ = serde_json::to_writer(frame, record);
             },
         ))
     }

@@ -176,7 +176,7 @@ impl Stream {
             }
             let (chunk, events) = self.more(&admitted);
             let now = Instant::now();
-            if let Some(wrote) = self.wrote {
+            if let Some(wrote) = self.wrote.filter(|_| self.sub.events.paced()) {
                 self.pace = pace(events, now.saturating_duration_since(wrote));
             }
             self.wrote = Some(now);
