@@ -22,6 +22,7 @@
 //!
 //! Key layout (all under [`PREFIX`], so a shared Redis is safe): see `docs/store.md`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -128,7 +129,8 @@ end
 /// load Redis runs one script and the connection one round trip for many commands.
 /// KEYS: sched, leased. ARGV: record key prefix, then per call `c` or `s`, its argument
 /// count, and its arguments: `c` id, now, retention, when its retention clock starts,
-/// fire time ('' if none), the hash's fields/values (answer 1, or 0 if the id exists);
+/// fire time ('' if none), the hash's fields/values in [`encode`]'s order, which the
+/// script reads the status, device and times from (answer 1, or 0 if the id exists);
 /// `s` id, now, retention (answer `{'none'}` or `{'ok', status}`).
 const WRITES: &str = r#"
 local prefix, out, i = ARGV[1], {}, 2
@@ -136,41 +138,48 @@ while i <= #ARGV do
   local kind, n, a = ARGV[i], tonumber(ARGV[i + 1]), i + 2
   local id, now, retention = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local k = prefix .. id
-  local st = load(k, id, now, retention)
   if kind == 'c' then
+    -- A new id (the usual case) costs one EXISTS; a taken one is loaded, and is free
+    -- again if its retention has ended.
+    local st = redis.call('EXISTS', k) == 1 and load(k, id, now, retention)
     if st then
       out[#out + 1] = 0
     else
-      redis.call('HSET', k, unpack(ARGV, a + 5, a + n - 1))
+      -- The fields start at f, in `encode`'s order: id, dev, type, pr, st, c, e, ...
+      local f = a + 5
+      local dev, status, created, expires = ARGV[f + 3], ARGV[f + 9], ARGV[f + 11], ARGV[f + 13]
+      redis.call('HSET', k, unpack(ARGV, f, a + n - 1))
       keep(k, tonumber(ARGV[a + 3]), now, retention)
       if ARGV[a + 4] ~= '' then redis.call('ZADD', SCHED, ARGV[a + 4], id) end
-      local q = redis.call('HMGET', k, 'st', 'dev', 'c', 'e')
       -- Every record that is not final yet waits for its expiry sweep (expire_due).
-      if not FINAL[q[1]] then redis.call('ZADD', BASE .. 'expiring', q[4], id) end
-      if q[1] == 'queued' then
-        redis.call('ZADD', qdev(q[2]), q[3], id)
-        redis.call('ZADD', QALL, q[3], id)
+      if not FINAL[status] then redis.call('ZADD', BASE .. 'expiring', expires, id) end
+      if status == 'queued' then
+        redis.call('ZADD', qdev(dev), created, id)
+        redis.call('ZADD', QALL, created, id)
       end
       out[#out + 1] = 1
     end
-  elseif not st then
-    out[#out + 1] = {'none'}
   else
-    if st == 'pending' then
-      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
-      st = 'sent'
-    elseif st == 'scheduled' then
-      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
-      unschedule(k, id)
-      st = 'sent'
-    elseif st == 'queued' then
-      redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
-      unqueue(k, id)
-      st = 'sent'
-    elseif not redis.call('HGET', k, 's') then
-      redis.call('HSET', k, 's', ARGV[a + 1])
+    local st = load(k, id, now, retention)
+    if not st then
+      out[#out + 1] = {'none'}
+    else
+      if st == 'pending' then
+        redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+        st = 'sent'
+      elseif st == 'scheduled' then
+        redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+        unschedule(k, id)
+        st = 'sent'
+      elseif st == 'queued' then
+        redis.call('HSET', k, 'st', 'sent', 's', ARGV[a + 1])
+        unqueue(k, id)
+        st = 'sent'
+      elseif not redis.call('HGET', k, 's') then
+        redis.call('HSET', k, 's', ARGV[a + 1])
+      end
+      out[#out + 1] = {'ok', st}
     end
-    out[#out + 1] = {'ok', st}
   end
   i = a + n
 end
@@ -415,9 +424,12 @@ pub struct RedisStore {
 /// One `create` or `mark_sent` for the [`WRITES`] script: its kind (`c`/`s`) and
 /// arguments, and where its answer goes.
 struct Write {
-    args: Vec<Vec<u8>>,
+    args: Vec<Arg>,
     reply: oneshot::Sender<Result<Value, StoreError>>,
 }
+
+/// One argument of a [`Write`]: field names are static, so only values are allocated.
+type Arg = Cow<'static, [u8]>;
 
 /// At most this many calls in one group.
 const MAX_GROUP: usize = 256;
@@ -553,10 +565,10 @@ impl RedisStore {
                     call.key(&keys[0]).key(&keys[1]).arg(&keys[2]);
                     for write in &group {
                         let (kind, args) = write.args.split_first().unzip();
-                        call.arg(kind.map_or(&[][..], Vec::as_slice))
-                            .arg(args.map_or(0, <[Vec<u8>]>::len));
+                        call.arg(kind.map_or(&[][..], |kind| kind.as_ref()))
+                            .arg(args.map_or(0, <[Arg]>::len));
                         for arg in args.into_iter().flatten() {
-                            call.arg(arg.as_slice());
+                            call.arg(arg.as_ref());
                         }
                     }
                     let answer: Result<Value, RedisError> = call.invoke_async(&mut conn).await;
@@ -590,7 +602,7 @@ impl RedisStore {
     }
 
     /// Queues one `create`/`mark_sent` for the writer and waits for its answer.
-    async fn write(&self, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
+    async fn write(&self, args: Vec<Arg>) -> Result<Value, StoreError> {
         self.check_ready()?;
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable {
@@ -798,14 +810,15 @@ impl StateStore for RedisStore {
             };
             let id = record.command_id.clone();
             // `create` takes no `now`: the record's own creation time stands for it.
-            let mut args = vec![
-                b"c".to_vec(),
-                id.clone().into_bytes(),
-                ms(record.created_at).to_string().into_bytes(),
-                self.retention_ms().to_string().into_bytes(),
-                final_ms.into_bytes(),
-                fire_ms.into_bytes(),
-            ];
+            let mut args: Vec<Arg> = Vec::with_capacity(36);
+            args.extend([
+                Cow::Borrowed(&b"c"[..]),
+                Cow::Owned(id.clone().into_bytes()),
+                Cow::Owned(ms(record.created_at).to_string().into_bytes()),
+                Cow::Owned(self.retention_ms().to_string().into_bytes()),
+                Cow::Owned(final_ms.into_bytes()),
+                Cow::Owned(fire_ms.into_bytes()),
+            ]);
             args.extend(encode(&record));
             match self.write(args).await? {
                 Value::Int(1) => Ok(()),
@@ -839,10 +852,10 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<CommandStatus>, StoreError>> {
         Box::pin(async move {
             let args = vec![
-                b"s".to_vec(),
-                command_id.as_bytes().to_vec(),
-                ms(now).to_string().into_bytes(),
-                self.retention_ms().to_string().into_bytes(),
+                Cow::Borrowed(&b"s"[..]),
+                Cow::Owned(command_id.as_bytes().to_vec()),
+                Cow::Owned(ms(now).to_string().into_bytes()),
+                Cow::Owned(self.retention_ms().to_string().into_bytes()),
             ];
             match split(self.write(args).await?)? {
                 (code, fields) if code == "ok" => status_of(fields.into_iter().next()).map(Some),
@@ -1243,13 +1256,14 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 /// The record as the hash's field/value pairs (absent options are left out).
-fn encode(r: &CommandRecord) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(30);
-    let mut put = |field: &str, value: Vec<u8>| {
-        out.push(field.as_bytes().to_vec());
-        out.push(value);
+fn encode(r: &CommandRecord) -> Vec<Arg> {
+    let mut out: Vec<Arg> = Vec::with_capacity(30);
+    let mut put = |field: &'static str, value: Vec<u8>| {
+        out.push(Cow::Borrowed(field.as_bytes()));
+        out.push(Cow::Owned(value));
     };
     let time = |t: DateTime<Utc>| ms(t).to_string().into_bytes();
+    // [`WRITES`] reads `dev`, `st`, `c` and `e` by their places: keep these first seven.
     put("id", r.command_id.clone().into_bytes());
     put("dev", r.device_id.as_str().as_bytes().to_vec());
     put("type", r.command_type.as_str().as_bytes().to_vec());
@@ -1459,7 +1473,24 @@ mod tests {
             }),
             schedule_id: Some("019ad2c4-5f3e-7b6a-9c1d-2e3f4a5b6c80".into()),
         };
-        assert_eq!(decode(encode(&record)).unwrap(), record);
+        let fields = encode(&record);
+        // The places the WRITES script reads a new record's device, status and times from.
+        let at = |i: usize| String::from_utf8(fields[i].to_vec()).unwrap();
+        assert_eq!(
+            [at(2), at(3), at(8), at(9), at(10), at(11), at(12), at(13)],
+            [
+                "dev",
+                "kitchen",
+                "st",
+                "failed",
+                "c",
+                "1795939200123",
+                "e",
+                "1795939800000"
+            ]
+        );
+        let fields = fields.into_iter().map(Cow::into_owned).collect();
+        assert_eq!(decode(fields).unwrap(), record);
     }
 
     #[test]
