@@ -71,7 +71,7 @@ fixed=$(awk '$1 == "fixed" {print $3}' "$TMP/floods.txt" | median)
 random=$(awk '$1 == "random" {print $3}' "$TMP/floods.txt" | median)
 awk -v f="$fixed" -v r="$random" 'BEGIN {
 	ratio = r / f
-	printf "  legitimate rate under the random-token flood / under the fixed-token flood: %.2f (target >= 0.60: %s)\n", ratio, (ratio >= 0.6 ? "PASS" : "MISS")
+	printf "  legitimate rate under the random-token flood / under the fixed-token flood: %.3f (target >= 0.60: %s)\n", ratio, (ratio >= 0.6 ? "PASS" : "MISS")
 }'
 
 # --- 2. endless headers -----------------------------------------------------------------

@@ -160,7 +160,7 @@ for phase in $PHASES; do
 	printf '  %-6s %s req/s (%s)  p99 %s ms' "$phase" "$r" "$(col "$phase" 3 | spread)" \
 		"$(col "$phase" 4 | awk '{print $1 / 1000}' | median)"
 	if [ -n "$base" ] && [ "$phase" != none ]; then
-		awk -v r="$r" -v b="$base" 'BEGIN {printf "  ratio to none %.2f (target >= 0.80: %s)", r / b, (r / b >= 0.8 ? "PASS" : "MISS")}'
+		awk -v r="$r" -v b="$base" 'BEGIN {printf "  ratio to none %.3f (target >= 0.80: %s)", r / b, (r / b >= 0.8 ? "PASS" : "MISS")}'
 	fi
 	printf '\n'
 	if [ "$phase" != none ]; then

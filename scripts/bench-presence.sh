@@ -108,7 +108,7 @@ if [ "$CLOCKS" -gt 0 ]; then
 		-v l="$(col loaded 3 | median)" -v ls="$(col loaded 3 | spread)" \
 		-v g="$(col loaded 4 | median)" -v gs="$(col loaded 4 | spread)" \
 		-v c="$(col loaded 5 | median)" 'BEGIN {
-		printf "bench-presence: medians (spread): without %d req/s (%s), with %d req/s (%s): %.2fx (target >= 0.9: %s)\n",
+		printf "bench-presence: medians (spread): without %d req/s (%s), with %d req/s (%s): %.3fx (target >= 0.9: %s)\n",
 			q, qs, l, ls, l / q, (l / q >= 0.9 ? "PASS" : "MISS")
 		printf "bench-presence: RSS growth %.1f MiB (spread %s KiB; target <= 16: %s); presence alone %.1f%% of a core\n",
 			g / 1024, gs, (g <= 16384 ? "PASS" : "MISS"), c

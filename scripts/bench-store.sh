@@ -120,9 +120,9 @@ done
 med() { awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$TMP/stores.txt" | median; }
 awk -v nr="$(med none 3)" -v np="$(med none 4)" -v mr="$(med memory 3)" -v mp="$(med memory 4)" \
 	-v fr="$(med file 3)" -v fp="$(med file 4)" 'BEGIN {
-	if (mr > 0) printf "  memory / none: req/s %.2f (target >= 0.90: %s), p99 %.2fx (target <= 1.25x: %s)\n",
+	if (mr > 0) printf "  memory / none: req/s %.3f (target >= 0.90: %s), p99 %.2fx (target <= 1.25x: %s)\n",
 		mr / nr, (mr / nr >= 0.9 ? "PASS" : "MISS"), mp / np, (mp / np <= 1.25 ? "PASS" : "MISS")
-	if (fr > 0) printf "  file / none:   req/s %.2f (target >= 0.50: %s), p99 %.2fx\n",
+	if (fr > 0) printf "  file / none:   req/s %.3f (target >= 0.50: %s), p99 %.2fx\n",
 		fr / nr, (fr / nr >= 0.5 ? "PASS" : "MISS"), fp / np
 }'
 if [ -n "$BASELINE" ]; then
@@ -138,7 +138,7 @@ fi
 if [ -n "$REDIS_PORT" ]; then
 	awk -v nr="$(med none 3)" -v np="$(med none 4)" -v rr="$(med redis 3)" -v rp="$(med redis 4)" \
 		-v rc="$(med redis 8)" -v nm="$(med none 9)" 'BEGIN {
-		printf "  redis / none:  req/s %.2f (target >= 0.70: %s), p99 %.2fx (target <= 2x: %s)\n",
+		printf "  redis / none:  req/s %.3f (target >= 0.70: %s), p99 %.2fx (target <= 2x: %s)\n",
 			rr / nr, (rr / nr >= 0.7 ? "PASS" : "MISS"), rp / np, (rp / np <= 2 ? "PASS" : "MISS")
 		# With every core busy, Redis on the same cores caps the ratio at none'"'"'s machine CPU per
 		# command over that plus Redis'"'"'s own, before the server does anything more.
