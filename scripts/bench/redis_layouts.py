@@ -113,9 +113,15 @@ def groups(kind, sha, g, n):
 
 
 def main():
-    g = int(sys.argv[1]) if len(sys.argv) > 1 else 11
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 200000
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    values = []
+    for place, (name, default) in enumerate((("G", 11), ("N", 200000), ("ROUNDS", 3)), 1):
+        text = sys.argv[place] if len(sys.argv) > place else str(default)
+        if not text.isdigit() or int(text) < 1:
+            sys.exit("redis_layouts: %s must be a whole number of at least 1, not %r" % (name, text))
+        values.append(int(text))
+    g, n, rounds = values
+    if n < g:
+        sys.exit("redis_layouts: N (%d) must be at least G (%d)" % (n, g))
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
